@@ -1,0 +1,1 @@
+"""Shard builders (``kimi-lab data build KIND``) and shard inspection."""

@@ -1,0 +1,212 @@
+"""Typed schemas for every config group.
+
+Hydra merges the YAML files in ``conf/`` into these dataclasses, so an unknown key
+or a value of the wrong type fails at composition time and names the full key
+(``model.moe.top_kk``). Cross-field rules (top-k <= experts, ...) live in
+``validate.py``; nothing here derives one field from another, so overrides are
+never silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class MoEBackend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    megablocks = "megablocks"
+
+
+class RopeScaling(str, Enum):
+    none = "none"
+    yarn = "yarn"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16-mixed where the device multiplies bf16 natively, else 32-true
+    fp32 = "32-true"
+    bf16_mixed = "bf16-mixed"
+    bf16_true = "bf16-true"
+    fp16_mixed = "16-mixed"
+
+
+class LoggerKind(str, Enum):
+    wandb = "wandb"
+    csv = "csv"
+    none = "none"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when an API key is configured, else offline
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class OptimizerName(str, Enum):
+    adamw = "adamw"
+
+
+class PhaseName(str, Enum):
+    pretrain = "pretrain"
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class RopeConfig:
+    theta: float = 10000.0
+    scaling: RopeScaling = RopeScaling.none
+    # YaRN (used when scaling=yarn): context extended `factor` times beyond
+    # `original_max_seq_len`; frequencies between beta_slow and beta_fast are blended.
+    factor: float = 1.0
+    original_max_seq_len: int = 4096
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+
+
+@dataclass
+class AttentionConfig:
+    """Multi-head Latent Attention (DeepSeek-V2/V3, K2)."""
+
+    n_heads: int = 4
+    q_lora_rank: int | None = None  # None: a full-rank query projection
+    kv_lora_rank: int = 32
+    qk_nope_head_dim: int = 16
+    qk_rope_head_dim: int = 8
+    v_head_dim: int = 16
+    rope: RopeConfig = field(default_factory=RopeConfig)
+
+
+@dataclass
+class MoEConfig:
+    n_routed_experts: int = 8
+    n_shared_experts: int = 1
+    top_k: int = 2
+    expert_ffn_dim: int = 64
+    routed_scaling_factor: float = 1.0
+    # Aux-loss-free balancing: after every optimizer step each expert's selection
+    # bias moves by this much towards the mean load (DeepSeek-V3's u).
+    bias_update_rate: float = 1e-3
+    seq_aux_loss_coef: float = 0.0  # sequence-wise balance loss (alpha); 0 disables
+    z_loss_coef: float = 0.0  # router z-loss; 0 disables
+    backend: MoEBackend = MoEBackend.auto
+
+
+@dataclass
+class ModelConfig:
+    name: str = "custom"
+    vocab_size: int = 512
+    hidden_size: int = 64
+    n_layers: int = 2
+    first_k_dense: int = 1
+    dense_ffn_dim: int = 128
+    max_seq_len: int = 4096
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    kind: str = "text"
+    # A folder written by `kimi-lab data build text` (train-*.tar, val-*.tar,
+    # manifest.json), a single .tar, or a brace pattern such as shards-{0000..0009}.tar.
+    path: str = "data/text"
+    # Byte-level BPE; built from the Python standard library and cached here when missing.
+    tokenizer: str = "data/tokenizers/bpe-${model.vocab_size}.json"
+    seq_len: int = 128
+    batch_size: int = 8
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    val_batches: int = 8
+
+
+# -------------------------------------------------------------------------- phases
+
+
+@dataclass
+class OptimConfig:
+    name: OptimizerName = OptimizerName.adamw
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    """Warmup-stable-decay: linear warmup, a long constant stage, cosine to a floor."""
+
+    warmup_steps: int = 20
+    decay_fraction: float = 0.2  # share of trainer.max_steps spent in the final decay
+    min_lr_ratio: float = 0.1  # floor = lr * min_lr_ratio
+
+
+@dataclass
+class PhaseConfig:
+    name: PhaseName = PhaseName.pretrain
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    init_from: str | None = None  # a checkpoint of an earlier phase to start from
+
+
+# ------------------------------------------------------------------- trainer, logs
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Precision = Precision.auto
+    max_steps: int = 200
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 1.0
+    val_check_interval: int = 50
+    limit_val_batches: int = 8
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 100
+    deterministic: bool = False
+    fast_dev_run: bool = False
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's choice
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    kind: LoggerKind = LoggerKind.wandb
+    project: str = "kimi_lab"
+    entity: str | None = None
+    mode: WandbMode = WandbMode.auto
+    tags: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- root
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "default"
+    seed: int = 0
+    runs_dir: str = "runs"
+    # None: start fresh; "auto": resume this run directory's checkpoints/last.ckpt
+    # when present; any other value: a checkpoint file to resume from.
+    ckpt_path: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -1,0 +1,106 @@
+"""Cross-field checks that run after composition and before anything is built.
+
+Each failure names the offending key(s) and the allowed range, in one line.
+"""
+
+from __future__ import annotations
+
+from kimi_lab.config.schema import ModelConfig, RopeScaling, RunConfig
+from kimi_lab.errors import ConfigError
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate_model(m: ModelConfig, prefix: str = "model") -> None:
+    p = prefix
+    _require(m.vocab_size >= 2, f"{p}.vocab_size={m.vocab_size} must be >= 2")
+    _require(m.hidden_size >= 1, f"{p}.hidden_size={m.hidden_size} must be >= 1")
+    _require(m.n_layers >= 1, f"{p}.n_layers={m.n_layers} must be >= 1")
+    _require(
+        0 <= m.first_k_dense <= m.n_layers,
+        f"{p}.first_k_dense={m.first_k_dense} must be between 0 and {p}.n_layers={m.n_layers}",
+    )
+    if m.first_k_dense > 0:
+        _require(m.dense_ffn_dim >= 1, f"{p}.dense_ffn_dim={m.dense_ffn_dim} must be >= 1")
+    _require(m.max_seq_len >= 1, f"{p}.max_seq_len={m.max_seq_len} must be >= 1")
+    _require(m.norm_eps > 0, f"{p}.norm_eps={m.norm_eps} must be > 0")
+    _require(m.init_std > 0, f"{p}.init_std={m.init_std} must be > 0")
+
+    a = m.attention
+    pa = f"{p}.attention"
+    _require(a.n_heads >= 1, f"{pa}.n_heads={a.n_heads} must be >= 1")
+    _require(a.q_lora_rank is None or a.q_lora_rank >= 1, f"{pa}.q_lora_rank={a.q_lora_rank} must be null or >= 1")
+    _require(a.kv_lora_rank >= 1, f"{pa}.kv_lora_rank={a.kv_lora_rank} must be >= 1")
+    _require(a.qk_nope_head_dim >= 0, f"{pa}.qk_nope_head_dim={a.qk_nope_head_dim} must be >= 0")
+    _require(
+        a.qk_rope_head_dim >= 2 and a.qk_rope_head_dim % 2 == 0,
+        f"{pa}.qk_rope_head_dim={a.qk_rope_head_dim} must be an even number >= 2 (RoPE rotates pairs)",
+    )
+    _require(a.v_head_dim >= 1, f"{pa}.v_head_dim={a.v_head_dim} must be >= 1")
+    r = a.rope
+    pr = f"{pa}.rope"
+    _require(r.theta > 0, f"{pr}.theta={r.theta} must be > 0")
+    if r.scaling == RopeScaling.yarn:
+        _require(r.factor >= 1.0, f"{pr}.factor={r.factor} must be >= 1 for YaRN")
+        _require(r.original_max_seq_len >= 1, f"{pr}.original_max_seq_len must be >= 1")
+        _require(
+            r.beta_fast > r.beta_slow > 0,
+            f"{pr}.beta_fast={r.beta_fast} must be > {pr}.beta_slow={r.beta_slow} > 0",
+        )
+
+    if m.first_k_dense < m.n_layers:  # at least one MoE layer
+        e = m.moe
+        pm = f"{p}.moe"
+        _require(e.n_routed_experts >= 1, f"{pm}.n_routed_experts={e.n_routed_experts} must be >= 1")
+        _require(
+            1 <= e.top_k <= e.n_routed_experts,
+            f"{pm}.top_k={e.top_k} must be between 1 and {pm}.n_routed_experts={e.n_routed_experts}",
+        )
+        _require(e.n_shared_experts >= 0, f"{pm}.n_shared_experts={e.n_shared_experts} must be >= 0")
+        _require(e.expert_ffn_dim >= 1, f"{pm}.expert_ffn_dim={e.expert_ffn_dim} must be >= 1")
+        _require(e.routed_scaling_factor > 0, f"{pm}.routed_scaling_factor must be > 0")
+        _require(e.bias_update_rate >= 0, f"{pm}.bias_update_rate={e.bias_update_rate} must be >= 0")
+        _require(e.seq_aux_loss_coef >= 0, f"{pm}.seq_aux_loss_coef must be >= 0")
+        _require(e.z_loss_coef >= 0, f"{pm}.z_loss_coef must be >= 0")
+
+
+def validate_run(cfg: RunConfig) -> None:
+    validate_model(cfg.model)
+    d, t, ph = cfg.data, cfg.trainer, cfg.phase
+    _require(d.seq_len >= 2, f"data.seq_len={d.seq_len} must be >= 2")
+    _require(
+        d.seq_len <= cfg.model.max_seq_len,
+        f"data.seq_len={d.seq_len} must be <= model.max_seq_len={cfg.model.max_seq_len}",
+    )
+    _require(d.batch_size >= 1, f"data.batch_size={d.batch_size} must be >= 1")
+    _require(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
+    _require(d.shuffle_buffer >= 0, f"data.shuffle_buffer={d.shuffle_buffer} must be >= 0")
+    _require(d.val_batches >= 0, f"data.val_batches={d.val_batches} must be >= 0")
+
+    _require(t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be >= 1")
+    _require(t.devices >= 1, f"trainer.devices={t.devices} must be >= 1")
+    _require(t.num_nodes >= 1, f"trainer.num_nodes={t.num_nodes} must be >= 1")
+    _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1")
+    _require(t.gradient_clip_val >= 0, "trainer.gradient_clip_val must be >= 0 (0 disables clipping)")
+    _require(t.val_check_interval >= 1, f"trainer.val_check_interval={t.val_check_interval} must be >= 1")
+    _require(t.log_every_n_steps >= 1, f"trainer.log_every_n_steps={t.log_every_n_steps} must be >= 1")
+    _require(t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps must be >= 1")
+    _require(t.num_threads is None or t.num_threads >= 1, "trainer.num_threads must be null or >= 1")
+
+    o, s = ph.optim, ph.schedule
+    _require(o.lr > 0, f"phase.optim.lr={o.lr} must be > 0")
+    _require(o.weight_decay >= 0, f"phase.optim.weight_decay={o.weight_decay} must be >= 0")
+    _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "phase.optim.beta1 and beta2 must be in [0, 1)")
+    _require(o.eps > 0, "phase.optim.eps must be > 0")
+    _require(s.warmup_steps >= 0, f"phase.schedule.warmup_steps={s.warmup_steps} must be >= 0")
+    _require(0 <= s.decay_fraction <= 1, f"phase.schedule.decay_fraction={s.decay_fraction} must be in [0, 1]")
+    _require(0 <= s.min_lr_ratio <= 1, f"phase.schedule.min_lr_ratio={s.min_lr_ratio} must be in [0, 1]")
+    decay_steps = int(round(s.decay_fraction * t.max_steps))
+    _require(
+        s.warmup_steps + decay_steps <= t.max_steps,
+        f"phase.schedule.warmup_steps={s.warmup_steps} plus the decay "
+        f"({s.decay_fraction:g} x trainer.max_steps={decay_steps}) must fit in trainer.max_steps={t.max_steps}",
+    )

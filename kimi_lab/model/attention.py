@@ -1,0 +1,73 @@
+"""Multi-head Latent Attention (MLA), as in DeepSeek-V2/V3 and Kimi K2.
+
+Shape legend: B batch, T tokens, D hidden, H heads, n/r/v the no-rope, rope and
+value head dims, c the kv latent rank.
+
+Keys and values come from one low-rank latent ``c_kv`` (B, T, c) shared by all
+heads, plus one rotary key (B, T, 1, r) shared by all heads; queries come from an
+optional low-rank latent. Only the ``n``-dim part of each head carries content
+without position; the ``r``-dim part carries RoPE ("decoupled RoPE").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kimi_lab.config.schema import AttentionConfig
+from kimi_lab.model.norm import RMSNorm
+from kimi_lab.model.rope import apply_rope, softmax_scale
+
+
+class MultiHeadLatentAttention(nn.Module):
+    def __init__(self, hidden_size: int, cfg: AttentionConfig, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.nope_dim = cfg.qk_nope_head_dim
+        self.rope_dim = cfg.qk_rope_head_dim
+        self.v_dim = cfg.v_head_dim
+        self.kv_rank = cfg.kv_lora_rank
+        qk_dim = self.nope_dim + self.rope_dim
+        self.scale = softmax_scale(qk_dim, cfg.rope)
+
+        if cfg.q_lora_rank is None:
+            self.q_proj = nn.Linear(hidden_size, self.n_heads * qk_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden_size, cfg.q_lora_rank, bias=False)
+            self.q_a_norm = RMSNorm(cfg.q_lora_rank, norm_eps)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, self.n_heads * qk_dim, bias=False)
+        # One projection yields both the kv latent and the shared rotary key.
+        self.kv_a_proj = nn.Linear(hidden_size, self.kv_rank + self.rope_dim, bias=False)
+        self.kv_a_norm = RMSNorm(self.kv_rank, norm_eps)
+        self.kv_b_proj = nn.Linear(self.kv_rank, self.n_heads * (self.nope_dim + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.v_dim, hidden_size, bias=False)
+
+    def project_qkv(
+        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as (B, H, T, n+r), (B, H, T, n+r), (B, H, T, v)."""
+        B, T, _ = x_BTD.shape
+        H = self.n_heads
+        if hasattr(self, "q_proj"):
+            q = self.q_proj(x_BTD)
+        else:
+            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x_BTD)))
+        q_BTHk = q.view(B, T, H, self.nope_dim + self.rope_dim)
+        q_nope, q_rope = q_BTHk.split([self.nope_dim, self.rope_dim], dim=-1)
+
+        c_kv, k_rope = self.kv_a_proj(x_BTD).split([self.kv_rank, self.rope_dim], dim=-1)
+        kv_BTHx = self.kv_b_proj(self.kv_a_norm(c_kv)).view(B, T, H, self.nope_dim + self.v_dim)
+        k_nope, v = kv_BTHx.split([self.nope_dim, self.v_dim], dim=-1)
+
+        q_rope = apply_rope(q_rope, cos, sin)
+        k_rope_BT1r = apply_rope(k_rope.view(B, T, 1, self.rope_dim), cos, sin)
+        q = torch.cat((q_nope, q_rope.to(q_nope.dtype)), dim=-1)
+        k = torch.cat((k_nope, k_rope_BT1r.to(k_nope.dtype).expand(B, T, H, self.rope_dim)), dim=-1)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x_BTD.shape
+        q, k, v = self.project_qkv(x_BTD, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_dim))

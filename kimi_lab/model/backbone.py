@@ -1,0 +1,113 @@
+"""The K2 / DeepSeek-V3 decoder: MLA attention, ``first_k_dense`` SwiGLU layers, then MoE layers.
+
+Pre-norm residual blocks; RMSNorm everywhere; untied input embedding and LM head.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kimi_lab.config.schema import ModelConfig
+from kimi_lab.model.attention import MultiHeadLatentAttention
+from kimi_lab.model.mlp import SwiGLU
+from kimi_lab.model.moe.layer import MoEAux, MoELayer, resolve_backend
+from kimi_lab.model.norm import RMSNorm
+from kimi_lab.model.rope import RotaryEmbedding
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor | None  # (B, T, V), None when only hidden states were asked for
+    hidden: torch.Tensor  # (B, T, D) after the final norm
+    aux_loss: torch.Tensor  # scalar: the weighted router losses of all MoE layers
+    router_metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, layer means
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, moe_backend: str) -> None:
+        super().__init__()
+        D = cfg.hidden_size
+        self.attn_norm = RMSNorm(D, cfg.norm_eps)
+        self.attn = MultiHeadLatentAttention(D, cfg.attention, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(D, cfg.norm_eps)
+        self.is_moe = layer_idx >= cfg.first_k_dense
+        self.ffn: nn.Module
+        if self.is_moe:
+            self.ffn = MoELayer(D, cfg.moe, moe_backend, cfg.init_std)
+        else:
+            self.ffn = SwiGLU(D, cfg.dense_ffn_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, MoEAux | None]:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        if self.is_moe:
+            y, aux = self.ffn(self.ffn_norm(x))
+            return x + y, aux
+        return x + self.ffn(self.ffn_norm(x)), None
+
+
+class K2Model(nn.Module):
+    """Decoder-only K2 language model with its LM head."""
+
+    def __init__(self, cfg: ModelConfig, device_type: str = "cpu") -> None:
+        super().__init__()
+        self.cfg = cfg
+        backend, why = resolve_backend(cfg.moe.backend, device_type)
+        self.moe_backend = backend
+        if cfg.first_k_dense < cfg.n_layers:
+            log.info("MoE experts backend: %s (%s)", backend, why)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.rope = RotaryEmbedding(cfg.attention.qk_rope_head_dim, cfg.attention.rope)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, backend) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self._init_dense_weights()
+
+    def _init_dense_weights(self) -> None:
+        # Router and expert weights are initialised by their own modules.
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=self.cfg.init_std)
+
+    @property
+    def moe_layers(self) -> list[MoELayer]:
+        return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoELayer)]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        compute_logits: bool = True,
+    ) -> LMOutput:
+        """``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D) (e.g. with vision embeddings merged in)."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("K2Model needs input_ids or inputs_embeds")
+            inputs_embeds = self.embed(input_ids)
+        x = inputs_embeds
+        B, T, _ = x.shape
+        if positions is None:
+            positions = torch.arange(T, device=x.device).expand(B, T)
+        cos, sin = self.rope(positions)
+        aux_loss = x.new_zeros((), dtype=torch.float32)
+        seq_terms, z_terms = [], []
+        for layer in self.layers:
+            x, aux = layer(x, cos, sin)
+            if aux is not None:
+                aux_loss = aux_loss + aux.loss
+                seq_terms.append(aux.seq_balance)
+                z_terms.append(aux.z_loss)
+        hidden = self.norm(x)
+        logits = self.lm_head(hidden) if compute_logits else None
+        metrics: dict[str, torch.Tensor] = {}
+        if seq_terms:
+            metrics = {"seq_balance_loss": torch.stack(seq_terms).mean(), "router_z_loss": torch.stack(z_terms).mean()}
+        return LMOutput(logits, hidden, aux_loss, metrics)

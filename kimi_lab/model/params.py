@@ -1,0 +1,76 @@
+"""Parameter counts: total, and active per token (routed experts count top_k / n_routed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from kimi_lab.config.schema import ModelConfig, MoEBackend
+
+
+@dataclass
+class ParamCount:
+    total: int
+    active: int
+    embedding: int  # input embedding + LM head
+    attention: int
+    dense_ffn: int
+    routed_experts: int
+    shared_experts: int
+    router: int
+    norms: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _numel(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def count_params(cfg: ModelConfig) -> ParamCount:
+    """Build the model on the meta device (no memory, any size) and count its tensors."""
+    from kimi_lab.model.backbone import K2Model
+    from kimi_lab.model.moe.layer import MoELayer
+
+    cfg = replace(cfg, moe=replace(cfg.moe, backend=MoEBackend.torch))
+    with torch.device("meta"):
+        model = K2Model(cfg, device_type="meta")
+
+    c = dict(embedding=0, attention=0, dense_ffn=0, routed_experts=0, shared_experts=0, router=0, norms=0)
+    c["embedding"] = _numel(model.embed) + (0 if cfg.tie_embeddings else _numel(model.lm_head))
+    c["norms"] = _numel(model.norm)
+    for layer in model.layers:
+        c["attention"] += _numel(layer.attn)
+        c["norms"] += _numel(layer.attn_norm) + _numel(layer.ffn_norm)
+        if isinstance(layer.ffn, MoELayer):
+            c["router"] += _numel(layer.ffn.router)
+            c["routed_experts"] += _numel(layer.ffn.experts)
+            c["shared_experts"] += _numel(layer.ffn.shared)
+        else:
+            c["dense_ffn"] += _numel(layer.ffn)
+    total = sum(c.values())
+    assert total == _numel(model), "every parameter must fall in exactly one bucket"
+    routed = c["routed_experts"]
+    active = total - routed + routed * cfg.moe.top_k // cfg.moe.n_routed_experts
+    return ParamCount(total=total, active=active, **c)
+
+
+def count_params_closed_form(cfg: ModelConfig) -> tuple[int, int]:
+    """(total, active) from the config alone; tests check it against ``count_params``."""
+    a, m = cfg.attention, cfg.moe
+    D, H = cfg.hidden_size, a.n_heads
+    qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+    q = D * H * qk if a.q_lora_rank is None else D * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * H * qk
+    kv = D * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank + a.kv_lora_rank * H * (a.qk_nope_head_dim + a.v_head_dim)
+    attn = q + kv + H * a.v_head_dim * D + 2 * D  # + the two block norms
+    n_moe = cfg.n_layers - cfg.first_k_dense
+    expert = 3 * D * m.expert_ffn_dim
+    dense = cfg.first_k_dense * 3 * D * cfg.dense_ffn_dim
+    moe_fixed = n_moe * (m.n_routed_experts * D + m.n_shared_experts * expert)
+    embed = cfg.vocab_size * D * (1 if cfg.tie_embeddings else 2) + D
+    fixed = cfg.n_layers * attn + dense + moe_fixed + embed
+    total = fixed + n_moe * m.n_routed_experts * expert
+    active = fixed + n_moe * m.top_k * expert
+    return total, active

@@ -1,0 +1,31 @@
+"""Warmup-stable-decay (WSD) learning-rate schedule, as K2 used.
+
+Linear warmup to the peak, a long constant stage, then a cosine decay to a floor
+(``min_lr_ratio`` x peak) over the last ``decay_steps``. Returned as a multiplier
+of the peak LR, for ``torch.optim.lr_scheduler.LambdaLR``.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def wsd_multiplier(step: int, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_start = total_steps - decay_steps
+    if decay_steps <= 0 or step < decay_start:
+        return 1.0
+    progress = min((step - decay_start) / decay_steps, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WSD:
+    """Picklable LambdaLR multiplier (checkpoints store the scheduler's state)."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> None:
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.decay_steps, self.min_ratio = decay_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return wsd_multiplier(step, self.total_steps, self.warmup_steps, self.decay_steps, self.min_ratio)

@@ -1,0 +1,88 @@
+"""What every training phase shares: the backbone, optimizer groups, the WSD schedule,
+router-bias updates after each optimizer step, and throughput metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from kimi_lab.config.schema import RunConfig
+from kimi_lab.metrics import TRAIN_LR, TRAIN_TOKENS, TRAIN_TOKENS_PER_SEC
+from kimi_lab.model.backbone import K2Model
+from kimi_lab.model.moe.balance import update_router_biases
+from kimi_lab.optim.groups import build_param_groups
+from kimi_lab.optim.schedule import WSD
+
+log = logging.getLogger(__name__)
+
+
+def device_type_for(accelerator: str) -> str:
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+class PhaseModule(L.LightningModule):
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # The checkpoint carries the full config, so a checkpoint alone can rebuild its model.
+        self.save_hyperparameters({"config": OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)})
+        self.model = K2Model(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
+        self.latest_moe_load: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.latest_moe_load_step = -1
+        self._step_started: float | None = None
+        self._tokens_in_step = 0
+
+    # ------------------------------------------------------------- optimization
+    def configure_optimizers(self) -> dict[str, Any]:
+        o, s = self.cfg.phase.optim, self.cfg.phase.schedule
+        groups = build_param_groups(self.model, o.weight_decay)
+        for g in groups:
+            log.info("param group %-16s %12s params  weight_decay=%g", g.name, f"{g.numel:,}", g.weight_decay)
+        optimizer = torch.optim.AdamW(
+            [{"params": g.params, "weight_decay": g.weight_decay, "name": g.name} for g in groups],
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+        )
+        total = self.cfg.trainer.max_steps
+        decay = int(round(s.decay_fraction * total))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WSD(total, s.warmup_steps, decay, s.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        step = self.global_step  # 0-based index of this training step
+        super().optimizer_step(*args, **kwargs)
+        # Aux-loss-free balancing uses this step's token counts (all micro-batches, all ranks).
+        load = update_router_biases(self.model, self.cfg.model.moe.bias_update_rate)
+        if load is not None:
+            self.latest_moe_load = (load[0].cpu(), load[1].cpu())
+            self.latest_moe_load_step = step
+
+    # ------------------------------------------------------------- throughput
+    def count_step_tokens(self, n: int) -> None:
+        self._tokens_in_step += n
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._step_started is None:
+            self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches != 0:
+            return
+        elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
+        world = self.trainer.world_size
+        tokens = self._tokens_in_step * world
+        self.log(TRAIN_TOKENS_PER_SEC, tokens / max(elapsed, 1e-9), prog_bar=True, on_step=True, on_epoch=False)
+        self.log(TRAIN_TOKENS, float(self.trainer.global_step * tokens), on_step=True, on_epoch=False)
+        self.log(TRAIN_LR, self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self._tokens_in_step = 0
+        self._step_started = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Run-directory files (metrics, expert load, status), loggers and atomic checkpoints."""

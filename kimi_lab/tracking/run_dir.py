@@ -1,0 +1,133 @@
+"""The run-directory callback: expert load per step, status, and consistent files on resume.
+
+- ``moe_load.parquet``: tokens and bias of every expert of every MoE layer at every
+  logged step (the counts are global across data-parallel ranks).
+- ``status.json``: running / finished / failed / interrupted, the step, final metrics.
+- On resume, rows logged after the checkpoint's step are dropped, so the curves
+  continue from the checkpoint instead of repeating the replayed steps.
+- Files are flushed whenever a checkpoint is saved, so they match it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from kimi_lab.metrics import (
+    MOE_DEAD_EXPERTS,
+    MOE_IMBALANCE,
+    MOE_IMBALANCE_MAX,
+    MOE_LOAD_FILE,
+    STATUS_FILE,
+)
+from kimi_lab.tracking.parquet_logger import ParquetMetricsLogger
+from kimi_lab.tracking.table import MOE_LOAD_SCHEMA, ParquetTable
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class RunDirCallback(L.Callback):
+    def __init__(self, run_dir: str | Path, experiment: str, log_every_n_steps: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.experiment = experiment
+        self.log_every = log_every_n_steps
+        self.moe_load: ParquetTable | None = None
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ helpers
+    def _parquet_loggers(self, trainer: L.Trainer) -> list[ParquetMetricsLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, ParquetMetricsLogger)]
+
+    @rank_zero_only
+    def _status(self, trainer: L.Trainer, status: str) -> None:
+        final = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        write_json_atomic(
+            self.run_dir / STATUS_FILE,
+            {
+                "status": status,
+                "experiment": self.experiment,
+                "step": trainer.global_step,
+                "max_steps": trainer.max_steps,
+                "started": self.started,
+                "updated": time.time(),
+                "final": final,
+            },
+        )
+
+    @rank_zero_only
+    def _flush(self) -> None:
+        if self.moe_load is not None:
+            self.moe_load.flush()
+
+    # -------------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.moe_load = ParquetTable(self.run_dir / MOE_LOAD_FILE, MOE_LOAD_SCHEMA)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # global_step is restored from the checkpoint by now: forget the rows of the
+        # steps that will be replayed (steps are 0-based: keep those < global_step).
+        step = trainer.global_step - 1
+        if trainer.is_global_zero and self.moe_load is not None:
+            self.moe_load.drop_after(step)
+            self.moe_load.flush()
+        for lg in self._parquet_loggers(trainer):
+            lg.drop_after(step)
+        self._status(trainer, "running")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # Steps are 0-based training-step indices, as Lightning labels the logged metrics.
+        load = getattr(pl_module, "latest_moe_load", None)
+        step = getattr(pl_module, "latest_moe_load_step", -1)
+        if load is None or step != trainer.global_step - 1 or (step + 1) % self.log_every != 0:
+            return
+        tokens_LE, bias_LE = load
+        per_layer = tokens_LE.max(1).values / tokens_LE.mean(1).clamp_min(1e-9)
+        pl_module.log_dict(
+            {
+                MOE_IMBALANCE: per_layer.mean().item(),
+                MOE_IMBALANCE_MAX: per_layer.max().item(),
+                MOE_DEAD_EXPERTS: float((tokens_LE == 0).sum().item()),
+            },
+            on_step=True,
+            on_epoch=False,
+        )
+        if trainer.is_global_zero and self.moe_load is not None:
+            L_, E = tokens_LE.shape
+            self.moe_load.extend(
+                {
+                    "step": [step] * (L_ * E),
+                    "layer": [layer for layer in range(L_) for _ in range(E)],
+                    "expert": list(range(E)) * L_,
+                    "tokens": tokens_LE.reshape(-1).long().tolist(),
+                    "bias": bias_LE.reshape(-1).float().tolist(),
+                }
+            )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._flush()
+        for lg in self._parquet_loggers(trainer):
+            lg.save()
+        self._status(trainer, "running")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush()
+        interrupted = trainer.interrupted or (trainer.max_steps > 0 and trainer.global_step < trainer.max_steps and not trainer.fast_dev_run)
+        self._status(trainer, "interrupted" if interrupted else "finished")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._flush()
+        for lg in self._parquet_loggers(trainer):
+            lg.save()
+        self._status(trainer, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")

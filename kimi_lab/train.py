@@ -1,0 +1,218 @@
+"""Hydra entry point: compose -> validate -> build -> fit.
+
+Run it as ``kimi-lab train [overrides]`` (or ``python -m kimi_lab.train``); add
+``--multirun`` to sweep. The run directory is Hydra's output directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from kimi_lab.config import register_schemas, to_run_config, validate_run
+from kimi_lab.config.schema import DataConfig, Precision, RunConfig, TrainerConfig
+from kimi_lab.errors import ConfigError, KimiLabError
+from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
+
+log = logging.getLogger("kimi_lab.train")
+
+
+# --------------------------------------------------------------------- resolution
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run several times faster than fp32 there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_precision(t: TrainerConfig) -> str:
+    if t.precision != Precision.auto:
+        return t.precision.value
+    import torch
+
+    if t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "auto":
+        last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=auto: no checkpoint in %s yet, starting fresh", run_dir)
+        return None
+    if not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return ckpt_path
+
+
+def build_datamodule(cfg: RunConfig) -> Any:
+    from kimi_lab.data.text import TextDataModule
+
+    d: DataConfig = cfg.data
+    if d.kind != "text":
+        raise ConfigError(f"data.kind={d.kind!r} is not supported by phase {cfg.phase.name.value} (allowed: text)")
+    return TextDataModule(d, cfg.model.vocab_size, seed=cfg.seed)
+
+
+# ------------------------------------------------------------------------- the run
+def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[str, float]:
+    """Fit one run into ``run_dir``; returns the final scalar metrics."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from kimi_lab.phases import build_phase
+    from kimi_lab.tracking.checkpoint_io import AtomicCheckpointIO
+    from kimi_lab.tracking.loggers import build_loggers, finish_wandb
+    from kimi_lab.tracking.progress import StepProgressBar
+    from kimi_lab.tracking.run_dir import RunDirCallback
+
+    _route_lightning_logs_through_hydra()
+    t = cfg.trainer
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    precision = resolve_precision(t)
+    datamodule = build_datamodule(cfg)
+    module = build_phase(cfg)
+    if cfg.phase.init_from:
+        load_init_weights(module, cfg.phase.init_from)
+    log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{sum(p.numel() for p in module.parameters()):,}", precision)
+
+    callbacks: list[L.Callback] = [
+        RunDirCallback(run_dir, cfg.experiment, t.log_every_n_steps),
+        ModelCheckpoint(
+            dirpath=str(run_dir / CHECKPOINT_DIR),
+            filename="step-{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=t.checkpoint_every_n_steps,
+            save_last=True,
+            save_top_k=2,
+            monitor="step",
+            mode="max",
+        ),
+    ]
+    if t.progress_bar:
+        callbacks.append(StepProgressBar(refresh_rate=1))
+    loggers = build_loggers(cfg, run_dir, config_dict)
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=precision,  # type: ignore[arg-type]
+        max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val or None,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        fast_dev_run=t.fast_dev_run,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+    )
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    finally:
+        finish_wandb()
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def _route_lightning_logs_through_hydra() -> None:
+    # Lightning attaches its own console handler; Hydra's root handlers already print
+    # (and write train.log), so drop Lightning's to avoid every line appearing twice.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+
+
+def load_init_weights(module: Any, path: str) -> None:
+    """Start a phase from an earlier phase's checkpoint (weights only, not optimizer state)."""
+    import torch
+
+    if not Path(path).is_file():
+        raise ConfigError(f"phase.init_from={path}: no such checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    log.info("initialised from %s (%d missing, %d unexpected keys)", path, len(missing), len(unexpected))
+
+
+# -------------------------------------------------------------------- hydra glue
+def _run_from_hydra(dcfg: DictConfig) -> dict[str, float]:
+    cfg = to_run_config(dcfg)
+    validate_run(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = train(cfg, run_dir, OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
+    print(f"run directory: {run_dir}", flush=True)
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def hydra_main(dcfg: DictConfig) -> float | None:
+    try:
+        metrics = _run_from_hydra(dcfg)
+    except KimiLabError as exn:
+        print(f"error: {exn}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    val = metrics.get("val/loss", metrics.get("train/loss"))
+    return float(val) if val is not None else None  # the sweep objective for Hydra plugins
+
+
+def _inject_resume_dir(argv: list[str]) -> list[str]:
+    """``ckpt_path=auto`` without an explicit run dir continues the newest run of the experiment."""
+    if "ckpt_path=auto" not in argv or any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        return argv  # sweeps resume with hydra.sweep.dir=<the old sweep folder>
+    from kimi_lab.config import compose
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        composed = compose(overrides)
+    except Exception:
+        return argv  # let Hydra report the config problem itself
+    root = Path(composed.runs_dir) / str(composed.experiment)
+    candidates = sorted(
+        (p.parent.parent for p in root.glob(f"*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")),
+        key=lambda p: (p / CHECKPOINT_DIR / LAST_CHECKPOINT).stat().st_mtime,
+    )
+    if candidates:
+        print(f"ckpt_path=auto: resuming {candidates[-1]}", flush=True)
+        return [*argv, f"hydra.run.dir={candidates[-1]}"]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run training with Hydra overrides (``argv`` defaults to the command line)."""
+    register_schemas()
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = _inject_resume_dir(args)
+    sys.argv = [str(Path(__file__).resolve()), *args]
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
