@@ -94,7 +94,9 @@ def build_text(
     counts = {"train": 0, "val": 0, "duplicates": 0, "empty": 0}
     nbytes = {"train": 0, "val": 0}
     writers = {
-        split: wds.ShardWriter(str(out / f"{split}-%06d.tar"), maxsize=shard_bytes, maxcount=100_000, verbose=0)
+        split: wds.ShardWriter(
+            str(out / f"{split}-%06d.tar"), maxsize=shard_bytes, maxcount=100_000, verbose=0
+        )
         for split in ("train", "val")
     }
     # Keep an order that is stable but not alphabetical, so shards mix sources.

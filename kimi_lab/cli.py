@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output path (default: data/text, data/tokenizers/bpe-<V>.json)")
     b.add_argument("--n", type=int, default=None, help="at most this many documents")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--src", default=None, help="your own .txt/.jsonl/.parquet files instead of the stdlib corpus")
+    b.add_argument(
+        "--src", default=None, help="your own .txt/.jsonl/.parquet files instead of the stdlib corpus"
+    )
     b.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
     b.set_defaults(func=_cmd_data_build)
 

@@ -7,7 +7,6 @@ Run it as ``kimi-lab train [overrides]`` (or ``python -m kimi_lab.train``); add
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from kimi_lab.config import register_schemas, to_run_config, validate_run
-from kimi_lab.config.schema import DataConfig, Precision, RunConfig, TrainerConfig
+from kimi_lab.config.schema import DataConfig, RunConfig, TrainerConfig
 from kimi_lab.errors import ConfigError, KimiLabError
 from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
+from kimi_lab.runtime import cpu_has_native_bf16
 
 log = logging.getLogger("kimi_lab.train")
 
 
 # --------------------------------------------------------------------- resolution
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run several times faster than fp32 there."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
 def resolve_precision(t: TrainerConfig) -> str:
-    if t.precision != Precision.auto:
-        return t.precision.value
+    if t.precision != "auto":
+        return t.precision
     import torch
 
     if t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available()):
@@ -64,7 +55,9 @@ def build_datamodule(cfg: RunConfig) -> Any:
 
     d: DataConfig = cfg.data
     if d.kind != "text":
-        raise ConfigError(f"data.kind={d.kind!r} is not supported by phase {cfg.phase.name.value} (allowed: text)")
+        raise ConfigError(
+            f"data.kind={d.kind!r} is not supported by phase {cfg.phase.name.value} (allowed: text)"
+        )
     return TextDataModule(d, cfg.model.vocab_size, seed=cfg.seed)
 
 
@@ -76,12 +69,15 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from kimi_lab.phases import build_phase
+    from kimi_lab.runtime import tune_cpu_allocator
     from kimi_lab.tracking.checkpoint_io import AtomicCheckpointIO
     from kimi_lab.tracking.loggers import build_loggers, finish_wandb
     from kimi_lab.tracking.progress import StepProgressBar
     from kimi_lab.tracking.run_dir import RunDirCallback
 
     _route_lightning_logs_through_hydra()
+    tune_cpu_allocator()
+    run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -91,7 +87,8 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     module = build_phase(cfg)
     if cfg.phase.init_from:
         load_init_weights(module, cfg.phase.init_from)
-    log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{sum(p.numel() for p in module.parameters()):,}", precision)
+    n_params = sum(p.numel() for p in module.parameters())
+    log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{n_params:,}", precision)
 
     callbacks: list[L.Callback] = [
         RunDirCallback(run_dir, cfg.experiment, t.log_every_n_steps),
@@ -136,6 +133,8 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
         trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     finally:
         finish_wandb()
+    if trainer.is_global_zero:
+        print(f"run directory: {run_dir}", flush=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
@@ -165,9 +164,7 @@ def _run_from_hydra(dcfg: DictConfig) -> dict[str, float]:
     cfg = to_run_config(dcfg)
     validate_run(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    metrics = train(cfg, run_dir, OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
-    print(f"run directory: {run_dir}", flush=True)
-    return metrics
+    return train(cfg, run_dir, OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

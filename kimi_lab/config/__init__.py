@@ -1,6 +1,7 @@
 """Typed configs: schemas, Hydra registration, cross-field validation."""
 
 from kimi_lab.config.schema import (
+    PRECISIONS,
     AttentionConfig,
     DataConfig,
     LoggerConfig,
@@ -8,7 +9,6 @@ from kimi_lab.config.schema import (
     MoEBackend,
     MoEConfig,
     PhaseConfig,
-    Precision,
     RopeConfig,
     RopeScaling,
     RunConfig,
@@ -19,14 +19,14 @@ from kimi_lab.config.validate import validate_model, validate_run
 
 __all__ = [
     "CONF_DIR",
+    "PRECISIONS",
     "AttentionConfig",
     "DataConfig",
     "LoggerConfig",
-    "ModelConfig",
     "MoEBackend",
     "MoEConfig",
+    "ModelConfig",
     "PhaseConfig",
-    "Precision",
     "RopeConfig",
     "RopeScaling",
     "RunConfig",

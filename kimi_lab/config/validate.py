@@ -5,7 +5,7 @@ Each failure names the offending key(s) and the allowed range, in one line.
 
 from __future__ import annotations
 
-from kimi_lab.config.schema import ModelConfig, RopeScaling, RunConfig
+from kimi_lab.config.schema import PRECISIONS, ModelConfig, RopeScaling, RunConfig
 from kimi_lab.errors import ConfigError
 
 
@@ -32,7 +32,9 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
     a = m.attention
     pa = f"{p}.attention"
     _require(a.n_heads >= 1, f"{pa}.n_heads={a.n_heads} must be >= 1")
-    _require(a.q_lora_rank is None or a.q_lora_rank >= 1, f"{pa}.q_lora_rank={a.q_lora_rank} must be null or >= 1")
+    _require(
+        a.q_lora_rank is None or a.q_lora_rank >= 1, f"{pa}.q_lora_rank={a.q_lora_rank} must be null or >= 1"
+    )
     _require(a.kv_lora_rank >= 1, f"{pa}.kv_lora_rank={a.kv_lora_rank} must be >= 1")
     _require(a.qk_nope_head_dim >= 0, f"{pa}.qk_nope_head_dim={a.qk_nope_head_dim} must be >= 0")
     _require(
@@ -81,6 +83,9 @@ def validate_run(cfg: RunConfig) -> None:
     _require(d.val_batches >= 0, f"data.val_batches={d.val_batches} must be >= 0")
 
     _require(t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be >= 1")
+    _require(
+        t.precision in PRECISIONS, f"trainer.precision={t.precision} must be one of {', '.join(PRECISIONS)}"
+    )
     _require(t.devices >= 1, f"trainer.devices={t.devices} must be >= 1")
     _require(t.num_nodes >= 1, f"trainer.num_nodes={t.num_nodes} must be >= 1")
     _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1")
@@ -96,9 +101,11 @@ def validate_run(cfg: RunConfig) -> None:
     _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "phase.optim.beta1 and beta2 must be in [0, 1)")
     _require(o.eps > 0, "phase.optim.eps must be > 0")
     _require(s.warmup_steps >= 0, f"phase.schedule.warmup_steps={s.warmup_steps} must be >= 0")
-    _require(0 <= s.decay_fraction <= 1, f"phase.schedule.decay_fraction={s.decay_fraction} must be in [0, 1]")
+    _require(
+        0 <= s.decay_fraction <= 1, f"phase.schedule.decay_fraction={s.decay_fraction} must be in [0, 1]"
+    )
     _require(0 <= s.min_lr_ratio <= 1, f"phase.schedule.min_lr_ratio={s.min_lr_ratio} must be in [0, 1]")
-    decay_steps = int(round(s.decay_fraction * t.max_steps))
+    decay_steps = round(s.decay_fraction * t.max_steps)
     _require(
         s.warmup_steps + decay_steps <= t.max_steps,
         f"phase.schedule.warmup_steps={s.warmup_steps} plus the decay "

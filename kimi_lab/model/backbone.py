@@ -43,7 +43,9 @@ class DecoderLayer(nn.Module):
         else:
             self.ffn = SwiGLU(D, cfg.dense_ffn_dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, MoEAux | None]:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, MoEAux | None]:
         x = x + self.attn(self.attn_norm(x), cos, sin)
         if self.is_moe:
             y, aux = self.ffn(self.ffn_norm(x))
@@ -109,5 +111,8 @@ class K2Model(nn.Module):
         logits = self.lm_head(hidden) if compute_logits else None
         metrics: dict[str, torch.Tensor] = {}
         if seq_terms:
-            metrics = {"seq_balance_loss": torch.stack(seq_terms).mean(), "router_z_loss": torch.stack(z_terms).mean()}
+            metrics = {
+                "seq_balance_loss": torch.stack(seq_terms).mean(),
+                "router_z_loss": torch.stack(z_terms).mean(),
+            }
         return LMOutput(logits, hidden, aux_loss, metrics)

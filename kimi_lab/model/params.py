@@ -63,7 +63,11 @@ def count_params_closed_form(cfg: ModelConfig) -> tuple[int, int]:
     D, H = cfg.hidden_size, a.n_heads
     qk = a.qk_nope_head_dim + a.qk_rope_head_dim
     q = D * H * qk if a.q_lora_rank is None else D * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * H * qk
-    kv = D * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank + a.kv_lora_rank * H * (a.qk_nope_head_dim + a.v_head_dim)
+    kv = (
+        D * (a.kv_lora_rank + a.qk_rope_head_dim)
+        + a.kv_lora_rank
+        + a.kv_lora_rank * H * (a.qk_nope_head_dim + a.v_head_dim)
+    )
     attn = q + kv + H * a.v_head_dim * D + 2 * D  # + the two block norms
     n_moe = cfg.n_layers - cfg.first_k_dense
     expert = 3 * D * m.expert_ffn_dim

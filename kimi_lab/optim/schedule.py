@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 
 
-def wsd_multiplier(step: int, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float) -> float:
+def wsd_multiplier(
+    step: int, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float
+) -> float:
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     decay_start = total_steps - decay_steps

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from kimi_lab.config.schema import RunConfig
@@ -34,7 +35,9 @@ class PhaseModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         # The checkpoint carries the full config, so a checkpoint alone can rebuild its model.
-        self.save_hyperparameters({"config": OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)})
+        self.save_hyperparameters(
+            {"config": OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)}
+        )
         self.model = K2Model(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
         self.latest_moe_load: tuple[torch.Tensor, torch.Tensor] | None = None
         self.latest_moe_load_step = -1
@@ -46,7 +49,7 @@ class PhaseModule(L.LightningModule):
         o, s = self.cfg.phase.optim, self.cfg.phase.schedule
         groups = build_param_groups(self.model, o.weight_decay)
         for g in groups:
-            log.info("param group %-16s %12s params  weight_decay=%g", g.name, f"{g.numel:,}", g.weight_decay)
+            rank_zero_info(f"param group {g.name:<16} {g.numel:>12,} params  weight_decay={g.weight_decay:g}")
         optimizer = torch.optim.AdamW(
             [{"params": g.params, "weight_decay": g.weight_decay, "name": g.name} for g in groups],
             lr=o.lr,
@@ -54,8 +57,10 @@ class PhaseModule(L.LightningModule):
             eps=o.eps,
         )
         total = self.cfg.trainer.max_steps
-        decay = int(round(s.decay_fraction * total))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WSD(total, s.warmup_steps, decay, s.min_lr_ratio))
+        decay = round(s.decay_fraction * total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, WSD(total, s.warmup_steps, decay, s.min_lr_ratio)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -81,7 +86,9 @@ class PhaseModule(L.LightningModule):
         elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
         world = self.trainer.world_size
         tokens = self._tokens_in_step * world
-        self.log(TRAIN_TOKENS_PER_SEC, tokens / max(elapsed, 1e-9), prog_bar=True, on_step=True, on_epoch=False)
+        self.log(
+            TRAIN_TOKENS_PER_SEC, tokens / max(elapsed, 1e-9), prog_bar=True, on_step=True, on_epoch=False
+        )
         self.log(TRAIN_TOKENS, float(self.trainer.global_step * tokens), on_step=True, on_epoch=False)
         self.log(TRAIN_LR, self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         self._tokens_in_step = 0

@@ -8,7 +8,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kimi_lab.metrics import TRAIN_AUX, TRAIN_CE, TRAIN_LOSS, TRAIN_SEQ_BALANCE, TRAIN_Z_LOSS, VAL_LOSS, VAL_PPL
+from kimi_lab.metrics import (
+    TRAIN_AUX,
+    TRAIN_CE,
+    TRAIN_LOSS,
+    TRAIN_SEQ_BALANCE,
+    TRAIN_Z_LOSS,
+    VAL_LOSS,
+    VAL_PPL,
+)
 from kimi_lab.phases.base import PhaseModule
 
 
@@ -39,4 +47,4 @@ class PretrainModule(PhaseModule):
     def on_validation_epoch_end(self) -> None:
         val = self.trainer.callback_metrics.get(VAL_LOSS)
         if val is not None:
-            self.log(VAL_PPL, math.exp(min(float(val), 50.0)), on_step=False, on_epoch=True)
+            self.log(VAL_PPL, math.exp(min(float(val), 50.0)), on_step=False, on_epoch=True, sync_dist=True)

@@ -51,7 +51,9 @@ class RunDirCallback(L.Callback):
 
     @rank_zero_only
     def _status(self, trainer: L.Trainer, status: str) -> None:
-        final = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        final = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+        }
         write_json_atomic(
             self.run_dir / STATUS_FILE,
             {
@@ -123,10 +125,14 @@ class RunDirCallback(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush()
-        interrupted = trainer.interrupted or (trainer.max_steps > 0 and trainer.global_step < trainer.max_steps and not trainer.fast_dev_run)
+        interrupted = trainer.interrupted or (
+            trainer.max_steps > 0 and trainer.global_step < trainer.max_steps and not trainer.fast_dev_run
+        )
         self._status(trainer, "interrupted" if interrupted else "finished")
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._flush()
         for lg in self._parquet_loggers(trainer):
             lg.save()

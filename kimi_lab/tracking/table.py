@@ -61,5 +61,11 @@ class ParquetTable:
 
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("key", pa.string()), ("value", pa.float64())])
 MOE_LOAD_SCHEMA = pa.schema(
-    [("step", pa.int64()), ("layer", pa.int32()), ("expert", pa.int32()), ("tokens", pa.int64()), ("bias", pa.float32())]
+    [
+        ("step", pa.int64()),
+        ("layer", pa.int32()),
+        ("expert", pa.int32()),
+        ("tokens", pa.int64()),
+        ("bias", pa.float32()),
+    ]
 )

@@ -44,7 +44,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _grouped_mm(a_SX: torch.Tensor, w_EXY: torch.Tensor, counts: list[int], out_SY: torch.Tensor) -> torch.Tensor:
+def _grouped_mm(
+    a_SX: torch.Tensor, w_EXY: torch.Tensor, counts: list[int], out_SY: torch.Tensor
+) -> torch.Tensor:
     """out[rows of e] = a[rows of e] @ w[e], for consecutive row groups of sizes ``counts``."""
     start = 0
     for e, n in enumerate(counts):
@@ -65,35 +67,31 @@ class _GroupedSwiGLU(torch.autograd.Function):
         F_ = w1.shape[1]
         x_SD = x_SD.to(dtype)
         # Gate and up fused into one (E, D, 2F) operand: one matmul per expert.
-        w13_ED2F = torch.cat((w1, w3), dim=1).to(dtype).transpose(1, 2)
+        w13_ED2F = torch.cat((w1.to(dtype), w3.to(dtype)), dim=1).transpose(1, 2)
         w2_EFD = w2.to(dtype)
         S = x_SD.shape[0]
         h_S2F = _grouped_mm(x_SD, w13_ED2F, counts, x_SD.new_empty(S, 2 * F_))
-        a_SF = F.silu(h_S2F[:, :F_]) * h_S2F[:, F_:]
+        a_SF = F.silu(h_S2F[:, :F_]).mul_(h_S2F[:, F_:])
         y_SD = _grouped_mm(a_SF, w2_EFD, counts, x_SD.new_empty(S, w2.shape[2]))
-        ctx.save_for_backward(x_SD, w13_ED2F, w2_EFD, h_S2F)
+        ctx.save_for_backward(x_SD, w13_ED2F, w2_EFD, h_S2F, a_SF)
         ctx.counts = counts
         ctx.param_dtype = w1.dtype
-        ctx.input_dtype = x_SD.dtype
         return y_SD
 
     @staticmethod
     def backward(ctx, gy_SD: torch.Tensor):  # type: ignore[override]
-        x_SD, w13_ED2F, w2_EFD, h_S2F = ctx.saved_tensors
+        x_SD, w13_ED2F, w2_EFD, h_S2F, a_SF = ctx.saved_tensors
         counts: list[int] = ctx.counts
         E, F_, D = w2_EFD.shape
         S = x_SD.shape[0]
         gy_SD = gy_SD.to(x_SD.dtype).contiguous()
 
         gate, up = h_S2F[:, :F_], h_S2F[:, F_:]
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        a_SF = silu * up
-        # d a / d up = silu(gate); d a / d gate = up * silu'(gate)
         ga_SF = _grouped_mm(gy_SD, w2_EFD.transpose(1, 2), counts, x_SD.new_empty(S, F_))
         gh_S2F = x_SD.new_empty(S, 2 * F_)
-        torch.mul(ga_SF * up, sig * (1 + gate * (1 - sig)), out=gh_S2F[:, :F_])
-        torch.mul(ga_SF, silu, out=gh_S2F[:, F_:])
+        # a = silu(gate) * up:  d/d up = silu(gate);  d/d gate = up * silu'(gate)
+        torch.mul(ga_SF, F.silu(gate), out=gh_S2F[:, F_:])
+        gh_S2F[:, :F_] = torch.ops.aten.silu_backward(ga_SF.mul_(up), gate)
 
         gw1 = x_SD.new_zeros(E, F_, D)
         gw3 = x_SD.new_zeros(E, F_, D)
@@ -141,14 +139,17 @@ class TorchExperts(Experts):
         self, x_TD: torch.Tensor, top_idx_TK: torch.Tensor, top_weight_TK: torch.Tensor
     ) -> torch.Tensor:
         T, D = x_TD.shape
+        K = top_idx_TK.shape[1]
         order_S, token_S, counts = sort_by_expert(top_idx_TK, self.n_experts)
-        x_SD = x_TD.index_select(0, token_S)
+        # Cast before gathering: the K copies of each token are then made in the compute dtype.
+        x_SD = x_TD.to(_compute_dtype(x_TD)).index_select(0, token_S)
         y_SD = _GroupedSwiGLU.apply(x_SD, self.w1, self.w3, self.w2, counts)
-        gate_S1 = top_weight_TK.reshape(-1)[order_S].unsqueeze(1)
-        # Weighted sum of each token's K expert outputs, accumulated in at least fp32.
-        acc = torch.promote_types(y_SD.dtype, torch.float32)
-        out_TD = x_TD.new_zeros(T, D, dtype=acc).index_add(0, token_S, y_SD.to(acc) * gate_S1.to(acc))
-        return out_TD.to(y_SD.dtype)
+        # Back to token order (a permutation, so its backward is exact), then each
+        # token's gate-weighted sum of its K outputs as one small matmul, which
+        # accumulates in fp32 even for bf16 inputs.
+        y_TKD = y_SD.index_select(0, torch.argsort(order_S)).view(T, K, D)
+        out_T1D = torch.bmm(top_weight_TK.to(y_SD.dtype).unsqueeze(1), y_TKD)
+        return out_T1D.view(T, D)
 
 
 def reference_experts(

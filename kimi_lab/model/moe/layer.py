@@ -50,10 +50,14 @@ class MoELayer(nn.Module):
         self.router = SigmoidRouter(dim, cfg.n_routed_experts, cfg.top_k, cfg.routed_scaling_factor, init_std)
         self.experts: Experts
         if backend == "megablocks":
-            self.experts = MegaBlocksExperts(cfg.n_routed_experts, dim, cfg.expert_ffn_dim, cfg.top_k, init_std)
+            self.experts = MegaBlocksExperts(
+                cfg.n_routed_experts, dim, cfg.expert_ffn_dim, cfg.top_k, init_std
+            )
         else:
             self.experts = TorchExperts(cfg.n_routed_experts, dim, cfg.expert_ffn_dim, init_std)
-        self.shared = SwiGLU(dim, cfg.n_shared_experts * cfg.expert_ffn_dim) if cfg.n_shared_experts > 0 else None
+        self.shared = (
+            SwiGLU(dim, cfg.n_shared_experts * cfg.expert_ffn_dim) if cfg.n_shared_experts > 0 else None
+        )
         # Set by the routing inspector: keeps the last routing decisions (detached).
         self.record_routing = False
         self.last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -63,7 +67,10 @@ class MoELayer(nn.Module):
         x_TD = x_BTD.reshape(B * T, D)
         routing = self.router(x_TD)
         if self.record_routing:
-            self.last_routing = (routing.top_idx_TK.view(B, T, -1).detach(), routing.top_weight_TK.view(B, T, -1).detach())
+            self.last_routing = (
+                routing.top_idx_TK.view(B, T, -1).detach(),
+                routing.top_weight_TK.view(B, T, -1).detach(),
+            )
         y_TD = self.experts(x_TD, routing.top_idx_TK, routing.top_weight_TK)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)

@@ -18,7 +18,9 @@ def sequence_balance_loss(scores_BTE: torch.Tensor, top_idx_BTK: torch.Tensor) -
     p_BE = probs_BTE.mean(1)
     with torch.no_grad():
         counts_BE = torch.zeros(B, E, device=scores_BTE.device, dtype=p_BE.dtype)
-        counts_BE.scatter_add_(1, top_idx_BTK.reshape(B, T * K), torch.ones(B, T * K, device=p_BE.device, dtype=p_BE.dtype))
+        counts_BE.scatter_add_(
+            1, top_idx_BTK.reshape(B, T * K), torch.ones(B, T * K, device=p_BE.device, dtype=p_BE.dtype)
+        )
         f_BE = counts_BE * (E / (K * T))
     return (f_BE * p_BE).sum(-1).mean()
 

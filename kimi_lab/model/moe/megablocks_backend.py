@@ -93,7 +93,7 @@ class MegaBlocksExperts(Experts):
 
 
 def _to_canonical(module: MegaBlocksExperts, state: dict, prefix: str, _meta: Any) -> dict:
-    E, Fd, D = module.n_experts, module.ffn_dim, module.dim
+    Fd, D = module.ffn_dim, module.dim
     for canonical, native in _CANONICAL.items():
         key = prefix + native
         if key in state:

@@ -28,7 +28,9 @@ class Routing:
 
 
 class SigmoidRouter(nn.Module):
-    def __init__(self, dim: int, n_experts: int, top_k: int, scaling: float = 1.0, init_std: float = 0.02) -> None:
+    def __init__(
+        self, dim: int, n_experts: int, top_k: int, scaling: float = 1.0, init_std: float = 0.02
+    ) -> None:
         super().__init__()
         self.n_experts, self.top_k, self.scaling = n_experts, top_k, scaling
         self.weight = nn.Parameter(torch.empty(n_experts, dim))
@@ -43,7 +45,9 @@ class SigmoidRouter(nn.Module):
             logits_TE = F.linear(x_TD.float(), self.weight.float())
         scores_TE = torch.sigmoid(logits_TE)
         with torch.no_grad():
-            top_idx_TK = torch.topk(scores_TE + self.expert_bias.float(), self.top_k, dim=-1, sorted=False).indices
+            top_idx_TK = torch.topk(
+                scores_TE + self.expert_bias.float(), self.top_k, dim=-1, sorted=False
+            ).indices
         top_weight_TK = scores_TE.gather(1, top_idx_TK)
         top_weight_TK = top_weight_TK / (top_weight_TK.sum(-1, keepdim=True) + 1e-20) * self.scaling
         if self.training and torch.is_grad_enabled():

@@ -1,0 +1,221 @@
+"""``kimi-lab bench moe``: the MoE layer against its peers, measured side by side in one run.
+
+Times forward + backward of one MoE layer (router, routed experts, shared
+experts) at a fixed shape and prints ratios against, in the same process:
+
+- transformers' ``DeepseekV3MoE`` at its fastest: every experts implementation it
+  registers, with bf16 weights and with fp32 weights under autocast, best taken;
+- a dense SwiGLU FFN with the same active FLOPs (width (top_k + shared) x F), in
+  kimi_lab's precision.
+
+Ratios, not seconds, are the result: ``speedup_vs_transformers`` = t(peer) / t(ours)
+(> 1: ours is faster); ``time_vs_dense`` = t(ours) / t(dense) (1 = sparse costs
+nothing over dense).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kimi_lab.config.schema import MoEBackend, MoEConfig
+from kimi_lab.model.mlp import SwiGLU
+from kimi_lab.model.moe.layer import MoELayer
+from kimi_lab.runtime import available_memory_bytes, cpu_has_native_bf16, tune_cpu_allocator
+
+
+@dataclass
+class Shape:
+    tokens: int = 4096
+    hidden: int = 512
+    ffn: int = 256
+    experts: int = 64
+    top_k: int = 8
+    shared: int = 1
+
+    @property
+    def active_flops(self) -> float:
+        """Forward + backward matmul FLOPs of the experts (3 matmuls, x3 for backward)."""
+        return 3 * 2 * self.tokens * self.hidden * self.ffn * 3 * (self.top_k + self.shared)
+
+
+def _fwd_bwd(
+    module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor, autocast: torch.dtype | None
+) -> Callable[[], None]:
+    def step() -> None:
+        for p in module.parameters():
+            p.grad = None
+        x.grad = None
+        ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        with ctx:
+            y = module(x)
+        y = y[0] if isinstance(y, tuple) else y
+        y.backward(grad.to(y.dtype))
+
+    return step
+
+
+def _kimi_layer(s: Shape) -> MoELayer:
+    cfg = MoEConfig(
+        n_routed_experts=s.experts,
+        n_shared_experts=s.shared,
+        top_k=s.top_k,
+        expert_ffn_dim=s.ffn,
+        backend=MoEBackend.torch,
+    )
+    return MoELayer(s.hidden, cfg, backend="torch")
+
+
+def _transformers_layers(s: Shape) -> dict[str, Callable[[torch.dtype], torch.nn.Module]]:
+    """{experts implementation: factory(dtype)} for transformers' DeepseekV3MoE."""
+    from transformers import DeepseekV3Config
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+
+    impls = ["eager", *sorted(k for k in ALL_EXPERTS_FUNCTIONS if k in ("grouped_mm", "batched_mm"))]
+
+    def factory(impl: str) -> Callable[[torch.dtype], torch.nn.Module]:
+        def build(dtype: torch.dtype) -> torch.nn.Module:
+            cfg = DeepseekV3Config(
+                hidden_size=s.hidden,
+                moe_intermediate_size=s.ffn,
+                n_routed_experts=s.experts,
+                num_experts_per_tok=s.top_k,
+                n_shared_experts=s.shared,
+                n_group=1,
+                topk_group=1,
+                num_hidden_layers=2,
+            )
+            cfg._experts_implementation = impl
+            m = DeepseekV3MoE(cfg)
+            for _name, p in m.named_parameters():
+                torch.nn.init.normal_(p, std=0.02)
+            m = m.to(dtype)
+            m.gate.weight.data = m.gate.weight.data.float()  # transformers keeps the router in fp32
+            return m
+
+        return build
+
+    return {impl: factory(impl) for impl in impls}
+
+
+def _batched_mm_bytes(s: Shape, dtype: torch.dtype) -> int:
+    # batched_mm materialises every (token, expert) pair's weights: 3 F x D matrices each.
+    return s.tokens * s.top_k * 3 * s.ffn * s.hidden * torch.finfo(dtype).bits // 8
+
+
+def run(
+    s: Shape,
+    repeats: int = 5,
+    warmup: int = 2,
+    precision: str = "auto",
+    peers: tuple[str, ...] = ("transformers", "dense"),
+) -> dict:
+    """Build every contender, warm each up, then time them round-robin (drift hits all alike)."""
+    tune_cpu_allocator()  # applies to every contender in this process alike
+    torch.manual_seed(0)
+    bf16 = cpu_has_native_bf16() if precision == "auto" else precision == "bf16"
+    ours_autocast = torch.bfloat16 if bf16 else None
+    x = torch.randn(1, s.tokens, s.hidden, requires_grad=True)
+    grad = torch.randn(1, s.tokens, s.hidden)
+    results: dict = {"shape": s.__dict__, "precision": "bf16-mixed" if bf16 else "32-true", "times_ms": {}}
+
+    steps: dict[str, Callable[[], None]] = {
+        "kimi_lab_torch": _fwd_bwd(_kimi_layer(s), x, grad, ours_autocast)
+    }
+    if "dense" in peers:
+        dense = SwiGLU(s.hidden, (s.top_k + s.shared) * s.ffn)
+        steps["dense_swiglu_same_active_flops"] = _fwd_bwd(dense, x, grad, ours_autocast)
+    hf_names: list[str] = []
+    if "transformers" in peers:
+        for impl, build in _transformers_layers(s).items():
+            variants = [("bf16 weights", torch.bfloat16, None)] if bf16 else []
+            variants.append(("fp32 weights" + (" + autocast" if bf16 else ""), torch.float32, ours_autocast))
+            for label, dtype, autocast in variants:
+                name = f"transformers_{impl} ({label})"
+                need = _batched_mm_bytes(s, dtype) if impl == "batched_mm" else 0
+                free = available_memory_bytes()
+                if free is not None and need > free // 2:
+                    results["times_ms"][name] = (
+                        f"skipped: gathers per-token expert weights ({need / 2**30:.0f} GiB)"
+                    )
+                    continue
+                xin = x.detach().to(dtype).requires_grad_()
+                steps[name] = _fwd_bwd(build(dtype), xin, grad, autocast)
+                hf_names.append(name)
+
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for name in list(steps):
+        try:
+            for _ in range(warmup):
+                steps[name]()
+        except (RuntimeError, MemoryError) as exn:
+            results["times_ms"][name] = f"failed: {str(exn).splitlines()[0][:120]}"
+            del steps[name], times[name]
+            gc.collect()
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    results["times_ms"].update({name: t * 1e3 for name, t in med.items()})
+
+    t_ours = med["kimi_lab_torch"]
+    if "dense_swiglu_same_active_flops" in med:
+        results["time_vs_dense"] = t_ours / med["dense_swiglu_same_active_flops"]
+    measured = [n for n in hf_names if n in med]
+    if measured:
+        best = min(measured, key=med.__getitem__)
+        results["transformers_best"] = best
+        results["speedup_vs_transformers"] = med[best] / t_ours
+    results["kimi_lab_gflops"] = s.active_flops / t_ours / 1e9
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="kimi-lab bench moe", description=__doc__.splitlines()[0])
+    p.add_argument("what", nargs="?", default="moe", choices=["moe"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--ffn", type=int, default=256)
+    p.add_argument("--experts", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--shared", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--peers", default="transformers,dense", help="comma-separated: transformers, dense")
+    args = p.parse_args(argv)
+    shape = Shape(args.tokens, args.hidden, args.ffn, args.experts, args.top_k, args.shared)
+    res = run(shape, args.repeats, args.warmup, args.precision, tuple(filter(None, args.peers.split(","))))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(
+            f"MoE layer fwd+bwd, {shape.tokens} tokens, hidden {shape.hidden}, {shape.experts} experts "
+            f"top-{shape.top_k} + {shape.shared} shared, FFN {shape.ffn}, {res['precision']}"
+        )
+        for name, t in res["times_ms"].items():
+            print(f"  {name:<52} {t:>10.1f} ms" if isinstance(t, float) else f"  {name:<52} {t}")
+        if "speedup_vs_transformers" in res:
+            print(
+                f"  speedup vs transformers ({res['transformers_best']}): {res['speedup_vs_transformers']:.2f}x"
+            )
+        if "time_vs_dense" in res:
+            print(f"  time vs dense SwiGLU with the same active FLOPs:  {res['time_vs_dense']:.2f}x")
+        print(f"  kimi_lab: {res['kimi_lab_gflops']:.0f} GFLOP/s")
+    return res
+
+
+if __name__ == "__main__":
+    main()

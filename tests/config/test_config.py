@@ -1,0 +1,98 @@
+"""Composition, typed schemas and cross-field validation."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from kimi_lab.config import compose, to_run_config, validate_run
+from kimi_lab.config.schema import MoEBackend, RopeScaling, RunConfig
+from kimi_lab.errors import ConfigError
+from tests.conftest import REPO
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_preset_composes_and_validates(model: str) -> None:
+    cfg = to_run_config(compose([f"model={model}"]))
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.name == model
+    validate_run(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment: str) -> None:
+    cfg = to_run_config(compose([f"experiment={experiment}"]))
+    assert cfg.experiment == experiment
+    validate_run(cfg)
+
+
+def test_typed_values() -> None:
+    cfg = to_run_config(compose(["model=k2", "model.moe.backend=torch"]))
+    assert cfg.model.moe.backend is MoEBackend.torch
+    assert cfg.model.attention.rope.scaling is RopeScaling.yarn
+    assert cfg.data.tokenizer == "data/tokenizers/bpe-163840.json"  # interpolated from model.vocab_size
+
+
+def test_unknown_key_fails_at_composition_and_names_it() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["model.moe.top_kk=3"])
+    assert "top_kk" in str(err.value.__cause__ or err.value)
+
+
+def test_wrong_type_fails_and_names_the_key() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["model.moe.top_k=many"])
+    text = str(err.value.__cause__ or err.value)
+    assert "model.moe.top_k" in text and "many" in text
+
+
+def test_enum_error_lists_allowed_values() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["model.moe.backend=cuda_magic"])
+    text = str(err.value.__cause__ or err.value)
+    assert "auto" in text and "torch" in text and "megablocks" in text
+
+
+def test_unknown_group_option_lists_the_options() -> None:
+    with pytest.raises(Exception) as err:  # hydra's MissingConfigException
+        compose(["model=tinyy"])
+    text = str(err.value)
+    assert "tinyy" in text and "tiny" in text and "small" in text
+
+
+def test_typo_inside_a_group_file_is_caught(tmp_path) -> None:
+    # Merging an unknown key into the typed node fails and names it.
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.structured(RunConfig)
+    with pytest.raises((ConfigKeyError, ValidationError)) as err:
+        OmegaConf.merge(base, {"model": {"hiden_size": 3}})
+    assert "hiden_size" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["model=tiny", "model.moe.top_k=9"], "model.moe.top_k=9"),
+        (["model=tiny", "model.first_k_dense=3"], "model.first_k_dense=3"),
+        (["model=tiny", "model.attention.qk_rope_head_dim=7"], "model.attention.qk_rope_head_dim=7"),
+        (["model=tiny", "data.seq_len=4096"], "data.seq_len=4096"),
+        (
+            ["model=tiny", "trainer.max_steps=10", "phase.schedule.warmup_steps=20"],
+            "phase.schedule.warmup_steps=20",
+        ),
+        (["model=tiny", "model.moe.n_routed_experts=0"], "model.moe.n_routed_experts=0"),
+        (["model=tiny", "data.batch_size=0"], "data.batch_size=0"),
+    ],
+)
+def test_cross_field_rules_fail_before_building_and_name_keys(overrides: list[str], named: str) -> None:
+    cfg = to_run_config(compose(overrides))
+    with pytest.raises(ConfigError) as err:
+        validate_run(cfg)
+    message = str(err.value)
+    assert named in message
+    assert "\n" not in message  # one line

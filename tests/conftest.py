@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny tokenizer and tiny text shards, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tracking stays local and quiet in tests; never reach for a server.
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_VOCAB = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kimi_lab.data.tokenizer import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / f"bpe-{TINY_VOCAB}.json"
+    return train_tokenizer(TINY_VOCAB, path, max_bytes=1_500_000)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data_pipelines.text import build_text
+
+    out = tmp_path_factory.mktemp("text")
+    build_text(out, n=160, seed=0, val_fraction=0.1, shard_bytes=200_000, progress=False)
+    return out
+
+
+@pytest.fixture
+def tiny_overrides(tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path) -> list[str]:
+    """Overrides that make any experiment a seconds-long tiny run inside tmp_path."""
+    return [
+        "model=tiny",
+        f"data.path={tiny_shards}",
+        f"data.tokenizer={tiny_tokenizer}",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "data.shuffle_buffer=16",
+        "data.val_batches=2",
+        f"runs_dir={tmp_path / 'runs'}",
+        "logger=none",
+        "trainer.progress_bar=false",
+        "trainer.precision=32-true",
+        "trainer.limit_val_batches=2",
+    ]

@@ -1,0 +1,201 @@
+"""End-to-end: experiments run, the run directory is complete, resume continues the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from kimi_lab.config import compose, to_run_config, validate_run
+from kimi_lab.metrics import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    MOE_LOAD_FILE,
+    STATUS_FILE,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    VAL_LOSS,
+    WANDB_ID_FILE,
+)
+from kimi_lab.optim.schedule import wsd_multiplier
+from kimi_lab.train import train
+from tests.conftest import REPO
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "kimi_lab.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_once_with_fast_dev_run(
+    experiment: str, tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    dcfg = compose([f"experiment={experiment}", *tiny_overrides, "trainer.fast_dev_run=true"])
+    cfg = to_run_config(dcfg)
+    validate_run(cfg)
+    metrics = train(cfg, tmp_path / "run", OmegaConf.to_container(dcfg, resolve=True))
+    assert torch.isfinite(torch.tensor(metrics[TRAIN_LOSS]))
+
+
+def test_cli_run_writes_the_run_directory_contract(tiny_overrides: list[str], tmp_path: Path) -> None:
+    overrides = [o for o in tiny_overrides if not o.startswith("logger=")]
+    res = run_cli(
+        "train",
+        *overrides,
+        "logger=wandb",
+        "experiment=quickstart",
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=3",
+        "trainer.val_check_interval=6",
+        "trainer.checkpoint_every_n_steps=6",
+        "phase.schedule.warmup_steps=2",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = Path(res.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
+    assert run_dir.parent == tmp_path / "runs" / "quickstart"
+
+    assert OmegaConf.load(run_dir / CONFIG_FILE).model.name == "tiny"
+    metrics = pd.read_parquet(run_dir / METRICS_FILE)
+    assert {TRAIN_LOSS, VAL_LOSS, TRAIN_LR}.issubset(set(metrics.key))
+    assert sorted(metrics[metrics.key == TRAIN_LOSS].step) == [2, 5, 8, 11]
+
+    load = pd.read_parquet(run_dir / MOE_LOAD_FILE)
+    assert list(load.columns) == ["step", "layer", "expert", "tokens", "bias"]
+    n_moe_layers, n_experts = 1, 8  # tiny: 2 layers, the first dense
+    for _step, rows in load.groupby("step"):
+        assert len(rows) == n_moe_layers * n_experts
+        assert rows.tokens.sum() == 4 * 32 * 2  # batch x seq_len x top_k: dropless, every token routed
+    assert sorted(load.step.unique()) == [2, 5, 8, 11]
+
+    assert (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+    assert json.loads((run_dir / STATUS_FILE).read_text())["status"] == "finished"
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    run_id = (run_dir / WANDB_ID_FILE).read_text().strip()
+    assert offline and offline[0].name.endswith(run_id)
+
+
+def test_killed_run_resumes_with_ckpt_path_auto(tiny_overrides: list[str], tmp_path: Path) -> None:
+    overrides = [o for o in tiny_overrides if not o.startswith("logger=")] + [
+        "logger=wandb",
+        "experiment=quickstart",
+        "trainer.max_steps=40",
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=10",
+        "trainer.checkpoint_every_n_steps=10",
+        "phase.schedule.warmup_steps=4",
+        "model.moe.bias_update_rate=0.01",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kimi_lab.cli", "train", *overrides],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    root = tmp_path / "runs" / "quickstart"
+    deadline = time.time() + 240
+    while not list(root.glob(f"*/{CHECKPOINT_DIR}/step-0000010.ckpt")):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint at step 10"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # no cleanup, no final checkpoint
+    proc.wait()
+    run_dir = next(root.iterdir())
+    first_id = (run_dir / WANDB_ID_FILE).read_text().strip()
+    ckpt = torch.load(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt_step = ckpt["global_step"]
+    bias_key = "model.layers.1.ffn.router.expert_bias"
+    assert 10 <= ckpt_step < 40, "the kill must land between checkpoints, before the end"
+    assert ckpt["state_dict"][bias_key].abs().sum() > 0
+
+    res = run_cli("train", *overrides, "ckpt_path=auto", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming {run_dir}" in res.stdout and list(root.iterdir()) == [run_dir]
+
+    status = json.loads((run_dir / STATUS_FILE).read_text())
+    assert status["status"] == "finished" and status["step"] == 40
+    metrics = pd.read_parquet(run_dir / METRICS_FILE)
+    loss = metrics[metrics.key == TRAIN_LOSS].set_index("step").value
+    assert list(loss.index) == list(range(1, 40, 2))  # every logged step exactly once: no gap, no repeat
+    lr = metrics[metrics.key == TRAIN_LR].set_index("step").value
+    for step, value in lr.items():  # the schedule resumed where it was, not from warmup
+        assert value == pytest.approx(3e-3 * wsd_multiplier(step + 1, 40, 4, 8, 0.1), rel=1e-5)
+    before, after = loss[loss.index < ckpt_step], loss[loss.index >= ckpt_step]
+    assert after.iloc[0] < loss.iloc[0] - 0.5  # continued from the trained weights, not from scratch
+    assert abs(after.iloc[0] - before.iloc[-1]) < 0.6
+
+    load = pd.read_parquet(run_dir / MOE_LOAD_FILE)
+    first_after = load[load.step == load[load.step >= ckpt_step].step.min()].sort_values("expert")
+    drift = (torch.tensor(first_after.bias.values) - ckpt["state_dict"][bias_key]).abs().max()
+    assert drift <= 2 * 0.01 * 2 + 1e-6  # biases continued from the checkpoint (two updates at most)
+
+    assert (run_dir / WANDB_ID_FILE).read_text().strip() == first_id
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(first_id) for r in runs)
+
+
+def test_config_errors_are_one_line(tiny_overrides: list[str], tmp_path: Path) -> None:
+    res = run_cli("train", *tiny_overrides, "model.moe.top_k=99", cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: model.moe.top_k=99 must be between 1 and model.moe.n_routed_experts=8"
+    )
+    res = run_cli("train", *tiny_overrides, "model.moe.top_kk=2", cwd=tmp_path)
+    assert res.returncode != 0 and "top_kk" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_data_is_a_one_line_error(tiny_overrides: list[str], tmp_path: Path) -> None:
+    overrides = [o for o in tiny_overrides if not o.startswith("data.path=")]
+    res = run_cli("train", *overrides, f"data.path={tmp_path / 'no_shards'}", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data.path=") and "no_shards" in last and "Traceback" not in res.stderr
+
+
+def test_multirun_sweeps_expert_counts(tiny_overrides: list[str], tmp_path: Path) -> None:
+    res = run_cli(
+        "train",
+        "--multirun",
+        *tiny_overrides,
+        "experiment=quickstart",
+        "model.moe.n_routed_experts=4,8",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=4",
+        "trainer.checkpoint_every_n_steps=4",
+        "phase.schedule.warmup_steps=1",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted((tmp_path / "runs" / "quickstart" / "multirun").glob("*/[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    experts = [OmegaConf.load(j / CONFIG_FILE).model.moe.n_routed_experts for j in jobs]
+    assert experts == [4, 8]
+    for job, n in zip(jobs, experts):
+        load = pd.read_parquet(job / MOE_LOAD_FILE)
+        assert sorted(load.expert.unique()) == list(range(n))

@@ -1,0 +1,46 @@
+"""Run-directory files are written atomically and survive a resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from kimi_lab.tracking.checkpoint_io import AtomicCheckpointIO
+from kimi_lab.tracking.table import METRICS_SCHEMA, ParquetTable
+
+
+def test_table_flush_reload_and_drop_after(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.parquet"
+    t = ParquetTable(path, METRICS_SCHEMA)
+    for step in range(6):
+        t.append(step=step, key="train/loss", value=float(10 - step))
+    t.flush()
+    assert pq.read_table(path).num_rows == 6
+    resumed = ParquetTable(path, METRICS_SCHEMA)  # a resumed run reloads what is there...
+    resumed.drop_after(3)  # ...and forgets the steps it will replay
+    resumed.append(step=4, key="train/loss", value=0.5)
+    resumed.flush()
+    table = pq.read_table(path).to_pydict()
+    assert table["step"] == [0, 1, 2, 3, 4] and table["value"][-1] == 0.5
+    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    assert torch.load(path, weights_only=False)["step"] == 1
+
+    def broken_save(obj, f, *args, **kwargs):  # a kill mid-write, as far as the file is concerned
+        f.write(b"partial")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(RuntimeError):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["step"] == 1  # the previous checkpoint is intact
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
