@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print {"total": ..., "active": ...}')
     p.set_defaults(func=_cmd_params)
 
-    p = sub.add_parser("data", help="build or inspect datasets")
+    p = sub.add_parser("data", help="build datasets (shards, tokenizer)")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     b = data_sub.add_parser("build", help="build a dataset")
     b.add_argument("kind", choices=["tokenizer", "text"])

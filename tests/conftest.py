@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,18 @@ os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VOCAB = 512
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``kimi-lab ARGS`` as a user would, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "kimi_lab.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -3,50 +3,36 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO
-
-
-def kimi_lab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kimi_lab.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+from tests.conftest import REPO, run_cli
 
 
 def test_data_build_text_and_tokenizer(tmp_path: Path) -> None:
-    res = kimi_lab("data", "build", "text", "--out", "shards", "--n", "40", cwd=tmp_path)
+    res = run_cli("data", "build", "text", "--out", "shards", "--n", "40", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["counts"]["train"] + manifest["counts"]["val"] + manifest["counts"]["duplicates"] <= 40
     assert "text shards: shards" in res.stdout
-    res = kimi_lab("data", "build", "tokenizer", "--vocab-size", "300", "--out", "tok.json", cwd=tmp_path)
+    res = run_cli("data", "build", "tokenizer", "--vocab-size", "300", "--out", "tok.json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "tok.json").is_file() and "300 tokens" in res.stdout
 
 
 def test_data_build_bad_source_is_one_line(tmp_path: Path) -> None:
-    res = kimi_lab("data", "build", "text", "--src", "missing_folder", cwd=tmp_path)
+    res = run_cli("data", "build", "text", "--src", "missing_folder", cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.strip() == "error: --src missing_folder: no such file or folder"
 
 
 def test_params_table(tmp_path: Path) -> None:
-    res = kimi_lab("params", "model=small", cwd=REPO)
+    res = run_cli("params", "model=small", cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert "model small:" in res.stdout and "routed_experts" in res.stdout
 
 
 def test_bench_moe_reports_ratios_against_peers(tmp_path: Path) -> None:
-    res = kimi_lab(
+    res = run_cli(
         "bench",
         "moe",
         "--json",

@@ -30,21 +30,9 @@ from kimi_lab.metrics import (
 )
 from kimi_lab.optim.schedule import wsd_multiplier
 from kimi_lab.train import train
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "kimi_lab.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

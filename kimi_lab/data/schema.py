@@ -17,4 +17,9 @@ def sample_key(source: str, content: bytes) -> str:
 def make_record(modality: str, source: str, **provenance: Any) -> dict[str, Any]:
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-    return {"schema_version": SCHEMA_VERSION, "modality": modality, "source": source, "provenance": provenance}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "modality": modality,
+        "source": source,
+        "provenance": provenance,
+    }

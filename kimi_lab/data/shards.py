@@ -34,7 +34,9 @@ def resolve_shards(path: str, split: str, key: str = "data.path") -> list[str]:
     elif p.exists():
         urls = [str(p)]
     else:
-        raise DataError(f"{key}={path}: no such file or folder (build shards with `kimi-lab data build text --out {path}`)")
+        raise DataError(
+            f"{key}={path}: no such file or folder (build shards with `kimi-lab data build text --out {path}`)"
+        )
     for url in urls:
         check_tar(url, key)
     return urls

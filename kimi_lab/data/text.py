@@ -77,7 +77,9 @@ class PackedTextStream(IterableDataset):
             rng.shuffle(order)
             yield from order
             if self._seen == seen_before:
-                raise DataError(f"no readable text samples in any of {len(self.urls)} shard(s), e.g. {self.urls[0]}")
+                raise DataError(
+                    f"no readable text samples in any of {len(self.urls)} shard(s), e.g. {self.urls[0]}"
+                )
 
     def _counted(self, samples: Iterator[dict]) -> Iterator[dict]:
         # Counted where shards are read (before the shuffle buffer), so a pass over
@@ -106,7 +108,9 @@ class PackedTextStream(IterableDataset):
         for sample in samples:
             raw = sample.get("txt")
             if not isinstance(raw, bytes):
-                self.skipped(DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .txt"))
+                self.skipped(
+                    DataError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no .txt")
+                )
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -165,6 +169,8 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0
+        if start:
+            log.info("training stream reseeded for step %d (resumed run)", start)
         ds = PackedTextStream(
             self.train_urls,
             self.cfg.tokenizer,

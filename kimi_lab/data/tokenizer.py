@@ -77,7 +77,9 @@ def train_tokenizer(vocab_size: int, out: str | Path, max_bytes: int = TRAIN_BYT
 
     min_size = 256 + len(SPECIAL_TOKENS)
     if vocab_size < min_size:
-        raise ConfigError(f"vocab_size={vocab_size} is too small for a byte-level BPE: it needs at least {min_size}")
+        raise ConfigError(
+            f"vocab_size={vocab_size} is too small for a byte-level BPE: it needs at least {min_size}"
+        )
     # One thread: BPE merge ties then resolve the same way on every machine.
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     tok = HFTokenizer(models.BPE())

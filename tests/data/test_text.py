@@ -25,7 +25,7 @@ def test_builder_writes_split_shards_and_manifest(tiny_shards: Path) -> None:
     assert manifest["shards"]["train"] == sorted(p.name for p in tiny_shards.glob("train-*.tar"))
     with tarfile.open(tiny_shards / manifest["shards"]["train"][0]) as tar:
         names = tar.getnames()
-        record = json.loads(tar.extractfile([n for n in names if n.endswith(".json")][0]).read())
+        record = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
     assert record["schema_version"] == 1 and record["modality"] == "text"
     assert record["source"] in ("python-stdlib", "python-docs") and record["provenance"]["path"]
 
@@ -67,7 +67,9 @@ def test_train_stream_is_endless_and_seeded(tiny_shards: Path, tiny_tokenizer: P
     urls = resolve_shards(str(tiny_shards), "train")
     total_tokens = sum(len(Tokenizer(tiny_tokenizer).encode(t)) for t in _texts(urls))
     n = total_tokens // 8 + 50  # more windows than one pass holds
-    make = lambda seed: PackedTextStream(urls, str(tiny_tokenizer), 8, train=True, seed=seed, shuffle_buffer=8)  # noqa: E731
+    make = lambda seed: PackedTextStream(
+        urls, str(tiny_tokenizer), 8, train=True, seed=seed, shuffle_buffer=8
+    )  # noqa: E731
     first = list(itertools.islice(iter(make(0)), n))
     assert len(first) == n
     assert torch.equal(torch.stack(first[:10]), torch.stack(list(itertools.islice(iter(make(0)), 10))))
@@ -83,7 +85,9 @@ def _texts(urls: list[str]) -> list[str]:
 
 
 def test_datamodule_batches(tiny_shards: Path, tiny_tokenizer: Path) -> None:
-    cfg = DataConfig(path=str(tiny_shards), tokenizer=str(tiny_tokenizer), seq_len=16, batch_size=3, val_batches=2)
+    cfg = DataConfig(
+        path=str(tiny_shards), tokenizer=str(tiny_tokenizer), seq_len=16, batch_size=3, val_batches=2
+    )
     dm = TextDataModule(cfg, vocab_size=512)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

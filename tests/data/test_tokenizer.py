@@ -35,7 +35,7 @@ def test_load_or_train_caches_and_checks_the_vocab(tmp_path: Path, tiny_tokenize
     mtime = path.stat().st_mtime_ns
     load_or_train(path, 300)
     assert path.stat().st_mtime_ns == mtime  # cached, not rebuilt
-    with pytest.raises(ConfigError, match="model.vocab_size=256"):
+    with pytest.raises(ConfigError, match=r"model\.vocab_size=256"):
         load_or_train(tiny_tokenizer, 256)
     with pytest.raises(ConfigError, match="too small"):
         train_tokenizer(100, tmp_path / "x.json")
