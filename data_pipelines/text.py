@@ -2,20 +2,19 @@
 
 Sources: the Python standard library (the tokenizer's corpus, on every machine)
 and, with ``--src DIR``, a user's own .txt / .jsonl / .parquet files. Documents
-are deduplicated by content hash; a document goes to val when its hash falls in
-the val fraction, so the split is stable however the sources are ordered.
+are deduplicated by content hash and cut into pieces of at most ``max_chars`` at
+paragraph boundaries; a document's pieces share its train/val split (key hash).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from data_pipelines.common import ShardSink
 from kimi_lab.data.corpus import Document, stdlib_documents
 from kimi_lab.data.schema import make_record, sample_key
 from kimi_lab.errors import DataError
@@ -71,6 +70,38 @@ def user_documents(src: Path) -> Iterator[Document]:
                 yield Document(text, "user", f"{rel}#{i}")
 
 
+def chunks(text: str, max_chars: int) -> list[str]:
+    """Split a long document at paragraph (else line) boundaries into pieces of <= max_chars.
+
+    Long documents in one piece would make the source mixer coarse: one module of
+    the standard library can outweigh hundreds of captions.
+    """
+    if len(text) <= max_chars:
+        return [text]
+    pieces: list[str] = []
+    current = ""
+    for para in text.split("\n\n"):
+        parts = (
+            [para]
+            if len(para) <= max_chars
+            else [p for line in para.split("\n") for p in _hard_split(line, max_chars)]
+        )
+        for part in parts:
+            sep = "\n\n" if part is para else "\n"
+            if current and len(current) + len(sep) + len(part) > max_chars:
+                pieces.append(current)
+                current = part
+            else:
+                current = f"{current}{sep}{part}" if current else part
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _hard_split(line: str, max_chars: int) -> list[str]:
+    return [line[i : i + max_chars] for i in range(0, max(len(line), 1), max_chars)]
+
+
 def build_text(
     out: str | Path,
     n: int | None = None,
@@ -79,68 +110,58 @@ def build_text(
     val_fraction: float = 0.02,
     shard_bytes: int = 1_000_000,
     progress: bool = True,
+    max_chars: int = 4000,
 ) -> dict:
     """Write ``train-*.tar`` and ``val-*.tar`` under ``out`` and return the manifest."""
-    import webdataset as wds
     from tqdm import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("train-*.tar")) + list(out.glob("val-*.tar")):
-        old.unlink()  # a rebuild replaces the previous shards, never mixes with them
     docs: Iterator[Document] = user_documents(Path(src)) if src is not None else stdlib_documents()
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    counts = {"train": 0, "val": 0, "duplicates": 0, "empty": 0}
-    nbytes = {"train": 0, "val": 0}
-    writers = {
-        split: wds.ShardWriter(
-            str(out / f"{split}-%06d.tar"), maxsize=shard_bytes, maxcount=100_000, verbose=0
-        )
-        for split in ("train", "val")
-    }
     # Keep an order that is stable but not alphabetical, so shards mix sources.
     all_docs = list(docs)
-    rng.shuffle(all_docs)
+    random.Random(seed).shuffle(all_docs)
     if n is not None:
         all_docs = all_docs[:n]
+    sink = ShardSink(out, val_fraction, shard_bytes)
+    for what in ("documents", "duplicates", "empty"):
+        sink.count(what, 0)
+    seen: set[str] = set()
     try:
         for doc in tqdm(all_docs, desc="text shards", unit="doc", disable=not progress):
             text = doc.text.strip()
             if not text:
-                counts["empty"] += 1
+                sink.count("empty")
                 continue
             data = text.encode("utf-8")
             key = sample_key(doc.source, data)
             if key in seen:
-                counts["duplicates"] += 1
+                sink.count("duplicates")
                 continue
             seen.add(key)
-            bucket = int(hashlib.sha1(data).hexdigest()[:8], 16) / 0xFFFFFFFF
-            split = "val" if bucket < val_fraction else "train"
-            record = make_record("text", doc.source, path=doc.path, license=doc.license, chars=len(text))
-            writers[split].write({"__key__": key, "txt": data, "json": json.dumps(record).encode()})
-            counts[split] += 1
-            nbytes[split] += len(data)
+            sink.count("documents")
+            # All pieces of a document go to the split of the whole document.
+            split = sink.split_of(key)
+            for i, piece in enumerate(chunks(text, max_chars)):
+                record = make_record(
+                    "text",
+                    doc.source,
+                    path=doc.path,
+                    license=doc.license,
+                    chars=len(piece),
+                    piece=i,
+                    document=key,
+                )
+                sink.write(
+                    {
+                        "__key__": f"{key}-{i:04d}",
+                        "txt": piece.encode("utf-8"),
+                        "json": json.dumps(record).encode(),
+                    },
+                    split,
+                )
     finally:
-        for w in writers.values():
-            w.close()
-    if counts["train"] == 0:
+        manifest = sink.close(
+            "text", "text", seed, BUILDER_VERSION, source=str(src) if src is not None else "python-stdlib"
+        )
+    if manifest["counts"]["train"] == 0:
         raise DataError(f"no training documents were written to {out} (all empty or duplicates)")
-    if counts["val"] == 0:  # tiny corpora: make sure validation has something
-        log.warning("no document fell in the val fraction; validation will be disabled for %s", out)
-        for f in out.glob("val-*.tar"):
-            f.unlink()
-    manifest = {
-        "builder": BUILDER_VERSION,
-        "kind": "text",
-        "seed": seed,
-        "source": str(src) if src is not None else "python-stdlib",
-        "counts": counts,
-        "bytes": nbytes,
-        "shards": {split: sorted(p.name for p in out.glob(f"{split}-*.tar")) for split in ("train", "val")},
-    }
-    tmp = out / f".manifest.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
     return manifest

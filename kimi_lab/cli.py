@@ -2,8 +2,9 @@
 
   kimi-lab train [OVERRIDES...]                 train (Hydra overrides; --multirun sweeps)
   kimi-lab params [OVERRIDES...] [--json]       total and active parameter counts
-  kimi-lab data build tokenizer|text [...]      build the tokenizer or text shards
-  kimi-lab bench moe [--json] [...]             MoE layer speed against its peers
+  kimi-lab data build KIND [--out DIR] [...]    shards: text, image-code, video, interleaved; or the tokenizer
+  kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
+  kimi-lab bench moe|data [--json] [...]        ratios against peers measured in the same run
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -15,7 +16,7 @@ import json
 import logging
 import sys
 
-from kimi_lab.errors import KimiLabError
+from kimi_lab.errors import KimiLabError, one_line
 
 
 def _cmd_params(args: argparse.Namespace) -> None:
@@ -34,6 +35,9 @@ def _cmd_params(args: argparse.Namespace) -> None:
             print(f"  {key:<16} {value:>20,}")
 
 
+DATA_KINDS = ("text", "image-code", "video", "interleaved", "tokenizer")
+
+
 def _cmd_data_build(args: argparse.Namespace) -> None:
     if args.kind == "tokenizer":
         from kimi_lab.data.tokenizer import Tokenizer, train_tokenizer
@@ -41,22 +45,49 @@ def _cmd_data_build(args: argparse.Namespace) -> None:
         out = args.out or f"data/tokenizers/bpe-{args.vocab_size}.json"
         path = train_tokenizer(args.vocab_size, out)
         print(f"tokenizer: {path} ({Tokenizer(path).vocab_size} tokens)")
-    elif args.kind == "text":
+        return
+    out = args.out or f"data/{args.kind.replace('-', '_')}"
+    sizes = {"shard_bytes": int(args.shard_mb * 1e6)} if args.shard_mb else {}
+    if args.kind == "text":
         from data_pipelines.text import build_text
 
-        out = args.out or "data/text"
-        manifest = build_text(out, n=args.n, seed=args.seed, src=args.src)
-        c = manifest["counts"]
-        print(
-            f"text shards: {out} (train {c['train']} docs in {len(manifest['shards']['train'])} shards, "
-            f"val {c['val']} docs, {c['duplicates']} duplicates dropped)"
-        )
+        manifest = build_text(out, n=args.n, seed=args.seed, src=args.src, **sizes)
+    elif args.kind == "image-code":
+        from data_pipelines.image_code import build_image_code
+
+        manifest = build_image_code(out, n=args.n or 200, seed=args.seed, src=args.src, **sizes)
+    elif args.kind == "video":
+        from data_pipelines.video import build_video
+
+        manifest = build_video(out, n=args.n or 200, seed=args.seed, **sizes)
+    else:
+        from data_pipelines.interleaved import build_interleaved
+
+        manifest = build_interleaved(out, n=args.n or 200, seed=args.seed, **sizes)
+    c = manifest["counts"]
+    extra = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("train", "val") and v)
+    print(
+        f"{args.kind} shards: {out} (train {c['train']} samples in {len(manifest['shards']['train'])} shards, "
+        f"val {c['val']}{', ' + extra if extra else ''})"
+    )
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> None:
+    from data_pipelines.inspect import format_report, inspect_dir
+
+    report = inspect_dir(args.dir, previews=args.previews)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from benchmarks.moe import main as bench_moe
-
-    bench_moe(args.rest)
+    what = args.rest[0] if args.rest else ""
+    if what == "moe":
+        from benchmarks.moe import main as bench
+    elif what == "data":
+        from benchmarks.data import main as bench
+    else:
+        raise KimiLabError(f"kimi-lab bench {what or '?'}: choose one of moe, data")
+    bench(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,18 +102,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='print {"total": ..., "active": ...}')
     p.set_defaults(func=_cmd_params)
 
-    p = sub.add_parser("data", help="build datasets (shards, tokenizer)")
+    p = sub.add_parser("data", help="build and inspect datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    b = data_sub.add_parser("build", help="build a dataset")
-    b.add_argument("kind", choices=["tokenizer", "text"])
-    b.add_argument("--out", help="output path (default: data/text, data/tokenizers/bpe-<V>.json)")
-    b.add_argument("--n", type=int, default=None, help="at most this many documents")
-    b.add_argument("--seed", type=int, default=0)
+    b = data_sub.add_parser("build", help="build WebDataset shards (or the tokenizer)")
+    b.add_argument("kind", choices=DATA_KINDS)
     b.add_argument(
-        "--src", default=None, help="your own .txt/.jsonl/.parquet files instead of the stdlib corpus"
+        "--out", help="output folder (default: data/<kind>; tokenizer: data/tokenizers/bpe-<V>.json)"
     )
+    b.add_argument(
+        "--n", type=int, default=None, help="how many samples (text: at most; others: default 200)"
+    )
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--src", default=None, help="text: your .txt/.jsonl/.parquet; image-code: your .svg/.html")
     b.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
+    b.add_argument(
+        "--shard-mb",
+        type=float,
+        default=None,
+        help="cap on a shard's size (default: 1 for text, 0.25 otherwise)",
+    )
     b.set_defaults(func=_cmd_data_build)
+    i = data_sub.add_parser("inspect", help="per-shard counts, modalities, sizes, decode failures, previews")
+    i.add_argument("dir", help="a folder of .tar shards, or one .tar")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--previews", type=int, default=3)
+    i.set_defaults(func=_cmd_data_inspect)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against peers", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -103,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except KimiLabError as exn:
-        print(f"error: {exn}", file=sys.stderr)
+        print(f"error: {one_line(exn)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

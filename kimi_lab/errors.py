@@ -11,3 +11,12 @@ class ConfigError(KimiLabError):
 
 class DataError(KimiLabError):
     """A shard path is missing, empty or unreadable."""
+
+
+def one_line(exn: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(exn).strip()
+    if "Original Traceback" in text:  # torch.utils.data re-raising a worker's exception
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(exn).__name__

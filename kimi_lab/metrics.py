@@ -38,4 +38,15 @@ MOE_IMBALANCE = "moe/imbalance"  # max/mean tokens per expert, mean over MoE lay
 MOE_IMBALANCE_MAX = "moe/imbalance_max"  # the worst layer
 MOE_DEAD_EXPERTS = "moe/dead_experts"  # experts that received no token in the step, summed over layers
 
+# data (per logged step; skipped counts are cumulative, by reason)
+DATA_TEXT_TOKENS = "data/text_tokens"
+DATA_IMAGE_TOKENS = "data/image_tokens"
+DATA_VIDEO_TOKENS = "data/video_tokens"
+DATA_PAD_TOKENS = "data/pad_tokens"
+DATA_VISION_RATIO = "data/vision_ratio"  # share of this step's input tokens from vision sources
+DATA_VISION_RATIO_TARGET = "data/vision_ratio_target"  # the fusion schedule's target (0 before vision starts)
+DATA_SKIPPED_PREFIX = "data/skipped/"  # + reason, see kimi_lab.data.decode.SKIP_REASONS
+DATA_WAIT_FRACTION = "data/wait_fraction"  # share of the step spent waiting for the batch
+VAL_SOURCE_LOSS = "val/{source}/loss"  # per data source
+
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")

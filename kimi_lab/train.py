@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from kimi_lab.config import register_schemas, to_run_config, validate_run
-from kimi_lab.config.schema import DataConfig, RunConfig, TrainerConfig
-from kimi_lab.errors import ConfigError, KimiLabError
+from kimi_lab.config.schema import RunConfig, TrainerConfig
+from kimi_lab.errors import ConfigError, KimiLabError, one_line
 from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
 from kimi_lab.runtime import cpu_has_native_bf16
 
@@ -51,14 +51,15 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def build_datamodule(cfg: RunConfig) -> Any:
-    from kimi_lab.data.text import TextDataModule
+    from kimi_lab.data.datamodule import KimiDataModule
 
-    d: DataConfig = cfg.data
-    if d.kind != "text":
-        raise ConfigError(
-            f"data.kind={d.kind!r} is not supported by phase {cfg.phase.name.value} (allowed: text)"
-        )
-    return TextDataModule(d, cfg.model.vocab_size, seed=cfg.seed)
+    return KimiDataModule(
+        cfg.data,
+        cfg.model.vocab_size,
+        seed=cfg.seed,
+        max_steps=cfg.trainer.max_steps,
+        batches_per_step=cfg.trainer.accumulate_grad_batches,
+    )
 
 
 # ------------------------------------------------------------------------- the run
@@ -172,7 +173,7 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     try:
         metrics = _run_from_hydra(dcfg)
     except KimiLabError as exn:
-        print(f"error: {exn}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(exn)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     val = metrics.get("val/loss", metrics.get("train/loss"))
     return float(val) if val is not None else None  # the sweep objective for Hydra plugins

@@ -47,12 +47,39 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def image_code_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data_pipelines.image_code import build_image_code
+
+    out = tmp_path_factory.mktemp("image_code")
+    build_image_code(out, n=24, seed=0, val_fraction=0.2, shard_bytes=100_000, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def video_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data_pipelines.video import build_video
+
+    out = tmp_path_factory.mktemp("video")
+    build_video(str(out), n=24, seed=0, val_fraction=0.2, shard_bytes=40_000, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def interleaved_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data_pipelines.interleaved import build_interleaved
+
+    out = tmp_path_factory.mktemp("interleaved")
+    build_interleaved(str(out), n=24, seed=0, val_fraction=0.2, shard_bytes=60_000, progress=False)
+    return out
+
+
 @pytest.fixture
 def tiny_overrides(tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path) -> list[str]:
     """Overrides that make any experiment a seconds-long tiny run inside tmp_path."""
     return [
         "model=tiny",
-        f"data.path={tiny_shards}",
+        f"data.sources.text.path={tiny_shards}",
         f"data.tokenizer={tiny_tokenizer}",
         "data.seq_len=32",
         "data.batch_size=4",

@@ -12,7 +12,8 @@ def test_data_build_text_and_tokenizer(tmp_path: Path) -> None:
     res = run_cli("data", "build", "text", "--out", "shards", "--n", "40", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
-    assert manifest["counts"]["train"] + manifest["counts"]["val"] + manifest["counts"]["duplicates"] <= 40
+    assert manifest["counts"]["documents"] + manifest["counts"]["duplicates"] <= 40
+    assert manifest["counts"]["train"] + manifest["counts"]["val"] >= manifest["counts"]["documents"]
     assert "text shards: shards" in res.stdout
     res = run_cli("data", "build", "tokenizer", "--vocab-size", "300", "--out", "tok.json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -58,3 +59,42 @@ def test_bench_moe_reports_ratios_against_peers(tmp_path: Path) -> None:
     assert out["speedup_vs_transformers"] > 0 and out["time_vs_dense"] > 0
     assert out["transformers_best"].startswith("transformers_")
     assert isinstance(out["times_ms"]["kimi_lab_torch"], float)
+
+
+def test_data_build_video_and_inspect_json(tmp_path: Path) -> None:
+    res = run_cli("data", "build", "video", "--out", "clips", "--n", "6", "--seed", "3", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((tmp_path / "clips" / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["builder"].startswith("video/")
+    res = run_cli("data", "inspect", "clips", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["totals"]["samples"] == 6 and report["totals"]["modalities"] == {"video": 6}
+    res = run_cli("data", "inspect", "clips", cwd=tmp_path)
+    assert "decode failures: none" in res.stdout and "video 6" in res.stdout
+
+
+def test_bench_data_reports_loader_headroom(tmp_path: Path, tiny_shards: Path, tiny_tokenizer: Path) -> None:
+    res = run_cli(
+        "bench",
+        "data",
+        "--json",
+        "--batches",
+        "5",
+        "--train-steps",
+        "6",
+        "--set",
+        "model=tiny",
+        "--set",
+        f"data.sources.text.path={tiny_shards}",
+        "--set",
+        f"data.tokenizer={tiny_tokenizer}",
+        "--set",
+        "data.seq_len=32",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["raw_tar"]["samples_per_s"] > 0 and out["loader"]["tokens_per_s"] > 0
+    assert out["headroom"] == out["loader"]["tokens_per_s"] / out["training"]["tokens_per_s"]
+    assert 0 <= out["training"]["wait_fraction"] <= 1

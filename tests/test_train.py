@@ -124,6 +124,8 @@ def test_killed_run_resumes_with_ckpt_path_auto(tiny_overrides: list[str], tmp_p
     res = run_cli("train", *overrides, "ckpt_path=auto", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming {run_dir}" in res.stdout and list(root.iterdir()) == [run_dir]
+    assert "KimiDataModule" in ckpt  # the data position travels with the checkpoint...
+    assert "data position restored" in res.stdout + res.stderr  # ...and comes back
 
     status = json.loads((run_dir / STATUS_FILE).read_text())
     assert status["status"] == "finished" and status["step"] == 40
@@ -158,11 +160,15 @@ def test_config_errors_are_one_line(tiny_overrides: list[str], tmp_path: Path) -
 
 
 def test_missing_data_is_a_one_line_error(tiny_overrides: list[str], tmp_path: Path) -> None:
-    overrides = [o for o in tiny_overrides if not o.startswith("data.path=")]
-    res = run_cli("train", *overrides, f"data.path={tmp_path / 'no_shards'}", cwd=tmp_path)
+    overrides = [o for o in tiny_overrides if not o.startswith("data.sources.text.path=")]
+    res = run_cli("train", *overrides, f"data.sources.text.path={tmp_path / 'no_shards'}", cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: data.path=") and "no_shards" in last and "Traceback" not in res.stderr
+    assert (
+        last.startswith("error: data.sources.text.path=")
+        and "no_shards" in last
+        and "Traceback" not in res.stderr
+    )
 
 
 def test_multirun_sweeps_expert_counts(tiny_overrides: list[str], tmp_path: Path) -> None:
@@ -187,3 +193,21 @@ def test_multirun_sweeps_expert_counts(tiny_overrides: list[str], tmp_path: Path
     for job, n in zip(jobs, experts):
         load = pd.read_parquet(job / MOE_LOAD_FILE)
         assert sorted(load.expert.unique()) == list(range(n))
+
+
+def test_vision_data_needs_a_vision_model(
+    tiny_overrides: list[str], image_code_shards: Path, tmp_path: Path
+) -> None:
+    res = run_cli(
+        "train",
+        *tiny_overrides,
+        f"+data.sources.pictures={{path:{image_code_shards}}}",
+        "data.seq_len=96",
+        "data.vision.max_patches=144",
+        "trainer.max_steps=2",
+        "phase.schedule.warmup_steps=1",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data.sources pictures hold images or video") and "vision tower" in last

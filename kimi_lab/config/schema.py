@@ -9,8 +9,9 @@ never silently ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 
 class MoEBackend(str, Enum):
@@ -115,18 +116,51 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    kind: str = "text"
-    # A folder written by `kimi-lab data build text` (train-*.tar, val-*.tar,
-    # manifest.json), a single .tar, or a brace pattern such as shards-{0000..0009}.tar.
+class SourceConfig:
+    """One stream of WebDataset shards: a folder from ``kimi-lab data build`` (train-*.tar,
+    val-*.tar), a single .tar, or a brace pattern such as shards-{0000..0009}.tar."""
+
     path: str = "data/text"
+    weight: float = 1.0  # relative share among the sources of its kind (text or vision)
+
+
+@dataclass
+class FusionConfig:
+    """When vision joins the mix, and how much of it there is afterwards (K2.5: constant)."""
+
+    vision_start: float = 0.0  # fraction of trainer.max_steps before the first vision sample
+    # Vision placeholder tokens / all input tokens once vision has started; null mixes
+    # every source by its weight alone.
+    vision_ratio: float | None = None
+
+
+@dataclass
+class VisionDataConfig:
+    """How images and video become patches (MoonViT-3D's input) and placeholder tokens."""
+
+    patch_size: int = 14
+    merge_size: int = 2  # the projector merges merge_size x merge_size patches into one token
+    max_patches: int = 576  # per image or video frame, before merging; larger inputs are downscaled
+    chunk_frames: int = 4  # video frames encoded together (one chunk -> one frame's worth of tokens)
+    max_frames: int = 16  # frames sampled from a clip
+
+
+@dataclass
+class DataConfig:
+    # name -> SourceConfig. Untyped here so that a source can be added from the command
+    # line (+data.sources.mine={path:...,weight:...}); to_run_config() checks each entry.
+    sources: dict[str, Any] = field(default_factory=dict)
     # Byte-level BPE; built from the Python standard library and cached here when missing.
     tokenizer: str = "data/tokenizers/bpe-${model.vocab_size}.json"
     seq_len: int = 128
     batch_size: int = 8
     num_workers: int = 0
-    shuffle_buffer: int = 1000
-    val_batches: int = 8
+    shuffle_buffer: int = 1000  # samples per source; a resume may skip at most these
+    val_batches: int = 8  # per source
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    vision: VisionDataConfig = field(default_factory=VisionDataConfig)
+    strict: bool = False  # raise on the first bad sample instead of skipping and counting it
+    allow_unsafe_urls: bool = False  # pipe: and remote URLs run commands / reach the network
 
 
 # -------------------------------------------------------------------------- phases
@@ -207,3 +241,21 @@ class RunConfig:
     phase: PhaseConfig = field(default_factory=PhaseConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def source_config(name: str, value: Any) -> SourceConfig:
+    """A ``data.sources`` entry as a SourceConfig, with errors that name the key."""
+    if isinstance(value, SourceConfig):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"data.sources.{name} must be a mapping with keys path, weight (got {value!r})")
+    allowed = {f.name for f in fields(SourceConfig)}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise KeyError(
+            f"data.sources.{name}.{unknown[0]} is not a source key (allowed: {', '.join(sorted(allowed))})"
+        )
+    path, weight = value.get("path", SourceConfig.path), value.get("weight", SourceConfig.weight)
+    if not isinstance(path, str) or not isinstance(weight, (int, float)) or isinstance(weight, bool):
+        raise TypeError(f"data.sources.{name}: path must be a string and weight a number")
+    return SourceConfig(path=path, weight=float(weight))

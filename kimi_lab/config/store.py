@@ -8,7 +8,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from kimi_lab.config.schema import RunConfig
+from kimi_lab.config.schema import RunConfig, source_config
 from kimi_lab.errors import ConfigError
 
 # conf/ sits beside the package in a source checkout (the README installs with -e).
@@ -53,4 +53,8 @@ def to_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, RunConfig)
+    try:
+        obj.data.sources = {name: source_config(name, v) for name, v in obj.data.sources.items()}
+    except (KeyError, TypeError) as exn:
+        raise ConfigError(str(exn.args[0])) from None
     return obj

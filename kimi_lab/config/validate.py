@@ -81,6 +81,26 @@ def validate_run(cfg: RunConfig) -> None:
     _require(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
     _require(d.shuffle_buffer >= 0, f"data.shuffle_buffer={d.shuffle_buffer} must be >= 0")
     _require(d.val_batches >= 0, f"data.val_batches={d.val_batches} must be >= 0")
+    _require(len(d.sources) > 0, "data.sources must name at least one source")
+    for name, src in d.sources.items():
+        _require(src.weight >= 0, f"data.sources.{name}.weight={src.weight} must be >= 0")
+    _require(any(s.weight > 0 for s in d.sources.values()), "data.sources: at least one weight must be > 0")
+    f, v = d.fusion, d.vision
+    _require(
+        0 <= f.vision_start <= 1,
+        f"data.fusion.vision_start={f.vision_start} must be in [0, 1] (a fraction of training)",
+    )
+    _require(
+        f.vision_ratio is None or 0 < f.vision_ratio < 1,
+        f"data.fusion.vision_ratio={f.vision_ratio} must be null or strictly between 0 and 1",
+    )
+    _require(v.patch_size >= 1 and v.merge_size >= 1, "data.vision.patch_size and merge_size must be >= 1")
+    _require(
+        v.chunk_frames >= 1 and v.max_frames >= 1, "data.vision.chunk_frames and max_frames must be >= 1"
+    )
+    _require(
+        v.max_patches >= v.merge_size**2, f"data.vision.max_patches={v.max_patches} must be >= merge_size**2"
+    )
 
     _require(t.max_steps >= 1, f"trainer.max_steps={t.max_steps} must be >= 1")
     _require(

@@ -13,7 +13,19 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from kimi_lab.config.schema import RunConfig
-from kimi_lab.metrics import TRAIN_LR, TRAIN_TOKENS, TRAIN_TOKENS_PER_SEC
+from kimi_lab.metrics import (
+    DATA_IMAGE_TOKENS,
+    DATA_PAD_TOKENS,
+    DATA_SKIPPED_PREFIX,
+    DATA_TEXT_TOKENS,
+    DATA_VIDEO_TOKENS,
+    DATA_VISION_RATIO,
+    DATA_VISION_RATIO_TARGET,
+    DATA_WAIT_FRACTION,
+    TRAIN_LR,
+    TRAIN_TOKENS,
+    TRAIN_TOKENS_PER_SEC,
+)
 from kimi_lab.model.backbone import K2Model
 from kimi_lab.model.moe.balance import update_router_biases
 from kimi_lab.optim.groups import build_param_groups
@@ -42,6 +54,8 @@ class PhaseModule(L.LightningModule):
         self.latest_moe_load: tuple[torch.Tensor, torch.Tensor] | None = None
         self.latest_moe_load_step = -1
         self._step_started: float | None = None
+        self._batch_ended: float | None = None
+        self._waited = 0.0
         self._tokens_in_step = 0
 
     # ------------------------------------------------------------- optimization
@@ -77,19 +91,45 @@ class PhaseModule(L.LightningModule):
         self._tokens_in_step += n
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
         if self._step_started is None:
-            self._step_started = time.perf_counter()
+            self._step_started = now
+        # Between the previous step's end and now the trainer was fetching this batch.
+        self._waited += now - (self._batch_ended or now)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._batch_ended = time.perf_counter()
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches != 0:
             return
-        elapsed = time.perf_counter() - (self._step_started or time.perf_counter())
+        elapsed = self._batch_ended - (self._step_started or self._batch_ended)
         world = self.trainer.world_size
         tokens = self._tokens_in_step * world
-        self.log(
-            TRAIN_TOKENS_PER_SEC, tokens / max(elapsed, 1e-9), prog_bar=True, on_step=True, on_epoch=False
-        )
-        self.log(TRAIN_TOKENS, float(self.trainer.global_step * tokens), on_step=True, on_epoch=False)
-        self.log(TRAIN_LR, self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        log = {"on_step": True, "on_epoch": False}
+        self.log(TRAIN_TOKENS_PER_SEC, tokens / max(elapsed, 1e-9), prog_bar=True, **log)
+        self.log(TRAIN_TOKENS, float(self.trainer.global_step * tokens), **log)
+        self.log(TRAIN_LR, self.trainer.optimizers[0].param_groups[0]["lr"], **log)
+        if self._step_started is not None and self.trainer.global_step > 1:
+            self.log(DATA_WAIT_FRACTION, min(1.0, self._waited / max(elapsed, 1e-9)), **log)
+        self._log_data_stats(log)
         self._tokens_in_step = 0
-        self._step_started = time.perf_counter()
+        self._waited = 0.0
+        self._step_started = self._batch_ended
+
+    def _log_data_stats(self, log: dict[str, Any]) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        stats = getattr(dm, "latest", None)
+        if not stats:
+            return
+        text, image, video = stats["text_tokens"], stats["image_tokens"], stats["video_tokens"]
+        values = {
+            DATA_TEXT_TOKENS: text,
+            DATA_IMAGE_TOKENS: image,
+            DATA_VIDEO_TOKENS: video,
+            DATA_PAD_TOKENS: stats["pad_tokens"],
+            DATA_VISION_RATIO: stats["vision_source_tokens"] / max(stats["tokens"], 1),
+        }
+        if stats["vision_ratio_target"] == stats["vision_ratio_target"]:  # not NaN: a ratio is configured
+            values[DATA_VISION_RATIO_TARGET] = stats["vision_ratio_target"]
+        for reason, n in stats["skipped"].items():
+            values[DATA_SKIPPED_PREFIX + reason] = n
+        self.log_dict({k: float(v) for k, v in values.items()}, **log)

@@ -13,6 +13,7 @@ from tests.conftest import REPO
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -28,6 +29,22 @@ def test_every_experiment_composes_and_validates(experiment: str) -> None:
     cfg = to_run_config(compose([f"experiment={experiment}"]))
     assert cfg.experiment == experiment
     validate_run(cfg)
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_every_data_config_composes_and_validates(data: str) -> None:
+    cfg = to_run_config(compose(["experiment=quickstart", f"data={data}"]))
+    validate_run(cfg)
+    assert cfg.data.sources and all(s.weight >= 0 for s in cfg.data.sources.values())
+
+
+def test_fusion_presets_match_the_k25_ablation() -> None:
+    presets = {
+        d: to_run_config(compose([f"data={d}"])).data.fusion
+        for d in ("joint_early", "joint_mid", "joint_late")
+    }
+    got = {d: (f.vision_start, f.vision_ratio) for d, f in presets.items()}
+    assert got == {"joint_early": (0.0, 0.1), "joint_mid": (0.5, 0.2), "joint_late": (0.8, 0.5)}
 
 
 def test_typed_values() -> None:
@@ -87,6 +104,9 @@ def test_typo_inside_a_group_file_is_caught(tmp_path) -> None:
         ),
         (["model=tiny", "model.moe.n_routed_experts=0"], "model.moe.n_routed_experts=0"),
         (["model=tiny", "data.batch_size=0"], "data.batch_size=0"),
+        (["model=tiny", "data.fusion.vision_ratio=1.5"], "data.fusion.vision_ratio=1.5"),
+        (["model=tiny", "data.vision.max_patches=2"], "data.vision.max_patches=2"),
+        (["model=tiny", "data.sources.text.weight=-1"], "data.sources.text.weight=-1"),
     ],
 )
 def test_cross_field_rules_fail_before_building_and_name_keys(overrides: list[str], named: str) -> None:

@@ -1,0 +1,184 @@
+"""Shard samples -> documents: ordered text token runs and vision blocks.
+
+Decoding is explicit per file extension (PIL for images, PyAV for video, UTF-8
+for text and code, JSON for records): nothing is ever unpickled. A sample that
+cannot be decoded raises ``SampleSkip`` with a reason, which the stream counts
+(or, in strict mode, turns into an error naming the shard and the key).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kimi_lab.config.schema import VisionDataConfig
+from kimi_lab.data.schema import SCHEMA_VERSION
+from kimi_lab.data.tokenizer import Tokenizer
+from kimi_lab.data.vision import VisionBlock, image_block, video_blocks
+
+Segment = list[int] | VisionBlock
+
+SKIP_REASONS = (
+    "corrupt_tar",
+    "bad_json",
+    "schema_version",
+    "missing_key",
+    "bad_text",
+    "bad_image",
+    "bad_video",
+    "too_long",
+)
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+CODE_EXTS = ("svg", "html", "jsx", "txt")
+
+
+class SampleSkip(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in SKIP_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Document:
+    key: str
+    url: str
+    modality: str
+    segments: list[Segment]
+
+
+def _text(sample: dict[str, Any], ext: str) -> str:
+    raw = sample.get(ext)
+    if not isinstance(raw, bytes):
+        raise SampleSkip("missing_key", f"no .{ext}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exn:
+        raise SampleSkip("bad_text", f".{ext} is not UTF-8 ({exn.reason})") from None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Any PIL-readable image -> uint8 RGB (H, W, 3), transparency composited on white."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "P"):
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, rgba)
+            return np.asarray(im.convert("RGB"))
+    except Exception as exn:  # PIL raises many types for corrupt data
+        raise SampleSkip("bad_image", f"{type(exn).__name__}: {exn}") from None
+
+
+def decode_video(data: bytes) -> np.ndarray:
+    """An mp4 (any PyAV-readable container) -> uint8 RGB frames (T, H, W, 3)."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except Exception as exn:  # av.error.* and friends
+        raise SampleSkip("bad_video", f"{type(exn).__name__}: {exn}") from None
+    if not frames:
+        raise SampleSkip("bad_video", "no frames")
+    return np.stack(frames)
+
+
+@dataclass
+class Parsed:
+    """A decoded sample before tokenization: its parts in order (str, RGB image, or video frames)."""
+
+    key: str
+    url: str
+    modality: str
+    record: dict[str, Any]
+    parts: list[tuple[str, Any]]  # ("text", str) | ("image", (H, W, 3) uint8) | ("video", (T, H, W, 3) uint8)
+
+
+def parse_record(sample: dict[str, Any]) -> dict[str, Any]:
+    raw = sample.get("json")
+    if not isinstance(raw, bytes):
+        raise SampleSkip("missing_key", "no .json record")
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+        raise SampleSkip("bad_json", str(exn)) from None
+    if not isinstance(record, dict):
+        raise SampleSkip("bad_json", "the record is not an object")
+    if record.get("schema_version") != SCHEMA_VERSION:
+        raise SampleSkip(
+            "schema_version", f"schema_version={record.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+        )
+    return record
+
+
+def _bytes(sample: dict[str, Any], ext: str) -> bytes:
+    data = sample.get(ext)
+    if not isinstance(data, bytes):
+        raise SampleSkip("missing_key", f"no .{ext}")
+    return data
+
+
+def _find(sample: dict[str, Any], exts: tuple[str, ...]) -> str:
+    for ext in exts:
+        if isinstance(sample.get(ext), bytes):
+            return ext
+    raise SampleSkip("missing_key", f"none of .{', .'.join(exts)}")
+
+
+def parse_sample(sample: dict[str, Any]) -> Parsed:
+    """Decode every part of a sample (raises ``SampleSkip`` with the reason when one fails)."""
+    record = parse_record(sample)
+    modality = record.get("modality")
+    parts: list[tuple[str, Any]]
+    if modality == "text":
+        parts = [("text", _text(sample, "txt"))]
+    elif modality == "image":
+        # The picture, then the program that renders it (vision-based coding) or its caption.
+        image = decode_image(_bytes(sample, _find(sample, IMAGE_EXTS)))
+        parts = [("image", image), ("text", _text(sample, _find(sample, CODE_EXTS)))]
+    elif modality == "video":
+        parts = [("video", decode_video(_bytes(sample, "mp4"))), ("text", _text(sample, "txt"))]
+    elif modality == "interleaved":
+        segments = record.get("segments")
+        if not isinstance(segments, list) or not segments:
+            raise SampleSkip("missing_key", "interleaved record without segments")
+        parts = []
+        for seg in segments:
+            if isinstance(seg, dict) and isinstance(seg.get("text"), str):
+                parts.append(("text", seg["text"]))
+            elif isinstance(seg, dict) and isinstance(seg.get("image"), str):
+                parts.append(("image", decode_image(_bytes(sample, seg["image"]))))
+            else:
+                raise SampleSkip("bad_json", f"bad interleaved segment {seg!r:.80}")
+    else:
+        raise SampleSkip("bad_json", f"unknown modality {modality!r}")
+    return Parsed(str(sample.get("__key__")), str(sample.get("__url__")), modality, record, parts)
+
+
+class Decoder:
+    """Turns WebDataset samples into documents for the packer: tokens and vision blocks."""
+
+    def __init__(self, tokenizer: Tokenizer, vision: VisionDataConfig) -> None:
+        self.tok = tokenizer
+        self.vision = vision
+
+    def __call__(self, sample: dict[str, Any]) -> Document:
+        parsed = parse_sample(sample)
+        segments: list[Segment] = []
+        for kind, value in parsed.parts:
+            if kind == "text":
+                segments.append(self.tok.encode(value))
+            elif kind == "image":
+                segments.append(image_block(value, self.vision))
+            else:
+                segments.extend(video_blocks(value, self.vision))
+        return Document(parsed.key, parsed.url, parsed.modality, segments)
