@@ -4,6 +4,8 @@
   kimi-lab params [OVERRIDES...] [--json]       total and active parameter counts
   kimi-lab data build KIND [--out DIR] [...]    shards: text, image-code, video, interleaved; or the tokenizer
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
+  kimi-lab export-hf CKPT OUT_DIR               a checkpoint in transformers' kimi_k25 / deepseek_v3 format
+  kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
   kimi-lab bench moe|data [--json] [...]        ratios against peers measured in the same run
 
 User errors (bad config, missing data) print one line and exit with status 2.
@@ -27,11 +29,17 @@ def _cmd_params(args: argparse.Namespace) -> None:
     validate_model(cfg)
     c = count_params(cfg)
     if args.json:
-        print(json.dumps({"total": c.total, "active": c.active}))
+        out = {"total": c.total, "active": c.active}
+        if cfg.vision is not None:
+            out["language_model"] = {"total": c.language_model, "active": c.language_model_active}
+            out["vision"] = {"vision_tower": c.vision_tower, "projector": c.projector}
+        print(json.dumps(out))
         return
     print(f"model {cfg.name}: {c.total:,} parameters in total, {c.active:,} active per token")
+    if cfg.vision is not None:
+        print(f"  language model   {c.language_model:>20,} total {c.language_model_active:>18,} active")
     for key, value in c.as_dict().items():
-        if key not in ("total", "active"):
+        if key not in ("total", "active") and (value or key not in ("vision_tower", "projector")):
             print(f"  {key:<16} {value:>20,}")
 
 
@@ -77,6 +85,22 @@ def _cmd_data_inspect(args: argparse.Namespace) -> None:
 
     report = inspect_dir(args.dir, previews=args.previews)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from kimi_lab.hf_io import export_hf
+
+    out = export_hf(args.ckpt, args.out_dir)
+    print(f"exported {args.ckpt} -> {out} (transformers from_pretrained loads it)")
+
+
+def _cmd_import_hf(args: argparse.Namespace) -> None:
+    from kimi_lab.hf_io import import_hf
+
+    out, cfg = import_hf(args.hf_dir, args.out_ckpt)
+    vision = " + vision tower" if cfg.vision is not None else ""
+    print(f"imported {args.hf_dir} -> {out} ({cfg.n_layers}-layer K2 model{vision})")
+    print(f"train from it: kimi-lab train phase.init_from={out}")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -127,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.add_argument("--previews", type=int, default=3)
     i.set_defaults(func=_cmd_data_inspect)
+
+    p = sub.add_parser("export-hf", help="a checkpoint as a transformers kimi_k25 / deepseek_v3 folder")
+    p.add_argument("ckpt")
+    p.add_argument("out_dir")
+    p.set_defaults(func=_cmd_export_hf)
+
+    p = sub.add_parser(
+        "import-hf", help="a transformers kimi_k25 / deepseek_v3 folder as a kimi_lab checkpoint"
+    )
+    p.add_argument("hf_dir")
+    p.add_argument("out_ckpt")
+    p.set_defaults(func=_cmd_import_hf)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against peers", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

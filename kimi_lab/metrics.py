@@ -30,6 +30,7 @@ TRAIN_AUX = "train/aux_loss"  # weighted router losses
 TRAIN_SEQ_BALANCE = "train/seq_balance_loss"  # unweighted, mean over MoE layers
 TRAIN_Z_LOSS = "train/router_z_loss"  # unweighted, mean over MoE layers
 TRAIN_LR = "train/lr"
+TRAIN_SKIPPED_BATCHES = "train/skipped_batches"  # batches that reached no trainable parameter
 TRAIN_TOKENS = "train/tokens"  # cumulative tokens seen (all ranks)
 TRAIN_TOKENS_PER_SEC = "train/tokens_per_sec"  # all ranks
 VAL_LOSS = "val/loss"

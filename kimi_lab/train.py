@@ -88,6 +88,7 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     module = build_phase(cfg)
     if cfg.phase.init_from:
         load_init_weights(module, cfg.phase.init_from)
+    check_tokenizer_matches(cfg)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{n_params:,}", precision)
 
@@ -150,19 +151,53 @@ def _route_lightning_logs_through_hydra() -> None:
 
 
 def load_init_weights(module: Any, path: str) -> None:
-    """Start a phase from an earlier phase's checkpoint (weights only, not optimizer state)."""
-    import torch
+    """Start a phase from an earlier phase's (or an imported) checkpoint: weights only."""
+    from kimi_lab.hf_io import read_checkpoint
 
-    if not Path(path).is_file():
-        raise ConfigError(f"phase.init_from={path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    log.info("initialised from %s (%d missing, %d unexpected keys)", path, len(missing), len(unexpected))
+    _, state, _ = read_checkpoint(path)
+    missing, unexpected = module.model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"phase.init_from={path}: the weights do not fit the model "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
+        )
+    log.info("initialised from %s", path)
+
+
+def check_tokenizer_matches(cfg: RunConfig) -> None:
+    """The vision placeholders the model expects must be the tokenizer's placeholder tokens."""
+    v = cfg.model.vision
+    if v is None:
+        return
+    from kimi_lab.data.tokenizer import load_or_train
+
+    tok = load_or_train(cfg.data.tokenizer, cfg.model.vocab_size)
+    ids = {"image_token_id": tok.token_id("<|image_pad|>"), "video_token_id": tok.token_id("<|video_pad|>")}
+    for key, tid in ids.items():
+        if getattr(v, key) != tid:
+            raise ConfigError(
+                f"model.vision.{key}={getattr(v, key)} but the tokenizer {cfg.data.tokenizer} has it as {tid}"
+            )
 
 
 # -------------------------------------------------------------------- hydra glue
+def adopt_init_model(cfg: RunConfig) -> RunConfig:
+    """With ``phase.init_from``, the weights define the architecture: take the checkpoint's model config."""
+    if not cfg.phase.init_from:
+        return cfg
+    from dataclasses import replace
+
+    from kimi_lab.hf_io import read_checkpoint
+
+    saved, _, _ = read_checkpoint(cfg.phase.init_from)
+    model = replace(saved.model, moe=replace(saved.model.moe, backend=cfg.model.moe.backend))
+    if model != cfg.model:
+        log.info("phase.init_from: using the checkpoint's model config (%s)", model.name)
+    return replace(cfg, model=model)
+
+
 def _run_from_hydra(dcfg: DictConfig) -> dict[str, float]:
-    cfg = to_run_config(dcfg)
+    cfg = adopt_init_model(to_run_config(dcfg))
     validate_run(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return train(cfg, run_dir, OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from kimi_lab.metrics import (
     VAL_LOSS,
     WANDB_ID_FILE,
 )
+from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.schedule import wsd_multiplier
 from kimi_lab.train import train
 from tests.conftest import REPO, run_cli
@@ -37,9 +38,28 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_once_with_fast_dev_run(
-    experiment: str, tiny_overrides: list[str], tmp_path: Path
+    experiment: str,
+    tiny_overrides,
+    tiny_shards,
+    image_code_shards,
+    video_shards,
+    interleaved_shards,
+    tmp_path,
 ) -> None:
-    dcfg = compose([f"experiment={experiment}", *tiny_overrides, "trainer.fast_dev_run=true"])
+    """Each experiment, shrunk (tiny model of its kind, tiny shards for each of its sources), runs a step."""
+    shards = {
+        "text": tiny_shards,
+        "image_code": image_code_shards,
+        "video": video_shards,
+        "interleaved": interleaved_shards,
+    }
+    full = to_run_config(compose([f"experiment={experiment}"]))
+    shrink = [o for o in tiny_overrides if not o.startswith(("model=", "data.sources."))]
+    shrink.append("model=tiny-vl" if full.model.vision is not None else "model=tiny")
+    shrink += [f"data.sources.{name}.path={shards[name]}" for name in full.data.sources]
+    if full.model.vision is not None:
+        shrink += ["data.seq_len=96", "data.vision.max_patches=144"]
+    dcfg = compose([f"experiment={experiment}", *shrink, "trainer.fast_dev_run=true"])
     cfg = to_run_config(dcfg)
     validate_run(cfg)
     metrics = train(cfg, tmp_path / "run", OmegaConf.to_container(dcfg, resolve=True))
@@ -117,7 +137,7 @@ def test_killed_run_resumes_with_ckpt_path_auto(tiny_overrides: list[str], tmp_p
     first_id = (run_dir / WANDB_ID_FILE).read_text().strip()
     ckpt = torch.load(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, map_location="cpu", weights_only=False)
     ckpt_step = ckpt["global_step"]
-    bias_key = "model.layers.1.ffn.router.expert_bias"
+    bias_key = "model.language_model.layers.1.ffn.router.expert_bias"
     assert 10 <= ckpt_step < 40, "the kill must land between checkpoints, before the end"
     assert ckpt["state_dict"][bias_key].abs().sum() > 0
 
@@ -211,3 +231,99 @@ def test_vision_data_needs_a_vision_model(
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: data.sources pictures hold images or video") and "vision tower" in last
+
+
+def _vl_overrides(
+    tiny_overrides, tiny_shards, image_code_shards, video_shards, interleaved_shards
+) -> list[str]:
+    base = [o for o in tiny_overrides if not o.startswith(("model=", "data.sources.", "data.seq_len="))]
+    return [
+        *base,
+        "experiment=quickstart_vl",
+        "model=tiny-vl",
+        f"data.sources.text.path={tiny_shards}",
+        f"data.sources.image_code.path={image_code_shards}",
+        f"data.sources.video.path={video_shards}",
+        f"data.sources.interleaved.path={interleaved_shards}",
+        "data.seq_len=96",
+        "data.vision.max_patches=144",
+        "data.shuffle_buffer=16",
+        "phase.optim.lr=5e-3",
+    ]
+
+
+def _fit(overrides: list[str], run_dir: Path) -> pd.DataFrame:
+    from kimi_lab.train import adopt_init_model
+
+    dcfg = compose(overrides)
+    cfg = adopt_init_model(to_run_config(dcfg))
+    validate_run(cfg)
+    train(cfg, run_dir, OmegaConf.to_container(dcfg, resolve=True))
+    return pd.read_parquet(run_dir / METRICS_FILE)
+
+
+def test_joint_quickstart_text_and_caption_losses_fall(
+    tiny_overrides, tiny_shards, image_code_shards, video_shards, interleaved_shards, tmp_path
+) -> None:
+    overrides = _vl_overrides(
+        tiny_overrides, tiny_shards, image_code_shards, video_shards, interleaved_shards
+    )
+    m = _fit(
+        [
+            *overrides,
+            "trainer.max_steps=60",
+            "trainer.val_check_interval=20",
+            "phase.schedule.warmup_steps=5",
+            "trainer.log_every_n_steps=1",
+            "data.val_batches=3",
+            "trainer.limit_val_batches=3",
+        ],
+        tmp_path / "run",
+    )
+    for key, margin in (("val/text/loss", 0.3), ("val/image_code/loss", 0.3), ("val/video/loss", 0.0)):
+        curve = m[m.key == key].sort_values("step").value.tolist()
+        assert len(curve) == 3 and curve[-1] < curve[0] - margin, (key, curve)
+    vision = m[m.key == "data/vision_ratio"].value
+    assert 0.05 < vision.mean() < 0.4  # quickstart_mix: a fifth of the tokens from vision sources
+    assert m[m.key == "data/image_tokens"].value.sum() > 0  # images reached the model in training
+
+
+def test_k25_stages_freeze_what_they_say_and_chain(
+    tiny_overrides, tiny_shards, image_code_shards, video_shards, interleaved_shards, tmp_path
+) -> None:
+    overrides = _vl_overrides(
+        tiny_overrides, tiny_shards, image_code_shards, video_shards, interleaved_shards
+    )
+    short = [
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "trainer.checkpoint_every_n_steps=4",
+        "phase.schedule.warmup_steps=1",
+        "data.val_batches=1",
+        "trainer.limit_val_batches=1",
+    ]
+    stage1 = tmp_path / "vit"
+    _fit([*overrides, *short, "phase=pretrain_vit", "phase.optim.lr=5e-3"], stage1)
+    ckpt1 = stage1 / CHECKPOINT_DIR / LAST_CHECKPOINT
+    stage2 = tmp_path / "align"
+    _fit(
+        [*overrides, *short, "phase=pretrain_align", "phase.optim.lr=5e-3", f"phase.init_from={ckpt1}"],
+        stage2,
+    )
+    before = torch.load(ckpt1, map_location="cpu", weights_only=False)["state_dict"]
+    after = torch.load(stage2 / CHECKPOINT_DIR / LAST_CHECKPOINT, map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+
+    def changed(prefix: str) -> bool:
+        return any(
+            not torch.equal(before[k], after[k])
+            for k in before
+            if k.startswith(prefix) and before[k].is_floating_point()
+        )
+
+    # stage 2 (projector-only alignment) started from stage 1's weights and moved only the projector
+    assert changed("model.projector.")
+    assert not changed("model.vision_tower.") and not changed("model.language_model.")
+    untrained = KimiK25(to_run_config(compose(["model=tiny-vl"])).model).state_dict()
+    assert not torch.equal(before["model.vision_tower.pos_emb"], untrained["vision_tower.pos_emb"])

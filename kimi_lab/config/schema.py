@@ -97,6 +97,26 @@ class MoEConfig:
 
 
 @dataclass
+class VisionConfig:
+    """MoonViT-3D and its projector (K2.5); the defaults are the real shape (about 400M parameters)."""
+
+    hidden_size: int = 1152
+    n_layers: int = 27
+    n_heads: int = 16
+    ffn_dim: int = 4304
+    patch_size: int = 14
+    pos_emb_size: int = 64  # the learned 2-D position grid (side), interpolated to each image
+    pos_emb_time: int = 4  # frames per video chunk that get a time embedding
+    merge_size: int = 2  # the projector merges merge_size x merge_size patches into one LM token
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    # Placeholder token ids in the LM input (kimi_lab's tokenizer: <|image_pad|>, <|video_pad|>;
+    # the released K2.5 tokenizer uses 163605 and 163840).
+    image_token_id: int = 14
+    video_token_id: int = 15
+
+
+@dataclass
 class ModelConfig:
     name: str = "custom"
     vocab_size: int = 512
@@ -110,6 +130,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    vision: VisionConfig | None = None  # None: a text-only K2 model
 
 
 # ---------------------------------------------------------------------------- data
@@ -167,6 +188,15 @@ class DataConfig:
 
 
 @dataclass
+class LrScaleConfig:
+    """Per-module learning-rate multipliers; 0 freezes the module (K2.5's staged training)."""
+
+    language_model: float = 1.0
+    vision_tower: float = 1.0
+    projector: float = 1.0
+
+
+@dataclass
 class OptimConfig:
     name: OptimizerName = OptimizerName.adamw
     lr: float = 3e-3
@@ -174,6 +204,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    lr_scale: LrScaleConfig = field(default_factory=LrScaleConfig)
 
 
 @dataclass

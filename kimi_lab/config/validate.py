@@ -53,6 +53,31 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
             f"{pr}.beta_fast={r.beta_fast} must be > {pr}.beta_slow={r.beta_slow} > 0",
         )
 
+    if m.vision is not None:
+        v, pv = m.vision, f"{p}.vision"
+        _require(
+            v.hidden_size >= 1 and v.n_heads >= 1 and v.n_layers >= 1 and v.ffn_dim >= 1,
+            f"{pv}: sizes must be >= 1",
+        )
+        _require(
+            v.hidden_size % v.n_heads == 0,
+            f"{pv}.hidden_size={v.hidden_size} must be a multiple of {pv}.n_heads={v.n_heads}",
+        )
+        head_dim = v.hidden_size // v.n_heads
+        _require(
+            head_dim % 4 == 0,
+            f"{pv}: head dim {head_dim} must be a multiple of 4 (2-D RoPE rotates pairs on two axes)",
+        )
+        _require(v.patch_size >= 1 and v.merge_size >= 1, f"{pv}.patch_size and merge_size must be >= 1")
+        _require(
+            v.pos_emb_size >= 1 and v.pos_emb_time >= 1, f"{pv}.pos_emb_size and pos_emb_time must be >= 1"
+        )
+        _require(
+            v.image_token_id >= 0 and v.video_token_id >= 0,
+            f"{pv}.image_token_id and video_token_id must be >= 0",
+        )
+        _require(v.image_token_id != v.video_token_id, f"{pv}.image_token_id and video_token_id must differ")
+
     if m.first_k_dense < m.n_layers:  # at least one MoE layer
         e = m.moe
         pm = f"{p}.moe"

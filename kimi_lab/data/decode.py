@@ -174,10 +174,16 @@ class Decoder:
     def __call__(self, sample: dict[str, Any]) -> Document:
         parsed = parse_sample(sample)
         segments: list[Segment] = []
+        p = self.vision.patch_size
         for kind, value in parsed.parts:
             if kind == "text":
                 segments.append(self.tok.encode(value))
-            elif kind == "image":
+                continue
+            h, w = value.shape[-3:-1]
+            if h < p or w < p:
+                reason = "bad_image" if kind == "image" else "bad_video"
+                raise SampleSkip(reason, f"{w}x{h} pixels is smaller than one {p}x{p} patch")
+            if kind == "image":
                 segments.append(image_block(value, self.vision))
             else:
                 segments.extend(video_blocks(value, self.vision))

@@ -147,7 +147,8 @@ class ShuffleBuffer:
 
 
 class MixedStream(IterableDataset):
-    """Batches {"tokens", "loss_mask", "pixel_values", "grid_thw", "vision_kind", "meta"}."""
+    """Batches {"tokens", "loss_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+    "video_grid_thw", "meta"}."""
 
     def __init__(
         self,
@@ -352,14 +353,16 @@ class _Worker:
             "vision_source_tokens": sum(w.vision_source_tokens for w in windows),
             "vision_ratio_target": self.mixer.target_ratio(step),
         }
+        images = [b for b in blocks if b.kind == "image"]
+        videos = [b for b in blocks if b.kind == "video"]
         return {
             "tokens": tokens,
             "loss_mask": loss_mask(tokens, self.ids),
-            "pixel_values": torch.cat([b.pixel_values for b in blocks])
-            if blocks
-            else torch.zeros(0, 3, p, p),
-            "grid_thw": torch.tensor([b.grid_thw for b in blocks], dtype=torch.long).view(-1, 3),
-            "vision_kind": torch.tensor([0 if b.kind == "image" else 1 for b in blocks], dtype=torch.long),
+            # transformers' kimi_k25 input names: images and video chunks apart, each in order
+            "pixel_values": _pixels(images, p),
+            "image_grid_thw": _grids(images),
+            "pixel_values_videos": _pixels(videos, p),
+            "video_grid_thw": _grids(videos),
             "meta": {
                 "slot": self.slot,
                 "batch_index": batch_index,
@@ -369,6 +372,14 @@ class _Worker:
                 "skipped": dict(self.state.skipped),
             },
         }
+
+
+def _pixels(blocks: list[Any], patch: int) -> torch.Tensor:
+    return torch.cat([b.pixel_values for b in blocks]) if blocks else torch.zeros(0, 3, patch, patch)
+
+
+def _grids(blocks: list[Any]) -> torch.Tensor:
+    return torch.tensor([b.grid_thw for b in blocks], dtype=torch.long).view(-1, 3)
 
 
 def _doc_tokens(doc: Any) -> int:

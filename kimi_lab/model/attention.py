@@ -66,8 +66,14 @@ class MultiHeadLatentAttention(nn.Module):
         k = torch.cat((k_nope, k_rope_BT1r.to(k_nope.dtype).expand(B, T, H, self.rope_dim)), dim=-1)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask_BTT: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Causal self-attention; ``mask_BTT`` (True = may attend) replaces the plain causal mask."""
         B, T, _ = x_BTD.shape
         q, k, v = self.project_qkv(x_BTD, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        if mask_BTT is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT[:, None], scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_dim))

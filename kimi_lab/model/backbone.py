@@ -44,9 +44,9 @@ class DecoderLayer(nn.Module):
             self.ffn = SwiGLU(D, cfg.dense_ffn_dim)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MoEAux | None]:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         if self.is_moe:
             y, aux = self.ffn(self.ffn_norm(x))
             return x + y, aux
@@ -87,9 +87,13 @@ class K2Model(nn.Module):
         input_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         compute_logits: bool = True,
     ) -> LMOutput:
-        """``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D) (e.g. with vision embeddings merged in)."""
+        """``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D) (e.g. with vision embeddings merged in).
+
+        ``attention_mask`` (B, T), 1 for real tokens and 0 for padding, as transformers takes it.
+        """
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("K2Model needs input_ids or inputs_embeds")
@@ -99,10 +103,11 @@ class K2Model(nn.Module):
         if positions is None:
             positions = torch.arange(T, device=x.device).expand(B, T)
         cos, sin = self.rope(positions)
+        mask = causal_padding_mask(attention_mask, T)
         aux_loss = x.new_zeros((), dtype=torch.float32)
         seq_terms, z_terms = [], []
         for layer in self.layers:
-            x, aux = layer(x, cos, sin)
+            x, aux = layer(x, cos, sin, mask)
             if aux is not None:
                 aux_loss = aux_loss + aux.loss
                 seq_terms.append(aux.seq_balance)
@@ -116,3 +121,14 @@ class K2Model(nn.Module):
                 "router_z_loss": torch.stack(z_terms).mean(),
             }
         return LMOutput(logits, hidden, aux_loss, metrics)
+
+
+def causal_padding_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
+    """(B, T, T) bool "may attend" mask, or None when there is no padding (plain causal is faster)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    keep = attention_mask.bool()
+    causal = torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
+    mask = causal[None] & keep[:, None, :]
+    # A padded query still attends to itself, so no row is empty (no NaN); its output is unused.
+    return mask | torch.eye(T, dtype=torch.bool, device=keep.device)[None]

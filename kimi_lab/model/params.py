@@ -20,6 +20,16 @@ class ParamCount:
     shared_experts: int
     router: int
     norms: int
+    vision_tower: int = 0
+    projector: int = 0
+
+    @property
+    def language_model(self) -> int:
+        return self.total - self.vision_tower - self.projector
+
+    @property
+    def language_model_active(self) -> int:
+        return self.active - self.vision_tower - self.projector
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -30,13 +40,18 @@ def _numel(module: torch.nn.Module | None) -> int:
 
 
 def count_params(cfg: ModelConfig) -> ParamCount:
-    """Build the model on the meta device (no memory, any size) and count its tensors."""
-    from kimi_lab.model.backbone import K2Model
+    """Build the model on the meta device (no memory, any size) and count its tensors.
+
+    Active = everything a text token passes through: all but the routed experts, plus
+    top_k / n_routed of them; the vision tower and projector count whole (dense).
+    """
     from kimi_lab.model.moe.layer import MoELayer
+    from kimi_lab.model.multimodal import KimiK25
 
     cfg = replace(cfg, moe=replace(cfg.moe, backend=MoEBackend.torch))
     with torch.device("meta"):
-        model = K2Model(cfg, device_type="meta")
+        full = KimiK25(cfg, device_type="meta")
+    model = full.language_model
 
     c = dict(embedding=0, attention=0, dense_ffn=0, routed_experts=0, shared_experts=0, router=0, norms=0)
     c["embedding"] = _numel(model.embed) + (0 if cfg.tie_embeddings else _numel(model.lm_head))
@@ -50,15 +65,16 @@ def count_params(cfg: ModelConfig) -> ParamCount:
             c["shared_experts"] += _numel(layer.ffn.shared)
         else:
             c["dense_ffn"] += _numel(layer.ffn)
+    c["vision_tower"], c["projector"] = _numel(full.vision_tower), _numel(full.projector)
     total = sum(c.values())
-    assert total == _numel(model), "every parameter must fall in exactly one bucket"
+    assert total == _numel(full), "every parameter must fall in exactly one bucket"
     routed = c["routed_experts"]
     active = total - routed + routed * cfg.moe.top_k // cfg.moe.n_routed_experts
     return ParamCount(total=total, active=active, **c)
 
 
 def count_params_closed_form(cfg: ModelConfig) -> tuple[int, int]:
-    """(total, active) from the config alone; tests check it against ``count_params``."""
+    """(total, active) of the language model from the config alone; tests check it against ``count_params``."""
     a, m = cfg.attention, cfg.moe
     D, H = cfg.hidden_size, a.n_heads
     qk = a.qk_nope_head_dim + a.qk_rope_head_dim

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from kimi_lab.config.schema import RunConfig
+from kimi_lab.errors import ConfigError
 from kimi_lab.metrics import (
     DATA_IMAGE_TOKENS,
     DATA_PAD_TOKENS,
@@ -26,8 +27,8 @@ from kimi_lab.metrics import (
     TRAIN_TOKENS,
     TRAIN_TOKENS_PER_SEC,
 )
-from kimi_lab.model.backbone import K2Model
 from kimi_lab.model.moe.balance import update_router_biases
+from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.groups import build_param_groups
 from kimi_lab.optim.schedule import WSD
 
@@ -50,7 +51,7 @@ class PhaseModule(L.LightningModule):
         self.save_hyperparameters(
             {"config": OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)}
         )
-        self.model = K2Model(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
+        self.model = KimiK25(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
         self.latest_moe_load: tuple[torch.Tensor, torch.Tensor] | None = None
         self.latest_moe_load_step = -1
         self._step_started: float | None = None
@@ -61,11 +62,26 @@ class PhaseModule(L.LightningModule):
     # ------------------------------------------------------------- optimization
     def configure_optimizers(self) -> dict[str, Any]:
         o, s = self.cfg.phase.optim, self.cfg.phase.schedule
-        groups = build_param_groups(self.model, o.weight_decay)
+        scales = {
+            "language_model": o.lr_scale.language_model,
+            "vision_tower": o.lr_scale.vision_tower,
+            "projector": o.lr_scale.projector,
+        }
+        groups = build_param_groups(self.model, o.weight_decay, scales)
+        for name, scale in scales.items():
+            if scale == 0 and hasattr(self.model, name) and getattr(self.model, name) is not None:
+                rank_zero_info(f"frozen: {name}")
         for g in groups:
-            rank_zero_info(f"param group {g.name:<16} {g.numel:>12,} params  weight_decay={g.weight_decay:g}")
+            rank_zero_info(
+                f"param group {g.name:<32} {g.numel:>12,} params  lr={o.lr * g.lr_scale:g}  weight_decay={g.weight_decay:g}"
+            )
+        if not groups:
+            raise ConfigError("phase.optim.lr_scale freezes every module: nothing to train")
         optimizer = torch.optim.AdamW(
-            [{"params": g.params, "weight_decay": g.weight_decay, "name": g.name} for g in groups],
+            [
+                {"params": g.params, "weight_decay": g.weight_decay, "lr": o.lr * g.lr_scale, "name": g.name}
+                for g in groups
+            ],
             lr=o.lr,
             betas=(o.beta1, o.beta2),
             eps=o.eps,
@@ -80,8 +96,11 @@ class PhaseModule(L.LightningModule):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         step = self.global_step  # 0-based index of this training step
         super().optimizer_step(*args, **kwargs)
-        # Aux-loss-free balancing uses this step's token counts (all micro-batches, all ranks).
-        load = update_router_biases(self.model, self.cfg.model.moe.bias_update_rate)
+        # Aux-loss-free balancing uses this step's token counts (all micro-batches, all ranks);
+        # a frozen language model keeps its routing as it is.
+        frozen = self.cfg.phase.optim.lr_scale.language_model == 0
+        rate = 0.0 if frozen else self.cfg.model.moe.bias_update_rate
+        load = update_router_biases(self.model, rate)
         if load is not None:
             self.latest_moe_load = (load[0].cpu(), load[1].cpu())
             self.latest_moe_load_step = step

@@ -14,28 +14,40 @@ from kimi_lab.metrics import (
     TRAIN_CE,
     TRAIN_LOSS,
     TRAIN_SEQ_BALANCE,
+    TRAIN_SKIPPED_BATCHES,
     TRAIN_Z_LOSS,
     VAL_LOSS,
     VAL_PPL,
     VAL_SOURCE_LOSS,
 )
+from kimi_lab.model.multimodal import VisionInputError
 from kimi_lab.phases.base import PhaseModule
 
 
 class PretrainModule(PhaseModule):
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if getattr(dm, "has_vision", False):
+        if getattr(dm, "has_vision", False) and not self.model.has_vision:
             vision = [n for n, m in dm.modalities.items() if m != "text"]
             raise ConfigError(
                 f"data.sources {', '.join(vision)} hold images or video, but model {self.cfg.model.name} "
-                "has no vision tower: train it on text sources only"
+                "has no vision tower: train it on text sources only, or use a -vl model"
             )
 
     def _lm_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         tokens = batch["tokens"]
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
-        out = self.model(inputs)
+        try:
+            out = self.model(
+                inputs,
+                pixel_values=batch.get("pixel_values"),
+                image_grid_thw=batch.get("image_grid_thw"),
+                pixel_values_videos=batch.get("pixel_values_videos"),
+                video_grid_thw=batch.get("video_grid_thw"),
+            )
+        except VisionInputError as exn:
+            keys = getattr(getattr(self.trainer, "datamodule", None), "latest", {}).get("keys", [])
+            raise VisionInputError(f"{exn} (batch with samples {', '.join(keys[:4]) or 'unknown'})") from None
         # Loss on text targets only: never on placeholders, media markers or padding.
         mask = batch.get("loss_mask")
         logits = out.logits.float()
@@ -44,9 +56,14 @@ class PretrainModule(PhaseModule):
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return ce, out
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         ce, out = self._lm_loss(batch)
         loss = ce + out.aux_loss
+        if not loss.requires_grad:
+            # Only frozen modules saw this batch (e.g. stage 1 trains the ViT, and the batch
+            # holds no image): nothing to learn from it, so the step is skipped.
+            self.log(TRAIN_SKIPPED_BATCHES, 1.0, on_step=True, on_epoch=False, reduce_fx="sum")
+            return None
         self.count_step_tokens(batch["tokens"][:, 1:].numel())
         self.log(TRAIN_LOSS, loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log(TRAIN_CE, ce, on_step=True, on_epoch=False)
@@ -56,30 +73,35 @@ class PretrainModule(PhaseModule):
             self.log(TRAIN_Z_LOSS, out.router_metrics["router_z_loss"], on_step=True, on_epoch=False)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums: dict[str, list[float]] = {}
+
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         ce, _ = self._lm_loss(batch)
-        n = batch["tokens"].shape[0]
-        # val/loss over all sources (token-weighted by batch), and one curve per source.
-        self.log(
-            VAL_LOSS,
-            ce,
-            prog_bar=True,
-            on_step=False,
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=n,
-            add_dataloader_idx=False,
-        )
         names = getattr(self.trainer.datamodule, "val_names", [])
-        if dataloader_idx < len(names):
-            key = VAL_SOURCE_LOSS.format(source=names[dataloader_idx])
-            self.log(
-                key, ce, on_step=False, on_epoch=True, sync_dist=True, batch_size=n, add_dataloader_idx=False
-            )
+        name = names[dataloader_idx] if dataloader_idx < len(names) else str(dataloader_idx)
+        n = float(batch["loss_mask"].sum()) if "loss_mask" in batch else float(batch["tokens"][:, 1:].numel())
+        sums = self._val_sums.setdefault(name, [0.0, 0.0])
+        sums[0] += float(ce) * n
+        sums[1] += n
 
     def on_validation_epoch_end(self) -> None:
-        val = self.trainer.callback_metrics.get(VAL_LOSS)
-        if val is not None:
-            self.log(VAL_PPL, math.exp(min(float(val), 50.0)), on_step=False, on_epoch=True, sync_dist=True)
+        # Token-weighted means: one curve per source, and val/loss over all of them.
+        sums = getattr(self, "_val_sums", {})
+        total, count = 0.0, 0.0
+        for name, (loss_sum, n) in sums.items():
+            if n:
+                self.log(
+                    VAL_SOURCE_LOSS.format(source=name),
+                    loss_sum / n,
+                    on_step=False,
+                    on_epoch=True,
+                    sync_dist=True,
+                )
+            total, count = total + loss_sum, count + n
+        if count:
+            val = total / count
+            self.log(VAL_LOSS, val, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+            self.log(VAL_PPL, math.exp(min(val, 50.0)), on_step=False, on_epoch=True, sync_dist=True)

@@ -135,30 +135,43 @@ def test_vision_blocks_are_packed_with_their_grids(
     start, end = tok.token_id("<|media_start|>"), tok.token_id("<|media_end|>")
     cfg = data_cfg(tiny_tokenizer)
     specs = [spec("ic", image_code_shards), spec("video", video_shards), spec("il", interleaved_shards)]
+    seen = {"image": 0, "video": 0}
     for batch in itertools.islice(iter(MixedStream(specs, cfg, train=True)), 12):
-        tokens, grid, kinds = batch["tokens"], batch["grid_thw"], batch["vision_kind"]
+        tokens = batch["tokens"]
         inputs = tokens[:, :-1]
         assert inputs.shape == (4, 96)
-        # one placeholder run per block, of h*w/4 tokens, whole inside one window's inputs
-        runs = []
+        # one placeholder run per image / video chunk, of h*w/4 tokens, whole inside one window's inputs
+        runs: dict[str, list[int]] = {"image": [], "video": []}
         for row in inputs.tolist():
             i = 0
             while i < len(row):
                 if row[i] == start:
                     j = row.index(end, i)
-                    runs.append((row[i + 1 : j].count(image_id), row[i + 1 : j].count(video_id)))
+                    body = row[i + 1 : j]
+                    kind = "image" if body.count(image_id) else "video"
+                    assert body.count(image_id if kind == "image" else video_id) == len(body)
+                    runs[kind].append(len(body))
                     i = j
                 i += 1
-        assert len(runs) == len(grid)
-        for (n_img, n_vid), (t, h, w), kind in zip(runs, grid.tolist(), kinds.tolist()):
-            assert (n_img if kind == 0 else n_vid) == h * w // 4 and n_img * n_vid == 0
-            assert t == 1 if kind == 0 else 1 <= t <= 4
-        assert batch["pixel_values"].shape == (int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()), 3, 14, 14)
-        if len(grid):
-            assert batch["pixel_values"].abs().max() <= 1.0  # normalised to [-1, 1]
+        for kind, pixels, grid in (
+            ("image", "pixel_values", "image_grid_thw"),
+            ("video", "pixel_values_videos", "video_grid_thw"),
+        ):
+            g = batch[grid]
+            assert runs[kind] == [h * w // 4 for _, h, w in g.tolist()]
+            assert (
+                all(t == 1 for t, _, _ in g.tolist())
+                if kind == "image"
+                else all(1 <= t <= 4 for t, _, _ in g.tolist())
+            )
+            assert batch[pixels].shape == (int((g[:, 0] * g[:, 1] * g[:, 2]).sum()), 3, 14, 14)
+            if len(g):
+                assert batch[pixels].abs().max() <= 1.0  # normalised to [-1, 1]
+            seen[kind] += len(g)
         targets = tokens[:, 1:]
         text = ~(torch.isin(targets, torch.tensor([image_id, video_id, start, end, tok.pad_id])))
         assert torch.equal(batch["loss_mask"], text)
+    assert seen["image"] > 0 and seen["video"] > 0
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.5])
@@ -231,7 +244,8 @@ def test_restored_stream_continues_exactly(
     )
     for a, b in zip(full[12:], resumed):
         assert torch.equal(a["tokens"], b["tokens"])
-        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["grid_thw"], b["grid_thw"])
+        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+            assert torch.equal(a[key], b[key])
         assert a["meta"]["batch_index"] == b["meta"]["batch_index"]
 
 

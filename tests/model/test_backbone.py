@@ -10,6 +10,7 @@ import torch
 from kimi_lab.config import compose, to_run_config
 from kimi_lab.config.schema import ModelConfig, RopeScaling
 from kimi_lab.model import K2Model, count_params
+from kimi_lab.model.multimodal import KimiK25
 
 
 def tiny(**changes) -> ModelConfig:
@@ -73,12 +74,12 @@ def test_logits_match_transformers_deepseek_v3(case: str) -> None:
         )
         cfg = replace(cfg, attention=replace(cfg.attention, rope=rope))
     torch.manual_seed(0)
-    model = K2Model(cfg).eval()
+    model = KimiK25(cfg).eval()
     with torch.no_grad():  # non-trivial norms and selection biases, so the mapping of each is tested
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
-        for layer in model.moe_layers:
+        for layer in model.language_model.moe_layers:
             layer.router.expert_bias.uniform_(-0.05, 0.05)
     hf = to_transformers(model)
     ids = torch.randint(0, cfg.vocab_size, (2, 20))
@@ -86,3 +87,20 @@ def test_logits_match_transformers_deepseek_v3(case: str) -> None:
         ours = model(ids).logits
         theirs = hf(input_ids=ids).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_padding_mask_matches_transformers() -> None:
+    pytest.importorskip("transformers")
+    from kimi_lab.model.hf import to_transformers
+
+    torch.manual_seed(0)
+    model = KimiK25(tiny()).eval()
+    hf = to_transformers(model)
+    ids = torch.randint(0, 512, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 9:] = 0  # the second row is padded at the end
+    with torch.no_grad():
+        ours = model(ids, attention_mask=mask).logits
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours[1, :9], theirs[1, :9], rtol=1e-4, atol=1e-4)

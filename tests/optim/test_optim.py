@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kimi_lab.config import compose, to_run_config
-from kimi_lab.model import K2Model
+from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim import WSD, build_param_groups, wsd_multiplier
 
 
@@ -41,12 +41,25 @@ def test_wsd_drives_a_lambda_lr_and_pickles() -> None:
 
 
 def test_param_groups_never_decay_norms_and_cover_everything_once() -> None:
-    model = K2Model(to_run_config(compose(["model=tiny"])).model)
-    groups = build_param_groups(model, weight_decay=0.1)
-    by_name = {g.name: g for g in groups}
-    assert by_name["norms+biases"].weight_decay == 0.0
-    assert all(n.endswith("norm.weight") for n in by_name["norms+biases"].names)
-    assert by_name["matrices"].weight_decay == 0.1
-    assert set(by_name["embeddings+head"].names) == {"embed.weight", "lm_head.weight"}
-    names = [n for g in groups for n in g.names]
+    model = KimiK25(to_run_config(compose(["model=tiny-vl"])).model)
+    groups = {g.name: g for g in build_param_groups(model, weight_decay=0.1)}
+    assert groups["language_model/norms+biases"].weight_decay == 0.0
+    assert all(
+        n.endswith(("norm.weight", "norm1.weight", "norm2.weight")) or n.endswith("bias") or "norm" in n
+        for n in groups["vision_tower/norms+biases"].names
+    )
+    assert groups["language_model/matrices"].weight_decay == 0.1
+    assert set(groups["language_model/embeddings+head"].names) == {
+        "language_model.embed.weight",
+        "language_model.lm_head.weight",
+    }
+    names = [n for g in groups.values() for n in g.names]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+
+
+def test_lr_scale_zero_freezes_a_module() -> None:
+    model = KimiK25(to_run_config(compose(["model=tiny-vl"])).model)
+    groups = build_param_groups(model, 0.1, {"language_model": 0.0, "vision_tower": 1.0, "projector": 0.5})
+    assert {g.name.split("/")[0] for g in groups} == {"vision_tower", "projector"}
+    assert all(not p.requires_grad for p in model.language_model.parameters())
+    assert {g.lr_scale for g in groups if g.name.startswith("projector")} == {0.5}
