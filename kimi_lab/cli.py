@@ -6,7 +6,9 @@
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
   kimi-lab export-hf CKPT OUT_DIR               a checkpoint in transformers' kimi_k25 / deepseek_v3 format
   kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
-  kimi-lab bench moe|data [--json] [...]        ratios against peers measured in the same run
+  kimi-lab report MULTIRUN_DIR                  an experiment's report (markdown, JSON, PNG)
+  kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
+  kimi-lab bench moe|data|qkclip [--json]       ratios against peers measured in the same run
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -103,14 +105,55 @@ def _cmd_import_hf(args: argparse.Namespace) -> None:
     print(f"train from it: kimi-lab train phase.init_from={out}")
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    import dashboards
+
+    app = Path(dashboards.__file__).parent / "app.py"
+    print(f"kimi_lab dashboard for {args.runs_dir}: http://{args.address}:{args.port}", flush=True)
+    os.execv(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(app),
+            "--server.headless",
+            "true",
+            "--server.address",
+            args.address,
+            "--server.port",
+            str(args.port),
+            "--browser.gatherUsageStats",
+            "false",
+            "--client.toolbarMode",
+            "minimal",
+            "--",
+            "--runs-dir",
+            args.runs_dir,
+        ],
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from kimi_lab.reports import write_report
+
+    print(f"report: {write_report(args.folder)}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     what = args.rest[0] if args.rest else ""
     if what == "moe":
         from benchmarks.moe import main as bench
     elif what == "data":
         from benchmarks.data import main as bench
+    elif what == "qkclip":
+        from benchmarks.qkclip import main as bench
     else:
-        raise KimiLabError(f"kimi-lab bench {what or '?'}: choose one of moe, data")
+        raise KimiLabError(f"kimi-lab bench {what or '?'}: choose one of moe, data, qkclip")
     bench(args.rest)
 
 
@@ -163,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("hf_dir")
     p.add_argument("out_ckpt")
     p.set_defaults(func=_cmd_import_hf)
+
+    p = sub.add_parser("dashboard", help="the Streamlit dashboard of a runs folder (local only by default)")
+    p.add_argument("runs_dir", nargs="?", default="runs")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument(
+        "--address", default="127.0.0.1", help="bind address; 0.0.0.0 exposes the dashboard to the network"
+    )
+    p.set_defaults(func=_cmd_dashboard)
+
+    p = sub.add_parser("report", help="markdown + PNG report of an experiment's multirun folder")
+    p.add_argument("folder")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against peers", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -11,7 +11,7 @@ CONFIG_FILE = ".hydra/config.yaml"  # the resolved config, written by Hydra
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 METRICS_FILE = "metrics.parquet"  # long format: step, key, value
 MOE_LOAD_FILE = "moe_load.parquet"  # step, layer, expert, tokens, bias
-ATTN_LOGITS_FILE = "attn_logits.parquet"  # step, layer, head, max_logit, clipped
+ATTN_LOGITS_FILE = "attn_logits.parquet"  # step, layer, head, max_logit, clipped, tower
 SWARM_DIR = "swarm"  # one JSONL trace per episode
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -21,7 +21,9 @@ STATUS_FILE = "status.json"  # {"status": running|finished|failed|interrupted, "
 
 METRICS_COLUMNS = ("step", "key", "value")
 MOE_LOAD_COLUMNS = ("step", "layer", "expert", "tokens", "bias")
-ATTN_LOGITS_COLUMNS = ("step", "layer", "head", "max_logit", "clipped")
+# max_logit: the head's largest pre-softmax logit over the steps since the previous logged
+# step; clipped: QK-Clip rescaled the head in one of them; tower: language_model | vision_tower
+ATTN_LOGITS_COLUMNS = ("step", "layer", "head", "max_logit", "clipped", "tower")
 
 # --------------------------------------------------------------------- metric keys
 TRAIN_LOSS = "train/loss"  # total objective: cross-entropy + router losses
@@ -39,6 +41,13 @@ MOE_IMBALANCE = "moe/imbalance"  # max/mean tokens per expert, mean over MoE lay
 MOE_IMBALANCE_MAX = "moe/imbalance_max"  # the worst layer
 MOE_DEAD_EXPERTS = "moe/dead_experts"  # experts that received no token in the step, summed over layers
 
+# attention logits (language model unless named; since the previous logged step)
+ATTN_MAX_LOGIT = "attn/max_logit"
+ATTN_LAYER_MAX_LOGIT = "attn/max_logit/layer_{layer}"
+ATTN_VISION_MAX_LOGIT = "attn/vision_max_logit"
+ATTN_CLIPPED_HEADS = "attn/clipped_heads"  # heads QK-Clip rescaled, both towers
+ATTN_CLIPPED_HEAD_STEPS = "attn/clipped_head_steps"  # cumulative
+
 # data (per logged step; skipped counts are cumulative, by reason)
 DATA_TEXT_TOKENS = "data/text_tokens"
 DATA_IMAGE_TOKENS = "data/image_tokens"
@@ -51,3 +60,13 @@ DATA_WAIT_FRACTION = "data/wait_fraction"  # share of the step spent waiting for
 VAL_SOURCE_LOSS = "val/{source}/loss"  # per data source
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+# ------------------------------------------------------------------ swarm traces
+# One JSON object per line in <run>/swarm/<episode>.jsonl:
+# {"v": 1, "t": seconds, "step": critical step, "agent": "orchestrator" | <name>,
+#  "kind": one of SWARM_EVENT_KINDS, "parent": <agent> | null, "detail": {...}}
+SWARM_TRACE_VERSION = 1
+SWARM_ORCHESTRATOR = "orchestrator"
+SWARM_EVENT_KINDS = ("spawn", "assign", "tool_call", "tool_result", "message", "finish", "error")
+# detail keys: "stage" (int) on assign/finish; "steps" (int) on a sub-agent's finish;
+# "reward" ({component: value}) on the orchestrator's finish

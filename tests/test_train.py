@@ -327,3 +327,37 @@ def test_k25_stages_freeze_what_they_say_and_chain(
     assert not changed("model.vision_tower.") and not changed("model.language_model.")
     untrained = KimiK25(to_run_config(compose(["model=tiny-vl"])).model).state_dict()
     assert not torch.equal(before["model.vision_tower.pos_emb"], untrained["vision_tower.pos_emb"])
+
+
+def test_qk_clip_experiment_runs_three_arms_and_writes_its_report(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    res = run_cli(
+        "train",
+        "--multirun",
+        *tiny_overrides,
+        "experiment=qk_clip",
+        "model=tiny",
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=12",
+        "trainer.checkpoint_every_n_steps=12",
+        "phase.schedule.warmup_steps=2",
+        "phase.optim.qk_clip_tau=0.05",
+        "data.seq_len=32",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = list((tmp_path / "runs" / "qk_clip" / "multirun").iterdir())
+    report = json.loads((sweep / "report.json").read_text())
+    assert [a["arm"] for a in report["arms"]] == ["adamw", "muon", "muonclip"]
+    assert (sweep / "qk_clip.png").stat().st_size > 10_000
+    text = (sweep / "report.md").read_text()
+    assert "| muonclip | 0.05 | 12 |" in text and "## What this run shows" in text
+    clip_job = next(sweep / a["job"] for a in report["arms"] if a["arm"] == "muonclip")
+    logits = pd.read_parquet(clip_job / "attn_logits.parquet")
+    assert list(logits.columns) == ["step", "layer", "head", "max_logit", "clipped", "tower"]
+    assert logits.clipped.any() and report["arms"][2]["clipped_head_steps"] > 0
+    adamw_job = next(sweep / a["job"] for a in report["arms"] if a["arm"] == "adamw")
+    assert not pd.read_parquet(adamw_job / "attn_logits.parquet").clipped.any()  # measured, never clipped

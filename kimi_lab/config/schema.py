@@ -44,7 +44,9 @@ class WandbMode(str, Enum):
 
 
 class OptimizerName(str, Enum):
-    adamw = "adamw"
+    adamw = "adamw"  # AdamW everywhere
+    muon = "muon"  # Muon on weight matrices, AdamW on the rest
+    muonclip = "muonclip"  # Muon + QK-Clip (K2)
 
 
 class PhaseName(str, Enum):
@@ -205,6 +207,13 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     lr_scale: LrScaleConfig = field(default_factory=LrScaleConfig)
+    # Muon (used by muon and muonclip)
+    momentum: float = 0.95
+    nesterov: bool = False
+    ns_steps: int = 5  # quintic Newton-Schulz steps
+    ns_polish_steps: int = 2  # cubic steps that bring singular values to 1
+    # QK-Clip (muonclip): heads whose largest pre-softmax logit exceeds tau are rescaled
+    qk_clip_tau: float = 100.0
 
 
 @dataclass
@@ -214,6 +223,10 @@ class ScheduleConfig:
     warmup_steps: int = 20
     decay_fraction: float = 0.2  # share of trainer.max_steps spent in the final decay
     min_lr_ratio: float = 0.1  # floor = lr * min_lr_ratio
+    # In tokens instead (as K2's schedule is stated): when set, these replace the two above,
+    # converted with tokens per step = batch_size x seq_len x accumulation x data-parallel size.
+    warmup_tokens: int | None = None
+    decay_tokens: int | None = None
 
 
 @dataclass
@@ -222,6 +235,8 @@ class PhaseConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     init_from: str | None = None  # a checkpoint of an earlier phase to start from
+    # Record every attention head's largest logit (QK-Clip needs it; attn_logits.parquet shows it).
+    track_attn_logits: bool = True
 
 
 # ------------------------------------------------------------------- trainer, logs

@@ -42,6 +42,10 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_a_norm = RMSNorm(self.kv_rank, norm_eps)
         self.kv_b_proj = nn.Linear(self.kv_rank, self.n_heads * (self.nope_dim + self.v_dim), bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.v_dim, hidden_size, bias=False)
+        # QK-Clip bookkeeping: the largest pre-softmax logit per head since the last reset
+        # (training forwards only, when measuring is switched on).
+        self.measure_max_logit = False
+        self.register_buffer("max_logit", torch.full((self.n_heads,), float("-inf")), persistent=False)
 
     def project_qkv(
         self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -72,8 +76,45 @@ class MultiHeadLatentAttention(nn.Module):
         """Causal self-attention; ``mask_BTT`` (True = may attend) replaces the plain causal mask."""
         B, T, _ = x_BTD.shape
         q, k, v = self.project_qkv(x_BTD, cos, sin)
+        if self.measure_max_logit and self.training:
+            self.max_logit = torch.maximum(self.max_logit, head_max_logits(q, k, self.scale, mask_BTT))
         if mask_BTT is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT[:, None], scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_dim))
+
+    @torch.no_grad()
+    def clip_heads(self, gamma_H: torch.Tensor) -> None:
+        """QK-Clip for MLA: per head, no-rope query and key rows by sqrt(gamma), rotary query rows
+        by gamma; the rotary key (shared by all heads) is left alone. gamma = 1 changes nothing."""
+        root = gamma_H.sqrt()[:, None, None]
+        q_w = (self.q_proj if hasattr(self, "q_proj") else self.q_b_proj).weight
+        q_HXR = q_w.view(self.n_heads, self.nope_dim + self.rope_dim, -1)
+        q_HXR[:, : self.nope_dim] *= root.to(q_w.dtype)
+        q_HXR[:, self.nope_dim :] *= gamma_H[:, None, None].to(q_w.dtype)
+        kv_HXR = self.kv_b_proj.weight.view(self.n_heads, self.nope_dim + self.v_dim, -1)
+        kv_HXR[:, : self.nope_dim] *= root.to(kv_HXR.dtype)
+
+
+@torch.no_grad()
+def head_max_logits(
+    q_BHTd: torch.Tensor,
+    k_BHTd: torch.Tensor,
+    scale: float,
+    mask_BTT: torch.Tensor | None = None,
+    chunk: int = 1 << 24,
+) -> torch.Tensor:
+    """Largest causal pre-softmax logit q.k * scale per head, in fp32, in query chunks (bounded memory)."""
+    B, H, T, _ = q_BHTd.shape
+    q, k = q_BHTd.float(), k_BHTd.float()
+    rows = max(1, chunk // max(1, B * H * T))
+    out = torch.full((H,), float("-inf"), device=q.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    for start in range(0, T, rows):
+        logits = torch.matmul(q[:, :, start : start + rows], k.transpose(-1, -2)) * scale
+        allowed = causal[start : start + rows][None, None]
+        if mask_BTT is not None:
+            allowed = allowed & mask_BTT[:, None, start : start + rows]
+        out = torch.maximum(out, logits.masked_fill(~allowed, float("-inf")).amax(dim=(0, 2, 3)))
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-EMBEDDING_MODULES = ("embed", "lm_head")
+EMBEDDING_MODULES = ("embed", "lm_head", "pos_emb")  # tables, not transforms: AdamW under Muon
 
 
 @dataclass

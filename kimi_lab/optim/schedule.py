@@ -8,6 +8,10 @@ of the peak LR, for ``torch.optim.lr_scheduler.LambdaLR``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kimi_lab.config.schema import RunConfig
 
 
 def wsd_multiplier(
@@ -31,3 +35,16 @@ class WSD:
 
     def __call__(self, step: int) -> float:
         return wsd_multiplier(step, self.total_steps, self.warmup_steps, self.decay_steps, self.min_ratio)
+
+
+def schedule_steps(cfg: RunConfig) -> tuple[int, int]:
+    """(warmup steps, decay steps) of the run, from steps or from tokens."""
+    t, d, s = cfg.trainer, cfg.data, cfg.phase.schedule
+    tokens_per_step = d.batch_size * d.seq_len * t.accumulate_grad_batches * t.devices * t.num_nodes
+    warmup = s.warmup_steps if s.warmup_tokens is None else math.ceil(s.warmup_tokens / tokens_per_step)
+    decay = (
+        round(s.decay_fraction * t.max_steps)
+        if s.decay_tokens is None
+        else math.ceil(s.decay_tokens / tokens_per_step)
+    )
+    return warmup, decay

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
-from kimi_lab.config.schema import RunConfig
+from kimi_lab.config.schema import OptimizerName, RunConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.metrics import (
     DATA_IMAGE_TOKENS,
@@ -30,7 +30,9 @@ from kimi_lab.metrics import (
 from kimi_lab.model.moe.balance import update_router_biases
 from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.groups import build_param_groups
-from kimi_lab.optim.schedule import WSD
+from kimi_lab.optim.muon import MuonAdamW
+from kimi_lab.optim.qk_clip import LogitReport, qk_clip_step, set_measuring
+from kimi_lab.optim.schedule import WSD, schedule_steps
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class PhaseModule(L.LightningModule):
         )
         self.model = KimiK25(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
         self.latest_moe_load: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.attn_logits_since_log: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.clipped_head_steps = 0
         self.latest_moe_load_step = -1
         self._step_started: float | None = None
         self._batch_ended: float | None = None
@@ -60,8 +64,12 @@ class PhaseModule(L.LightningModule):
         self._tokens_in_step = 0
 
     # ------------------------------------------------------------- optimization
+    @property
+    def uses_muon(self) -> bool:
+        return self.cfg.phase.optim.name in (OptimizerName.muon, OptimizerName.muonclip)
+
     def configure_optimizers(self) -> dict[str, Any]:
-        o, s = self.cfg.phase.optim, self.cfg.phase.schedule
+        o = self.cfg.phase.optim
         scales = {
             "language_model": o.lr_scale.language_model,
             "vision_tower": o.lr_scale.vision_tower,
@@ -69,41 +77,83 @@ class PhaseModule(L.LightningModule):
         }
         groups = build_param_groups(self.model, o.weight_decay, scales)
         for name, scale in scales.items():
-            if scale == 0 and hasattr(self.model, name) and getattr(self.model, name) is not None:
+            if scale == 0 and getattr(self.model, name, None) is not None:
                 rank_zero_info(f"frozen: {name}")
-        for g in groups:
-            rank_zero_info(
-                f"param group {g.name:<32} {g.numel:>12,} params  lr={o.lr * g.lr_scale:g}  weight_decay={g.weight_decay:g}"
-            )
         if not groups:
             raise ConfigError("phase.optim.lr_scale freezes every module: nothing to train")
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": g.params, "weight_decay": g.weight_decay, "lr": o.lr * g.lr_scale, "name": g.name}
-                for g in groups
-            ],
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            eps=o.eps,
-        )
-        total = self.cfg.trainer.max_steps
-        decay = round(s.decay_fraction * total)
+        # Muon takes the weight matrices; embeddings, the LM head, norms and biases stay on AdamW.
+        param_groups = [
+            {
+                "params": g.params,
+                "weight_decay": g.weight_decay,
+                "lr": o.lr * g.lr_scale,
+                "name": g.name,
+                "use_muon": self.uses_muon and g.name.endswith("/matrices"),
+            }
+            for g in groups
+        ]
+        for g, pg in zip(groups, param_groups):
+            rank_zero_info(
+                f"param group {g.name:<32} {g.numel:>12,} params  {'muon ' if pg['use_muon'] else 'adamw'}"
+                f"  lr={pg['lr']:g}  weight_decay={g.weight_decay:g}"
+            )
+        optimizer: torch.optim.Optimizer
+        if self.uses_muon:
+            optimizer = MuonAdamW(
+                param_groups,
+                lr=o.lr,
+                momentum=o.momentum,
+                nesterov=o.nesterov,
+                ns_steps=o.ns_steps,
+                ns_polish_steps=o.ns_polish_steps,
+                betas=(o.beta1, o.beta2),
+                eps=o.eps,
+            )
+        else:
+            for pg in param_groups:
+                pg.pop("use_muon")
+            optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+        warmup, decay = schedule_steps(self.cfg)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, WSD(total, s.warmup_steps, decay, s.min_lr_ratio)
+            optimizer, WSD(self.cfg.trainer.max_steps, warmup, decay, self.cfg.phase.schedule.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        clip = self.cfg.phase.optim.name == OptimizerName.muonclip
+        set_measuring(self.model, clip or self.cfg.phase.track_attn_logits)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         step = self.global_step  # 0-based index of this training step
         super().optimizer_step(*args, **kwargs)
+        o = self.cfg.phase.optim
+        # QK-Clip with the maxima this step's forward passes measured (weights already updated).
+        tau = o.qk_clip_tau if o.name == OptimizerName.muonclip else None
+        for report in qk_clip_step(self.model, tau):
+            self._accumulate_logits(report)
         # Aux-loss-free balancing uses this step's token counts (all micro-batches, all ranks);
         # a frozen language model keeps its routing as it is.
-        frozen = self.cfg.phase.optim.lr_scale.language_model == 0
-        rate = 0.0 if frozen else self.cfg.model.moe.bias_update_rate
+        rate = 0.0 if o.lr_scale.language_model == 0 else self.cfg.model.moe.bias_update_rate
         load = update_router_biases(self.model, rate)
         if load is not None:
             self.latest_moe_load = (load[0].cpu(), load[1].cpu())
             self.latest_moe_load_step = step
+
+    def _accumulate_logits(self, report: LogitReport) -> None:
+        """Max logit and clip events per head since the last logged step."""
+        self.clipped_head_steps += int(report.clipped_LH.sum())
+        prev = self.attn_logits_since_log.get(report.tower)
+        if prev is None:
+            self.attn_logits_since_log[report.tower] = (report.max_logit_LH, report.clipped_LH)
+        else:
+            self.attn_logits_since_log[report.tower] = (
+                torch.maximum(prev[0], report.max_logit_LH),
+                prev[1] | report.clipped_LH,
+            )
+
+    def pop_attn_logits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out, self.attn_logits_since_log = self.attn_logits_since_log, {}
+        return out
 
     # ------------------------------------------------------------- throughput
     def count_step_tokens(self, n: int) -> None:

@@ -21,6 +21,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from kimi_lab.metrics import (
+    ATTN_CLIPPED_HEAD_STEPS,
+    ATTN_CLIPPED_HEADS,
+    ATTN_LAYER_MAX_LOGIT,
+    ATTN_LOGITS_FILE,
+    ATTN_MAX_LOGIT,
+    ATTN_VISION_MAX_LOGIT,
     MOE_DEAD_EXPERTS,
     MOE_IMBALANCE,
     MOE_IMBALANCE_MAX,
@@ -28,7 +34,7 @@ from kimi_lab.metrics import (
     STATUS_FILE,
 )
 from kimi_lab.tracking.parquet_logger import ParquetMetricsLogger
-from kimi_lab.tracking.table import MOE_LOAD_SCHEMA, ParquetTable
+from kimi_lab.tracking.table import ATTN_LOGITS_SCHEMA, MOE_LOAD_SCHEMA, ParquetTable
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -43,6 +49,7 @@ class RunDirCallback(L.Callback):
         self.experiment = experiment
         self.log_every = log_every_n_steps
         self.moe_load: ParquetTable | None = None
+        self.attn_logits: ParquetTable | None = None
         self.started = time.time()
 
     # ------------------------------------------------------------------ helpers
@@ -69,26 +76,64 @@ class RunDirCallback(L.Callback):
 
     @rank_zero_only
     def _flush(self) -> None:
-        if self.moe_load is not None:
-            self.moe_load.flush()
+        for table in (self.moe_load, self.attn_logits):
+            if table is not None:
+                table.flush()
 
     # -------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self.moe_load = ParquetTable(self.run_dir / MOE_LOAD_FILE, MOE_LOAD_SCHEMA)
+            self.attn_logits = ParquetTable(self.run_dir / ATTN_LOGITS_FILE, ATTN_LOGITS_SCHEMA)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # global_step is restored from the checkpoint by now: forget the rows of the
         # steps that will be replayed (steps are 0-based: keep those < global_step).
         step = trainer.global_step - 1
-        if trainer.is_global_zero and self.moe_load is not None:
-            self.moe_load.drop_after(step)
-            self.moe_load.flush()
+        if trainer.is_global_zero:
+            for table in (self.moe_load, self.attn_logits):
+                if table is not None:
+                    table.drop_after(step)
+                    table.flush()
         for lg in self._parquet_loggers(trainer):
             lg.drop_after(step)
         self._status(trainer, "running")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._log_attn_logits(trainer, pl_module)
+        self._log_moe_load(trainer, pl_module)
+
+    def _log_attn_logits(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step - 1
+        if step < 0 or (step + 1) % self.log_every != 0 or not hasattr(pl_module, "pop_attn_logits"):
+            return
+        logits = pl_module.pop_attn_logits()
+        if not logits:
+            return
+        values: dict[str, float] = {ATTN_CLIPPED_HEAD_STEPS: float(pl_module.clipped_head_steps)}
+        values[ATTN_CLIPPED_HEADS] = float(sum(int(c.sum()) for _, c in logits.values()))
+        for tower, (max_LH, clipped_LH) in logits.items():
+            if tower == "language_model":
+                values[ATTN_MAX_LOGIT] = float(max_LH.max())
+                for layer, row in enumerate(max_LH):
+                    values[ATTN_LAYER_MAX_LOGIT.format(layer=layer)] = float(row.max())
+            else:
+                values[ATTN_VISION_MAX_LOGIT] = float(max_LH.max())
+            if trainer.is_global_zero and self.attn_logits is not None:
+                L_, H = max_LH.shape
+                self.attn_logits.extend(
+                    {
+                        "step": [step] * (L_ * H),
+                        "layer": [layer for layer in range(L_) for _ in range(H)],
+                        "head": list(range(H)) * L_,
+                        "max_logit": max_LH.reshape(-1).tolist(),
+                        "clipped": clipped_LH.reshape(-1).tolist(),
+                        "tower": [tower] * (L_ * H),
+                    }
+                )
+        pl_module.log_dict(values, on_step=True, on_epoch=False)
+
+    def _log_moe_load(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Steps are 0-based training-step indices, as Lightning labels the logged metrics.
         load = getattr(pl_module, "latest_moe_load", None)
         step = getattr(pl_module, "latest_moe_load_step", -1)

@@ -69,3 +69,13 @@ MOE_LOAD_SCHEMA = pa.schema(
         ("bias", pa.float32()),
     ]
 )
+ATTN_LOGITS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("layer", pa.int32()),
+        ("head", pa.int32()),
+        ("max_logit", pa.float32()),
+        ("clipped", pa.bool_()),
+        ("tower", pa.string()),
+    ]
+)

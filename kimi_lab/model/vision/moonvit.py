@@ -66,6 +66,9 @@ class VisionAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
+        self.scale = self.head_dim**-0.5
+        self.measure_max_logit = False
+        self.register_buffer("max_logit", torch.full((n_heads,), float("-inf")), persistent=False)
 
     def forward(
         self, x_ND: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], blocks: list[tuple[int, int]]
@@ -88,9 +91,26 @@ class VisionAttention(nn.Module):
                 t.index_select(0, idx).view(len(starts), length, self.n_heads, self.head_dim).transpose(1, 2)
                 for t in (q, k, v)
             )
+            if self.measure_max_logit and self.training:
+                self.max_logit = torch.maximum(self.max_logit, block_max_logits(qb, kb, self.scale))
             ob = F.scaled_dot_product_attention(qb, kb, vb)  # bidirectional within the block
             out.index_copy_(0, idx, ob.transpose(1, 2).reshape(-1, self.n_heads, self.head_dim))
         return self.proj(out.reshape(N, -1))
+
+    @torch.no_grad()
+    def clip_heads(self, gamma_H: torch.Tensor) -> None:
+        """QK-Clip for standard attention: query and key projections (and biases) by sqrt(gamma)."""
+        root = gamma_H.sqrt()
+        for proj in (self.q_proj, self.k_proj):
+            proj.weight.view(self.n_heads, self.head_dim, -1).mul_(root[:, None, None].to(proj.weight.dtype))
+            proj.bias.view(self.n_heads, self.head_dim).mul_(root[:, None].to(proj.bias.dtype))
+
+
+@torch.no_grad()
+def block_max_logits(q_BHNd: torch.Tensor, k_BHNd: torch.Tensor, scale: float) -> torch.Tensor:
+    """Largest pre-softmax logit per head over same-length blocks (bidirectional: no mask)."""
+    logits = torch.matmul(q_BHNd.float(), k_BHNd.float().transpose(-1, -2)) * scale
+    return logits.amax(dim=(0, 2, 3))
 
 
 class VisionBlock(nn.Module):

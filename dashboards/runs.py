@@ -1,0 +1,178 @@
+"""Reading run directories for the dashboard: no torch, cached, and forgiving.
+
+Only ``kimi_lab.metrics`` is imported from kimi_lab (the names of files and keys),
+so the dashboard starts in a second. Every reader returns ``(value, problem)``:
+a missing or corrupt file becomes a one-line message on the page, never an
+exception.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+import yaml
+
+from kimi_lab import metrics as M
+
+DEFAULT_RUNS_DIR = "runs"
+
+
+def runs_dir() -> Path:
+    """RUNS_DIR from the command line (``-- --runs-dir DIR``), the environment, or ./runs."""
+    args = sys.argv[1:]
+    if "--runs-dir" in args and args.index("--runs-dir") + 1 < len(args):
+        return Path(args[args.index("--runs-dir") + 1])
+    return Path(os.environ.get("KIMI_LAB_RUNS_DIR", DEFAULT_RUNS_DIR))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("KIMI_LAB_DATA_DIR", "data"))
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    name: str  # relative to the runs directory
+    experiment: str
+    status: str
+    step: int | None
+    sweep: Path | None  # the multirun folder when this run is one of its jobs
+    config: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def is_run_dir(path: Path) -> bool:
+    return (
+        (path / M.CONFIG_FILE).is_file()
+        or (path / M.METRICS_FILE).is_file()
+        or (path / M.STATUS_FILE).is_file()
+    )
+
+
+@st.cache_data(show_spinner=False)
+def _read_yaml(path: str, mtime: float) -> tuple[Any, str | None]:
+    try:
+        return yaml.safe_load(Path(path).read_text()), None
+    except (OSError, yaml.YAMLError) as exn:
+        return None, f"{path}: unreadable ({type(exn).__name__})"
+
+
+@st.cache_data(show_spinner=False)
+def _read_parquet(path: str, mtime: float) -> tuple[pd.DataFrame | None, str | None]:
+    try:
+        return pd.read_parquet(path), None
+    except Exception as exn:  # pyarrow raises many kinds for a corrupt file
+        return (
+            None,
+            f"{Path(path).name} is unreadable ({type(exn).__name__}); it may be corrupt or still being written",
+        )
+
+
+def read_table(run: Path, name: str) -> tuple[pd.DataFrame | None, str | None]:
+    path = run / name
+    if not path.is_file():
+        return None, f"this run has no {name}"
+    return _read_parquet(str(path), _mtime(path))
+
+
+def read_config(run: Path) -> tuple[dict[str, Any], str | None]:
+    path = run / M.CONFIG_FILE
+    if not path.is_file():
+        return {}, f"this run has no {M.CONFIG_FILE}"
+    cfg, problem = _read_yaml(str(path), _mtime(path))
+    return (cfg if isinstance(cfg, dict) else {}), problem
+
+
+def read_status(run: Path) -> dict[str, Any]:
+    path = run / M.STATUS_FILE
+    try:
+        status = json.loads(path.read_text())
+        return status if isinstance(status, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def find_runs(root: Path) -> list[RunInfo]:
+    """Every run under ``root`` (single runs and multirun jobs), newest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for cfg in root.rglob(M.CONFIG_FILE):
+        run = cfg.parent.parent
+        found.append(run)
+    for status in root.rglob(M.STATUS_FILE):
+        if status.parent not in found:
+            found.append(status.parent)
+    infos = []
+    for run in found:
+        cfg, _ = read_config(run)
+        status = read_status(run)
+        overrides, _ = (
+            _read_yaml(str(run / M.OVERRIDES_FILE), _mtime(run / M.OVERRIDES_FILE))
+            if (run / M.OVERRIDES_FILE).is_file()
+            else ([], None)
+        )
+        sweep = run.parent if run.name.isdigit() and run.parent.parent.name == "multirun" else None
+        infos.append(
+            RunInfo(
+                path=run,
+                name=str(run.relative_to(root)),
+                experiment=str(cfg.get("experiment") or status.get("experiment") or run.parent.name),
+                status=str(status.get("status", "unknown")),
+                step=status.get("step"),
+                sweep=sweep,
+                config=cfg,
+                overrides=[str(o) for o in (overrides or [])],
+                final={k: v for k, v in (status.get("final") or {}).items() if isinstance(v, (int, float))},
+            )
+        )
+    infos.sort(key=lambda r: _mtime(r.path), reverse=True)
+    return infos
+
+
+def series(metrics: pd.DataFrame, key: str) -> pd.Series:
+    m = metrics[metrics["key"] == key]
+    return m.set_index("step")["value"].sort_index()
+
+
+def ema(values: pd.Series, smoothing: float) -> pd.Series:
+    """TensorBoard-style exponential smoothing (0 = none)."""
+    return values.ewm(alpha=1 - smoothing, adjust=False).mean() if 0 < smoothing < 1 else values
+
+
+def pick_run(
+    runs: list[RunInfo], label: str = "run", key: str = "run", need: str | None = None
+) -> RunInfo | None:
+    """A run selector (newest first); ``need`` lists only runs that have that file."""
+    candidates = [r for r in runs if need is None or (r.path / need).exists()]
+    if not candidates:
+        return None
+    names = [r.name for r in candidates]
+    choice = st.selectbox(label, names, key=key)
+    return candidates[names.index(choice)]

@@ -1,0 +1,116 @@
+"""Data: browse shards — image-code pairs beside their code, video frames, text, illustrated documents.
+
+Reads tar files directly (tarfile, PIL, PyAV): no kimi_lab import beyond metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboards.runs import data_dir
+
+PER_PAGE = 4
+
+
+@st.cache_data(show_spinner=False)
+def read_samples(shard: str, mtime: float, limit: int = 200) -> tuple[list[dict[str, Any]], str | None]:
+    samples: dict[str, dict[str, Any]] = {}
+    try:
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, ext = base.partition(".")
+                if key not in samples and len(samples) >= limit:
+                    break
+                f = tar.extractfile(member)
+                samples.setdefault(key, {"__key__": key})[ext] = f.read() if f else b""
+    except (tarfile.TarError, OSError, EOFError) as exn:
+        problem = (
+            f"{Path(shard).name} is not fully readable ({type(exn).__name__}); showing what could be read"
+        )
+        return list(samples.values()), problem
+    return list(samples.values()), None
+
+
+def video_frames(data: bytes, n: int = 6) -> list[Any]:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    step = max(1, len(frames) // n)
+    return frames[::step][:n]
+
+
+def show(sample: dict[str, Any]) -> None:
+    try:
+        record = json.loads(sample.get("json", b"{}"))
+    except json.JSONDecodeError:
+        record = {}
+    modality = record.get("modality", "?")
+    st.markdown(f"**{sample['__key__']}** · {modality} · {record.get('source', '?')}")
+    try:
+        if modality == "image":
+            left, right = st.columns(2)
+            png = next((sample[e] for e in ("png", "jpg", "jpeg") if e in sample), None)
+            if png:
+                left.image(png)
+            code_ext = next((e for e in ("svg", "html", "txt") if e in sample), None)
+            if code_ext:
+                right.code(
+                    sample[code_ext].decode("utf-8", "replace")[:4000],
+                    language="html" if code_ext != "txt" else None,
+                )
+        elif modality == "video":
+            cols = st.columns(6)
+            for col, frame in zip(cols, video_frames(sample["mp4"])):
+                col.image(frame)
+            st.caption(sample.get("txt", b"").decode("utf-8", "replace"))
+        elif modality == "interleaved":
+            for seg in record.get("segments", []):
+                if "text" in seg:
+                    st.markdown(seg["text"][:1500])
+                elif seg.get("image") in sample:
+                    st.image(sample[seg["image"]], width=320)
+        else:
+            st.text(sample.get("txt", b"").decode("utf-8", "replace")[:2000])
+    except Exception as exn:  # one bad sample must not break the page
+        st.warning(f"could not show this sample: {type(exn).__name__}: {exn}")
+    with st.expander("record"):
+        st.json(record)
+
+
+st.title("Data")
+root = Path(st.text_input("data folder", str(data_dir())))
+folders = sorted({p.parent for p in root.rglob("*.tar")}) if root.is_dir() else []
+if not folders:
+    st.info(
+        f"No shards under `{root}`. Build some: `kimi-lab data build text` (or image-code, video, interleaved)."
+    )
+    st.stop()
+folder = st.selectbox("shards", folders, format_func=lambda p: str(p.relative_to(root)) or ".")
+manifest = folder / "manifest.json"
+if manifest.is_file():
+    try:
+        st.caption(json.dumps(json.loads(manifest.read_text()).get("counts", {})))
+    except json.JSONDecodeError:
+        st.warning("manifest.json is unreadable")
+shards = sorted(folder.glob("*.tar"))
+shard = st.selectbox("shard", shards, format_func=lambda p: p.name)
+samples, problem = read_samples(str(shard), shard.stat().st_mtime)
+if problem:
+    st.warning(problem)
+if not samples:
+    st.stop()
+pages = max(1, (len(samples) + PER_PAGE - 1) // PER_PAGE)
+page = st.number_input("page", 1, pages, 1) - 1
+for sample in samples[page * PER_PAGE : (page + 1) * PER_PAGE]:
+    show(sample)
+    st.divider()

@@ -1,0 +1,127 @@
+"""Muon for weight matrices, AdamW for everything else, in one optimizer (K2's MuonClip minus the clip).
+
+Muon (per matrix W of shape n x m, batched over leading dims such as experts):
+    M <- mu * M + G                    (momentum; Nesterov optional)
+    O <- orthogonalise(M)              (Newton-Schulz: quintic steps, then cubic polish)
+    W <- W - lr * (0.2 * sqrt(max(n, m)) * O + wd * W)
+The 0.2 * sqrt(max(n, m)) factor gives the update the RMS of a typical AdamW
+update (about 0.2), so both kinds of parameters share one learning rate. The
+polish steps bring every singular value to 1 (the quintic alone leaves them in
+[0.7, 1.2]), so that RMS really is 0.2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+QUINTIC = (3.4445, -4.7750, 2.0315)
+
+
+@torch.no_grad()
+def orthogonalise(G: torch.Tensor, steps: int = 5, polish: int = 2, eps: float = 1e-7) -> torch.Tensor:
+    """U V^T of G = U S V^T (per matrix over the last two dims), by Newton-Schulz in fp32."""
+    X = G.float()
+    transposed = X.shape[-2] > X.shape[-1]
+    if transposed:  # iterate on the wide side: fewer flops in X X^T
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm <= 1
+    a, b, c = QUINTIC
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    for _ in range(polish):  # x -> 1.5x - 0.5x^3 converges quadratically to 1 on (0, sqrt(3))
+        X = 1.5 * X - 0.5 * (X @ X.mT) @ X
+    return X.mT if transposed else X
+
+
+def muon_scale(shape: torch.Size) -> float:
+    return 0.2 * math.sqrt(max(shape[-2], shape[-1]))
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Param groups with ``use_muon=True`` get Muon; the others get AdamW."""
+
+    def __init__(
+        self,
+        params: Iterable[dict[str, Any]],
+        lr: float,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = False,
+        ns_steps: int = 5,
+        ns_polish_steps: int = 2,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_polish_steps=ns_polish_steps,
+            betas=betas,
+            eps=eps,
+            use_muon=False,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["use_muon"] and any(p.ndim < 2 for p in group["params"]):
+                raise ValueError(f"Muon group {group.get('name', '?')} holds a tensor that is not a matrix")
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["use_muon"]:
+                self._muon(group)
+            else:
+                self._adamw(group)
+        return loss
+
+    def _muon(self, group: dict[str, Any]) -> None:
+        lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+            buf = state["momentum_buffer"]
+            buf.mul_(mu).add_(p.grad.float())
+            direction = p.grad.float().add(buf, alpha=mu) if group["nesterov"] else buf
+            update = orthogonalise(direction, group["ns_steps"], group["ns_polish_steps"]) * muon_scale(
+                p.shape
+            )
+            if wd:
+                p.mul_(1 - lr * wd)  # decoupled weight decay
+            p.add_(update.to(p.dtype), alpha=-lr)
+
+    def _adamw(self, group: dict[str, Any]) -> None:
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            state["step"] += 1
+            g = p.grad.float()
+            state["exp_avg"].lerp_(g, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            bias1 = 1 - beta1 ** state["step"]
+            bias2 = 1 - beta2 ** state["step"]
+            denom = (state["exp_avg_sq"] / bias2).sqrt_().add_(eps)
+            if wd:
+                p.mul_(1 - lr * wd)
+            p.addcdiv_(state["exp_avg"].to(p.dtype), denom.to(p.dtype), value=-lr / bias1)

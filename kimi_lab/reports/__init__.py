@@ -1,0 +1,37 @@
+"""``kimi-lab report MULTIRUN_DIR``: markdown, JSON and PNG reports of an experiment's multirun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kimi_lab.errors import ConfigError
+from kimi_lab.reports.runs import load_multirun
+
+WRITERS = ("qk_clip",)
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write the report for the experiment the multirun in ``folder`` ran."""
+    root = Path(folder)
+    runs = load_multirun(root)
+    experiment = runs[0].get("experiment")
+    if experiment == "qk_clip":
+        from kimi_lab.reports import qk_clip
+
+        return qk_clip.write(runs, root)
+    raise ConfigError(
+        f"{root}: no report for experiment {experiment!r} (reports exist for: {', '.join(WRITERS)})"
+    )
+
+
+try:  # Hydra callback: write the report when the sweep ends
+    from hydra.experimental.callback import Callback
+
+    class ReportCallback(Callback):
+        def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+            path = write_report(config.hydra.sweep.dir)
+            print(f"report: {path}", flush=True)
+
+except ImportError:  # pragma: no cover - hydra is a dependency
+    pass

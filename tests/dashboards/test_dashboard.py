@@ -1,0 +1,224 @@
+"""The Streamlit dashboard: every page against a real run, and against empty, partial and corrupt ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from kimi_lab import metrics as M
+from tests.conftest import REPO, run_cli
+
+PAGES = ["runs", "experts", "routing", "attention", "swarm", "data"]
+ARTIFACTS = REPO / "test-artifacts" / "dashboard"
+
+
+def _trace(path: Path) -> None:
+    """A small valid swarm trace: two stages, three sub-agents."""
+    events = [
+        (0.0, 0, "orchestrator", "message", None, {}),
+        (0.1, 1, "orchestrator", "spawn", None, {"name": "a"}),
+        (0.1, 1, "orchestrator", "spawn", None, {"name": "b"}),
+        (0.2, 1, "a", "assign", "orchestrator", {"stage": 0}),
+        (0.2, 1, "b", "assign", "orchestrator", {"stage": 0}),
+        (0.9, 3, "a", "finish", "orchestrator", {"stage": 0, "steps": 2}),
+        (1.4, 4, "b", "finish", "orchestrator", {"stage": 0, "steps": 3}),
+        (1.5, 5, "c", "assign", "orchestrator", {"stage": 1}),
+        (2.0, 6, "c", "finish", "orchestrator", {"stage": 1, "steps": 1}),
+        (2.1, 7, "orchestrator", "finish", None, {"reward": {"perf": 0.8, "parallel": 0.1, "finish": 0.05}}),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "\n".join(
+            json.dumps({"v": 1, "t": t, "step": s, "agent": a, "kind": k, "parent": p, "detail": d})
+            for t, s, a, k, p, d in events
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def dash_root(tmp_path_factory, tiny_tokenizer, tiny_shards) -> Path:
+    """A runs folder made by real tiny training runs: one single run and a 2-job sweep."""
+    work = tmp_path_factory.mktemp("dash")
+    common = [
+        "model=tiny",
+        f"data.sources.text.path={tiny_shards}",
+        f"data.tokenizer={tiny_tokenizer}",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "data.val_batches=2",
+        f"runs_dir={work / 'runs'}",
+        "logger=none",
+        "trainer.progress_bar=false",
+        "trainer.precision=32-true",
+        "trainer.max_steps=12",
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=6",
+        "trainer.checkpoint_every_n_steps=6",
+        "trainer.limit_val_batches=2",
+        "phase.schedule.warmup_steps=2",
+    ]
+    res = run_cli(
+        "train",
+        *common,
+        "experiment=quickstart",
+        "phase.optim.name=muonclip",
+        "phase.optim.qk_clip_tau=0.05",
+        cwd=work,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_cli(
+        "train", "--multirun", *common, "experiment=quickstart", "model.moe.n_routed_experts=4,8", cwd=work
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    single = next(p for p in (work / "runs" / "quickstart").iterdir() if p.name != "multirun")
+    _trace(single / M.SWARM_DIR / "episode-0000.jsonl")
+    return work / "runs"
+
+
+@pytest.fixture(scope="session")
+def odd_roots(tmp_path_factory, dash_root) -> dict[str, Path]:
+    """Empty, partial (config only) and corrupt (garbage files) runs folders."""
+    base = tmp_path_factory.mktemp("odd")
+    empty = base / "empty"
+    empty.mkdir()
+    partial = base / "partial" / "quickstart" / "2026-01-01_00-00-00"
+    (partial / ".hydra").mkdir(parents=True)
+    (partial / M.CONFIG_FILE).write_text("experiment: quickstart\nmodel:\n  name: tiny\n")
+    corrupt_root = base / "corrupt"
+    single = next(p for p in (dash_root / "quickstart").iterdir() if p.name != "multirun")
+    corrupt = corrupt_root / "quickstart" / single.name
+    shutil.copytree(single, corrupt)
+    for name in (M.METRICS_FILE, M.MOE_LOAD_FILE, M.ATTN_LOGITS_FILE):
+        (corrupt / name).write_bytes(b"PAR1 this is not parquet")
+    (corrupt / M.STATUS_FILE).write_text("{not json")
+    (corrupt / M.SWARM_DIR / "episode-0000.jsonl").write_text('garbage\n{"v": 99}\n')
+    return {"empty": base / "empty", "partial": base / "partial", "corrupt": corrupt_root}
+
+
+def page(name: str, root: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path | None = None) -> AppTest:
+    monkeypatch.setenv("KIMI_LAB_RUNS_DIR", str(root))
+    if data_dir is not None:
+        monkeypatch.setenv("KIMI_LAB_DATA_DIR", str(data_dir))
+    at = AppTest.from_file(str(REPO / "dashboards" / "views" / f"{name}.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("vega_lite_chart")) + len(at.get("arrow_vega_lite_chart"))
+
+
+def test_runs_page_shows_runs_curves_and_the_sweep(dash_root, monkeypatch) -> None:
+    at = page("runs", dash_root, monkeypatch)
+    table = at.dataframe[0].value
+    assert len(table) == 3 and set(table["status"]) == {"finished"}
+    assert charts(at) >= 3  # train loss, val loss, metric vs swept parameter
+    assert any("n_routed_experts" in s.value for s in at.selectbox if isinstance(s.value, str))
+
+
+def test_experts_page(dash_root, monkeypatch) -> None:
+    at = page("experts", dash_root, monkeypatch)
+    assert charts(at) == 4  # share heatmap, imbalance, share over steps, biases
+
+
+def test_attention_page_shows_clips(dash_root, monkeypatch) -> None:
+    at = page("attention", dash_root, monkeypatch)
+    assert charts(at) >= 3  # per-layer, per-head, clip events
+    assert len(at.dataframe) == 1  # the table of clipped heads
+
+
+def test_swarm_page_timeline_and_reward(dash_root, monkeypatch) -> None:
+    at = page("swarm", dash_root, monkeypatch)
+    assert charts(at) == 2  # Gantt + reward components
+    assert "critical steps used: 7" in [c.value for c in at.caption]
+
+
+def test_routing_inspector_routes_text(dash_root, monkeypatch) -> None:
+    at = page("routing", dash_root, monkeypatch)
+    at.button[0].click().run()
+    assert not at.exception
+    assert len(at.dataframe) == 1 and charts(at) == 1
+    table = at.dataframe[0].value
+    assert "token" in table.columns and len(table) > 5
+
+
+def test_data_page_shows_samples(dash_root, monkeypatch, tiny_shards, image_code_shards) -> None:
+    at = page("data", dash_root, monkeypatch, data_dir=image_code_shards.parent)
+    assert at.selectbox[0].options  # shard folders found
+    folder = next(o for o in at.selectbox[0].options if "image_code" in o)
+    at.selectbox[0].select(folder).run()
+    assert not at.exception and len(at.get("image")) >= 1 and len(at.code) >= 1
+
+
+@pytest.mark.parametrize("kind", ["empty", "partial", "corrupt"])
+@pytest.mark.parametrize("name", PAGES)
+def test_pages_survive_odd_run_folders(name, kind, odd_roots, monkeypatch, tmp_path) -> None:
+    at = page(name, odd_roots[kind], monkeypatch, data_dir=tmp_path)
+    messages = [m.value for m in [*at.info, *at.warning, *at.caption]]
+    assert messages, "a page with nothing to show says so"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_pages_render_in_a_real_browser(dash_root, tiny_shards) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from data_pipelines.renderers import CHROMIUM_ARGS, find_chromium
+
+    port = _free_port()
+    env = {**os.environ, "KIMI_LAB_DATA_DIR": str(tiny_shards.parent)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kimi_lab.cli", "dashboard", str(dash_root), "--port", str(port)],
+        cwd=dash_root.parent,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline and server.poll() is None, "the dashboard did not start"
+            time.sleep(0.5)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for name in PAGES:
+                pg.goto(f"http://127.0.0.1:{port}/{name}")
+                pg.wait_for_selector("[data-testid='stMain'] h1", timeout=60_000)
+                if name in ("runs", "experts", "attention", "swarm"):
+                    pg.wait_for_selector(
+                        "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg",
+                        timeout=60_000,
+                    )
+                else:
+                    pg.wait_for_timeout(1500)
+                pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+                assert pg.locator("[data-testid='stException']").count() == 0, f"{name} shows an exception"
+            browser.close()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert all((ARTIFACTS / f"{name}.png").stat().st_size > 10_000 for name in PAGES)
