@@ -8,7 +8,7 @@
   kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
   kimi-lab report MULTIRUN_DIR                  an experiment's report (markdown, JSON, PNG)
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
-  kimi-lab bench moe|data|qkclip [--json]       ratios against peers measured in the same run
+  kimi-lab bench moe|step|sparsity|data|qkclip  ratios against peers measured in the same run ([--json])
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -144,17 +144,16 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.folder)}")
 
 
+_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu")
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
+    import importlib
+
     what = args.rest[0] if args.rest else ""
-    if what == "moe":
-        from benchmarks.moe import main as bench
-    elif what == "data":
-        from benchmarks.data import main as bench
-    elif what == "qkclip":
-        from benchmarks.qkclip import main as bench
-    else:
-        raise KimiLabError(f"kimi-lab bench {what or '?'}: choose one of moe, data, qkclip")
-    bench(args.rest)
+    if what not in _BENCHES:
+        raise KimiLabError(f"kimi-lab bench {what or '?'}: choose one of {', '.join(_BENCHES)}")
+    importlib.import_module(f"benchmarks.{what}").main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:

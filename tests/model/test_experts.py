@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from kimi_lab.model.moe.experts import TorchExperts, reference_experts
+from kimi_lab.model.moe import experts as experts_module
+from kimi_lab.model.moe.experts import (
+    TorchExperts,
+    _grouped_ok,
+    bucket_rows,
+    expert_layout,
+    reference_experts,
+)
 
 
 def _routing(T: int, E: int, K: int, unused: set[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,12 +26,20 @@ def _routing(T: int, E: int, K: int, unused: set[int], seed: int = 0) -> tuple[t
 
 
 @pytest.mark.parametrize(("T", "E", "K"), [(1, 4, 1), (24, 8, 2), (50, 16, 4)])
-def test_outputs_and_gradients_match_reference_loop(T: int, E: int, K: int) -> None:
+@pytest.mark.parametrize(("dim", "ffn"), [(12, 10), (16, 8)], ids=["per-expert-loop", "grouped-mm"])
+@pytest.mark.parametrize("padded", [False, True], ids=["exact-rows", "bucketed-rows"])
+def test_outputs_and_gradients_match_reference_loop(
+    T: int, E: int, K: int, dim: int, ffn: int, padded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Row bucketing normally runs for bf16 on CPU only; forced here so fp32 pins it exactly.
+    monkeypatch.setattr(experts_module, "_pads_rows", lambda x, dtype: padded)
     torch.manual_seed(T)
-    experts = TorchExperts(E, dim=12, ffn_dim=10, init_std=0.3)
+    experts = TorchExperts(E, dim=dim, ffn_dim=ffn, init_std=0.3)
     unused = {1, E - 1}  # experts that receive no token at all
     idx, weights = _routing(T, E, K, unused)
-    x = torch.randn(T, 12, requires_grad=True)
+    x = torch.randn(T, dim, requires_grad=True)
+    # Both matmul paths are covered: unaligned widths fall back to the per-expert loop.
+    assert _grouped_ok(x, dim, ffn) == (ffn % 4 == 0 and hasattr(torch, "_grouped_mm"))
     w = weights.clone().requires_grad_()
 
     out = experts(x, idx, w)
@@ -93,3 +108,25 @@ def test_bf16_autocast_is_close_to_fp32() -> None:
     assert rel < 2e-2
     out.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in experts.parameters())
+
+
+def test_row_buckets_are_few_and_tight() -> None:
+    sizes = {bucket_rows(n) for n in range(1, 1 << 15)}
+    assert len(sizes) <= 8 * 16  # a handful per power of two: every kernel stays cached
+    for n in range(1, 128):  # small groups: the next multiple of 16
+        assert bucket_rows(n) == -(-n // 16) * 16
+    for n in (128, 129, 1000, 4097, 30000):  # large ones: at most 1/8 padding
+        assert n <= bucket_rows(n) <= n * 9 / 8
+    assert bucket_rows(0) == 0
+
+
+def test_padded_layout_places_every_pair_once_in_its_experts_rows() -> None:
+    idx, _ = _routing(40, 8, 3, unused={2})
+    token_P, row_of_pair_S, rows = expert_layout(idx, 8, pad=True)
+    assert len(token_P) == sum(rows) and rows[2] == 0
+    assert len(set(row_of_pair_S.tolist())) == idx.numel()  # a permutation into the buffer
+    starts = [sum(rows[:e]) for e in range(8)]
+    for s, e in enumerate(idx.reshape(-1).tolist()):
+        r = int(row_of_pair_S[s])
+        assert starts[e] <= r < starts[e] + rows[e]  # inside its expert's block
+        assert int(token_P[r]) == s // 3  # and holding its token

@@ -9,10 +9,10 @@ expert e as ``y = (silu(x @ w1[e].T) * (x @ w3[e].T)) @ w2[e]``. (w2 is stored
 F-major, as MegaBlocks stores it, so its adapter needs no transposes.)
 
 The torch backend is dropless: tokens are sorted by expert and each expert
-multiplies exactly the rows it received, so no token is ever dropped and there
-is no capacity factor. Its backward writes each expert's weight gradient into
-one preallocated (E, F, D) tensor; indexing ``w[e]`` under autograd instead would
-allocate a full-size zero gradient per expert.
+multiplies exactly the rows it received (one grouped GEMM for all experts), so no
+token is ever dropped and there is no capacity factor. Its backward computes each
+weight's gradient for all experts at once, in one (E, F, D) tensor; indexing
+``w[e]`` under autograd instead would allocate a full-size zero gradient per expert.
 """
 
 from __future__ import annotations
@@ -44,69 +44,106 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _grouped_mm(
-    a_SX: torch.Tensor, w_EXY: torch.Tensor, counts: list[int], out_SY: torch.Tensor
+def _grouped_ok(x: torch.Tensor, *dims: int) -> bool:
+    """Whether ``torch._grouped_mm`` takes these operands: its kernels need 16-byte aligned strides."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.device.type == "cuda":
+        ok_dtype = x.dtype == torch.bfloat16
+    elif x.device.type == "cpu":
+        ok_dtype = x.dtype in (torch.bfloat16, torch.float32)
+    else:
+        return False
+    per = 16 // x.element_size()
+    return ok_dtype and all(d % per == 0 for d in dims)
+
+
+def _mm_groups(
+    a_SX: torch.Tensor, w_EXY: torch.Tensor, counts: list[int], offs: torch.Tensor | None
 ) -> torch.Tensor:
-    """out[rows of e] = a[rows of e] @ w[e], for consecutive row groups of sizes ``counts``."""
+    """out[rows of e] = a[rows of e] @ w[e] for consecutive row groups of sizes ``counts``."""
+    if offs is not None:
+        return torch._grouped_mm(a_SX, w_EXY, offs=offs)
+    out = a_SX.new_empty(a_SX.shape[0], w_EXY.shape[-1])
     start = 0
     for e, n in enumerate(counts):
         if n:
-            torch.mm(a_SX[start : start + n], w_EXY[e], out=out_SY[start : start + n])
+            torch.mm(a_SX[start : start + n], w_EXY[e], out=out[start : start + n])
             start += n
-    return out_SY
+    return out
+
+
+def _mm_weight_grads(
+    a_SX: torch.Tensor, b_SY: torch.Tensor, counts: list[int], offs: torch.Tensor | None
+) -> torch.Tensor:
+    """out[e] = a[rows of e]^T @ b[rows of e]: (E, X, Y); zero for experts with no rows."""
+    if offs is not None:
+        out = torch._grouped_mm(a_SX.t(), b_SY, offs=offs)
+    else:
+        out = a_SX.new_empty(len(counts), a_SX.shape[1], b_SY.shape[1])
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                torch.mm(a_SX[start : start + n].t(), b_SY[start : start + n], out=out[e])
+                start += n
+    for e, n in enumerate(counts):
+        if not n:
+            out[e].zero_()
+    return out
 
 
 class _GroupedSwiGLU(torch.autograd.Function):
-    """SwiGLU of expert-sorted rows; weights enter whole, gradients leave whole."""
+    """SwiGLU of expert-sorted rows; weights enter whole, gradients leave whole.
+
+    All experts' matmuls run as one grouped GEMM (``torch._grouped_mm``) when the
+    shapes allow, else as a loop of per-expert matmuls writing into shared buffers.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, x_SD: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, counts: list[int]
     ) -> torch.Tensor:
         dtype = _compute_dtype(x_SD)
-        F_ = w1.shape[1]
-        x_SD = x_SD.to(dtype)
-        # Gate and up fused into one (E, D, 2F) operand: one matmul per expert.
-        w13_ED2F = torch.cat((w1.to(dtype), w3.to(dtype)), dim=1).transpose(1, 2)
+        E, F_, D = w1.shape
+        x_SD = x_SD.to(dtype).contiguous()
+        # Gate and up fused into one (E, 2F, D) operand: one matmul per expert. Filled
+        # by copy_ so the fp32 masters are read once and written once, in bf16.
+        w13_E2FD = w1.new_empty((E, 2 * F_, D), dtype=dtype)
+        w13_E2FD[:, :F_].copy_(w1)
+        w13_E2FD[:, F_:].copy_(w3)
         w2_EFD = w2.to(dtype)
-        S = x_SD.shape[0]
-        h_S2F = _grouped_mm(x_SD, w13_ED2F, counts, x_SD.new_empty(S, 2 * F_))
+        offs = None
+        if _grouped_ok(x_SD, D, F_):
+            offs = torch.tensor(counts, device=x_SD.device).cumsum(0).to(torch.int32)
+        h_S2F = _mm_groups(x_SD, w13_E2FD.transpose(1, 2), counts, offs)
         a_SF = F.silu(h_S2F[:, :F_]).mul_(h_S2F[:, F_:])
-        y_SD = _grouped_mm(a_SF, w2_EFD, counts, x_SD.new_empty(S, w2.shape[2]))
-        ctx.save_for_backward(x_SD, w13_ED2F, w2_EFD, h_S2F, a_SF)
+        y_SD = _mm_groups(a_SF, w2_EFD, counts, offs)
+        ctx.save_for_backward(
+            x_SD, w13_E2FD, w2_EFD, h_S2F, a_SF, offs if offs is not None else torch.empty(0)
+        )
+        ctx.grouped = offs is not None
         ctx.counts = counts
         ctx.param_dtype = w1.dtype
         return y_SD
 
     @staticmethod
     def backward(ctx, gy_SD: torch.Tensor):  # type: ignore[override]
-        x_SD, w13_ED2F, w2_EFD, h_S2F, a_SF = ctx.saved_tensors
+        x_SD, w13_E2FD, w2_EFD, h_S2F, a_SF, offs = ctx.saved_tensors
+        offs = offs if ctx.grouped else None
         counts: list[int] = ctx.counts
-        E, F_, D = w2_EFD.shape
-        S = x_SD.shape[0]
+        F_ = w2_EFD.shape[1]
         gy_SD = gy_SD.to(x_SD.dtype).contiguous()
-
         gate, up = h_S2F[:, :F_], h_S2F[:, F_:]
-        ga_SF = _grouped_mm(gy_SD, w2_EFD.transpose(1, 2), counts, x_SD.new_empty(S, F_))
-        gh_S2F = x_SD.new_empty(S, 2 * F_)
+        ga_SF = _mm_groups(gy_SD, w2_EFD.transpose(1, 2), counts, offs)
+        gh_S2F = torch.empty_like(h_S2F)
         # a = silu(gate) * up:  d/d up = silu(gate);  d/d gate = up * silu'(gate)
         torch.mul(ga_SF, F.silu(gate), out=gh_S2F[:, F_:])
         gh_S2F[:, :F_] = torch.ops.aten.silu_backward(ga_SF.mul_(up), gate)
-
-        gw1 = x_SD.new_zeros(E, F_, D)
-        gw3 = x_SD.new_zeros(E, F_, D)
-        gw2 = x_SD.new_zeros(E, F_, D)
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                rows = slice(start, start + n)
-                torch.mm(a_SF[rows].t(), gy_SD[rows], out=gw2[e])
-                torch.mm(gh_S2F[rows, :F_].t(), x_SD[rows], out=gw1[e])
-                torch.mm(gh_S2F[rows, F_:].t(), x_SD[rows], out=gw3[e])
-                start += n
-        gx_SD = _grouped_mm(gh_S2F, w13_ED2F.transpose(1, 2), counts, x_SD.new_empty(S, D))
+        gw2 = _mm_weight_grads(a_SF, gy_SD, counts, offs)
+        gw13 = _mm_weight_grads(gh_S2F, x_SD, counts, offs)
+        gx_SD = _mm_groups(gh_S2F, w13_E2FD, counts, offs)
         dt = ctx.param_dtype
-        return gx_SD, gw1.to(dt), gw3.to(dt), gw2.to(dt), None
+        return gx_SD, gw13[:, :F_].to(dt), gw13[:, F_:].to(dt), gw2.to(dt), None
 
 
 def sort_by_expert(top_idx_TK: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -115,6 +152,53 @@ def sort_by_expert(top_idx_TK: torch.Tensor, n_experts: int) -> tuple[torch.Tens
     order_S = torch.argsort(flat_S, stable=True)
     counts = torch.bincount(flat_S, minlength=n_experts).tolist()
     return order_S, order_S // top_idx_TK.shape[1], counts
+
+
+def bucket_rows(n: int) -> int:
+    """n rounded up to one of a few sizes per power of two (at most 1/8 more rows, at least 16)."""
+    if n == 0:
+        return 0
+    step = max(16, 1 << max(0, n.bit_length() - 4))
+    return -(-n // step) * step
+
+
+def _pads_rows(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    # oneDNN builds (and caches, without bound by default) one kernel per matmul shape:
+    # with a new row count per expert every step, bf16 CPU matmuls spend their time
+    # building kernels and the cache grows the process by tens of MB a step. A small
+    # fixed set of row counts keeps every kernel cached.
+    return x.device.type == "cpu" and dtype == torch.bfloat16
+
+
+def expert_layout(
+    top_idx_TK: torch.Tensor, n_experts: int, pad: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Where each token-expert pair goes in the expert-sorted (optionally padded) row buffer.
+
+    Returns ``(token_of_row_P, row_of_pair_S, rows_per_expert)``: row r of the buffer
+    holds token ``token_of_row_P[r]``; pair s (in ``top_idx_TK.reshape(-1)`` order) is
+    row ``row_of_pair_S[s]``. Padding rows repeat token 0: their outputs are never
+    read, so their gradients are exactly zero and they change no weight gradient.
+    """
+    order_S, token_S, counts = sort_by_expert(top_idx_TK, n_experts)
+    if not pad:
+        rows = counts
+        row_sorted_S = torch.arange(order_S.numel(), device=order_S.device)
+    else:
+        rows = [bucket_rows(n) for n in counts]
+        dev = order_S.device
+        real_start_E = torch.tensor(counts, device=dev).cumsum(0) - torch.tensor(counts, device=dev)
+        pad_start_E = torch.tensor(rows, device=dev).cumsum(0) - torch.tensor(rows, device=dev)
+        expert_sorted_S = top_idx_TK.reshape(-1)[order_S]
+        # row = (padded start of its expert) + (rank among that expert's pairs)
+        row_sorted_S = (
+            torch.arange(order_S.numel(), device=dev) + (pad_start_E - real_start_E)[expert_sorted_S]
+        )
+    token_of_row_P = torch.zeros(sum(rows), dtype=torch.long, device=order_S.device)
+    token_of_row_P[row_sorted_S] = token_S
+    row_of_pair_S = torch.empty_like(order_S)
+    row_of_pair_S[order_S] = row_sorted_S
+    return token_of_row_P, row_of_pair_S, rows
 
 
 class TorchExperts(Experts):
@@ -140,15 +224,16 @@ class TorchExperts(Experts):
     ) -> torch.Tensor:
         T, D = x_TD.shape
         K = top_idx_TK.shape[1]
-        order_S, token_S, counts = sort_by_expert(top_idx_TK, self.n_experts)
+        dtype = _compute_dtype(x_TD)
+        token_P, row_of_pair_S, rows = expert_layout(top_idx_TK, self.n_experts, _pads_rows(x_TD, dtype))
         # Cast before gathering: the K copies of each token are then made in the compute dtype.
-        x_SD = x_TD.to(_compute_dtype(x_TD)).index_select(0, token_S)
-        y_SD = _GroupedSwiGLU.apply(x_SD, self.w1, self.w3, self.w2, counts)
-        # Back to token order (a permutation, so its backward is exact), then each
-        # token's gate-weighted sum of its K outputs as one small matmul, which
-        # accumulates in fp32 even for bf16 inputs.
-        y_TKD = y_SD.index_select(0, torch.argsort(order_S)).view(T, K, D)
-        out_T1D = torch.bmm(top_weight_TK.to(y_SD.dtype).unsqueeze(1), y_TKD)
+        x_PD = x_TD.to(dtype).index_select(0, token_P)
+        y_PD = _GroupedSwiGLU.apply(x_PD, self.w1, self.w3, self.w2, rows)
+        # Back to token order (padding rows are dropped here, so they get zero gradient),
+        # then each token's gate-weighted sum of its K outputs as one small matmul,
+        # which accumulates in fp32 even for bf16 inputs.
+        y_TKD = y_PD.index_select(0, row_of_pair_S).view(T, K, D)
+        out_T1D = torch.bmm(top_weight_TK.to(y_PD.dtype).unsqueeze(1), y_TKD)
         return out_T1D.view(T, D)
 
 

@@ -1,0 +1,102 @@
+"""``kimi-lab bench sparsity``: does adding experts at fixed active parameters cost time?
+
+Times forward + backward of kimi_lab's MoE layer (torch backend) at the ``bench
+moe`` shape while the number of routed experts grows (8 -> 64 -> 384 by default)
+and top-k, expert width and tokens stay fixed, so the active FLOPs are identical.
+An ideal dropless layer costs the same at every point; the printed ratio is the
+slowest over the fastest (target <= 1.3). The layers are timed round-robin in one
+process so machine drift hits all of them alike.
+
+What still grows with the expert count is work proportional to *total*
+parameters: casting fp32 master weights to bf16, and writing each expert's
+weight gradient (every expert gets tokens at these sizes). The report prints the
+total-parameter bytes per step next to the times so the cause is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.moe import Shape, _fwd_bwd, _kimi_layer
+from kimi_lab.runtime import cpu_has_native_bf16, tune_cpu_allocator
+
+
+def run(
+    experts: tuple[int, ...] = (8, 64, 384),
+    base: Shape | None = None,
+    repeats: int = 5,
+    warmup: int = 2,
+    precision: str = "auto",
+) -> dict[str, Any]:
+    tune_cpu_allocator()
+    torch.manual_seed(0)
+    base = base or Shape()
+    bf16 = cpu_has_native_bf16() if precision == "auto" else precision == "bf16"
+    autocast = torch.bfloat16 if bf16 else None
+    x = torch.randn(1, base.tokens, base.hidden, requires_grad=True)
+    grad = torch.randn(1, base.tokens, base.hidden)
+    steps, expert_bytes = {}, {}
+    for e in experts:
+        if e < base.top_k:
+            raise ValueError(f"bench sparsity: {e} experts is fewer than top-{base.top_k}")
+        shape = Shape(base.tokens, base.hidden, base.ffn, e, base.top_k, base.shared)
+        layer = _kimi_layer(shape)
+        steps[e] = _fwd_bwd(layer, x, grad, autocast)
+        expert_bytes[e] = sum(p.numel() * p.element_size() for p in layer.experts.parameters())
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[int, list[float]] = {e: [] for e in steps}
+    for _ in range(repeats):
+        for e, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[e].append(time.perf_counter() - t0)
+    med = {e: statistics.median(ts) for e, ts in times.items()}
+    return {
+        "shape": {**base.__dict__, "experts": list(experts)},
+        "precision": "bf16-mixed" if bf16 else "32-true",
+        "times_ms": {str(e): t * 1e3 for e, t in med.items()},
+        "routed_expert_mb": {str(e): b / 2**20 for e, b in expert_bytes.items()},
+        "max_over_min": max(med.values()) / min(med.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="kimi-lab bench sparsity", description=__doc__.splitlines()[0])
+    p.add_argument("what", nargs="?", default="sparsity", choices=["sparsity"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--experts", default="8,64,384", help="comma-separated routed-expert counts")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--ffn", type=int, default=256)
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    args = p.parse_args(argv)
+    experts = tuple(int(e) for e in args.experts.split(","))
+    base = Shape(args.tokens, args.hidden, args.ffn, experts[0], args.top_k, 1)
+    res = run(experts, base, args.repeats, precision=args.precision)
+    if args.json:
+        print(json.dumps(res))
+        return res
+    print(
+        f"MoE layer fwd+bwd at fixed active FLOPs: {base.tokens} tokens, hidden {base.hidden}, "
+        f"top-{base.top_k} + 1 shared, FFN {base.ffn}, {res['precision']}"
+    )
+    for e, t in res["times_ms"].items():
+        print(
+            f"  {e:>4} routed experts  {t:>8.1f} ms   routed expert weights {res['routed_expert_mb'][e]:>7.0f} MB"
+        )
+    print(f"  slowest / fastest: {res['max_over_min']:.2f}x (target <= 1.3)")
+    return res
+
+
+if __name__ == "__main__":
+    main()
