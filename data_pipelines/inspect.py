@@ -24,6 +24,12 @@ def _preview(p: Parsed) -> dict[str, Any]:
             parts.append({"text": snippet + ("..." if len(value) > 120 else ""), "chars": len(value)})
         elif kind == "image":
             parts.append({"image": f"{value.shape[1]}x{value.shape[0]}"})
+        elif kind == "chat":
+            messages, images = value
+            for m in messages:
+                text = m.content + "".join(f" [{c.name} call: {len(c.input)} chars]" for c in m.tool_calls)
+                parts.append({m.role: text[:120].replace("\n", "\\n") + ("..." if len(text) > 120 else "")})
+            parts.extend({"image": f"{name}: {rgb.shape[1]}x{rgb.shape[0]}"} for name, rgb in images.items())
         else:
             parts.append({"video": f"{value.shape[0]} frames of {value.shape[2]}x{value.shape[1]}"})
     out["parts"] = parts

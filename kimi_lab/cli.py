@@ -2,11 +2,14 @@
 
   kimi-lab train [OVERRIDES...]                 train (Hydra overrides; --multirun sweeps)
   kimi-lab params [OVERRIDES...] [--json]       total and active parameter counts
-  kimi-lab data build KIND [--out DIR] [...]    shards: text, image-code, video, interleaved; or the tokenizer
+  kimi-lab data build KIND [--out DIR] [...]    shards: text, image-code, video, interleaved, visual-tasks,
+                                                zero-vision-sft, swarm-tasks; or the tokenizer
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
   kimi-lab export-hf CKPT OUT_DIR               a checkpoint in transformers' kimi_k25 / deepseek_v3 format
   kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
   kimi-lab report MULTIRUN_DIR                  an experiment's report (markdown, JSON, PNG)
+  kimi-lab eval CKPT --tasks NAME=DIR [--n N]   a checkpoint's score on task prompts (the sandboxed tool)
+  kimi-lab experiment zero_vision [--scale S]   pre-train -> zero-vision SFT -> eval -> RL -> report
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
   kimi-lab bench moe|step|sparsity|data|qkclip  ratios against peers measured in the same run ([--json])
 
@@ -45,7 +48,16 @@ def _cmd_params(args: argparse.Namespace) -> None:
             print(f"  {key:<16} {value:>20,}")
 
 
-DATA_KINDS = ("text", "image-code", "video", "interleaved", "tokenizer")
+DATA_KINDS = (
+    "text",
+    "image-code",
+    "video",
+    "interleaved",
+    "visual-tasks",
+    "zero-vision-sft",
+    "swarm-tasks",
+    "tokenizer",
+)
 
 
 def _cmd_data_build(args: argparse.Namespace) -> None:
@@ -70,6 +82,30 @@ def _cmd_data_build(args: argparse.Namespace) -> None:
         from data_pipelines.video import build_video
 
         manifest = build_video(out, n=args.n or 200, seed=args.seed, **sizes)
+    elif args.kind == "visual-tasks":
+        from data_pipelines.visual_tasks import build_visual_tasks
+
+        families = args.families.split(",") if args.families else None
+        manifest = build_visual_tasks(
+            out, n=args.n or 200, seed=args.seed, families=families, modality=args.modality, **sizes
+        )
+    elif args.kind == "zero-vision-sft":
+        from data_pipelines.zero_vision_sft import build_zero_vision_sft
+
+        manifest = build_zero_vision_sft(
+            out,
+            n=args.n or 200,
+            seed=args.seed,
+            with_visual_traces=args.with_visual_traces,
+            visual_fraction=args.visual_fraction,
+            **sizes,
+        )
+    elif args.kind == "swarm-tasks":
+        from data_pipelines.swarm_tasks import build_swarm_tasks
+
+        kinds = args.kinds.split(",") if args.kinds else ("wide", "deep")
+        val = {"val_fraction": args.val_fraction} if args.val_fraction is not None else {}
+        manifest = build_swarm_tasks(out, n=args.n or 200, seed=args.seed, kinds=kinds, **val, **sizes)
     else:
         from data_pipelines.interleaved import build_interleaved
 
@@ -144,6 +180,43 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.folder)}")
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from kimi_lab.rl.evaluate import evaluate_checkpoint
+
+    tasks = {}
+    for item in args.tasks:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise KimiLabError(f"--tasks {item}: expected NAME=FOLDER, e.g. vision=data/visual-tasks")
+        tasks[name] = path
+    result = evaluate_checkpoint(args.checkpoint, tasks, args.n)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result))
+        return
+    s = result["summary"]
+    print(f"{args.checkpoint}: greedy, one sample per prompt, the python tool in the sandbox")
+    for key, v in s.items():
+        if isinstance(v, dict):
+            print(f"  {key:<24} n={v['n']:<4} reward {v['reward']:.3f}  accuracy {v['accuracy']:.2f}")
+    print(
+        f"  tool calls per episode {s['tool_calls_per_episode']:.2f}, tool error rate "
+        f"{s['tool_error_rate']:.2f}, sampled tokens per episode {s['response_tokens']:.0f}"
+    )
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from kimi_lab.experiments import zero_vision
+
+    out = Path(args.out or f"runs/zero_vision/{__import__('time').strftime('%Y-%m-%d_%H-%M-%S')}")
+    zero_vision.run(out, args.scale, Path(args.data_dir), seed=args.seed)
+
+
 _BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu")
 
 
@@ -187,6 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cap on a shard's size (default: 1 for text, 0.25 otherwise)",
     )
+    b.add_argument(
+        "--families", default=None, help="visual-tasks: comma-separated, e.g. count,maze (default: all)"
+    )
+    b.add_argument(
+        "--modality", choices=("image", "text", "both"), default="image", help="visual-tasks: task modality"
+    )
+    b.add_argument(
+        "--with-visual-traces", action="store_true", help="zero-vision-sft: mix in image trajectories"
+    )
+    b.add_argument(
+        "--visual-fraction", type=float, default=0.2, help="zero-vision-sft: share of image trajectories"
+    )
+    b.add_argument("--kinds", default=None, help="swarm-tasks: comma-separated, wide,deep (default: both)")
+    b.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="swarm-tasks: share of tasks held out in val, over entities train never sees (default 0.2)",
+    )
     b.set_defaults(func=_cmd_data_build)
     i = data_sub.add_parser("inspect", help="per-shard counts, modalities, sizes, decode failures, previews")
     i.add_argument("dir", help="a folder of .tar shards, or one .tar")
@@ -217,6 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="markdown + PNG report of an experiment's multirun folder")
     p.add_argument("folder")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("eval", help="score a checkpoint on task prompts (greedy, with the sandboxed tool)")
+    p.add_argument("checkpoint")
+    p.add_argument(
+        "--tasks",
+        action="append",
+        required=True,
+        metavar="NAME=FOLDER",
+        help="task shards from kimi-lab data build visual-tasks (repeatable)",
+    )
+    p.add_argument("--n", type=int, default=32, help="prompts per task folder (its val split)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="also write the JSON result (with example transcripts) here")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("experiment", help="run a multi-stage experiment end to end (zero_vision)")
+    p.add_argument("name", choices=["zero_vision"])
+    p.add_argument("--scale", default="small", help="small (about 40 min on 2 cores) or tiny (a smoke test)")
+    p.add_argument("--out", help="the experiment's folder (default runs/zero_vision/<time>); rerun to resume")
+    p.add_argument("--data-dir", default="data", help="datasets are built here when missing")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against peers", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

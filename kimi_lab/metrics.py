@@ -59,6 +59,20 @@ DATA_SKIPPED_PREFIX = "data/skipped/"  # + reason, see kimi_lab.data.decode.SKIP
 DATA_WAIT_FRACTION = "data/wait_fraction"  # share of the step spent waiting for the batch
 VAL_SOURCE_LOSS = "val/{source}/loss"  # per data source
 
+# RL (phase rl): per step, means over the step's episodes
+RL_REWARD = "rl/reward"  # task reward before shaping
+RL_ACCURACY = "rl/accuracy"  # share of episodes with a correct answer
+RL_SOURCE_REWARD = "rl/{source}/reward"  # per task source (e.g. text vs vision tasks)
+RL_RESPONSE_TOKENS = "rl/response_tokens"  # sampled tokens per episode (all turns)
+RL_TOOL_CALLS = "rl/tool_calls"  # per episode
+RL_TOOL_ERRORS = "rl/tool_error_rate"  # failed or malformed calls / calls
+RL_TRUNCATED = "rl/truncated"  # episodes cut off by a token budget
+RL_KEPT_FRACTION = "rl/kept_fraction"  # sampled tokens inside [alpha, beta]
+RL_LOG_RATIO = "rl/log_ratio"  # mean log(pi / pi_old) of sampled tokens
+RL_TOGGLE = "rl/toggle"  # 1 when Toggle's length term applied this step
+VAL_SOURCE_REWARD = "val/{source}/reward"  # greedy, one sample per val prompt
+VAL_SOURCE_ACCURACY = "val/{source}/accuracy"
+
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
 # ------------------------------------------------------------------ swarm traces

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from kimi_lab.config import register_schemas, to_run_config, validate_run
 from kimi_lab.config.schema import RunConfig, TrainerConfig
 from kimi_lab.errors import ConfigError, KimiLabError, one_line
-from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
+from kimi_lab.metrics import CHECKPOINT_DIR
 from kimi_lab.runtime import cpu_has_native_bf16
 
 log = logging.getLogger("kimi_lab.train")
@@ -39,8 +39,10 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if ckpt_path is None:
         return None
     if ckpt_path == "auto":
-        last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-        if last.is_file():
+        from kimi_lab.tracking.checkpoint_io import latest_checkpoint
+
+        last = latest_checkpoint(run_dir / CHECKPOINT_DIR)
+        if last is not None:
             log.info("resuming from %s", last)
             return str(last)
         log.info("ckpt_path=auto: no checkpoint in %s yet, starting fresh", run_dir)
@@ -51,6 +53,13 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def build_datamodule(cfg: RunConfig) -> Any:
+    from kimi_lab.config.schema import PhaseName
+
+    if cfg.phase.name == PhaseName.rl:  # RL trains on task prompts, not on token streams
+        from kimi_lab.data.tasks import TaskDataModule
+
+        rl = cfg.phase.rl
+        return TaskDataModule(rl.tasks, rl.prompts_per_step, rl.eval_prompts, seed=cfg.seed)
     from kimi_lab.data.datamodule import KimiDataModule
 
     return KimiDataModule(
@@ -228,9 +237,11 @@ def _inject_resume_dir(argv: list[str]) -> list[str]:
     except Exception:
         return argv  # let Hydra report the config problem itself
     root = Path(composed.runs_dir) / str(composed.experiment)
+    from kimi_lab.tracking.checkpoint_io import latest_checkpoint
+
+    newest = {d: latest_checkpoint(d / CHECKPOINT_DIR) for d in root.glob("*/") if d.is_dir()}
     candidates = sorted(
-        (p.parent.parent for p in root.glob(f"*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")),
-        key=lambda p: (p / CHECKPOINT_DIR / LAST_CHECKPOINT).stat().st_mtime,
+        (d for d, c in newest.items() if c is not None), key=lambda d: newest[d].stat().st_mtime
     )
     if candidates:
         print(f"ckpt_path=auto: resuming {candidates[-1]}", flush=True)

@@ -74,6 +74,38 @@ def interleaved_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def sandbox() -> None:
+    """The bubblewrap sandbox must work (the README's test command installs it): fail, never skip."""
+    from kimi_lab.tools import sandbox_unavailable_reason
+
+    reason = sandbox_unavailable_reason()
+    if reason:
+        pytest.fail(f"the code sandbox cannot run here: {reason}")
+
+
+@pytest.fixture(scope="session")
+def task_shards(sandbox: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Verified task prompts of every family, text and image (val: a fifth)."""
+    from data_pipelines.visual_tasks import build_visual_tasks
+
+    out = tmp_path_factory.mktemp("visual_tasks")
+    build_visual_tasks(out, n=14, seed=0, modality="both", val_fraction=0.2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_shards(sandbox: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Zero-vision SFT trajectories, some of them visual."""
+    from data_pipelines.zero_vision_sft import build_zero_vision_sft
+
+    out = tmp_path_factory.mktemp("zero_vision_sft")
+    build_zero_vision_sft(
+        out, n=10, seed=0, with_visual_traces=True, visual_fraction=0.3, val_fraction=0.3, progress=False
+    )
+    return out
+
+
 @pytest.fixture
 def tiny_overrides(tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path) -> list[str]:
     """Overrides that make any experiment a seconds-long tiny run inside tmp_path."""

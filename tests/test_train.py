@@ -30,6 +30,7 @@ from kimi_lab.metrics import (
 )
 from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.schedule import wsd_multiplier
+from kimi_lab.tracking.checkpoint_io import latest_checkpoint
 from kimi_lab.train import train
 from tests.conftest import REPO, run_cli
 
@@ -135,7 +136,10 @@ def test_killed_run_resumes_with_ckpt_path_auto(tiny_overrides: list[str], tmp_p
     proc.wait()
     run_dir = next(root.iterdir())
     first_id = (run_dir / WANDB_ID_FILE).read_text().strip()
-    ckpt = torch.load(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, map_location="cpu", weights_only=False)
+    # the kill may land between the step file and last.ckpt: resume takes the newest
+    newest = latest_checkpoint(run_dir / CHECKPOINT_DIR)
+    assert newest is not None
+    ckpt = torch.load(newest, map_location="cpu", weights_only=False)
     ckpt_step = ckpt["global_step"]
     bias_key = "model.language_model.layers.1.ffn.router.expert_bias"
     assert 10 <= ckpt_step < 40, "the kill must land between checkpoints, before the end"
@@ -361,3 +365,15 @@ def test_qk_clip_experiment_runs_three_arms_and_writes_its_report(
     assert logits.clipped.any() and report["arms"][2]["clipped_head_steps"] > 0
     adamw_job = next(sweep / a["job"] for a in report["arms"] if a["arm"] == "adamw")
     assert not pd.read_parquet(adamw_job / "attn_logits.parquet").clipped.any()  # measured, never clipped
+
+
+def test_latest_checkpoint_prefers_a_newer_step_file_over_last(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "step-0000010.ckpt").write_bytes(b"a")
+    (tmp_path / LAST_CHECKPOINT).write_bytes(b"b")
+    os.utime(tmp_path / "step-0000010.ckpt", ns=(1_000, 1_000))
+    os.utime(tmp_path / LAST_CHECKPOINT, ns=(2_000, 2_000))
+    assert latest_checkpoint(tmp_path).name == LAST_CHECKPOINT
+    (tmp_path / "step-0000020.ckpt").write_bytes(b"c")  # killed before last.ckpt was rewritten
+    os.utime(tmp_path / "step-0000020.ckpt", ns=(3_000, 3_000))
+    assert latest_checkpoint(tmp_path).name == "step-0000020.ckpt"

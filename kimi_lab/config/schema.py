@@ -51,6 +51,8 @@ class OptimizerName(str, Enum):
 
 class PhaseName(str, Enum):
     pretrain = "pretrain"
+    sft = "sft"
+    rl = "rl"
 
 
 # --------------------------------------------------------------------------- model
@@ -230,6 +232,42 @@ class ScheduleConfig:
 
 
 @dataclass
+class ToolConfig:
+    """The sandboxed ``python`` tool (bubblewrap): limits per call."""
+
+    wall_s: float = 10.0
+    cpu_s: int = 10
+    memory_mb: int = 1024
+    output_bytes: int = 16384
+    observation_chars: int = 1200  # what the model reads of a tool result
+
+
+@dataclass
+class RLConfig:
+    """Joint text-vision RL (K2.5): K samples per prompt, the masked policy-gradient loss."""
+
+    # Task prompts: name -> shard folder (kimi-lab data build visual-tasks), mixed by weight.
+    tasks: dict[str, Any] = field(default_factory=dict)
+    prompts_per_step: int = 4
+    samples_per_prompt: int = 4  # K
+    max_new_tokens: int = 256  # per assistant turn
+    max_turns: int = 3  # assistant turns per episode (each may call the tool)
+    temperature: float = 1.0
+    # L = -(1/N) sum 1[alpha <= log(pi/pi_old) <= beta] * (r - mean_K r) / tau * log pi
+    alpha: float = -0.2
+    beta: float = 0.2
+    tau: float = 1.0
+    # Toggle (token efficiency): every other block of toggle_every steps, add a length
+    # penalty when the batch's mean accuracy exceeds toggle_lambda; budget = the
+    # toggle_rho-th percentile of correct responses' lengths. Off when toggle_every = 0.
+    toggle_every: int = 0
+    toggle_lambda: float = 0.5
+    toggle_rho: float = 50.0
+    eval_prompts: int = 32  # per task source, at validation
+    tool: ToolConfig = field(default_factory=ToolConfig)
+
+
+@dataclass
 class PhaseConfig:
     name: PhaseName = PhaseName.pretrain
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -237,6 +275,7 @@ class PhaseConfig:
     init_from: str | None = None  # a checkpoint of an earlier phase to start from
     # Record every attention head's largest logit (QK-Clip needs it; attn_logits.parquet shows it).
     track_attn_logits: bool = True
+    rl: RLConfig = field(default_factory=RLConfig)  # used by phase rl only
 
 
 # ------------------------------------------------------------------- trainer, logs

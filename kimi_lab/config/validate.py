@@ -5,7 +5,15 @@ Each failure names the offending key(s) and the allowed range, in one line.
 
 from __future__ import annotations
 
-from kimi_lab.config.schema import PRECISIONS, ModelConfig, RopeScaling, RunConfig
+from kimi_lab.config.schema import (
+    PRECISIONS,
+    ModelConfig,
+    PhaseName,
+    RLConfig,
+    RopeScaling,
+    RunConfig,
+    source_config,
+)
 from kimi_lab.errors import ConfigError
 
 
@@ -94,6 +102,33 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
         _require(e.z_loss_coef >= 0, f"{pm}.z_loss_coef must be >= 0")
 
 
+def validate_rl(rl: RLConfig) -> None:
+    p = "phase.rl"
+    _require(len(rl.tasks) > 0, f"{p}.tasks must name at least one folder of task prompts")
+    for name, value in rl.tasks.items():
+        try:
+            src = source_config(name, value)
+        except (KeyError, TypeError) as exn:
+            raise ConfigError(f"{p}.tasks: {str(exn).strip(chr(39))}") from None
+        _require(src.weight >= 0, f"{p}.tasks.{name}.weight={src.weight} must be >= 0")
+    _require(rl.prompts_per_step >= 1, f"{p}.prompts_per_step={rl.prompts_per_step} must be >= 1")
+    _require(
+        rl.samples_per_prompt >= 2,
+        f"{p}.samples_per_prompt={rl.samples_per_prompt} must be >= 2 (advantages compare samples of a prompt)",
+    )
+    _require(rl.max_new_tokens >= 1 and rl.max_turns >= 1, f"{p}.max_new_tokens and max_turns must be >= 1")
+    _require(rl.temperature > 0, f"{p}.temperature={rl.temperature} must be > 0 for sampling")
+    _require(rl.alpha < 0 < rl.beta, f"{p}: need alpha < 0 < beta (got alpha={rl.alpha}, beta={rl.beta})")
+    _require(rl.tau > 0, f"{p}.tau={rl.tau} must be > 0")
+    _require(rl.toggle_every >= 0, f"{p}.toggle_every={rl.toggle_every} must be >= 0 (0 disables Toggle)")
+    _require(0 <= rl.toggle_rho <= 100, f"{p}.toggle_rho={rl.toggle_rho} must be a percentile in [0, 100]")
+    t = rl.tool
+    _require(
+        t.wall_s > 0 and t.cpu_s >= 1 and t.memory_mb >= 64,
+        f"{p}.tool: wall_s > 0, cpu_s >= 1, memory_mb >= 64",
+    )
+
+
 def validate_run(cfg: RunConfig) -> None:
     validate_model(cfg.model)
     d, t, ph = cfg.data, cfg.trainer, cfg.phase
@@ -106,10 +141,15 @@ def validate_run(cfg: RunConfig) -> None:
     _require(d.num_workers >= 0, f"data.num_workers={d.num_workers} must be >= 0")
     _require(d.shuffle_buffer >= 0, f"data.shuffle_buffer={d.shuffle_buffer} must be >= 0")
     _require(d.val_batches >= 0, f"data.val_batches={d.val_batches} must be >= 0")
-    _require(len(d.sources) > 0, "data.sources must name at least one source")
-    for name, src in d.sources.items():
-        _require(src.weight >= 0, f"data.sources.{name}.weight={src.weight} must be >= 0")
-    _require(any(s.weight > 0 for s in d.sources.values()), "data.sources: at least one weight must be > 0")
+    if ph.name == PhaseName.rl:
+        validate_rl(ph.rl)
+    else:
+        _require(len(d.sources) > 0, "data.sources must name at least one source")
+        for name, src in d.sources.items():
+            _require(src.weight >= 0, f"data.sources.{name}.weight={src.weight} must be >= 0")
+        _require(
+            any(s.weight > 0 for s in d.sources.values()), "data.sources: at least one weight must be > 0"
+        )
     f, v = d.fusion, d.vision
     _require(
         0 <= f.vision_start <= 1,

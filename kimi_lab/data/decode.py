@@ -50,6 +50,10 @@ class Document:
     url: str
     modality: str
     segments: list[Segment]
+    # Chat documents: one flag per token of the stream (a vision block counts its run of
+    # n_tokens + 2), True where the token is a training target (the assistant's turns).
+    # None: every text token is a target. Chat documents are also never split over windows.
+    train_flags: list[bool] | None = None
 
 
 def _text(sample: dict[str, Any], ext: str) -> str:
@@ -100,7 +104,9 @@ class Parsed:
     url: str
     modality: str
     record: dict[str, Any]
-    parts: list[tuple[str, Any]]  # ("text", str) | ("image", (H, W, 3) uint8) | ("video", (T, H, W, 3) uint8)
+    # ("text", str) | ("image", (H, W, 3) uint8) | ("video", (T, H, W, 3) uint8)
+    # | ("chat", (messages, {image name: (H, W, 3) uint8}))
+    parts: list[tuple[str, Any]]
 
 
 def parse_record(sample: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +140,24 @@ def _find(sample: dict[str, Any], exts: tuple[str, ...]) -> str:
     raise SampleSkip("missing_key", f"none of .{', .'.join(exts)}")
 
 
+def _chat(record: dict[str, Any], sample: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
+    """A chat record's messages, and every image they name (``NAME.png`` etc. in the sample)."""
+    from kimi_lab.chat import ChatFormatError, conversation_from_list
+
+    try:
+        # Prompts (RL and evaluation tasks) have no reply yet; the SFT decoder requires one.
+        messages = conversation_from_list(record.get("messages"), require_assistant=False)
+    except ChatFormatError as exn:
+        raise SampleSkip("bad_json", f"chat: {exn}") from None
+    images = {}
+    for name in {n for m in messages for n in m.images}:
+        ext = next((e for e in IMAGE_EXTS if isinstance(sample.get(f"{name}.{e}"), bytes)), None)
+        if ext is None:
+            raise SampleSkip("missing_key", f"chat image {name!r} has no file in the sample")
+        images[name] = decode_image(sample[f"{name}.{ext}"])
+    return messages, images
+
+
 def parse_sample(sample: dict[str, Any]) -> Parsed:
     """Decode every part of a sample (raises ``SampleSkip`` with the reason when one fails)."""
     record = parse_record(sample)
@@ -159,6 +183,8 @@ def parse_sample(sample: dict[str, Any]) -> Parsed:
                 parts.append(("image", decode_image(_bytes(sample, seg["image"]))))
             else:
                 raise SampleSkip("bad_json", f"bad interleaved segment {seg!r:.80}")
+    elif modality == "chat":
+        parts = [("chat", _chat(record, sample))]
     else:
         raise SampleSkip("bad_json", f"unknown modality {modality!r}")
     return Parsed(str(sample.get("__key__")), str(sample.get("__url__")), modality, record, parts)
@@ -173,6 +199,8 @@ class Decoder:
 
     def __call__(self, sample: dict[str, Any]) -> Document:
         parsed = parse_sample(sample)
+        if parsed.modality == "chat":
+            return self._chat(parsed)
         segments: list[Segment] = []
         p = self.vision.patch_size
         for kind, value in parsed.parts:
@@ -188,3 +216,28 @@ class Decoder:
             else:
                 segments.extend(video_blocks(value, self.vision))
         return Document(parsed.key, parsed.url, parsed.modality, segments)
+
+    def _chat(self, parsed: Parsed) -> Document:
+        from kimi_lab.chat import ChatEncoder
+
+        messages, images = parsed.parts[0][1]
+        if not any(m.role == "assistant" for m in messages):
+            raise SampleSkip("bad_json", "a chat sample without an assistant turn has nothing to train on")
+        p = self.vision.patch_size
+        blocks = {}
+        for name, rgb in images.items():
+            if rgb.shape[0] < p or rgb.shape[1] < p:
+                raise SampleSkip("bad_image", f"{name}: smaller than one {p}x{p} patch")
+            blocks[name] = image_block(rgb, self.vision)
+        enc = ChatEncoder(self.tok).encode(messages, lambda name: blocks[name].n_tokens)
+        # Split the flat stream at each placeholder run into text segments and vision blocks.
+        segments: list[Segment] = []
+        start = 0
+        for offset, name in enc.media:
+            if offset > start:
+                segments.append(enc.tokens[start:offset])
+            segments.append(blocks[name])
+            start = offset + blocks[name].n_tokens + 2
+        if start < len(enc.tokens):
+            segments.append(enc.tokens[start:])
+        return Document(parsed.key, parsed.url, "chat", segments, train_flags=list(enc.train))

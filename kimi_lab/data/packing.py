@@ -8,6 +8,11 @@ next window's first, so no text token is lost at a boundary. Text may straddle
 windows; a placeholder run never does: if it does not fit in what is left of a
 window's inputs, the window is closed with ``<|pad|>`` and the run opens the next.
 Loss is on text targets only (placeholders, media markers and padding masked).
+
+Chat documents (SFT) differ in two ways: only the tokens their ``train_flags``
+mark are targets (the assistant's turns), and a conversation is never split: if
+it does not fit in what is left of the window, the window is closed with padding
+and the conversation opens the next one (longer than a window: skipped, too_long).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class SpecialIds:
 @dataclass
 class Window:
     tokens: torch.Tensor  # (seq_len + 1,) int64
+    targets: torch.Tensor  # (seq_len + 1,) bool: may this token be a training target
     blocks: list[VisionBlock]  # in order of their placeholder runs in the inputs
     keys: list[str] = field(default_factory=list)  # documents that start in this window
     vision_source_tokens: int = 0  # input tokens that came from documents of vision sources
@@ -63,6 +69,7 @@ class Packer:
         self.L = seq_len
         self.ids = ids
         self.items: list[int] = []  # tokens from the current window's start on
+        self.targets: list[bool] = []  # per item: a training target (chat: assistant tokens only)
         self.owner: list[tuple[int, int] | None] = []  # (doc serial, token index in doc); None = padding
         self.blocks: list[tuple[int, VisionBlock]] = []  # (offset in items, block)
         self.keys: list[tuple[int, str]] = []
@@ -74,6 +81,10 @@ class Packer:
         return block.n_tokens + 2
 
     def check(self, doc: Document) -> None:
+        if doc.train_flags is not None and len(doc.train_flags) + 1 > self.L + 1:
+            raise SampleSkip(
+                "too_long", f"a conversation of {len(doc.train_flags)} tokens exceeds data.seq_len={self.L}"
+            )
         for seg in doc.segments:
             if isinstance(seg, VisionBlock) and self.run_length(seg) > self.L:
                 raise SampleSkip(
@@ -85,6 +96,11 @@ class Packer:
         if vision_source:
             self.vision_docs.add(serial)
         index = 0
+        flags = doc.train_flags
+        if flags is not None and skip == 0 and self.items and len(self.items) + len(flags) + 1 > self.L + 1:
+            # A conversation is never split: close this window with padding, start it in the next.
+            self._pad(self.L - len(self.items))
+            yield from self._emit(padded=True)
         if skip == 0:
             self.keys.append((len(self.items), doc.key))
         for seg in doc.segments:
@@ -100,12 +116,16 @@ class Packer:
             else:
                 start = max(0, skip - index)
                 self.items.extend(seg[start:])
+                self.targets.extend(
+                    flags[index + start : index + len(seg)] if flags else [True] * (len(seg) - start)
+                )
                 self.owner.extend((serial, index + i) for i in range(start, len(seg)))
                 index += len(seg)
                 self.cursor = (serial, index)
                 yield from self._emit()
         if index >= skip:
             self.items.append(self.ids.eos)
+            self.targets.append(flags is None)  # a conversation ends at the assistant's <|im_end|>
             self.owner.append((serial, index))
             self.cursor = None
             yield from self._emit()
@@ -125,11 +145,13 @@ class Packer:
         pad = self.ids.image if block.kind == "image" else self.ids.video
         self.blocks.append((len(self.items), block))
         self.items.extend([self.ids.media_start, *([pad] * block.n_tokens), self.ids.media_end])
+        self.targets.extend([False] * n)
         self.owner.extend((serial, index + i) for i in range(n))
         yield from self._emit()
 
     def _pad(self, n: int) -> None:
         self.items.extend([self.ids.pad] * n)
+        self.targets.extend([False] * n)
         self.owner.extend([None] * n)
 
     def _emit(self, padded: bool = False) -> Iterator[Window]:
@@ -137,25 +159,30 @@ class Packer:
             if padded:  # the last input's target is padding too; the next window starts fresh
                 self._pad(1)
             tokens = torch.tensor(self.items[: self.L + 1], dtype=torch.long)
+            targets = torch.tensor(self.targets[: self.L + 1], dtype=torch.bool)
             inside = [b for off, b in self.blocks if off < self.L]
             keys = [k for off, k in self.keys if off < self.L]
             from_vision = sum(1 for o in self.owner[: self.L] if o is not None and o[0] in self.vision_docs)
             # Normally the last token opens the next window; after padding, nothing is shared.
             step = self.L + 1 if padded else self.L
-            del self.items[:step], self.owner[:step]
+            del self.items[:step], self.owner[:step], self.targets[:step]
             self.blocks = [(off - step, b) for off, b in self.blocks if off >= self.L]
             self.keys = [(off - step, k) for off, k in self.keys if off >= self.L]
             padded = False
             first = self.resume_point()
             if first is not None:  # forget documents no pending token belongs to
                 self.vision_docs = {d for d in self.vision_docs if d >= first[0]}
-            yield Window(tokens, inside, keys, from_vision)
+            yield Window(tokens, targets, inside, keys, from_vision)
 
 
-def loss_mask(tokens_BL1: torch.Tensor, ids: SpecialIds) -> torch.Tensor:
-    """(B, L) True where the target token is text."""
-    targets = tokens_BL1[:, 1:]
-    mask = torch.ones_like(targets, dtype=torch.bool)
+def loss_mask(
+    tokens_BL1: torch.Tensor, ids: SpecialIds, targets_BL1: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, L) True where the target token is text (and, with ``targets_BL1``, flagged as a target)."""
+    nxt = tokens_BL1[:, 1:]
+    mask = torch.ones_like(nxt, dtype=torch.bool)
     for t in ids.non_text:
-        mask &= targets != t
+        mask &= nxt != t
+    if targets_BL1 is not None:
+        mask &= targets_BL1[:, 1:]
     return mask

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 SCHEMA_VERSION = 1
-MODALITIES = ("text", "image", "video", "interleaved")
+MODALITIES = ("text", "image", "video", "interleaved", "chat")
 
 
 def sample_key(source: str, content: bytes) -> str:

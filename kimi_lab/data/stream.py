@@ -357,7 +357,7 @@ class _Worker:
         videos = [b for b in blocks if b.kind == "video"]
         return {
             "tokens": tokens,
-            "loss_mask": loss_mask(tokens, self.ids),
+            "loss_mask": loss_mask(tokens, self.ids, torch.stack([w.targets for w in windows])),
             # transformers' kimi_k25 input names: images and video chunks apart, each in order
             "pixel_values": _pixels(images, p),
             "image_grid_thw": _grids(images),

@@ -71,17 +71,34 @@ class MultiHeadLatentAttention(nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
-        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask_BTT: torch.Tensor | None = None
+        self,
+        x_BTD: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask_BTT: torch.Tensor | None = None,
+        cache: LayerKV | None = None,
     ) -> torch.Tensor:
-        """Causal self-attention; ``mask_BTT`` (True = may attend) replaces the plain causal mask."""
+        """Causal self-attention; ``mask_BTT`` (True = may attend) replaces the plain causal mask.
+
+        With ``cache`` (generation), the new tokens attend to the cached ones as well and
+        are appended to it; ``mask_BTT`` is then (B, T, past + T), or None for one new token.
+        """
         B, T, _ = x_BTD.shape
         q, k, v = self.project_qkv(x_BTD, cos, sin)
-        if self.measure_max_logit and self.training:
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)
+        if self.measure_max_logit and self.training and past == 0:
             self.max_logit = torch.maximum(self.max_logit, head_max_logits(q, k, self.scale, mask_BTT))
-        if mask_BTT is None:
+        if mask_BTT is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT[:, None], scale=self.scale)
+        elif past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT[:, None], scale=self.scale)
+            if T != 1:
+                raise ValueError("several new tokens after a cache need an explicit mask")
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # one query sees all keys
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_dim))
 
     @torch.no_grad()
@@ -95,6 +112,33 @@ class MultiHeadLatentAttention(nn.Module):
         q_HXR[:, self.nope_dim :] *= gamma_H[:, None, None].to(q_w.dtype)
         kv_HXR = self.kv_b_proj.weight.view(self.n_heads, self.nope_dim + self.v_dim, -1)
         kv_HXR[:, : self.nope_dim] *= root.to(kv_HXR.dtype)
+
+
+class LayerKV:
+    """One layer's cached keys (B, H, T, n + r) and values (B, H, T, v) during generation.
+
+    The per-head keys and values are cached as attention uses them (simple and fast at
+    lab scale); DeepSeek's inference caches the latent ``c_kv`` and rotary key instead.
+    """
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is not None and self.v is not None:
+            k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (finished sequences dropped)."""
+        if self.k is not None and self.v is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kimi_lab.config.schema import ModelConfig
-from kimi_lab.model.attention import MultiHeadLatentAttention
+from kimi_lab.model.attention import LayerKV, MultiHeadLatentAttention
 from kimi_lab.model.mlp import SwiGLU
 from kimi_lab.model.moe.layer import MoEAux, MoELayer, resolve_backend
 from kimi_lab.model.norm import RMSNorm
@@ -44,9 +44,14 @@ class DecoderLayer(nn.Module):
             self.ffn = SwiGLU(D, cfg.dense_ffn_dim)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        cache: LayerKV | None = None,
     ) -> tuple[torch.Tensor, MoEAux | None]:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         if self.is_moe:
             y, aux = self.ffn(self.ffn_norm(x))
             return x + y, aux
@@ -78,6 +83,9 @@ class K2Model(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=self.cfg.init_std)
 
+    def new_cache(self) -> list[LayerKV]:
+        return [LayerKV() for _ in self.layers]
+
     @property
     def moe_layers(self) -> list[MoELayer]:
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoELayer)]
@@ -89,10 +97,13 @@ class K2Model(nn.Module):
         positions: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         compute_logits: bool = True,
+        cache: list[LayerKV] | None = None,
     ) -> LMOutput:
         """``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D) (e.g. with vision embeddings merged in).
 
-        ``attention_mask`` (B, T), 1 for real tokens and 0 for padding, as transformers takes it.
+        ``attention_mask`` (B, T), 1 for real tokens and 0 for padding, as transformers takes it;
+        with ``cache`` (one ``LayerKV`` per layer, see ``new_cache``) it covers the cached
+        tokens too: (B, past + T).
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -100,14 +111,17 @@ class K2Model(nn.Module):
             inputs_embeds = self.embed(input_ids)
         x = inputs_embeds
         B, T, _ = x.shape
+        past = cache[0].length if cache else 0
         if positions is None:
-            positions = torch.arange(T, device=x.device).expand(B, T)
+            positions = torch.arange(past, past + T, device=x.device).expand(B, T)
         cos, sin = self.rope(positions)
-        mask = causal_padding_mask(attention_mask, T)
+        if attention_mask is None and past and T > 1:
+            attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=x.device)
+        mask = causal_padding_mask(attention_mask, T, past)
         aux_loss = x.new_zeros((), dtype=torch.float32)
         seq_terms, z_terms = [], []
-        for layer in self.layers:
-            x, aux = layer(x, cos, sin, mask)
+        for i, layer in enumerate(self.layers):
+            x, aux = layer(x, cos, sin, mask, cache[i] if cache else None)
             if aux is not None:
                 aux_loss = aux_loss + aux.loss
                 seq_terms.append(aux.seq_balance)
@@ -123,12 +137,20 @@ class K2Model(nn.Module):
         return LMOutput(logits, hidden, aux_loss, metrics)
 
 
-def causal_padding_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
-    """(B, T, T) bool "may attend" mask, or None when there is no padding (plain causal is faster)."""
-    if attention_mask is None or bool(attention_mask.all()):
+def causal_padding_mask(attention_mask: torch.Tensor | None, T: int, past: int = 0) -> torch.Tensor | None:
+    """(B, T, past + T) bool "may attend" mask for T new tokens after ``past`` cached ones,
+    or None where plain causal attention (or, for one new token, attending to all) is exact."""
+    if (past == 0 or T == 1) and (attention_mask is None or bool(attention_mask.all())):
         return None
+    if attention_mask is None:
+        raise ValueError("several new tokens after cached ones need an attention_mask over both")
     keep = attention_mask.bool()
-    causal = torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
+    S = past + T
+    if keep.shape[-1] != S:
+        raise ValueError(f"attention_mask covers {keep.shape[-1]} tokens, expected past + new = {S}")
+    causal = torch.ones(T, S, dtype=torch.bool, device=keep.device).tril(diagonal=past)
     mask = causal[None] & keep[:, None, :]
     # A padded query still attends to itself, so no row is empty (no NaN); its output is unused.
-    return mask | torch.eye(T, dtype=torch.bool, device=keep.device)[None]
+    self_mask = torch.zeros(T, S, dtype=torch.bool, device=keep.device)
+    self_mask[torch.arange(T), past + torch.arange(T)] = True
+    return mask | self_mask[None]

@@ -15,6 +15,7 @@ from torch import nn
 
 from kimi_lab.config.schema import ModelConfig
 from kimi_lab.errors import DataError
+from kimi_lab.model.attention import LayerKV
 from kimi_lab.model.backbone import K2Model, LMOutput
 from kimi_lab.model.vision import MoonViT3D, Projector
 
@@ -140,8 +141,14 @@ class KimiK25(nn.Module):
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         compute_logits: bool = True,
+        positions: torch.Tensor | None = None,
+        cache: list[LayerKV] | None = None,
     ) -> LMOutput:
         embeds = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
         return self.language_model(
-            inputs_embeds=embeds, attention_mask=attention_mask, compute_logits=compute_logits
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            compute_logits=compute_logits,
+            positions=positions,
+            cache=cache,
         )

@@ -31,3 +31,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint in ``ckpt_dir``: ``last.ckpt`` or a newer ``step-*.ckpt``.
+
+    Lightning writes the step file first and ``last.ckpt`` after it; a run killed
+    between the two must resume from the step file, not from the older ``last``.
+    """
+    files = [p for p in Path(ckpt_dir).glob("*.ckpt") if p.is_file()]
+    if not files:
+        return None
+    # newest by mtime; ties go to last.ckpt (it is written last)
+    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))

@@ -51,6 +51,7 @@ class RunDirCallback(L.Callback):
         self.moe_load: ParquetTable | None = None
         self.attn_logits: ParquetTable | None = None
         self.started = time.time()
+        self.ended: str | None = None  # "finished" / "interrupted" once training has ended
 
     # ------------------------------------------------------------------ helpers
     def _parquet_loggers(self, trainer: L.Trainer) -> list[ParquetMetricsLogger]:
@@ -166,14 +167,16 @@ class RunDirCallback(L.Callback):
         self._flush()
         for lg in self._parquet_loggers(trainer):
             lg.save()
-        self._status(trainer, "running")
+        # The checkpoint saved at the end of training comes after on_train_end: keep its verdict.
+        self._status(trainer, self.ended or "running")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush()
         interrupted = trainer.interrupted or (
             trainer.max_steps > 0 and trainer.global_step < trainer.max_steps and not trainer.fast_dev_run
         )
-        self._status(trainer, "interrupted" if interrupted else "finished")
+        self.ended = "interrupted" if interrupted else "finished"
+        self._status(trainer, self.ended)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

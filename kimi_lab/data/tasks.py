@@ -1,0 +1,190 @@
+"""Task prompts for RL and evaluation: shards of ``kimi-lab data build visual-tasks`` -> TaskInput.
+
+A task sample is a chat record whose ``messages`` are the prompt (system, user with
+images), with ``task`` (family, answer, answer_type, id) for the scorer and
+``files`` for the tool. Training draws prompts from several sources by weight,
+forever, each source in a fresh seeded order every epoch; the position is the
+number of prompts drawn, so a resume re-draws the same sequence and skips what was
+consumed (decoding a prompt is cheap). Evaluation reads the first N prompts of each
+source's val split, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset
+
+from kimi_lab.chat import ChatFormatError, Message
+from kimi_lab.config.schema import source_config
+from kimi_lab.data.decode import IMAGE_EXTS, SampleSkip, decode_image, parse_record
+from kimi_lab.data.shards import iter_shard_samples, resolve_shards
+from kimi_lab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskInput:
+    """One prompt: its conversation, the images it names, files for the tool, and the task record."""
+
+    messages: list[Message]
+    images: dict[str, np.ndarray]  # name -> uint8 RGB
+    files: dict[str, str]
+    task: dict[str, Any]  # family, answer, answer_type, id (and whatever the scorer needs)
+    source: str = "tasks"
+
+
+def task_from_sample(sample: dict[str, Any], source: str) -> TaskInput:
+    """One shard sample -> TaskInput (raises SampleSkip with a reason when it is unusable)."""
+    record = parse_record(sample)
+    if record.get("modality") != "chat" or not isinstance(record.get("task"), dict):
+        raise SampleSkip("bad_json", "not a task sample (needs modality chat and a task object)")
+    try:
+        messages = [Message.from_dict(m) for m in record.get("messages") or []]
+    except ChatFormatError as exn:
+        raise SampleSkip("bad_json", str(exn)) from None
+    if not messages or messages[-1].role != "user":
+        raise SampleSkip("bad_json", "a task prompt must end with the user's message")
+    images = {}
+    for name in [n for m in messages for n in m.images]:
+        ext = next((e for e in IMAGE_EXTS if isinstance(sample.get(f"{name}.{e}"), bytes)), None)
+        if ext is None:
+            raise SampleSkip("missing_key", f"image {name!r} has no file in the sample")
+        images[name] = decode_image(sample[f"{name}.{ext}"])
+    files = record.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise SampleSkip("bad_json", "files must map names to text")
+    task = dict(record["task"])
+    task.setdefault("id", str(sample.get("__key__")))
+    return TaskInput(messages, images, dict(files), task, source)
+
+
+def _samples(urls: list[str], source: str, counts: dict[str, int]) -> Iterator[TaskInput]:
+    def on_error(exn: Exception) -> bool:
+        counts["corrupt_tar"] = counts.get("corrupt_tar", 0) + 1
+        log.warning("task source %s: %s", source, exn)
+        return True
+
+    for sample in iter_shard_samples(iter(urls), on_error):
+        try:
+            yield task_from_sample(sample, source)
+        except SampleSkip as skip:
+            counts[skip.reason] = counts.get(skip.reason, 0) + 1
+            if counts[skip.reason] <= 3:
+                log.warning("skipped task %s in %s: %s", sample.get("__key__"), source, skip)
+
+
+class TaskStream(IterableDataset):
+    """Training prompts, mixed by weight, endless; ``skip`` prompts already consumed."""
+
+    def __init__(self, sources: dict[str, tuple[list[str], float]], seed: int, skip: int = 0) -> None:
+        super().__init__()
+        self.sources, self.seed, self.skip = sources, seed, skip
+        self.skipped: dict[str, int] = {}
+
+    def _endless(self, name: str) -> Iterator[TaskInput]:
+        urls, _ = self.sources[name]
+        epoch = 0
+        while True:
+            order = list(urls)
+            random.Random(f"{self.seed}/{name}/{epoch}").shuffle(order)
+            tasks = list(_samples(order, name, self.skipped))
+            if not tasks:
+                raise DataError(
+                    f"phase.rl.tasks.{name}: no usable task in {len(urls)} shard(s), e.g. {urls[0]}"
+                )
+            random.Random(f"{self.seed}/{name}/{epoch}/items").shuffle(tasks)
+            yield from tasks
+            epoch += 1
+
+    def __iter__(self) -> Iterator[TaskInput]:
+        names = sorted(self.sources)
+        weights = [self.sources[n][1] for n in names]
+        streams = {n: self._endless(n) for n in names}
+        rng = random.Random(f"{self.seed}/mix")
+        drawn = 0
+        while True:
+            name = rng.choices(names, weights)[0]
+            task = next(streams[name])
+            drawn += 1
+            if drawn > self.skip:
+                yield task
+
+
+class EvalTasks(IterableDataset):
+    """The first ``limit`` prompts of one source's val split (train split when it has none)."""
+
+    def __init__(self, name: str, urls: list[str], limit: int) -> None:
+        super().__init__()
+        self.name, self.urls, self.limit = name, urls, limit
+
+    def __iter__(self) -> Iterator[TaskInput]:
+        for i, task in enumerate(_samples(self.urls, self.name, {})):
+            if i >= self.limit:
+                return
+            yield task
+
+
+def task_urls(name: str, path: str, split: str) -> list[str]:
+    key = f"phase.rl.tasks.{name}.path"
+    try:
+        return resolve_shards(path, split, key)
+    except DataError:
+        if split == "val":
+            return resolve_shards(path, "train", key)
+        raise
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Prompts for phase rl: ``prompts_per_step`` TaskInputs per batch (a plain list)."""
+
+    def __init__(
+        self, tasks: dict[str, Any], prompts_per_step: int, eval_prompts: int, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise DataError(
+                "phase.rl.tasks is empty: name at least one folder of kimi-lab data build visual-tasks"
+            )
+        self.specs = {name: source_config(name, v) for name, v in tasks.items()}
+        self.prompts_per_step, self.eval_prompts, self.seed = prompts_per_step, eval_prompts, seed
+        self.prompts_consumed = 0
+        self.val_names: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_sources = {n: (task_urls(n, s.path, "train"), s.weight) for n, s in self.specs.items()}
+        self.val_sources = {n: task_urls(n, s.path, "val") for n, s in self.specs.items()}
+        self.val_names = sorted(self.val_sources)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = TaskStream(self.train_sources, self.seed, skip=self.prompts_consumed)
+        return DataLoader(ds, batch_size=self.prompts_per_step, collate_fn=list, num_workers=0)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if self.eval_prompts <= 0:
+            return []
+        return [
+            DataLoader(EvalTasks(n, self.val_sources[n], self.eval_prompts), batch_size=8, collate_fn=list)
+            for n in self.val_names
+        ]
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training:
+            self.prompts_consumed += len(batch)
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        return batch  # TaskInputs stay on the host; rollouts move what they need
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"prompts_consumed": self.prompts_consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prompts_consumed = int(state.get("prompts_consumed", 0))

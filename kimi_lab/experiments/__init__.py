@@ -1,0 +1,1 @@
+"""Experiments that chain several runs (pre-train -> SFT -> RL) and report on them."""

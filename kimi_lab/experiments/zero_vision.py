@@ -1,0 +1,237 @@
+"""``kimi-lab experiment zero_vision``: does text-only tool-use SFT transfer to images (K2.5 section 5)?
+
+The chain, each stage an ordinary run folder under ``OUT`` (resumable: a finished
+stage is kept, an interrupted one resumes from its last checkpoint):
+
+1. ``pretrain``: joint text-vision pre-training (``experiment=zero_vision/pretrain``).
+2. ``sft_text``: SFT on text-only tool-use trajectories (zero-vision SFT).
+3. ``sft_visual``: the same SFT with a share of visual trajectories added.
+4. evaluation of 1-3 on the visual tasks (an image in the prompt) and their text
+   twins, greedy, one sample per prompt, the code tool in the sandbox.
+5. ``rl``: joint text-vision RL from ``sft_text``, then the same evaluation.
+
+``report.md`` / ``report.json`` / ``zero_vision.png`` compare the four models.
+The K2.5 claims under test: text-only SFT teaches visual tool use (1 -> 2 on
+visual tasks); visual traces do not help (2 vs 3); RL improves both modalities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kimi_lab.errors import KimiLabError
+from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, STATUS_FILE
+from kimi_lab.reports.zero_vision import VARIANTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scale:
+    model: str
+    pretrain_steps: int
+    sft_steps: int
+    rl_steps: int
+    eval_prompts: int  # per task source (vision, text)
+    n_text: int  # documents / samples per pre-training source
+    n_sft: int  # SFT trajectories
+    n_tasks: int  # task prompts per modality
+    max_new_tokens: int  # per assistant turn, in RL and evaluation (a program is ~300-500 tokens)
+    extra: tuple[str, ...] = ()  # overrides for every training stage
+
+
+SCALES = {
+    # About 80 minutes on 2 CPU cores.
+    "small": Scale("small-vl", 400, 500, 20, 24, 1500, 1200, 400, 768),
+    # Seconds per stage: checks the chain end to end (tests), measures nothing.
+    "tiny": Scale(
+        "tiny-vl",
+        6,
+        6,
+        2,
+        2,
+        60,
+        40,
+        24,
+        32,
+        (
+            "data.seq_len=2048",
+            "data.batch_size=2",
+            "data.vision.max_patches=64",
+            "trainer.val_check_interval=1000",
+            "trainer.limit_val_batches=1",
+            "trainer.precision=32-true",
+            "phase.schedule.warmup_steps=1",
+            "model.max_seq_len=2048",
+        ),
+    ),
+}
+
+
+# ----------------------------------------------------------------------- data
+def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
+    """Build every dataset the chain needs that is not there yet; returns their folders."""
+    from data_pipelines.image_code import build_image_code
+    from data_pipelines.interleaved import build_interleaved
+    from data_pipelines.text import build_text
+    from data_pipelines.video import build_video
+    from data_pipelines.visual_tasks import build_visual_tasks
+    from data_pipelines.zero_vision_sft import build_zero_vision_sft
+
+    n = scale.n_text
+    paths = {
+        "text": data_dir / "text",
+        "image_code": data_dir / "image_code",
+        "video": data_dir / "video",
+        "interleaved": data_dir / "interleaved",
+        "sft_text": data_dir / "zero-vision-sft",
+        "sft_visual": data_dir / "zero-vision-sft-visual",
+        "vision_tasks": data_dir / "visual-tasks",
+        "text_tasks": data_dir / "text-tasks",
+    }
+    builders = {
+        "text": lambda out: build_text(out, n=n, seed=seed, progress=False),
+        "image_code": lambda out: build_image_code(out, n=max(24, n // 4), seed=seed, progress=False),
+        "video": lambda out: build_video(str(out), n=max(24, n // 8), seed=seed, progress=False),
+        "interleaved": lambda out: build_interleaved(str(out), n=max(24, n // 4), seed=seed, progress=False),
+        "sft_text": lambda out: build_zero_vision_sft(out, n=scale.n_sft, seed=seed, progress=False),
+        "sft_visual": lambda out: build_zero_vision_sft(
+            out, n=scale.n_sft, seed=seed, with_visual_traces=True, progress=False
+        ),
+        # A quarter of the prompts are held out (val): evaluation never sees RL's training prompts.
+        "vision_tasks": lambda out: build_visual_tasks(
+            out, n=scale.n_tasks, seed=seed + 1, modality="image", val_fraction=0.25, progress=False
+        ),
+        "text_tasks": lambda out: build_visual_tasks(
+            out, n=scale.n_tasks, seed=seed + 1, modality="text", val_fraction=0.25, progress=False
+        ),
+    }
+    for name, path in paths.items():
+        if (path / "manifest.json").is_file():
+            continue
+        t0 = time.time()
+        print(f"[zero_vision] building {name} -> {path}", flush=True)
+        builders[name](path)
+        print(f"[zero_vision] built {name} in {time.time() - t0:.0f}s", flush=True)
+    return paths
+
+
+# --------------------------------------------------------------------- stages
+def _finished(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text()).get("status") == "finished"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def train_stage(run_dir: Path, overrides: list[str]) -> Path:
+    """One ``kimi-lab train`` run into ``run_dir`` (skipped when it already finished)."""
+    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if _finished(run_dir) and last.is_file():
+        print(f"[zero_vision] {run_dir.name}: finished earlier, kept", flush=True)
+        return last
+    cmd = [
+        sys.executable,
+        "-m",
+        "kimi_lab.cli",
+        "train",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        "ckpt_path=auto",
+    ]
+    print(f"[zero_vision] {run_dir.name}: kimi-lab train {' '.join(overrides)}", flush=True)
+    t0 = time.time()
+    res = subprocess.run(cmd, check=False)
+    if res.returncode != 0 or not last.is_file():
+        raise KimiLabError(f"zero_vision stage {run_dir.name} failed (exit {res.returncode}); see {run_dir}")
+    print(f"[zero_vision] {run_dir.name}: done in {time.time() - t0:.0f}s", flush=True)
+    return last
+
+
+def eval_stage(
+    out: Path, variant: str, ckpt: Path, tasks: dict[str, str], n: int, max_new_tokens: int
+) -> dict[str, Any]:
+    from kimi_lab.rl.evaluate import evaluate_checkpoint
+
+    path = out / "eval" / f"{variant}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    print(f"[zero_vision] evaluating {variant} on {n} prompts per source", flush=True)
+    t0 = time.time()
+    result = evaluate_checkpoint(str(ckpt), tasks, n, max_new_tokens=max_new_tokens, max_turns=2)
+    result["seconds"] = time.time() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed: int = 0) -> Path:
+    if scale_name not in SCALES:
+        raise KimiLabError(f"--scale {scale_name}: choose one of {', '.join(SCALES)}")
+    scale = SCALES[scale_name]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    data = ensure_data(Path(data_dir or "data"), scale, seed)
+    common = [
+        f"model={scale.model}",  # also sets data.tokenizer's vocab size before init_from adopts the model
+        f"seed={seed}",
+        f"runs_dir={out}",
+        "logger=csv",
+        *scale.extra,
+    ]
+    pre = train_stage(
+        out / "pretrain",
+        [
+            "experiment=zero_vision/pretrain",
+            f"trainer.max_steps={scale.pretrain_steps}",
+            f"data.sources.text.path={data['text']}",
+            f"data.sources.image_code.path={data['image_code']}",
+            f"data.sources.video.path={data['video']}",
+            f"data.sources.interleaved.path={data['interleaved']}",
+            *common,
+        ],
+    )
+    ckpts = {"pretrain": pre}
+    for variant, data_cfg in (("sft_text", "zero_vision_sft"), ("sft_visual", "zero_vision_sft_visual")):
+        ckpts[variant] = train_stage(
+            out / variant,
+            [
+                "experiment=zero_vision/sft",
+                f"data={data_cfg}",
+                f"phase.init_from={pre}",
+                f"trainer.max_steps={scale.sft_steps}",
+                f"data.sources.sft.path={data[variant]}",
+                *common,
+            ],
+        )
+    ckpts["rl"] = train_stage(
+        out / "rl",
+        [
+            "experiment=zero_vision/rl",
+            f"phase.init_from={ckpts['sft_text']}",
+            f"trainer.max_steps={scale.rl_steps}",
+            f"phase.rl.tasks.vision.path={data['vision_tasks']}",
+            f"phase.rl.tasks.text.path={data['text_tasks']}",
+            f"phase.rl.max_new_tokens={scale.max_new_tokens}",
+            *[o for o in common if not o.startswith("data.")],
+        ],
+    )
+    tasks = {"vision": str(data["vision_tasks"]), "text": str(data["text_tasks"])}
+    results = {
+        v: eval_stage(out, v, ckpts[v], tasks, scale.eval_prompts, scale.max_new_tokens) for v in VARIANTS
+    }
+    from kimi_lab.reports.zero_vision import write
+
+    report = write(
+        out, results, {"scale": asdict(scale), "seed": seed, "minutes": (time.time() - started) / 60}
+    )
+    print(f"[zero_vision] report: {report}", flush=True)
+    return report

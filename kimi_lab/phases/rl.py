@@ -1,0 +1,157 @@
+"""Phase ``rl``: joint text-vision RL with the sandboxed code tool (K2.5).
+
+Each step: ``prompts_per_step`` task prompts (text and vision tasks mixed by
+``phase.rl.tasks`` weights), K sampled episodes each (``kimi_lab.rl.rollout``),
+verifiable rewards (``kimi_lab.tasks.rewards``), optionally Toggle's length term,
+group advantages (r - mean_K r) / tau, and the masked policy-gradient loss over
+every sampled token (``kimi_lab.rl.loss``). Validation plays each source's val
+prompts greedily and logs reward and accuracy per source.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kimi_lab.data.tasks import TaskInput
+from kimi_lab.data.tokenizer import load_or_train
+from kimi_lab.generation import policy_logprobs, vision_inputs
+from kimi_lab.metrics import (
+    RL_ACCURACY,
+    RL_KEPT_FRACTION,
+    RL_LOG_RATIO,
+    RL_RESPONSE_TOKENS,
+    RL_REWARD,
+    RL_SOURCE_REWARD,
+    RL_TOGGLE,
+    RL_TOOL_CALLS,
+    RL_TOOL_ERRORS,
+    RL_TRUNCATED,
+    TRAIN_LOSS,
+    VAL_SOURCE_ACCURACY,
+    VAL_SOURCE_REWARD,
+)
+from kimi_lab.phases.base import PhaseModule
+from kimi_lab.rl.evaluate import CORRECT, score_episode, summarize
+from kimi_lab.rl.loss import Toggle, group_advantages, k25_policy_loss
+from kimi_lab.rl.rollout import Episode, RolloutRunner
+
+
+class RLModule(PhaseModule):
+    def setup(self, stage: str) -> None:
+        rl = self.cfg.phase.rl
+        tok = load_or_train(self.cfg.data.tokenizer, self.cfg.model.vocab_size)
+        self.runner = RolloutRunner(
+            tok,
+            self.cfg.data.vision if self.model.has_vision else None,
+            rl.tool,
+            rl.max_new_tokens,
+            rl.max_turns,
+            self.cfg.model.max_seq_len,
+        )
+        self.toggle = Toggle(rl.toggle_every, rl.toggle_lambda, rl.toggle_rho)
+        self.sampler = torch.Generator().manual_seed(self.cfg.seed)
+
+    # ------------------------------------------------------------------- train
+    def training_step(self, batch: list[TaskInput], batch_idx: int) -> torch.Tensor | None:
+        rl = self.cfg.phase.rl
+        K = rl.samples_per_prompt
+        episodes = self.runner.run(self.model, batch, K, rl.temperature, self.sampler)
+        rewards = [score_episode(ep) for ep in episodes]
+        correct = [r >= CORRECT for r in rewards]
+        lengths = [ep.n_sampled for ep in episodes]
+        shaped, toggled = self.toggle.apply(self.global_step, rewards, correct, lengths, K)
+        adv = group_advantages(torch.tensor(shaped), K, rl.tau)
+        logp_new, logp_old, adv_tok, aux = self._sampled_logprobs(episodes, adv)
+        pl = k25_policy_loss(logp_new, logp_old, adv_tok, rl.alpha, rl.beta)
+        self.count_step_tokens(sum(len(ep.tokens) for ep in episodes))
+        self._log_rollouts(episodes, rewards, correct, pl.kept_fraction, pl.mean_log_ratio, toggled)
+        self.log(TRAIN_LOSS, pl.loss, on_step=True, on_epoch=False)
+        if not pl.loss.requires_grad:
+            return None  # nothing was sampled
+        return pl.loss + aux
+
+    def _sampled_logprobs(
+        self, episodes: list[Episode], adv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log pi (with grad) and log pi_old of every sampled token, each token's advantage,
+        and the forward's router losses."""
+        device = self.device
+        T = max(len(ep.tokens) for ep in episodes)
+        B = len(episodes)
+        pad = self.runner.tok.pad_id
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        sampled = torch.zeros(B, T, dtype=torch.bool)
+        old = torch.zeros(B, T)
+        for i, ep in enumerate(episodes):
+            n = len(ep.tokens)
+            ids[i, :n] = torch.tensor(ep.tokens)
+            mask[i, :n] = 1
+            sampled[i, :n] = torch.tensor(ep.sampled)
+            old[i, :n] = torch.tensor(ep.old_logprobs)
+        vision = vision_inputs([b for ep in episodes for b in ep.blocks])
+        out = self.model(
+            ids[:, :-1].to(device),
+            attention_mask=mask[:, :-1].to(device),
+            compute_logits=False,
+            **{k: v.to(device) for k, v in vision.items()},
+        )
+        # The hidden state at t predicts token t + 1: score only the sampled tokens.
+        target = sampled[:, 1:].to(device)
+        hidden = out.hidden[target]
+        logits = self.model.language_model.lm_head(hidden)
+        tokens = ids[:, 1:].to(device)[target]
+        # The same distribution the sampler drew from (banned tokens excluded).
+        logp = policy_logprobs(logits, self.runner.enc.banned_ids)
+        logp_new = logp.gather(1, tokens[:, None]).squeeze(1)
+        logp_old = old[:, 1:].to(device)[target]
+        adv_tok = adv.to(device)[:, None].expand(B, T - 1)[target]
+        return logp_new, logp_old, adv_tok, out.aux_loss
+
+    def _log_rollouts(
+        self,
+        episodes: list[Episode],
+        rewards: list[float],
+        correct: list[bool],
+        kept: float,
+        log_ratio: float,
+        toggled: bool,
+    ) -> None:
+        n = len(episodes)
+        kw: dict[str, Any] = {"on_step": True, "on_epoch": False}
+        self.log(RL_REWARD, sum(rewards) / n, prog_bar=True, **kw)
+        self.log(RL_ACCURACY, sum(correct) / n, **kw)
+        self.log(RL_RESPONSE_TOKENS, sum(ep.n_sampled for ep in episodes) / n, **kw)
+        self.log(RL_TOOL_CALLS, sum(ep.tool_calls for ep in episodes) / n, **kw)
+        calls = sum(ep.tool_calls for ep in episodes)
+        self.log(RL_TOOL_ERRORS, sum(ep.tool_errors for ep in episodes) / max(1, calls), **kw)
+        self.log(RL_TRUNCATED, sum(ep.truncated for ep in episodes) / n, **kw)
+        self.log(RL_KEPT_FRACTION, kept, **kw)
+        self.log(RL_LOG_RATIO, log_ratio, **kw)
+        self.log(RL_TOGGLE, float(toggled), **kw)
+        by_source: dict[str, list[float]] = {}
+        for ep, r in zip(episodes, rewards, strict=True):
+            by_source.setdefault(ep.task.source, []).append(r)
+        for source, rs in by_source.items():
+            self.log(RL_SOURCE_REWARD.format(source=source), sum(rs) / len(rs), **kw)
+
+    # -------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val: dict[str, tuple[list[Episode], list[float]]] = {}
+
+    def validation_step(self, batch: list[TaskInput], batch_idx: int, dataloader_idx: int = 0) -> None:
+        episodes = self.runner.run(self.model, batch, 1, temperature=0.0)
+        rewards = [score_episode(ep) for ep in episodes]
+        names = getattr(self.trainer.datamodule, "val_names", [])
+        name = names[dataloader_idx] if dataloader_idx < len(names) else str(dataloader_idx)
+        eps, rs = self._val.setdefault(name, ([], []))
+        eps.extend(episodes)
+        rs.extend(rewards)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, (episodes, rewards) in getattr(self, "_val", {}).items():
+            s = summarize(episodes, rewards)["all"]
+            self.log(VAL_SOURCE_REWARD.format(source=name), s["reward"], on_step=False, on_epoch=True)
+            self.log(VAL_SOURCE_ACCURACY.format(source=name), s["accuracy"], on_step=False, on_epoch=True)

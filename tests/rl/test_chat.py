@@ -1,0 +1,90 @@
+"""The chat format: targets are exactly the assistant's turns, parsing never crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kimi_lab.chat import (
+    ChatEncoder,
+    ChatFormatError,
+    Message,
+    ToolCall,
+    conversation_from_list,
+    extract_answer,
+    parse_assistant,
+)
+from kimi_lab.data.tokenizer import Tokenizer
+
+CODE = "g = [1, 2]\nprint(sum(g))"
+
+
+def _conversation() -> list[Message]:
+    return [
+        Message("system", "You can run python."),
+        Message("user", "What is 1 + 2?", images=["image_0"]),
+        Message("assistant", "Let me compute.", [ToolCall("python", CODE)]),
+        Message("tool", "3"),
+        Message("assistant", "Answer: 3"),
+    ]
+
+
+def test_targets_are_the_assistant_turns_and_their_end(tiny_tokenizer: Path) -> None:
+    tok = Tokenizer(tiny_tokenizer)
+    enc = ChatEncoder(tok)
+    out = enc.encode(_conversation(), image_tokens=lambda name: 4)
+    trained = tok.decode([t for t, f in zip(out.tokens, out.train, strict=True) if f])
+    assert trained == (
+        f"Let me compute.<|tool_call_begin|>python\n{CODE}<|tool_call_end|><|im_end|>Answer: 3<|im_end|>"
+    )
+    context = tok.decode([t for t, f in zip(out.tokens, out.train, strict=True) if not f])
+    assert "You can run python." in context and "<|tool_result_begin|>3<|tool_result_end|>" in context
+    assert context.count("<|image_pad|>") == 4 and out.media == [
+        (out.tokens.index(enc.media_start), "image_0")
+    ]
+
+
+def test_generated_turn_parses_back_to_the_message(tiny_tokenizer: Path) -> None:
+    tok = Tokenizer(tiny_tokenizer)
+    enc = ChatEncoder(tok)
+    turn = enc.encode([_conversation()[2]])
+    generated = turn.tokens[2:]  # after <|im_start|><|assistant|>, as a model would sample it
+    parsed = parse_assistant(tok.decode(generated))
+    assert parsed.message == _conversation()[2] and not parsed.errors
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("<|tool_call_begin|>python\nprint(1)", "cut off"),
+        ("<|tool_call_begin|>rm -rf /\nx<|tool_call_end|>", "not a tool name"),
+        ("<|tool_call_begin|><|tool_call_end|>", "not a tool name"),
+    ],
+)
+def test_malformed_calls_become_errors_not_exceptions(text: str, error: str) -> None:
+    parsed = parse_assistant(text)
+    assert not parsed.message.tool_calls and len(parsed.errors) == 1 and error in parsed.errors[0]
+
+
+def test_garbage_never_raises() -> None:
+    for text in ["", "<|im_end|>", "<|tool_call_end|>" * 3, "\x00" * 50, "<|tool_call_begin|>" * 5]:
+        parse_assistant(text)
+
+
+def test_conversation_structure_is_checked() -> None:
+    good = [m.to_dict() for m in _conversation()]
+    assert conversation_from_list(good) == _conversation()
+    with pytest.raises(ChatFormatError, match="without a pending tool call"):
+        conversation_from_list([good[0], good[1], good[3], good[4]])
+    with pytest.raises(ChatFormatError, match="only the assistant"):
+        conversation_from_list(
+            [{"role": "user", "content": "x", "tool_calls": [{"name": "python", "input": ""}]}]
+        )
+    with pytest.raises(ChatFormatError):
+        conversation_from_list([{"role": "robot", "content": "x"}])
+
+
+def test_extract_answer_takes_the_last_answer_line() -> None:
+    assert extract_answer("thinking\nAnswer: 4\nanswer:  7 ") == "7"
+    assert extract_answer("no answer here") is None
