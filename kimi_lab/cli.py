@@ -3,15 +3,18 @@
   kimi-lab train [OVERRIDES...]                 train (Hydra overrides; --multirun sweeps)
   kimi-lab params [OVERRIDES...] [--json]       total and active parameter counts
   kimi-lab data build KIND [--out DIR] [...]    shards: text, image-code, video, interleaved, visual-tasks,
-                                                zero-vision-sft, swarm-tasks; or the tokenizer
+                                                zero-vision-sft, swarm-tasks, swarm-sft; or the tokenizer
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
   kimi-lab export-hf CKPT OUT_DIR               a checkpoint in transformers' kimi_k25 / deepseek_v3 format
   kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
   kimi-lab report MULTIRUN_DIR                  an experiment's report (markdown, JSON, PNG)
   kimi-lab eval CKPT --tasks NAME=DIR [--n N]   a checkpoint's score on task prompts (the sandboxed tool)
   kimi-lab experiment zero_vision [--scale S]   pre-train -> zero-vision SFT -> eval -> RL -> report
+  kimi-lab experiment parl_ablation [--scale S] swarm SFT -> three PARL reward arms -> eval -> report
+  kimi-lab swarm run --tasks DIR [--policy P]   agent-swarm episodes with traces (fanout, single, ckpt:, openai:)
+  kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
-  kimi-lab bench moe|step|sparsity|data|qkclip  ratios against peers measured in the same run ([--json])
+  kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm  ratios against peers measured in the same run ([--json])
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -56,6 +59,7 @@ DATA_KINDS = (
     "visual-tasks",
     "zero-vision-sft",
     "swarm-tasks",
+    "swarm-sft",
     "tokenizer",
 )
 
@@ -106,6 +110,13 @@ def _cmd_data_build(args: argparse.Namespace) -> None:
         kinds = args.kinds.split(",") if args.kinds else ("wide", "deep")
         val = {"val_fraction": args.val_fraction} if args.val_fraction is not None else {}
         manifest = build_swarm_tasks(out, n=args.n or 200, seed=args.seed, kinds=kinds, **val, **sizes)
+    elif args.kind == "swarm-sft":
+        from data_pipelines.swarm_sft import build_swarm_sft
+
+        kinds = tuple(args.kinds.split(",")) if args.kinds else ("wide", "deep")
+        val = {"val_fraction": args.val_fraction} if args.val_fraction is not None else {}
+        frac = {"fanout_fraction": args.fanout_fraction} if args.fanout_fraction is not None else {}
+        manifest = build_swarm_sft(out, n=args.n or 400, seed=args.seed, kinds=kinds, **val, **frac, **sizes)
     else:
         from data_pipelines.interleaved import build_interleaved
 
@@ -209,15 +220,58 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
+    import importlib
+    import time
     from pathlib import Path
 
-    from kimi_lab.experiments import zero_vision
+    experiment = importlib.import_module(f"kimi_lab.experiments.{args.name}")
+    out = Path(args.out or f"runs/{args.name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    experiment.run(out, args.scale, Path(args.data_dir), seed=args.seed)
 
-    out = Path(args.out or f"runs/zero_vision/{__import__('time').strftime('%Y-%m-%d_%H-%M-%S')}")
-    zero_vision.run(out, args.scale, Path(args.data_dir), seed=args.seed)
+
+def _cmd_swarm_run(args: argparse.Namespace) -> None:
+    import time
+    from pathlib import Path
+
+    from kimi_lab.swarm.play import run_swarm
+
+    out = Path(args.out or f"runs/swarm/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    s = run_swarm(
+        args.tasks,
+        out,
+        orchestrator=args.policy,
+        subagent=args.subagent,
+        split=args.split,
+        n=args.n,
+        max_critical_steps=args.max_critical_steps,
+        temperature=args.temperature,
+        single_agent=args.single_agent,
+    )
+    if args.json:
+        print(json.dumps(s))
+        return
+    print(f"{s['episodes']} episode(s), orchestrator {s['orchestrator']}, sub-agents {s['subagent']}")
+    for r in s["episodes_detail"]:
+        over = f"  over budget: {r['over_budget']}" if r["over_budget"] else ""
+        print(
+            f"  {r['task']:<28} {r['kind']:<5} width {r['width']}  score {r['score']:.2f}  critical steps "
+            f"{r['critical_steps']}/{r['budget']}  total steps {r['total_steps']}  sub-agents {r['subagents']}{over}"
+        )
+    print(f"mean score {s['score']:.3f}, mean critical steps {s['critical_steps']:.1f}")
+    print(f"traces: {out}/swarm/ (kimi-lab dashboard {out.parent} shows them)")
 
 
-_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu")
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    if not Path(args.checkpoint).is_file():
+        raise KimiLabError(f"{args.checkpoint}: no such checkpoint file")
+    from kimi_lab.serve import serve
+
+    serve(args.checkpoint, args.host, args.port)
+
+
+_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu", "swarm")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -272,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--visual-fraction", type=float, default=0.2, help="zero-vision-sft: share of image trajectories"
     )
+    b.add_argument(
+        "--fanout-fraction",
+        type=float,
+        default=None,
+        help="swarm-sft: share of delegating (fan-out) demonstrations; the rest are serial (default 0.5)",
+    )
     b.add_argument("--kinds", default=None, help="swarm-tasks: comma-separated, wide,deep (default: both)")
     b.add_argument(
         "--val-fraction",
@@ -324,13 +384,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON result (with example transcripts) here")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("experiment", help="run a multi-stage experiment end to end (zero_vision)")
-    p.add_argument("name", choices=["zero_vision"])
-    p.add_argument("--scale", default="small", help="small (about 40 min on 2 cores) or tiny (a smoke test)")
-    p.add_argument("--out", help="the experiment's folder (default runs/zero_vision/<time>); rerun to resume")
+    p = sub.add_parser(
+        "experiment", help="run a multi-stage experiment end to end (zero_vision, parl_ablation)"
+    )
+    p.add_argument("name", choices=["zero_vision", "parl_ablation"])
+    p.add_argument("--scale", default="small", help="small (the measured run) or tiny (a smoke test)")
+    p.add_argument("--out", help="the experiment's folder (default runs/<name>/<time>); rerun to resume")
     p.add_argument("--data-dir", default="data", help="datasets are built here when missing")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("swarm", help="agent swarm episodes (K2.5): scripted, checkpoint or served policies")
+    swarm_sub = p.add_subparsers(dest="swarm_command", required=True)
+    r = swarm_sub.add_parser("run", help="play swarm tasks and write traces the dashboard draws")
+    r.add_argument("--tasks", required=True, help="a folder of kimi-lab data build swarm-tasks")
+    r.add_argument(
+        "--policy",
+        default="fanout",
+        help="orchestrator: fanout | single (scripted baselines), ckpt:PATH, openai:URL[#MODEL]",
+    )
+    r.add_argument("--subagent", default="scripted", help="scripted | ckpt:PATH | openai:URL[#MODEL]")
+    r.add_argument("--split", default="val", choices=["train", "val"])
+    r.add_argument("--n", type=int, default=1, help="tasks to play (the first N of the split)")
+    r.add_argument("--max-critical-steps", type=int, default=0, help="0: each task's own budget")
+    r.add_argument("--temperature", type=float, default=0.0, help="for model orchestrators (0: greedy)")
+    r.add_argument("--single-agent", action="store_true", help="no swarm tools: the orchestrator works alone")
+    r.add_argument("--out", help="run folder (default runs/swarm/<time>)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_swarm_run)
+
+    p = sub.add_parser("serve", help="a checkpoint behind an OpenAI-compatible chat-completions endpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (no authentication: keep it local)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against peers", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

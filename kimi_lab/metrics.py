@@ -73,6 +73,21 @@ RL_TOGGLE = "rl/toggle"  # 1 when Toggle's length term applied this step
 VAL_SOURCE_REWARD = "val/{source}/reward"  # greedy, one sample per val prompt
 VAL_SOURCE_ACCURACY = "val/{source}/accuracy"
 
+# phase parl (agent swarm): per training step, means over the step's episodes
+PARL_REWARD = "parl/reward"  # the total, lambdas included
+PARL_PERF = "parl/r_perf"  # task score: item-F1 (wide), exact match (deep)
+PARL_PARALLEL = "parl/r_parallel"
+PARL_FINISH = "parl/r_finish"
+PARL_LAMBDA1 = "parl/lambda1"
+PARL_LAMBDA2 = "parl/lambda2"
+PARL_CRITICAL_STEPS = "parl/critical_steps"
+PARL_TOTAL_STEPS = "parl/total_steps"
+PARL_SUBAGENTS = "parl/subagents"  # sub-agents created
+PARL_PARALLELISM = "parl/parallelism"  # mean assignments per stage
+PARL_OVER_BUDGET = "parl/over_budget"  # share of episodes that ran out of a budget
+PARL_KEPT_FRACTION = "parl/kept_fraction"
+VAL_PARL = "val/parl/{key}"  # greedy episodes on held-out tasks: score, critical_steps, ...
+
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
 # ------------------------------------------------------------------ swarm traces

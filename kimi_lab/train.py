@@ -55,6 +55,11 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 def build_datamodule(cfg: RunConfig) -> Any:
     from kimi_lab.config.schema import PhaseName
 
+    if cfg.phase.name == PhaseName.parl:  # the orchestrator trains on swarm tasks
+        from kimi_lab.swarm.datamodule import SwarmTaskDataModule
+
+        pc = cfg.phase.parl
+        return SwarmTaskDataModule(pc.tasks, pc.prompts_per_step, pc.eval_tasks, seed=cfg.seed)
     if cfg.phase.name == PhaseName.rl:  # RL trains on task prompts, not on token streams
         from kimi_lab.data.tasks import TaskDataModule
 

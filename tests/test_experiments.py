@@ -23,3 +23,33 @@ def test_zero_vision_chain_runs_end_to_end_and_resumes(sandbox: None, tmp_path: 
     # a second call keeps every finished stage and evaluation
     again = run_cli(*args, cwd=REPO, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 4
+
+
+def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+    out, data = tmp_path / "pa", tmp_path / "data"
+    args = ("experiment", "parl_ablation", "--scale", "tiny", "--out", str(out), "--data-dir", str(data))
+    res = run_cli(*args, cwd=REPO, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["evals"]) == {"sft", "perf", "perf_parallel", "full"}
+    for e in report["evals"].values():
+        assert e["n"] == 2 and 0 <= e["score"] <= 1 and 0 <= e["delegated"] <= 1
+    sweep = {(r["width"], r["policy"]): r for r in report["sweep"]}
+    # the scripted baselines solve every task; one agent's path grows with width, the swarm's does not
+    assert all(r["score"] == 1.0 for r in sweep.values())
+    assert sweep[(4, "single")]["critical_steps"] > sweep[(2, "single")]["critical_steps"]
+    assert sweep[(4, "swarm")]["critical_steps"] == sweep[(2, "swarm")]["critical_steps"]
+    for arm in ("perf", "perf_parallel", "full"):  # each arm trained and logged its reward parts
+        assert (out / arm / "metrics.parquet").is_file()
+    import pandas as pd
+
+    m = pd.read_parquet(out / "full" / "metrics.parquet")
+    lam = m[m.key == "parl/lambda1"].sort_values("step").value.tolist()
+    assert lam[0] == 0.5 and lam[-1] < 0.5  # the full arm anneals its auxiliary weights
+    m = pd.read_parquet(out / "perf" / "metrics.parquet")
+    assert (m[m.key == "parl/lambda1"].value == 0).all()
+    text = (out / "report.md").read_text()
+    assert "## What this run shows" in text and "serial collapse" in text
+    assert (out / "parl_ablation.png").stat().st_size > 0
+    again = run_cli(*args, cwd=REPO, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 4

@@ -53,6 +53,7 @@ class PhaseName(str, Enum):
     pretrain = "pretrain"
     sft = "sft"
     rl = "rl"
+    parl = "parl"
 
 
 # --------------------------------------------------------------------------- model
@@ -268,6 +269,40 @@ class RLConfig:
 
 
 @dataclass
+class ParlConfig:
+    """Parallel-Agent RL (K2.5): train the orchestrator; sub-agents are frozen.
+
+    r = r_perf + lambda1 * r_parallel + lambda2 * r_finish, lambdas annealed to 0
+    (``kimi_lab.swarm.reward`` documents the forms). The policy loss is phase rl's.
+    """
+
+    tasks: str = ""  # folder of kimi-lab data build swarm-tasks
+    prompts_per_step: int = 2
+    samples_per_prompt: int = 4  # K
+    max_new_tokens: int = 160  # per orchestrator turn
+    temperature: float = 1.0
+    alpha: float = -0.2
+    beta: float = 0.2
+    tau: float = 1.0
+    lambda1: float = 0.5  # r_parallel
+    lambda2: float = 0.5  # r_finish
+    anneal_hold_steps: int = 0  # lambdas held at their start this long...
+    anneal_steps: int = 0  # ...then linearly to 0 over this many steps (0: never annealed)
+    parallel_form: str = "spawn"  # spawn | degree
+    finish_form: str = "completed"  # completed | answered
+    # "scripted": sub-agents follow the task's verified calls; else a checkpoint path whose
+    # model runs every sub-agent, frozen.
+    subagent: str = "scripted"
+    subagent_temperature: float = 0.0
+    max_orchestrator_steps: int = 8
+    max_subagent_steps: int = 8
+    max_critical_steps: int = 0  # 0: each task's own budget (task.data["budgets"])
+    subagent_timeout_s: float = 300.0
+    eval_tasks: int = 16
+    traces_per_eval: int = 4  # val episodes written to swarm/*.jsonl per validation
+
+
+@dataclass
 class PhaseConfig:
     name: PhaseName = PhaseName.pretrain
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -276,6 +311,7 @@ class PhaseConfig:
     # Record every attention head's largest logit (QK-Clip needs it; attn_logits.parquet shows it).
     track_attn_logits: bool = True
     rl: RLConfig = field(default_factory=RLConfig)  # used by phase rl only
+    parl: ParlConfig = field(default_factory=ParlConfig)  # used by phase parl only
 
 
 # ------------------------------------------------------------------- trainer, logs

@@ -8,6 +8,7 @@ from __future__ import annotations
 from kimi_lab.config.schema import (
     PRECISIONS,
     ModelConfig,
+    ParlConfig,
     PhaseName,
     RLConfig,
     RopeScaling,
@@ -129,6 +130,36 @@ def validate_rl(rl: RLConfig) -> None:
     )
 
 
+def validate_parl(pc: ParlConfig) -> None:
+    from kimi_lab.swarm.reward import FINISH_FORMS, PARALLEL_FORMS
+
+    p = "phase.parl"
+    _require(bool(pc.tasks), f"{p}.tasks must name a folder of kimi-lab data build swarm-tasks")
+    _require(pc.prompts_per_step >= 1, f"{p}.prompts_per_step={pc.prompts_per_step} must be >= 1")
+    _require(
+        pc.samples_per_prompt >= 2,
+        f"{p}.samples_per_prompt={pc.samples_per_prompt} must be >= 2 (advantages compare samples of a task)",
+    )
+    _require(pc.max_new_tokens >= 1, f"{p}.max_new_tokens must be >= 1")
+    _require(pc.temperature > 0, f"{p}.temperature={pc.temperature} must be > 0 for sampling")
+    _require(pc.alpha < 0 < pc.beta, f"{p}: need alpha < 0 < beta (got alpha={pc.alpha}, beta={pc.beta})")
+    _require(pc.tau > 0, f"{p}.tau={pc.tau} must be > 0")
+    _require(pc.lambda1 >= 0 and pc.lambda2 >= 0, f"{p}: lambda1 and lambda2 must be >= 0")
+    _require(pc.anneal_steps >= 0 and pc.anneal_hold_steps >= 0, f"{p}: anneal steps must be >= 0")
+    _require(
+        pc.parallel_form in PARALLEL_FORMS,
+        f"{p}.parallel_form={pc.parallel_form!r}: choose from {', '.join(PARALLEL_FORMS)}",
+    )
+    _require(
+        pc.finish_form in FINISH_FORMS,
+        f"{p}.finish_form={pc.finish_form!r}: choose from {', '.join(FINISH_FORMS)}",
+    )
+    _require(
+        pc.max_orchestrator_steps >= 1 and pc.max_subagent_steps >= 1 and pc.max_critical_steps >= 0,
+        f"{p}: step budgets must be >= 1 (max_critical_steps >= 0, 0 = the task's own)",
+    )
+
+
 def validate_run(cfg: RunConfig) -> None:
     validate_model(cfg.model)
     d, t, ph = cfg.data, cfg.trainer, cfg.phase
@@ -143,6 +174,8 @@ def validate_run(cfg: RunConfig) -> None:
     _require(d.val_batches >= 0, f"data.val_batches={d.val_batches} must be >= 0")
     if ph.name == PhaseName.rl:
         validate_rl(ph.rl)
+    elif ph.name == PhaseName.parl:
+        validate_parl(ph.parl)
     else:
         _require(len(d.sources) > 0, "data.sources must name at least one source")
         for name, src in d.sources.items():

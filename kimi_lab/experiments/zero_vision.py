@@ -131,11 +131,11 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
-def train_stage(run_dir: Path, overrides: list[str]) -> Path:
+def train_stage(run_dir: Path, overrides: list[str], tag: str = "zero_vision") -> Path:
     """One ``kimi-lab train`` run into ``run_dir`` (skipped when it already finished)."""
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if _finished(run_dir) and last.is_file():
-        print(f"[zero_vision] {run_dir.name}: finished earlier, kept", flush=True)
+        print(f"[{tag}] {run_dir.name}: finished earlier, kept", flush=True)
         return last
     cmd = [
         sys.executable,
@@ -146,12 +146,12 @@ def train_stage(run_dir: Path, overrides: list[str]) -> Path:
         f"hydra.run.dir={run_dir}",
         "ckpt_path=auto",
     ]
-    print(f"[zero_vision] {run_dir.name}: kimi-lab train {' '.join(overrides)}", flush=True)
+    print(f"[{tag}] {run_dir.name}: kimi-lab train {' '.join(overrides)}", flush=True)
     t0 = time.time()
     res = subprocess.run(cmd, check=False)
     if res.returncode != 0 or not last.is_file():
-        raise KimiLabError(f"zero_vision stage {run_dir.name} failed (exit {res.returncode}); see {run_dir}")
-    print(f"[zero_vision] {run_dir.name}: done in {time.time() - t0:.0f}s", flush=True)
+        raise KimiLabError(f"{tag} stage {run_dir.name} failed (exit {res.returncode}); see {run_dir}")
+    print(f"[{tag}] {run_dir.name}: done in {time.time() - t0:.0f}s", flush=True)
     return last
 
 

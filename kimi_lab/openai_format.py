@@ -1,0 +1,103 @@
+"""kimi_lab chat messages <-> the OpenAI chat-completions wire format.
+
+Shared by the served checkpoint (``kimi_lab.serve``) and the client policy
+(``kimi_lab.swarm.openai_policy``). A kimi_lab tool takes one text input; on the
+wire it is a function with one string parameter ``input``. Tool results are
+matched to calls by ``tool_call_id``; kimi_lab keeps them in call order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kimi_lab.chat import ChatFormatError, Message, ToolCall
+
+
+def tool_schema(name: str, description: str, input_format: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {"input": {"type": "string", "description": input_format}},
+                "required": ["input"],
+            },
+        },
+    }
+
+
+def to_openai(messages: list[Message]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    pending: list[str] = []
+    for turn, m in enumerate(messages):
+        if m.role == "assistant":
+            d: dict[str, Any] = {"role": "assistant", "content": m.content}
+            if m.tool_calls:
+                pending = [f"call_{turn}_{j}" for j in range(len(m.tool_calls))]
+                d["tool_calls"] = [
+                    {
+                        "id": cid,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps({"input": c.input})},
+                    }
+                    for cid, c in zip(pending, m.tool_calls, strict=True)
+                ]
+            out.append(d)
+        elif m.role == "tool":
+            # A result without a pending call (an error observation for a malformed
+            # call) still needs an id for strict servers: give it a fresh one.
+            cid = pending.pop(0) if pending else f"call_{turn}_orphan"
+            out.append({"role": "tool", "tool_call_id": cid, "content": m.content})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    raise ChatFormatError(f"message content must be text (got {type(content).__name__})")
+
+
+def call_from_openai(call: Any) -> ToolCall:
+    """A wire tool call -> ToolCall; a one-key ``{"input": ...}`` argument object becomes the input."""
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        raise ChatFormatError(f"bad tool call {call!r:.80}")
+    fn = call["function"]
+    name, args = fn.get("name"), fn.get("arguments", "")
+    if not isinstance(name, str) or not name:
+        raise ChatFormatError(f"tool call without a function name: {call!r:.80}")
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            return ToolCall(name, args)  # free text: hand it on as the input
+    else:
+        parsed = args
+    if isinstance(parsed, dict) and set(parsed) == {"input"} and isinstance(parsed["input"], str):
+        return ToolCall(name, parsed["input"])
+    return ToolCall(name, json.dumps(parsed))
+
+
+def from_openai(items: Any) -> list[Message]:
+    if not isinstance(items, list) or not items:
+        raise ChatFormatError("messages must be a non-empty list")
+    out: list[Message] = []
+    for d in items:
+        if not isinstance(d, dict):
+            raise ChatFormatError(f"a message must be an object (got {d!r:.60})")
+        role = d.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ChatFormatError(f"unsupported role {role!r}")
+        calls = [call_from_openai(c) for c in d.get("tool_calls") or []] if role == "assistant" else []
+        out.append(Message(role, _content_text(d.get("content")), calls))
+    return out

@@ -1,0 +1,255 @@
+"""Phase ``parl``: Parallel-Agent RL (K2.5) — train the orchestrator of an agent swarm.
+
+Each step: ``prompts_per_step`` swarm tasks, K episodes each, played concurrently
+by the asyncio runtime (``kimi_lab.swarm.runtime``). The orchestrator's turns are
+sampled from the model being trained (``CheckpointPolicy``, batched across the
+episodes); sub-agents are frozen — scripted from the task's verified calls, or a
+fixed checkpoint — and their tokens never enter the loss. Each episode is scored
+with the PARL reward (``kimi_lab.swarm.reward``: r_perf + annealed lambda1 *
+r_parallel + lambda2 * r_finish), advantages are (r - mean_K r) / tau, and the
+loss is phase rl's masked policy gradient (``kimi_lab.rl.loss``) over every token
+the orchestrator sampled, re-scored in the context it was sampled in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kimi_lab.generation import policy_logprobs
+from kimi_lab.metrics import (
+    PARL_CRITICAL_STEPS,
+    PARL_FINISH,
+    PARL_KEPT_FRACTION,
+    PARL_LAMBDA1,
+    PARL_LAMBDA2,
+    PARL_OVER_BUDGET,
+    PARL_PARALLEL,
+    PARL_PARALLELISM,
+    PARL_PERF,
+    PARL_REWARD,
+    PARL_SUBAGENTS,
+    PARL_TOTAL_STEPS,
+    SWARM_DIR,
+    TRAIN_LOSS,
+    VAL_PARL,
+)
+from kimi_lab.phases.base import PhaseModule
+from kimi_lab.rl.loss import group_advantages, k25_policy_loss
+from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
+from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
+from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
+from kimi_lab.swarm.types import Policy, SwarmTask
+
+
+def episode_stats(results: list[EpisodeResult]) -> dict[str, float]:
+    """Means over episodes of what PARL logs (reward components come from ``result.reward``)."""
+    n = max(1, len(results))
+
+    def mean(f: Any) -> float:
+        return sum(f(r) for r in results) / n
+
+    return {
+        "reward": mean(lambda r: (r.reward or {}).get("total", 0.0)),
+        "perf": mean(lambda r: (r.reward or {}).get("perf", 0.0)),
+        "parallel": mean(lambda r: (r.reward or {}).get("parallel", 0.0)),
+        "finish": mean(lambda r: (r.reward or {}).get("finish", 0.0)),
+        "critical_steps": mean(lambda r: r.critical_steps),
+        "total_steps": mean(lambda r: r.total_steps),
+        "subagents": mean(lambda r: r.subagents_spawned),
+        "parallelism": mean(lambda r: r.parallelism),
+        "over_budget": mean(lambda r: r.budget_exceeded is not None),
+    }
+
+
+class PARLModule(PhaseModule):
+    def setup(self, stage: str) -> None:
+        from kimi_lab.data.tokenizer import load_or_train
+        from kimi_lab.swarm.environment import SearchEnvironment
+
+        pc = self.cfg.phase.parl
+        self.tok = load_or_train(self.cfg.data.tokenizer, self.cfg.model.vocab_size)
+        corpus = self.trainer.datamodule.corpus
+        self.env = SearchEnvironment(corpus)
+        self.sampler = torch.Generator().manual_seed(self.cfg.seed)
+        self.frozen: torch.nn.Module | None = None
+        if pc.subagent != "scripted":
+            from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
+
+            _, frozen = load_checkpoint_policy(pc.subagent)
+            for p in frozen.model.parameters():
+                p.requires_grad_(False)
+            self.frozen = frozen.model  # not a submodule: never saved, never trained
+
+    # --------------------------------------------------------------- episodes
+    def swarm_config(self, task: SwarmTask) -> SwarmConfig:
+        pc = self.cfg.phase.parl
+        budget = pc.max_critical_steps or int(task.data.get("budgets", {}).get("critical_steps", 64))
+        return SwarmConfig(
+            max_orchestrator_steps=pc.max_orchestrator_steps,
+            max_subagent_steps=pc.max_subagent_steps,
+            max_critical_steps=budget,
+            subagent_timeout_s=pc.subagent_timeout_s,
+            step_timeout_s=pc.subagent_timeout_s,
+            max_env_calls_per_turn=1,  # one look-up per step: the tasks' budgets assume it
+        )
+
+    def weights(self) -> ParlWeights:
+        pc = self.cfg.phase.parl
+        step = self.global_step
+        return ParlWeights(
+            annealed(pc.lambda1, step, pc.anneal_steps, pc.anneal_hold_steps),
+            annealed(pc.lambda2, step, pc.anneal_steps, pc.anneal_hold_steps),
+        )
+
+    def _subagent(self, task: SwarmTask) -> Policy:
+        if self.frozen is None:
+            from kimi_lab.swarm.scripted import ScriptedSubagent
+
+            return ScriptedSubagent(task)
+        pc = self.cfg.phase.parl
+        return CheckpointPolicy(
+            self.frozen, self.tok, pc.max_new_tokens, temperature=pc.subagent_temperature, name="subagent"
+        )
+
+    def play(
+        self, tasks: list[SwarmTask], k: int, temperature: float, traces: list[Path | None] | None = None
+    ) -> list[EpisodeResult]:
+        """``k`` episodes per task (grouped: task 0's first), all played concurrently."""
+        pc = self.cfg.phase.parl
+        weights = self.weights()
+
+        def reward(task: SwarmTask, res: EpisodeResult) -> dict[str, float]:
+            return parl_reward(task, res, weights, pc.parallel_form, pc.finish_form)
+
+        async def main() -> list[EpisodeResult]:
+            orchestrator = CheckpointPolicy(
+                self.model,
+                self.tok,
+                pc.max_new_tokens,
+                max_seq_len=self.cfg.model.max_seq_len,
+                temperature=temperature,
+                generator=self.sampler,
+                max_batch=max(1, len(tasks) * k),
+                name="orchestrator",
+            )
+            plays = [
+                run_episode(
+                    task,
+                    self.env,
+                    orchestrator,
+                    self._subagent(task),
+                    self.swarm_config(task),
+                    trace=traces[i] if traces else None,
+                    reward=reward,
+                )
+                for i, task in enumerate(t for t in tasks for _ in range(k))
+            ]
+            return list(await asyncio.gather(*plays))
+
+        return asyncio.run(main())
+
+    # ------------------------------------------------------------------ train
+    def training_step(self, batch: list[SwarmTask], batch_idx: int) -> torch.Tensor | None:
+        pc = self.cfg.phase.parl
+        K = pc.samples_per_prompt
+        results = self.play(batch, K, pc.temperature)
+        rewards = torch.tensor([(r.reward or {}).get("total", 0.0) for r in results])
+        adv = group_advantages(rewards, K, pc.tau)
+        logp_new, logp_old, adv_tok, aux, n_tokens = self._orchestrator_logprobs(results, adv)
+        pl = k25_policy_loss(logp_new, logp_old, adv_tok, pc.alpha, pc.beta)
+        self.count_step_tokens(n_tokens)
+        self._log_episodes(results, pl.kept_fraction)
+        self.log(TRAIN_LOSS, pl.loss, on_step=True, on_epoch=False)
+        if not pl.loss.requires_grad:
+            return None  # the orchestrator sampled nothing this step
+        return pl.loss + aux
+
+    def _orchestrator_logprobs(
+        self, results: list[EpisodeResult], adv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Every orchestrator turn as one row: the context it saw, then what it sampled."""
+        rows = [
+            (turn.prompt_tokens, turn.tokens, turn.logprobs, float(adv[i]))
+            for i, res in enumerate(results)
+            for turn in res.orchestrator_turns
+            if turn.tokens and turn.prompt_tokens
+        ]
+        device = self.device
+        if not rows:
+            zero = torch.zeros((), device=device)
+            empty = torch.zeros(0, device=device)
+            return empty, empty, empty, zero, 0
+        T = max(len(p) + len(t) for p, t, _, _ in rows)
+        B = len(rows)
+        ids = torch.full((B, T), self.tok.pad_id, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        sampled = torch.zeros(B, T, dtype=torch.bool)
+        old = torch.zeros(B, T)
+        row_adv = torch.zeros(B)
+        for i, (prompt, toks, lps, a) in enumerate(rows):
+            n, m = len(prompt), len(toks)
+            ids[i, : n + m] = torch.tensor(prompt + toks)
+            mask[i, : n + m] = 1
+            sampled[i, n : n + m] = True
+            old[i, n : n + m] = torch.tensor(lps)
+            row_adv[i] = a
+        out = self.model(ids[:, :-1].to(device), attention_mask=mask[:, :-1].to(device), compute_logits=False)
+        target = sampled[:, 1:].to(device)  # hidden state t predicts token t + 1
+        logits = self.model.language_model.lm_head(out.hidden[target])
+        tokens = ids[:, 1:].to(device)[target]
+        from kimi_lab.chat import ChatEncoder
+
+        logp = policy_logprobs(logits, ChatEncoder(self.tok).banned_ids)
+        logp_new = logp.gather(1, tokens[:, None]).squeeze(1)
+        logp_old = old[:, 1:].to(device)[target]
+        adv_tok = row_adv.to(device)[:, None].expand(B, T - 1)[target]
+        return logp_new, logp_old, adv_tok, out.aux_loss, int(mask.sum())
+
+    def _log_episodes(self, results: list[EpisodeResult], kept: float) -> None:
+        s = episode_stats(results)
+        w = self.weights()
+        kw: dict[str, Any] = {"on_step": True, "on_epoch": False}
+        self.log(PARL_REWARD, s["reward"], prog_bar=True, **kw)
+        self.log(PARL_PERF, s["perf"], prog_bar=True, **kw)
+        self.log(PARL_PARALLEL, s["parallel"], **kw)
+        self.log(PARL_FINISH, s["finish"], **kw)
+        self.log(PARL_LAMBDA1, w.lambda1, **kw)
+        self.log(PARL_LAMBDA2, w.lambda2, **kw)
+        self.log(PARL_CRITICAL_STEPS, s["critical_steps"], **kw)
+        self.log(PARL_TOTAL_STEPS, s["total_steps"], **kw)
+        self.log(PARL_SUBAGENTS, s["subagents"], **kw)
+        self.log(PARL_PARALLELISM, s["parallelism"], **kw)
+        self.log(PARL_OVER_BUDGET, s["over_budget"], **kw)
+        self.log(PARL_KEPT_FRACTION, kept, **kw)
+
+    # -------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val: list[EpisodeResult] = []
+
+    def validation_step(self, batch: list[SwarmTask], batch_idx: int, dataloader_idx: int = 0) -> None:
+        n_traces = self.cfg.phase.parl.traces_per_eval
+        traces: list[Path | None] = []
+        folder = Path(self.trainer.default_root_dir) / SWARM_DIR
+        for task in batch:
+            if len(self._val) + len(traces) < n_traces and self.trainer.is_global_zero:
+                traces.append(folder / f"step{self.global_step:06d}-{task.id}.jsonl")
+            else:
+                traces.append(None)
+        if any(traces):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._val.extend(self.play(batch, 1, 0.0, traces))
+
+    def on_validation_epoch_end(self) -> None:
+        if not getattr(self, "_val", None):
+            return
+        s = episode_stats(self._val)
+        for key in ("perf", "critical_steps", "total_steps", "subagents", "parallelism", "over_budget"):
+            name = "score" if key == "perf" else key
+            self.log(VAL_PARL.format(key=name), s[key], on_step=False, on_epoch=True)
+
+
+__all__ = ["PARLModule", "episode_stats"]

@@ -1,0 +1,82 @@
+"""The PARL reward (K2.5): r = r_perf + lambda1 * r_parallel + lambda2 * r_finish.
+
+``r_perf`` is the task's own score (item-F1 for wide search, exact match for deep).
+The two auxiliary terms exist for the failure modes the report names, and are
+annealed to 0 so that the final policy optimises the task alone:
+
+- *serial collapse* (the orchestrator stops delegating and works alone):
+  ``r_parallel`` pays for using sub-agents. Forms (``parallel_form``):
+  ``"spawn"`` (default) = min(1, completed-or-not assignments / task width);
+  ``"degree"`` = min(1, the widest stage / task width).
+- *spurious parallelism* (spawning many sub-agents that do nothing useful):
+  ``r_finish`` pays only for assignments that came back with a result. Forms
+  (``finish_form``): ``"completed"`` (default) = completed / launched assignments
+  (0 when none were launched); ``"answered"`` = 1 if the orchestrator gave an answer.
+
+Both forms are normalised to [0, 1]; an episode that ran over its critical-step
+budget gets r_perf = 0 (the answer came too late to count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kimi_lab.swarm.runtime import EpisodeResult
+from kimi_lab.swarm.types import SwarmTask
+
+PARALLEL_FORMS = ("spawn", "degree")
+FINISH_FORMS = ("completed", "answered")
+
+
+@dataclass(frozen=True)
+class ParlWeights:
+    lambda1: float  # r_parallel
+    lambda2: float  # r_finish
+
+
+def annealed(start: float, step: int, anneal_steps: int, hold_steps: int = 0) -> float:
+    """``start`` held for ``hold_steps``, then linearly to 0 over ``anneal_steps`` (0: never annealed)."""
+    if anneal_steps <= 0 or step < hold_steps:
+        return start
+    return start * max(0.0, 1.0 - (step - hold_steps) / anneal_steps)
+
+
+def r_parallel(task: SwarmTask, res: EpisodeResult, form: str = "spawn") -> float:
+    width = max(1, task.width)
+    if form == "spawn":
+        return min(1.0, res.assignments / width)
+    if form == "degree":
+        return min(1.0, res.max_parallelism / width)
+    raise ValueError(f"parallel_form {form!r}: choose from {', '.join(PARALLEL_FORMS)}")
+
+
+def r_finish(res: EpisodeResult, form: str = "completed") -> float:
+    if form == "completed":
+        return res.completed_assignments / res.assignments if res.assignments else 0.0
+    if form == "answered":
+        return float(res.answer is not None)
+    raise ValueError(f"finish_form {form!r}: choose from {', '.join(FINISH_FORMS)}")
+
+
+def parl_reward(
+    task: SwarmTask,
+    res: EpisodeResult,
+    weights: ParlWeights,
+    parallel_form: str = "spawn",
+    finish_form: str = "completed",
+) -> dict[str, float]:
+    """Every component and the total; the runtime stores it in the trace's final event."""
+    from kimi_lab.swarm.tasks import score_swarm
+
+    perf = 0.0 if res.budget_exceeded else score_swarm(task, res.final_text)
+    par = r_parallel(task, res, parallel_form)
+    fin = r_finish(res, finish_form)
+    total = perf + weights.lambda1 * par + weights.lambda2 * fin
+    return {
+        "total": total,
+        "perf": perf,
+        "parallel": par,
+        "finish": fin,
+        "lambda1": weights.lambda1,
+        "lambda2": weights.lambda2,
+    }

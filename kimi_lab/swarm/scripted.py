@@ -1,0 +1,218 @@
+"""Scripted policies: the baselines a trained orchestrator is compared with, and load for benchmarks.
+
+They read a task's plan from ``task.data["subtasks"]`` (``[{"prompt", "calls":
+[[tool, input], ...], "answer"}]``) and keep no state between calls: each derives
+where it is from the messages it is given, so one instance can play many episodes.
+
+- ``SingleAgentPolicy``: one agent does every sub-task's calls itself, one tool call
+  per step (critical steps grow with the task's width).
+- ``FanOutPolicy``: the orchestrator creates sub-agents in one turn, assigns the
+  sub-tasks ``width`` at a time, then combines the results (critical steps stay flat).
+- ``ScriptedSubagent``: a sub-agent that matches its assigned prompt to a sub-task and
+  runs that sub-task's calls, one per step.
+- ``SimulatedPolicy``: fixed latency and step count, for benchmarks and fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kimi_lab.chat import Message, ToolCall, extract_answer
+from kimi_lab.swarm.runtime import ASSIGN_TASK, CREATE_SUBAGENT
+from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
+
+Combine = Callable[[SwarmTask, list[str]], str]
+
+
+def _combine(task: SwarmTask, answers: list[str], combine: Combine | None) -> str:
+    if combine is None:
+        # tasks.py is the task suite's own module; imported late so the runtime does not need it
+        from kimi_lab.swarm.tasks import combine_answers as combine
+    text = combine(task, answers)
+    return text if extract_answer(text) is not None else f"Answer: {text}"
+
+
+def _subtasks(task: SwarmTask) -> list[dict[str, Any]]:
+    subs = task.data.get("subtasks")
+    if not isinstance(subs, list):
+        raise ValueError(f"task {task.id} has no data['subtasks'] list for a scripted policy")
+    return subs
+
+
+def _call(tool: str, tool_input: Any) -> ToolCall:
+    return ToolCall(str(tool), tool_input if isinstance(tool_input, str) else json.dumps(tool_input))
+
+
+def _turn(content: str = "", calls: list[ToolCall] | None = None) -> Turn:
+    return Turn(Message("assistant", content, calls or []))
+
+
+def _steps_taken(messages: list[Message]) -> int:
+    return sum(m.role == "assistant" for m in messages)
+
+
+def _results_of(messages: list[Message], tool: str) -> list[str]:
+    """The tool messages that answered calls of ``tool``, in order (calls and results pair up in order)."""
+    out: list[str] = []
+    pending: list[str] = []
+    for m in messages:
+        if m.role == "assistant":
+            pending = [c.name for c in m.tool_calls]
+        elif m.role == "tool" and pending and pending.pop(0) == tool:
+            out.append(m.content)
+    return out
+
+
+def _answer_of(result: str) -> str:
+    """A sub-agent's result as an answer: "" for an error, its Answer: line if it has one."""
+    if result.startswith("error:"):
+        return ""
+    return extract_answer(result) or result.strip()
+
+
+class SingleAgentPolicy:
+    """One agent, every sub-task's calls in turn, one per step; then the combined answer."""
+
+    def __init__(self, task: SwarmTask, combine: Combine | None = None) -> None:
+        self.name = "single-agent"
+        self.task = task
+        self.combine = combine
+        self.plan = [_call(t, i) for s in _subtasks(task) for t, i in s.get("calls", [])]
+
+    async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
+        k = _steps_taken(messages)
+        if k < len(self.plan):
+            return _turn(calls=[self.plan[k]])
+        answers = [str(s.get("answer", "")) for s in _subtasks(self.task)]
+        return _turn(_combine(self.task, answers, self.combine))
+
+
+class ScriptedSubagent:
+    """Runs the calls of the sub-task its assigned prompt names, one per step; returns its answer."""
+
+    def __init__(self, task: SwarmTask) -> None:
+        self.name = "scripted-subagent"
+        self.task = task
+        self.subtasks = _subtasks(task)
+
+    def match(self, prompt: str) -> dict[str, Any] | None:
+        """The sub-task of ``prompt``: the same prompt, else one contained in it, else the most shared words."""
+        prompt = prompt.strip()
+        for s in self.subtasks:
+            if str(s.get("prompt", "")).strip() == prompt:
+                return s
+        for s in self.subtasks:
+            if s.get("prompt") and str(s["prompt"]).strip() in prompt:
+                return s
+        words = set(prompt.lower().split())
+        best = max(
+            self.subtasks,
+            key=lambda s: len(words & set(str(s.get("prompt", "")).lower().split())),
+            default=None,
+        )
+        if best is None or not words & set(str(best.get("prompt", "")).lower().split()):
+            return None
+        return best
+
+    async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
+        prompt = next((m.content for m in messages if m.role == "user"), "")
+        sub = self.match(prompt)
+        if sub is None:
+            return _turn("I could not match this assignment to a sub-task.")
+        calls = sub.get("calls", [])
+        k = _steps_taken(messages)
+        if k < len(calls):
+            return _turn(calls=[_call(*calls[k])])
+        return _turn(str(sub.get("answer", "")))
+
+
+class FanOutPolicy:
+    """Orchestrator: create ``width`` sub-agents, assign the sub-tasks ``width`` per turn, combine.
+
+    ``width`` defaults to ``task.width`` (every sub-task at once when that is 0). Asked to
+    act as a sub-agent, it runs the scripted sub-agent, so one instance can play both roles.
+    """
+
+    def __init__(self, task: SwarmTask, width: int | None = None, combine: Combine | None = None) -> None:
+        self.name = "fan-out"
+        self.task = task
+        self.combine = combine
+        self.subtasks = _subtasks(task)
+        w = width or task.width or len(self.subtasks)
+        self.width = max(1, min(w, len(self.subtasks) or 1))
+        self.agents = [f"worker{i}" for i in range(self.width)]
+        self.sub = ScriptedSubagent(task)
+
+    async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
+        if role != "orchestrator":
+            return await self.sub.act(messages, tools, role)
+        k = _steps_taken(messages)
+        if k == 0 and self.subtasks:
+            prompt = "You are a search sub-agent: run the searches of your task and reply with the result."
+            return _turn(
+                calls=[
+                    ToolCall(CREATE_SUBAGENT, json.dumps({"name": a, "system_prompt": prompt}))
+                    for a in self.agents
+                ]
+            )
+        batch = k - 1
+        first = batch * self.width
+        if 0 <= first < len(self.subtasks):
+            chunk = self.subtasks[first : first + self.width]
+            return _turn(
+                calls=[
+                    ToolCall(ASSIGN_TASK, json.dumps({"agent": a, "prompt": str(s.get("prompt", ""))}))
+                    for a, s in zip(self.agents, chunk)
+                ]
+            )
+        answers = [_answer_of(r) for r in _results_of(messages, ASSIGN_TASK)]
+        answers += [""] * (len(self.subtasks) - len(answers))
+        return _turn(_combine(self.task, answers[: len(self.subtasks)], self.combine))
+
+
+class SimulatedPolicy:
+    """Sleeps ``latency_s`` per step; ``steps`` steps per run (the last one answers).
+
+    As a sub-agent (or an orchestrator without ``agents``) its first ``steps - 1`` turns
+    call ``tool`` (default: the first tool offered). As an orchestrator with ``agents``
+    it creates that many sub-agents in one turn, assigns them all in the next, and answers.
+    """
+
+    def __init__(
+        self, latency_s: float = 0.0, steps: int = 1, agents: int = 0, tool: str | None = None
+    ) -> None:
+        if steps < 1:
+            raise ValueError(f"SimulatedPolicy needs steps >= 1 (got {steps})")
+        self.name = "simulated"
+        self.latency_s = latency_s
+        self.steps = steps
+        self.agents = agents
+        self.tool = tool
+
+    async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        k = _steps_taken(messages)
+        if role == "orchestrator" and self.agents > 0:
+            names = [f"sim{i}" for i in range(self.agents)]
+            if k == 0:
+                return _turn(
+                    calls=[
+                        ToolCall(CREATE_SUBAGENT, json.dumps({"name": n, "system_prompt": ""})) for n in names
+                    ]
+                )
+            if k == 1:
+                return _turn(
+                    calls=[
+                        ToolCall(ASSIGN_TASK, json.dumps({"agent": n, "prompt": f"part {n}"})) for n in names
+                    ]
+                )
+            done = sum(not r.startswith("error:") for r in _results_of(messages, ASSIGN_TASK))
+            return _turn(f"Answer: {done} of {self.agents} parts done")
+        tool = self.tool or (tools[0].name if tools else None)
+        if k < self.steps - 1 and tool is not None:
+            return _turn(calls=[ToolCall(tool, f"step {k}")])
+        return _turn(f"Answer: done in {k + 1} steps")
