@@ -12,6 +12,7 @@
   kimi-lab experiment zero_vision [--scale S]   pre-train -> zero-vision SFT -> eval -> RL -> report
   kimi-lab experiment parl_ablation [--scale S] swarm SFT -> three PARL reward arms -> eval -> report
   kimi-lab swarm run --tasks DIR [--policy P]   agent-swarm episodes with traces (fanout, single, ckpt:, openai:)
+  kimi-lab consolidate SHARDED_CKPT OUT.ckpt    an FSDP2 checkpoint folder as one file (weights)
   kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
   kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm  ratios against peers measured in the same run ([--json])
@@ -261,6 +262,24 @@ def _cmd_swarm_run(args: argparse.Namespace) -> None:
     print(f"traces: {out}/swarm/ (kimi-lab dashboard {out.parent} shows them)")
 
 
+def _cmd_consolidate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import torch
+
+    from kimi_lab.tracking.checkpoint_io import consolidate, is_sharded_checkpoint
+
+    src = Path(args.checkpoint)
+    if not is_sharded_checkpoint(src):
+        raise KimiLabError(f"{src}: not a sharded checkpoint folder (.metadata and meta.pt expected)")
+    ckpt = consolidate(src)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, out)
+    n = sum(v.numel() for v in ckpt["state_dict"].values() if hasattr(v, "numel"))
+    print(f"{out}: {n:,} parameters from the shards of {src} (weights only: resume from the folder itself)")
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -412,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run folder (default runs/swarm/<time>)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_swarm_run)
+
+    p = sub.add_parser("consolidate", help="a sharded (FSDP2) checkpoint folder as one checkpoint file")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.set_defaults(func=_cmd_consolidate)
 
     p = sub.add_parser("serve", help="a checkpoint behind an OpenAI-compatible chat-completions endpoint")
     p.add_argument("checkpoint")

@@ -13,6 +13,14 @@ class DataError(KimiLabError):
     """A shard path is missing, empty or unreadable."""
 
 
+class NonFiniteError(KimiLabError):
+    """Too many NaN/Inf steps in a row: training stopped before it could corrupt a checkpoint."""
+
+
+class OutputDirError(KimiLabError):
+    """The run directory cannot take the run's files (read-only, not a folder, too little space)."""
+
+
 def one_line(exn: BaseException) -> str:
     """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
     text = str(exn).strip()

@@ -29,11 +29,15 @@ PREFIX = "model."
 
 def read_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """(run config, KimiK25 state dict, raw checkpoint) of a kimi_lab checkpoint."""
+    from kimi_lab.tracking.checkpoint_io import consolidate, is_sharded_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such checkpoint file")
+    if not path.is_file() and not is_sharded_checkpoint(path):
+        raise ConfigError(f"{path}: no such checkpoint file (or sharded checkpoint folder)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = (
+            consolidate(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=False)
+        )
     except Exception as exn:  # truncated / not a torch file
         raise ConfigError(f"{path}: not a readable checkpoint ({type(exn).__name__}: {exn})") from None
     config = (ckpt.get("hyper_parameters") or {}).get("config")

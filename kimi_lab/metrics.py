@@ -33,6 +33,7 @@ TRAIN_SEQ_BALANCE = "train/seq_balance_loss"  # unweighted, mean over MoE layers
 TRAIN_Z_LOSS = "train/router_z_loss"  # unweighted, mean over MoE layers
 TRAIN_LR = "train/lr"
 TRAIN_SKIPPED_BATCHES = "train/skipped_batches"  # batches that reached no trainable parameter
+TRAIN_SKIPPED_STEPS = "train/nonfinite_steps"  # steps skipped for a NaN/Inf loss or gradient (cumulative)
 TRAIN_TOKENS = "train/tokens"  # cumulative tokens seen (all ranks)
 TRAIN_TOKENS_PER_SEC = "train/tokens_per_sec"  # all ranks
 VAL_LOSS = "val/loss"

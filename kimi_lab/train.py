@@ -47,8 +47,10 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
             return str(last)
         log.info("ckpt_path=auto: no checkpoint in %s yet, starting fresh", run_dir)
         return None
-    if not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    from kimi_lab.tracking.checkpoint_io import complete_checkpoint
+
+    if not complete_checkpoint(Path(ckpt_path)):
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file (or sharded checkpoint folder)")
     return ckpt_path
 
 
@@ -76,6 +78,20 @@ def build_datamodule(cfg: RunConfig) -> Any:
     )
 
 
+def build_strategy(t: TrainerConfig) -> Any:
+    """Lightning's strategy: a name, or for ``fsdp2`` a ModelParallelStrategy (FSDP2 via
+    ``fully_shard`` in ``configure_model``; Lightning's ``fsdp`` strategy refuses CPU)."""
+    if t.strategy != "fsdp2":
+        return t.strategy
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return ModelParallelStrategy(
+        data_parallel_size=t.devices * t.num_nodes,
+        tensor_parallel_size=1,
+        save_distributed_checkpoint=True,  # each rank writes its shard; kimi-lab consolidate joins them
+    )
+
+
 # ------------------------------------------------------------------------- the run
 def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[str, float]:
     """Fit one run into ``run_dir``; returns the final scalar metrics."""
@@ -87,11 +103,13 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     from kimi_lab.runtime import tune_cpu_allocator
     from kimi_lab.tracking.checkpoint_io import AtomicCheckpointIO
     from kimi_lab.tracking.loggers import build_loggers, finish_wandb
+    from kimi_lab.tracking.preflight import check_writable
     from kimi_lab.tracking.progress import StepProgressBar
     from kimi_lab.tracking.run_dir import RunDirCallback
 
     _route_lightning_logs_through_hydra()
     tune_cpu_allocator()
+    check_writable(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
     if t.num_threads:
@@ -105,6 +123,9 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     check_tokenizer_matches(cfg)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{n_params:,}", precision)
+    from kimi_lab.tracking.preflight import check_free_space
+
+    check_free_space(run_dir, n_params, checkpoints_kept=3)  # top-2 step files + last.ckpt
 
     callbacks: list[L.Callback] = [
         RunDirCallback(run_dir, cfg.experiment, t.log_every_n_steps),
@@ -126,7 +147,7 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(t),
         precision=precision,  # type: ignore[arg-type]
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -254,10 +275,29 @@ def _inject_resume_dir(argv: list[str]) -> list[str]:
     return argv
 
 
+def _preflight_output(argv: list[str]) -> None:
+    """Hydra writes into the run folder before our code runs: check the folder first."""
+    from kimi_lab.tracking.preflight import check_writable
+
+    explicit = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    if explicit:  # the last of a key wins, as in Hydra
+        target = Path(explicit[-1])
+    else:
+        runs = [a.split("=", 1)[1] for a in argv if a.startswith("runs_dir=")]
+        target = Path(runs[-1] if runs else "runs")
+    try:
+        check_writable(target, "output folder")
+    except KimiLabError as exn:
+        print(f"error: {one_line(exn)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run training with Hydra overrides (``argv`` defaults to the command line)."""
     register_schemas()
     args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in args):
+        _preflight_output(args)
     args = _inject_resume_dir(args)
     sys.argv = [str(Path(__file__).resolve()), *args]
     hydra_main()

@@ -377,3 +377,52 @@ def test_latest_checkpoint_prefers_a_newer_step_file_over_last(tmp_path: Path) -
     (tmp_path / "step-0000020.ckpt").write_bytes(b"c")  # killed before last.ckpt was rewritten
     os.utime(tmp_path / "step-0000020.ckpt", ns=(3_000, 3_000))
     assert latest_checkpoint(tmp_path).name == "step-0000020.ckpt"
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_overrides: list[str], tmp_path: Path) -> None:
+    """CPU fp32, deterministic: kill after a checkpoint, resume, and the curve is the uninterrupted one."""
+    overrides = [
+        *tiny_overrides,
+        "trainer.max_steps=24",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=100",
+        "trainer.checkpoint_every_n_steps=8",
+        "trainer.deterministic=true",
+        "phase.schedule.warmup_steps=2",
+    ]
+    whole = tmp_path / "whole"
+    res = run_cli("train", *overrides, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kimi_lab.cli", "train", *overrides, f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not (killed / CHECKPOINT_DIR / "step-0000008.ckpt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint at step 8"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    newest = latest_checkpoint(killed / CHECKPOINT_DIR)
+    assert newest is not None
+    ckpt_step = torch.load(newest, map_location="cpu", weights_only=False)["global_step"]
+    assert 8 <= ckpt_step < 24
+    res = run_cli("train", *overrides, f"hydra.run.dir={killed}", "ckpt_path=auto", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def curve(run: Path) -> pd.Series:
+        m = pd.read_parquet(run / METRICS_FILE)
+        return m[m.key == TRAIN_LOSS].drop_duplicates("step", keep="last").set_index("step").value
+
+    a, b = curve(whole), curve(killed)
+    after = [s for s in a.index if s >= ckpt_step]
+    assert after and list(b.loc[after].index) == after
+    # the same numbers from the checkpoint on: weights, optimizer, schedule, router biases, data
+    assert b.loc[after].to_numpy() == pytest.approx(a.loc[after].to_numpy(), rel=1e-5, abs=1e-6)

@@ -334,6 +334,8 @@ class TrainerConfig:
     deterministic: bool = False
     fast_dev_run: bool = False
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's choice
+    # NaN/Inf loss or gradient: the step is skipped; this many in a row stop the run (0: never).
+    max_nonfinite_steps: int = 5
     progress_bar: bool = True
 
 

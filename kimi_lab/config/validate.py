@@ -8,6 +8,7 @@ from __future__ import annotations
 from kimi_lab.config.schema import (
     PRECISIONS,
     ModelConfig,
+    OptimizerName,
     ParlConfig,
     PhaseName,
     RLConfig,
@@ -183,6 +184,12 @@ def validate_run(cfg: RunConfig) -> None:
         _require(
             any(s.weight > 0 for s in d.sources.values()), "data.sources: at least one weight must be > 0"
         )
+    _require(
+        not (t.strategy == "fsdp2" and ph.optim.name in (OptimizerName.muon, OptimizerName.muonclip)),
+        f"trainer.strategy=fsdp2 with phase.optim.name={ph.optim.name.value}: Muon's orthogonalisation needs "
+        "whole matrices, and FSDP2 shards them; use adamw with fsdp2, or ddp with Muon",
+    )
+    _require(t.max_nonfinite_steps >= 0, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 0")
     f, v = d.fusion, d.vision
     _require(
         0 <= f.vision_start <= 1,

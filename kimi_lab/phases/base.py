@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from kimi_lab.config.schema import OptimizerName, RunConfig
-from kimi_lab.errors import ConfigError
+from kimi_lab.errors import ConfigError, NonFiniteError
 from kimi_lab.metrics import (
     DATA_IMAGE_TOKENS,
     DATA_PAD_TOKENS,
@@ -24,6 +24,7 @@ from kimi_lab.metrics import (
     DATA_VISION_RATIO_TARGET,
     DATA_WAIT_FRACTION,
     TRAIN_LR,
+    TRAIN_SKIPPED_STEPS,
     TRAIN_TOKENS,
     TRAIN_TOKENS_PER_SEC,
 )
@@ -119,21 +120,73 @@ class PhaseModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def configure_model(self) -> None:
+        """FSDP2 (``trainer=fsdp2``): shard every decoder layer, then the rest, over the data-parallel mesh."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        dp = mesh["data_parallel"]
+        for layer in self.model.language_model.layers:
+            fully_shard(layer, mesh=dp)
+        fully_shard(self.model, mesh=dp)
+        self._sharded = True
+
     def on_train_start(self) -> None:
         clip = self.cfg.phase.optim.name == OptimizerName.muonclip
         set_measuring(self.model, clip or self.cfg.phase.track_attn_logits)
+
+    # ------------------------------------------------------- non-finite steps
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A NaN/Inf gradient (a NaN/Inf loss gives one) skips the step: every grad is dropped,
+        so the optimizer leaves weights and moments as they were. ``trainer.max_nonfinite_steps``
+        such steps in a row stop the run; checkpoints only ever hold finite weights."""
+        # Sharded (FSDP2) grads: each rank checks its own shard, then all ranks agree.
+        grads = [
+            g.to_local() if hasattr(g, "to_local") else g
+            for p in self.parameters()
+            if (g := p.grad) is not None
+        ]
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
+        finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+        self._skip_step = not finite
+        if finite:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_streak = getattr(self, "nonfinite_streak", 0) + 1
+        self.nonfinite_total = getattr(self, "nonfinite_total", 0) + 1
+        for p in self.parameters():
+            p.grad = None
+        limit = self.cfg.trainer.max_nonfinite_steps
+        rank_zero_info(
+            f"step {self.global_step}: non-finite loss or gradient, step skipped "
+            f"({self.nonfinite_streak} in a row, {self.nonfinite_total} in this run)"
+        )
+        if limit and self.nonfinite_streak >= limit:
+            raise NonFiniteError(
+                f"{self.nonfinite_streak} non-finite steps in a row (trainer.max_nonfinite_steps={limit}) "
+                f"at step {self.global_step}: stopped; the last checkpoint is intact (weights never took a "
+                "non-finite update). Lower the learning rate or check the data, then resume with ckpt_path=auto"
+            )
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         step = self.global_step  # 0-based index of this training step
         super().optimizer_step(*args, **kwargs)
         o = self.cfg.phase.optim
+        skipped = getattr(self, "_skip_step", False)
+        self.log(
+            TRAIN_SKIPPED_STEPS, float(getattr(self, "nonfinite_total", 0)), on_step=True, on_epoch=False
+        )
         # QK-Clip with the maxima this step's forward passes measured (weights already updated).
-        tau = o.qk_clip_tau if o.name == OptimizerName.muonclip else None
+        # A skipped step still drains the measurements, and clips nothing.
+        tau = o.qk_clip_tau if o.name == OptimizerName.muonclip and not skipped else None
         for report in qk_clip_step(self.model, tau):
             self._accumulate_logits(report)
         # Aux-loss-free balancing uses this step's token counts (all micro-batches, all ranks);
-        # a frozen language model keeps its routing as it is.
-        rate = 0.0 if o.lr_scale.language_model == 0 else self.cfg.model.moe.bias_update_rate
+        # a frozen language model (or a skipped step) keeps its routing as it is.
+        frozen = o.lr_scale.language_model == 0 or skipped
+        rate = 0.0 if frozen else self.cfg.model.moe.bias_update_rate
         load = update_router_biases(self.model, rate)
         if load is not None:
             self.latest_moe_load = (load[0].cpu(), load[1].cpu())

@@ -65,8 +65,9 @@ class PretrainModule(PhaseModule):
             self.log(TRAIN_SKIPPED_BATCHES, 1.0, on_step=True, on_epoch=False, reduce_fx="sum")
             return None
         self.count_step_tokens(batch["tokens"][:, 1:].numel())
-        self.log(TRAIN_LOSS, loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log(TRAIN_CE, ce, on_step=True, on_epoch=False)
+        # Averaged over data-parallel ranks: the logged loss is the global batch's.
+        self.log(TRAIN_LOSS, loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
+        self.log(TRAIN_CE, ce, on_step=True, on_epoch=False, sync_dist=True)
         self.log(TRAIN_AUX, out.aux_loss, on_step=True, on_epoch=False)
         if out.router_metrics:
             self.log(TRAIN_SEQ_BALANCE, out.router_metrics["seq_balance_loss"], on_step=True, on_epoch=False)
