@@ -53,3 +53,7 @@ def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     assert (out / "parl_ablation.png").stat().st_size > 0
     again = run_cli(*args, cwd=REPO, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 4
+    # kimi-lab report rebuilds the report from the saved evaluations
+    (out / "report.md").unlink()
+    res = run_cli("report", str(out), cwd=REPO)
+    assert res.returncode == 0 and (out / "report.md").is_file()

@@ -8,18 +8,23 @@ from typing import Any
 from kimi_lab.errors import ConfigError
 from kimi_lab.reports.runs import load_multirun
 
-WRITERS = ("qk_clip",)
+WRITERS = ("qk_clip", "sparsity_scaling", "heads_vs_layers", "zero_vision", "parl_ablation")
 
 
 def write_report(folder: str | Path) -> Path:
     """Write the report for the experiment the multirun in ``folder`` ran."""
+    import importlib
+
     root = Path(folder)
+    if (root / "eval").is_dir() and (root / "report.json").is_file():
+        # a multi-stage experiment (zero_vision, parl_ablation): rebuild from its saved evaluations
+        from kimi_lab.reports.staged import rewrite
+
+        return rewrite(root)
     runs = load_multirun(root)
     experiment = runs[0].get("experiment")
-    if experiment == "qk_clip":
-        from kimi_lab.reports import qk_clip
-
-        return qk_clip.write(runs, root)
+    if experiment in ("qk_clip", "sparsity_scaling", "heads_vs_layers"):
+        return importlib.import_module(f"kimi_lab.reports.{experiment}").write(runs, root)
     raise ConfigError(
         f"{root}: no report for experiment {experiment!r} (reports exist for: {', '.join(WRITERS)})"
     )

@@ -1,0 +1,28 @@
+"""``kimi-lab report`` of a multi-stage experiment folder (zero_vision, parl_ablation).
+
+Those experiments save every evaluation under ``eval/`` and their settings in
+``report.json``; the report is rebuilt from them without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kimi_lab.errors import ConfigError
+
+
+def rewrite(root: Path) -> Path:
+    saved = json.loads((root / "report.json").read_text())
+    meta = saved.get("meta") or {}
+    evals = {p.stem: json.loads(p.read_text()) for p in sorted((root / "eval").glob("*.json"))}
+    if "sweep" in saved:  # parl_ablation
+        from kimi_lab.reports.parl_ablation import write
+
+        return write(root, evals, saved["sweep"], meta)
+    from kimi_lab.reports.zero_vision import VARIANTS, write
+
+    missing = [v for v in VARIANTS if v not in evals]
+    if missing:
+        raise ConfigError(f"{root}: evaluations missing for {', '.join(missing)} (rerun the experiment)")
+    return write(root, {v: evals[v] for v in VARIANTS}, meta)

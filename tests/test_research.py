@@ -1,0 +1,89 @@
+"""The research-suite multiruns (sparsity_scaling, heads_vs_layers) at a tiny size, and their reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kimi_lab.reports.heads_vs_layers import forward_flops_per_token, k2_flops_increase
+from kimi_lab.reports.sparsity_scaling import steps_to_reach
+from tests.conftest import run_cli
+
+SHRINK = [
+    "model=tiny",
+    "trainer.max_steps=10",
+    "trainer.log_every_n_steps=2",
+    "trainer.val_check_interval=5",
+    "trainer.checkpoint_every_n_steps=10",
+    "phase.schedule.warmup_steps=2",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "trainer.limit_val_batches=2",
+]
+
+
+def _sweep(tiny_overrides: list[str], tmp_path: Path, experiment: str, *sweep: str) -> Path:
+    res = run_cli(
+        "train",
+        "--multirun",
+        *tiny_overrides,
+        f"experiment={experiment}",
+        *SHRINK,
+        *sweep,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (folder,) = list((tmp_path / "runs" / experiment / "multirun").iterdir())
+    return folder
+
+
+def test_sparsity_scaling_sweeps_experts_and_reports(tiny_overrides: list[str], tmp_path: Path) -> None:
+    folder = _sweep(tiny_overrides, tmp_path, "sparsity_scaling", "model.moe.n_routed_experts=4,8")
+    report = json.loads((folder / "report.json").read_text())
+    assert [a["experts"] for a in report["arms"]] == [4, 8]
+    assert all(a["sparsity"] == a["experts"] / 2 for a in report["arms"])
+    target = report["target_val_loss"]
+    assert target == max(a["final_val_loss"] for a in report["arms"])
+    assert all(a["steps_to_target"] <= 10 for a in report["arms"])  # every arm reaches the common target
+    text = (folder / "report.md").read_text()
+    assert "1.69x / 1.39x / 1.15x" in text and "One seed per arm" in text
+    assert (folder / "sparsity_scaling.png").stat().st_size > 10_000
+    # the report can be rebuilt from the folder alone
+    res = run_cli("report", str(folder), cwd=tmp_path)
+    assert res.returncode == 0 and "report.md" in res.stdout
+
+
+def test_heads_vs_layers_sweeps_heads_and_reports_flops(tiny_overrides: list[str], tmp_path: Path) -> None:
+    folder = _sweep(tiny_overrides, tmp_path, "heads_vs_layers", "model.attention.n_heads=2,4")
+    report = json.loads((folder / "report.json").read_text())
+    arms = report["arms"]
+    assert [a["heads"] for a in arms] == [2, 4] and all(a["layers"] == 4 for a in arms)
+    # more heads cost more FLOPs, and far more at long context
+    assert arms[1]["gflops_per_token_4096"] > arms[0]["gflops_per_token_4096"]
+    grow_4k = arms[1]["gflops_per_token_4096"] / arms[0]["gflops_per_token_4096"]
+    grow_128k = arms[1]["gflops_per_token_131072"] / arms[0]["gflops_per_token_131072"]
+    assert grow_128k > grow_4k
+    assert any("(the report: +83%)" in f for f in report["findings"])
+
+
+def test_flops_formula_reproduces_k2_heads_claim() -> None:
+    # K2: doubling 64 -> 128 heads costs +83% inference FLOPs at 128k context
+    assert k2_flops_increase(131072) == pytest.approx(0.83, abs=0.05)
+    from kimi_lab.config import compose, to_run_config
+
+    k2 = to_run_config(compose(["model=k2"])).model
+    # at short context the attention scores matter little: the increase is far smaller
+    assert k2_flops_increase(1024) < 0.3
+    assert forward_flops_per_token(k2, 0) == pytest.approx(2 * 32.86e9, rel=0.05)  # ~2 x active params
+
+
+def test_steps_to_reach_interpolates() -> None:
+    import pandas as pd
+
+    val = pd.Series([5.0, 4.0, 3.0], index=[10, 20, 30])
+    assert steps_to_reach(val, 3.5) == pytest.approx(25.0)
+    assert steps_to_reach(val, 5.0) == 10.0
+    assert steps_to_reach(val, 2.0) != steps_to_reach(val, 2.0)  # nan: never reached
