@@ -52,6 +52,11 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:
     from kimi_lab.model.multimodal import KimiK25
 
     run, state, _ = read_checkpoint(ckpt_path)
+    if run.model.vision is not None and run.model.vision.temporal_attention != "joint":
+        raise ConfigError(
+            f"{ckpt_path}: model.vision.temporal_attention={run.model.vision.temporal_attention} is a kimi_lab "
+            "ablation; transformers' kimi_k25 attends jointly over a chunk's frames, so the export would change the model"
+        )
     if run.model.vision is not None and run.model.attention.q_lora_rank is None:
         # transformers' kimi_k25 weight renaming takes the language model's self_attn.q_proj
         # for the vision attention's q_proj, so such a folder would not load back.

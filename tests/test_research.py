@@ -87,3 +87,104 @@ def test_steps_to_reach_interpolates() -> None:
     assert steps_to_reach(val, 3.5) == pytest.approx(25.0)
     assert steps_to_reach(val, 5.0) == 10.0
     assert steps_to_reach(val, 2.0) != steps_to_reach(val, 2.0)  # nan: never reached
+
+
+def test_fusion_ablation_three_arms_equal_budget_and_report(
+    tiny_overrides: list[str],
+    tmp_path: Path,
+    image_code_shards: Path,
+    video_shards: Path,
+    interleaved_shards: Path,
+) -> None:
+    base = [o for o in tiny_overrides if not o.startswith(("model=", "data.seq_len="))]
+    res = run_cli(
+        "train",
+        "--multirun",
+        *base,
+        "experiment=fusion_ablation",
+        "model=tiny-vl",
+        f"data.sources.image_code.path={image_code_shards}",
+        f"data.sources.video.path={video_shards}",
+        f"data.sources.interleaved.path={interleaved_shards}",
+        "data.seq_len=96",
+        "data.vision.max_patches=144",
+        "trainer.max_steps=10",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "phase.schedule.warmup_steps=1",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (folder,) = list((tmp_path / "runs" / "fusion_ablation" / "multirun").iterdir())
+    report = json.loads((folder / "report.json").read_text())
+    arms = {a["arm"]: a for a in report["arms"]}
+    assert list(arms) == ["early", "mid", "late"]
+    assert [arms[a]["vision_start"] for a in arms] == [0.0, 0.5, 0.8]
+    assert all(a["final_text_val_loss"] > 0 for a in arms.values())
+    # the late arm sees no vision before 80% of training, the early arm from the start
+    import pandas as pd
+
+    from kimi_lab.metrics import DATA_VISION_RATIO_TARGET
+
+    late = pd.read_parquet(folder / arms["late"]["job"] / "metrics.parquet")
+    target = late[late.key == DATA_VISION_RATIO_TARGET].set_index("step").value
+    assert (target[target.index < 8] == 0).all() and (target[target.index >= 8] == 0.5).all()
+    assert arms["mid"]["text_before"] is not None  # the dip is measured around vision's arrival
+    text = (folder / "report.md").read_text()
+    assert "K2.5's table" in text and "| late | 80% | 50:50 |" in text
+
+
+def test_vit3d_chunking_compares_joint_and_per_frame(
+    tiny_overrides: list[str], tmp_path: Path, video_shards: Path
+) -> None:
+    base = [o for o in tiny_overrides if not o.startswith(("model=", "data.seq_len=", "data.sources."))]
+    res = run_cli(
+        "train",
+        "--multirun",
+        *base,
+        "experiment=vit3d_chunking",
+        "model=tiny-vl",
+        f"data.sources.video.path={video_shards}",
+        "data.seq_len=96",
+        "data.vision.max_patches=144",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "phase.schedule.warmup_steps=1",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (folder,) = list((tmp_path / "runs" / "vit3d_chunking" / "multirun").iterdir())
+    report = json.loads((folder / "report.json").read_text())
+    assert [a["arm"] for a in report["arms"]] == ["joint", "per_frame"]
+    assert all(a["final_video_val_loss"] > 0 for a in report["arms"])
+    assert report["findings"][0].startswith("Final video caption val loss: joint")
+
+
+def test_per_frame_attention_changes_video_but_not_images() -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from kimi_lab.config import compose, to_run_config
+    from kimi_lab.model.vision.moonvit import MoonViT3D
+
+    v = to_run_config(compose(["model=tiny-vl"])).model.vision
+    torch.manual_seed(0)
+    joint = MoonViT3D(v).eval()
+    per_frame = MoonViT3D(replace(v, temporal_attention="per_frame")).eval()
+    per_frame.load_state_dict(joint.state_dict())
+    p = v.patch_size
+    image = torch.randn(1 * 4 * 4, 3, p, p)
+    video = torch.randn(4 * 4 * 4, 3, p, p)
+    with torch.no_grad():
+        img_j = joint(image, torch.tensor([[1, 4, 4]]))
+        img_f = per_frame(image, torch.tensor([[1, 4, 4]]))
+        vid_j = joint(video, torch.tensor([[4, 4, 4]]))
+        vid_f = per_frame(video, torch.tensor([[4, 4, 4]]))
+    assert torch.allclose(img_j, img_f, atol=1e-6)  # one frame: nothing to attend across
+    assert vid_j.shape == vid_f.shape  # the same number of tokens for the LM
+    assert not torch.allclose(vid_j, vid_f, atol=1e-4)  # frames no longer see each other

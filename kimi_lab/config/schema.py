@@ -112,6 +112,9 @@ class VisionConfig:
     patch_size: int = 14
     pos_emb_size: int = 64  # the learned 2-D position grid (side), interpolated to each image
     pos_emb_time: int = 4  # frames per video chunk that get a time embedding
+    # "joint": one attention over a video chunk's frames (space and time, K2.5); "per_frame":
+    # each frame attends only to itself, chunks still mean-pooled over time (the ablation).
+    temporal_attention: str = "joint"
     merge_size: int = 2  # the projector merges merge_size x merge_size patches into one LM token
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5

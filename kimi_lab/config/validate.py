@@ -80,6 +80,10 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
         )
         _require(v.patch_size >= 1 and v.merge_size >= 1, f"{pv}.patch_size and merge_size must be >= 1")
         _require(
+            v.temporal_attention in ("joint", "per_frame"),
+            f"{pv}.temporal_attention={v.temporal_attention!r}: choose joint or per_frame",
+        )
+        _require(
             v.pos_emb_size >= 1 and v.pos_emb_time >= 1, f"{pv}.pos_emb_size and pos_emb_time must be >= 1"
         )
         _require(

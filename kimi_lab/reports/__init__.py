@@ -8,7 +8,11 @@ from typing import Any
 from kimi_lab.errors import ConfigError
 from kimi_lab.reports.runs import load_multirun
 
-WRITERS = ("qk_clip", "sparsity_scaling", "heads_vs_layers", "zero_vision", "parl_ablation")
+# multirun experiments (kimi-lab train --multirun experiment=NAME), one module each
+MULTIRUN_WRITERS = ("qk_clip", "sparsity_scaling", "heads_vs_layers", "fusion_ablation", "vit3d_chunking")
+# multi-stage experiments (kimi-lab experiment NAME): rebuilt from their saved evaluations
+STAGED = ("zero_vision", "parl_ablation")
+WRITERS = MULTIRUN_WRITERS + STAGED
 
 
 def write_report(folder: str | Path) -> Path:
@@ -23,7 +27,7 @@ def write_report(folder: str | Path) -> Path:
         return rewrite(root)
     runs = load_multirun(root)
     experiment = runs[0].get("experiment")
-    if experiment in ("qk_clip", "sparsity_scaling", "heads_vs_layers"):
+    if experiment in MULTIRUN_WRITERS:
         return importlib.import_module(f"kimi_lab.reports.{experiment}").write(runs, root)
     raise ConfigError(
         f"{root}: no report for experiment {experiment!r} (reports exist for: {', '.join(WRITERS)})"

@@ -170,8 +170,12 @@ class MoonViT3D(nn.Module):
         x = x + pos
         rope = self.rope(rows, cols)
         blocks, start = [], 0
+        per_frame = self.cfg.temporal_attention == "per_frame"
         for t, h, w in grid:
-            blocks.append((start, t * h * w))
+            if per_frame:  # a block per frame: no attention across time inside the chunk
+                blocks.extend((start + i * h * w, h * w) for i in range(t))
+            else:
+                blocks.append((start, t * h * w))
             start += t * h * w
         for layer in self.layers:
             x = layer(x, rope, blocks)
