@@ -55,9 +55,9 @@ class Scale:
 
 
 SCALES = {
-    # About 45 minutes on 2 CPU cores.
+    # About 60 minutes on 2 CPU cores (a PARL step plays 4 episodes of up to 8 orchestrator turns).
     "small": Scale(
-        "small", 300, 30, 240, 600, 24, (2, 3, 4, 6, 8, 12), (2, 4), 4, 2, 160, ("data.batch_size=2",)
+        "small", 300, 16, 240, 600, 12, (2, 3, 4, 6, 8, 12), (2, 4), 4, 1, 160, ("data.batch_size=2",)
     ),
     "tiny": Scale(
         "tiny",

@@ -99,16 +99,27 @@ def _findings(
             f"{e['over_budget']:.0%} over budget."
         )
     for arm, c in curves.items():
-        if "parl/parallelism" in c and len(c) >= 2:
-            first, last = (
-                c["parl/parallelism"].iloc[: max(1, len(c) // 4)].mean(),
-                c["parl/parallelism"].iloc[-max(1, len(c) // 4) :].mean(),
-            )
-            trend = "rose" if last > first + 0.1 else "fell" if last < first - 0.1 else "stayed flat"
-            collapse = " (toward serial work: the collapse the report warns of)" if trend == "fell" else ""
+        if "parl/r_perf" in c and len(c) and float(c["parl/r_perf"].max()) == 0.0:
             out.append(
-                f"{ARM_LABELS[arm]}: parallelism (assignments per stage) {trend} over training, "
-                f"{first:.2f} in the first quarter to {last:.2f} in the last{collapse}."
+                f"{ARM_LABELS[arm]}: no training episode scored (r_perf = 0 at all {len(c)} steps), so r_perf gives "
+                "every sample the same reward and a zero advantage; only r_parallel / r_finish can move the policy."
+            )
+        if "parl/parallelism" in c and len(c) >= 8:
+            par = c["parl/parallelism"]
+            q = max(2, len(par) // 4)
+            first, last = par.iloc[:q], par.iloc[-q:]
+            # noise: the step-to-step spread of the per-step means, over q steps per quarter
+            se = math.sqrt(first.var(ddof=1) / q + last.var(ddof=1) / q)
+            diff = last.mean() - first.mean()
+            if abs(diff) > 2 * se and diff > 0:
+                trend = "rose"
+            elif abs(diff) > 2 * se:
+                trend = "fell (toward serial work, the collapse the report warns of)"
+            else:
+                trend = "did not change beyond its step-to-step noise"
+            out.append(
+                f"{ARM_LABELS[arm]}: parallelism (assignments per stage) {trend}: {first.mean():.2f} in the first "
+                f"{q} steps, {last.mean():.2f} in the last {q} ({diff:+.2f}, two standard errors {2 * se:.2f})."
             )
     return out
 
