@@ -73,14 +73,21 @@ def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
     out = []
     if len(experts) >= 2:
         falling = all(loss[a] >= loss[b] for a, b in pairwise(experts))
+        rising = all(loss[a] <= loss[b] for a, b in pairwise(experts))
+        if falling:
+            shape = " — it falls monotonically as experts are added (K2's direction)."
+        elif rising:
+            shape = (
+                " — it rises monotonically as experts are added, the opposite of K2's direction: with the same "
+                "tokens, each of N experts sees about 1/N of them; a likely reason is that at this short budget the extra capacity "
+                "is undertrained (K2's law is measured far closer to convergence)."
+            )
+        else:
+            shape = " — not monotonic at this scale and seed count."
         out.append(
             "Final validation loss by total experts: "
             + ", ".join(f"{e}: {loss[e]:.3f}" for e in experts)
-            + (
-                " — it falls monotonically as experts are added (K2's direction)."
-                if falling
-                else " — not monotonic at this scale and seed count."
-            )
+            + shape
         )
         top = experts[-1]
         ratios = [
