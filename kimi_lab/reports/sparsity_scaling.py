@@ -79,7 +79,7 @@ def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
         elif rising:
             shape = (
                 " — it rises monotonically as experts are added, the opposite of K2's direction: with the same "
-                "tokens, each of N experts sees about 1/N of them; a likely reason is that at this short budget the extra capacity "
+                "tokens, each of N experts sees about top_k/N of them; a likely reason is that at this short budget the extra capacity "
                 "is undertrained (K2's law is measured far closer to convergence)."
             )
         else:
