@@ -85,7 +85,8 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     rel = (loss_lo - loss_hi) / loss_lo * 100
     out = [
         f"{hi} heads vs {lo} heads ({by[lo][0]['layers']} layers): final val loss {loss_hi:.3f} vs {loss_lo:.3f}, "
-        f"{rel:+.1f}% lower with more heads (K2: 0.5-1.2% lower with 128 vs 64 heads)."
+        f"{abs(rel):.1f}% {'lower' if rel >= 0 else 'higher'} with more heads "
+        "(K2: 0.5-1.2% lower with 128 vs 64 heads)."
     ]
     for c in CONTEXTS:
         f_lo = by[lo][0][f"gflops_per_token_{c}"]
