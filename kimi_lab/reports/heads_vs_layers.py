@@ -17,7 +17,7 @@ from typing import Any
 
 from kimi_lab.config.schema import ModelConfig
 from kimi_lab.metrics import VAL_LOSS
-from kimi_lab.reports.runs import Run
+from kimi_lab.reports.runs import Run, plot_series
 
 CONTEXTS = (4096, 131072)
 
@@ -105,29 +105,9 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def plot(runs: list[Run], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        s = run.series(VAL_LOSS)
-        ax.plot(
-            s.index, s.values, label=f"{run.get('model.attention.n_heads')} heads (seed {run.get('seed')})"
-        )
-    ax.set(title="validation loss", xlabel="step", ylabel="loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write(runs: list[Run], folder: Path) -> Path:
     rows = summarise(runs)
-    plot(runs, folder / "heads_vs_layers.png")
+    plot_series(runs, VAL_LOSS, "model.attention.n_heads", folder / "heads_vs_layers.png", "validation loss")
     found = findings(rows)
     lines = [
         "# Heads vs layers: attention heads against loss and long-context FLOPs",

@@ -56,3 +56,22 @@ def load_multirun(folder: str | Path) -> list[Run]:
     if not jobs:
         raise ConfigError(f"{root}: no job folders (0, 1, ...): pass a multirun folder")
     return [load_run(j) for j in jobs]
+
+
+def plot_series(runs: list[Run], key: str, arm: str, path: Path, title: str) -> None:
+    """One curve of metric ``key`` per run, labelled by the config value at ``arm`` and the seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        s = run.series(key)
+        ax.plot(s.index, s.values, label=f"{arm.rsplit('.', 1)[-1]}={run.get(arm)} (seed {run.get('seed')})")
+    ax.set(title=title, xlabel="step", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

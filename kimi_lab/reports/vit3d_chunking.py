@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.metrics import VAL_SOURCE_LOSS
-from kimi_lab.reports.runs import Run
+from kimi_lab.reports.runs import Run, plot_series
 
 ORDER = ("joint", "per_frame")
 VIDEO_LOSS = VAL_SOURCE_LOSS.format(source="video")
@@ -63,29 +63,15 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def plot(runs: list[Run], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        s = run.series(VIDEO_LOSS)
-        ax.plot(
-            s.index, s.values, label=f"{run.get('model.vision.temporal_attention')} (seed {run.get('seed')})"
-        )
-    ax.set(title="video caption val loss", xlabel="step", ylabel="loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write(runs: list[Run], folder: Path) -> Path:
     rows = summarise(runs)
-    plot(runs, folder / "vit3d_chunking.png")
+    plot_series(
+        runs,
+        VIDEO_LOSS,
+        "model.vision.temporal_attention",
+        folder / "vit3d_chunking.png",
+        "video caption val loss",
+    )
     found = findings(rows)
     lines = [
         "# MoonViT-3D: joint 4-frame chunks vs per-frame encoding (same token count)",
