@@ -21,6 +21,7 @@ class ParquetMetricsLogger(Logger):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.flush_every = flush_every
+        self._flush_next = False
         self._table: ParquetTable | None = None
         self._calls = 0
 
@@ -53,8 +54,11 @@ class ParquetMetricsLogger(Logger):
             if math.isfinite(value) or math.isnan(value):
                 table.append(step=int(step or 0), key=key, value=value)
         self._calls += 1
-        if self._calls % self.flush_every == 0:
+        # Right after a checkpoint, Lightning logs the metrics of the step it just saved:
+        # flush them at once, so a kill soon after the checkpoint does not lose that row.
+        if self._calls % self.flush_every == 0 or self._flush_next:
             table.flush()
+            self._flush_next = False
 
     @rank_zero_only
     def drop_after(self, step: int) -> None:
@@ -65,6 +69,7 @@ class ParquetMetricsLogger(Logger):
     def save(self) -> None:
         if self._table is not None:
             self._table.flush()
+        self._flush_next = True
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

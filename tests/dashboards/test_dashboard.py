@@ -226,9 +226,13 @@ def test_pages_render_in_a_real_browser(dash_root, tiny_shards) -> None:
 
 def test_swarm_page_draws_a_real_swarm_run(tmp_path: Path, monkeypatch) -> None:
     tasks = tmp_path / "tasks"
-    assert run_cli("data", "build", "swarm-tasks", "--out", str(tasks), "--n", "6", cwd=tmp_path).returncode == 0
+    assert (
+        run_cli("data", "build", "swarm-tasks", "--out", str(tasks), "--n", "6", cwd=tmp_path).returncode == 0
+    )
     out = tmp_path / "runs" / "swarm" / "fanout"
-    res = run_cli("swarm", "run", "--tasks", str(tasks), "--policy", "fanout", "--out", str(out), cwd=tmp_path)
+    res = run_cli(
+        "swarm", "run", "--tasks", str(tasks), "--policy", "fanout", "--out", str(out), cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     at = page("swarm", tmp_path / "runs", monkeypatch)
     assert charts(at) == 2  # the Gantt of the real episode and its reward
