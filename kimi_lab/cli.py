@@ -7,7 +7,7 @@
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
   kimi-lab export-hf CKPT OUT_DIR               a checkpoint in transformers' kimi_k25 / deepseek_v3 format
   kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
-  kimi-lab report MULTIRUN_DIR                  an experiment's report (markdown, JSON, PNG)
+  kimi-lab report MULTIRUN_DIR [--also DIR...]  an experiment's report (markdown, JSON, PNG)
   kimi-lab eval CKPT --tasks NAME=DIR [--n N]   a checkpoint's score on task prompts (the sandboxed tool)
   kimi-lab experiment zero_vision [--scale S]   pre-train -> zero-vision SFT -> eval -> RL -> report
   kimi-lab experiment parl_ablation [--scale S] swarm SFT -> three PARL reward arms -> eval -> report
@@ -189,7 +189,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from kimi_lab.reports import write_report
 
-    print(f"report: {write_report(args.folder)}")
+    print(f"report: {write_report(args.folder, tuple(args.also))}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -386,7 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("report", help="markdown + PNG report of an experiment's multirun folder")
-    p.add_argument("folder")
+    p.add_argument("folder", help="the multirun folder; the report is written here")
+    p.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="FOLDER",
+        help="more multiruns of the same experiment to include (e.g. a later seed=1 sweep)",
+    )
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("eval", help="score a checkpoint on task prompts (greedy, with the sandboxed tool)")

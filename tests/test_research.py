@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,29 @@ def test_sparsity_scaling_sweeps_experts_and_reports(tiny_overrides: list[str], 
     # the report can be rebuilt from the folder alone
     res = run_cli("report", str(folder), cwd=tmp_path)
     assert res.returncode == 0 and "report.md" in res.stdout
+
+    # a later sweep of another seed joins the report (--also); here a copy relabelled seed=1
+    later = tmp_path / "seed1"
+    shutil.copytree(folder, later)
+    for job in ("0", "1"):
+        cfg = later / job / ".hydra" / "config.yaml"
+        text_cfg = cfg.read_text()
+        assert "\nseed: 0\n" in text_cfg
+        cfg.write_text(text_cfg.replace("\nseed: 0\n", "\nseed: 1\n"))
+    res = run_cli("report", str(folder), "--also", str(later), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    both = json.loads((folder / "report.json").read_text())
+    assert [(a["experts"], a["seed"]) for a in both["arms"]] == [(4, 0), (4, 1), (8, 0), (8, 1)]
+    assert "Across 2 seeds" in (folder / "report.md").read_text()
+    # sweeps of different experiments cannot share a report
+    other = tmp_path / "other"
+    shutil.copytree(later, other)
+    for job in ("0", "1"):
+        cfg = other / job / ".hydra" / "config.yaml"
+        cfg.write_text(cfg.read_text().replace("experiment: sparsity_scaling", "experiment: qk_clip"))
+    res = run_cli("report", str(folder), "--also", str(other), cwd=tmp_path)
+    assert res.returncode == 2 and "only sweeps of one experiment" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_heads_vs_layers_sweeps_heads_and_reports_flops(tiny_overrides: list[str], tmp_path: Path) -> None:

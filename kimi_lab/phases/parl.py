@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from kimi_lab.generation import policy_logprobs
 from kimi_lab.metrics import (
     PARL_CRITICAL_STEPS,
     PARL_FINISH,
@@ -39,6 +38,7 @@ from kimi_lab.metrics import (
 )
 from kimi_lab.phases.base import PhaseModule
 from kimi_lab.rl.loss import group_advantages, k25_policy_loss
+from kimi_lab.rl.rescore import ScoredRow, rescore
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
 from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
 from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
@@ -67,11 +67,13 @@ def episode_stats(results: list[EpisodeResult]) -> dict[str, float]:
 
 class PARLModule(PhaseModule):
     def setup(self, stage: str) -> None:
+        from kimi_lab.chat import ChatEncoder
         from kimi_lab.data.tokenizer import load_or_train
         from kimi_lab.swarm.environment import SearchEnvironment
 
         pc = self.cfg.phase.parl
         self.tok = load_or_train(self.cfg.data.tokenizer, self.cfg.model.vocab_size)
+        self.banned_ids = ChatEncoder(self.tok).banned_ids  # never sampled, so never scored
         corpus = self.trainer.datamodule.corpus
         self.env = SearchEnvironment(corpus)
         self.sampler = torch.Generator().manual_seed(self.cfg.seed)
@@ -159,55 +161,28 @@ class PARLModule(PhaseModule):
         results = self.play(batch, K, pc.temperature)
         rewards = torch.tensor([(r.reward or {}).get("total", 0.0) for r in results])
         adv = group_advantages(rewards, K, pc.tau)
-        logp_new, logp_old, adv_tok, aux, n_tokens = self._orchestrator_logprobs(results, adv)
-        pl = k25_policy_loss(logp_new, logp_old, adv_tok, pc.alpha, pc.beta)
-        self.count_step_tokens(n_tokens)
+        sc = rescore(self.model, self._orchestrator_rows(results, adv), self.tok.pad_id, self.banned_ids)
+        pl = k25_policy_loss(sc.logp_new, sc.logp_old, sc.advantages, pc.alpha, pc.beta)
+        self.count_step_tokens(sc.n_tokens)
         self._log_episodes(results, pl.kept_fraction)
         self.log(TRAIN_LOSS, pl.loss, on_step=True, on_epoch=False)
         if not pl.loss.requires_grad:
             return None  # the orchestrator sampled nothing this step
-        return pl.loss + aux
+        return pl.loss + sc.aux_loss
 
-    def _orchestrator_logprobs(
-        self, results: list[EpisodeResult], adv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def _orchestrator_rows(self, results: list[EpisodeResult], adv: torch.Tensor) -> list[ScoredRow]:
         """Every orchestrator turn as one row: the context it saw, then what it sampled."""
-        rows = [
-            (turn.prompt_tokens, turn.tokens, turn.logprobs, float(adv[i]))
+        return [
+            ScoredRow(
+                turn.prompt_tokens + turn.tokens,
+                [False] * len(turn.prompt_tokens) + [True] * len(turn.tokens),
+                [0.0] * len(turn.prompt_tokens) + list(turn.logprobs),
+                float(adv[i]),
+            )
             for i, res in enumerate(results)
             for turn in res.orchestrator_turns
             if turn.tokens and turn.prompt_tokens
         ]
-        device = self.device
-        if not rows:
-            zero = torch.zeros((), device=device)
-            empty = torch.zeros(0, device=device)
-            return empty, empty, empty, zero, 0
-        T = max(len(p) + len(t) for p, t, _, _ in rows)
-        B = len(rows)
-        ids = torch.full((B, T), self.tok.pad_id, dtype=torch.long)
-        mask = torch.zeros(B, T, dtype=torch.long)
-        sampled = torch.zeros(B, T, dtype=torch.bool)
-        old = torch.zeros(B, T)
-        row_adv = torch.zeros(B)
-        for i, (prompt, toks, lps, a) in enumerate(rows):
-            n, m = len(prompt), len(toks)
-            ids[i, : n + m] = torch.tensor(prompt + toks)
-            mask[i, : n + m] = 1
-            sampled[i, n : n + m] = True
-            old[i, n : n + m] = torch.tensor(lps)
-            row_adv[i] = a
-        out = self.model(ids[:, :-1].to(device), attention_mask=mask[:, :-1].to(device), compute_logits=False)
-        target = sampled[:, 1:].to(device)  # hidden state t predicts token t + 1
-        logits = self.model.language_model.lm_head(out.hidden[target])
-        tokens = ids[:, 1:].to(device)[target]
-        from kimi_lab.chat import ChatEncoder
-
-        logp = policy_logprobs(logits, ChatEncoder(self.tok).banned_ids)
-        logp_new = logp.gather(1, tokens[:, None]).squeeze(1)
-        logp_old = old[:, 1:].to(device)[target]
-        adv_tok = row_adv.to(device)[:, None].expand(B, T - 1)[target]
-        return logp_new, logp_old, adv_tok, out.aux_loss, int(mask.sum())
 
     def _log_episodes(self, results: list[EpisodeResult], kept: float) -> None:
         s = episode_stats(results)

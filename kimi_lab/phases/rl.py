@@ -16,7 +16,7 @@ import torch
 
 from kimi_lab.data.tasks import TaskInput
 from kimi_lab.data.tokenizer import load_or_train
-from kimi_lab.generation import policy_logprobs, vision_inputs
+from kimi_lab.generation import vision_inputs
 from kimi_lab.metrics import (
     RL_ACCURACY,
     RL_KEPT_FRACTION,
@@ -35,6 +35,7 @@ from kimi_lab.metrics import (
 from kimi_lab.phases.base import PhaseModule
 from kimi_lab.rl.evaluate import CORRECT, score_episode, summarize
 from kimi_lab.rl.loss import Toggle, group_advantages, k25_policy_loss
+from kimi_lab.rl.rescore import ScoredRow, rescore
 from kimi_lab.rl.rollout import Episode, RolloutRunner
 
 
@@ -63,52 +64,19 @@ class RLModule(PhaseModule):
         lengths = [ep.n_sampled for ep in episodes]
         shaped, toggled = self.toggle.apply(self.global_step, rewards, correct, lengths, K)
         adv = group_advantages(torch.tensor(shaped), K, rl.tau)
-        logp_new, logp_old, adv_tok, aux = self._sampled_logprobs(episodes, adv)
-        pl = k25_policy_loss(logp_new, logp_old, adv_tok, rl.alpha, rl.beta)
-        self.count_step_tokens(sum(len(ep.tokens) for ep in episodes))
+        rows = [
+            ScoredRow(ep.tokens, ep.sampled, ep.old_logprobs, float(a))
+            for ep, a in zip(episodes, adv, strict=True)
+        ]
+        vision = vision_inputs([b for ep in episodes for b in ep.blocks])
+        sc = rescore(self.model, rows, self.runner.tok.pad_id, self.runner.enc.banned_ids, vision)
+        pl = k25_policy_loss(sc.logp_new, sc.logp_old, sc.advantages, rl.alpha, rl.beta)
+        self.count_step_tokens(sc.n_tokens)
         self._log_rollouts(episodes, rewards, correct, pl.kept_fraction, pl.mean_log_ratio, toggled)
         self.log(TRAIN_LOSS, pl.loss, on_step=True, on_epoch=False)
         if not pl.loss.requires_grad:
             return None  # nothing was sampled
-        return pl.loss + aux
-
-    def _sampled_logprobs(
-        self, episodes: list[Episode], adv: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """log pi (with grad) and log pi_old of every sampled token, each token's advantage,
-        and the forward's router losses."""
-        device = self.device
-        T = max(len(ep.tokens) for ep in episodes)
-        B = len(episodes)
-        pad = self.runner.tok.pad_id
-        ids = torch.full((B, T), pad, dtype=torch.long)
-        mask = torch.zeros(B, T, dtype=torch.long)
-        sampled = torch.zeros(B, T, dtype=torch.bool)
-        old = torch.zeros(B, T)
-        for i, ep in enumerate(episodes):
-            n = len(ep.tokens)
-            ids[i, :n] = torch.tensor(ep.tokens)
-            mask[i, :n] = 1
-            sampled[i, :n] = torch.tensor(ep.sampled)
-            old[i, :n] = torch.tensor(ep.old_logprobs)
-        vision = vision_inputs([b for ep in episodes for b in ep.blocks])
-        out = self.model(
-            ids[:, :-1].to(device),
-            attention_mask=mask[:, :-1].to(device),
-            compute_logits=False,
-            **{k: v.to(device) for k, v in vision.items()},
-        )
-        # The hidden state at t predicts token t + 1: score only the sampled tokens.
-        target = sampled[:, 1:].to(device)
-        hidden = out.hidden[target]
-        logits = self.model.language_model.lm_head(hidden)
-        tokens = ids[:, 1:].to(device)[target]
-        # The same distribution the sampler drew from (banned tokens excluded).
-        logp = policy_logprobs(logits, self.runner.enc.banned_ids)
-        logp_new = logp.gather(1, tokens[:, None]).squeeze(1)
-        logp_old = old[:, 1:].to(device)[target]
-        adv_tok = adv.to(device)[:, None].expand(B, T - 1)[target]
-        return logp_new, logp_old, adv_tok, out.aux_loss
+        return pl.loss + sc.aux_loss
 
     def _log_rollouts(
         self,

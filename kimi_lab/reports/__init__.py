@@ -15,18 +15,32 @@ STAGED = ("zero_vision", "parl_ablation")
 WRITERS = MULTIRUN_WRITERS + STAGED
 
 
-def write_report(folder: str | Path) -> Path:
-    """Write the report for the experiment the multirun in ``folder`` ran."""
+def write_report(folder: str | Path, also: tuple[str | Path, ...] = ()) -> Path:
+    """Write the report for the experiment the multirun in ``folder`` ran.
+
+    ``also`` names more multirun folders of the same experiment (a later ``seed=1`` sweep,
+    say) whose jobs join the report, which is written into ``folder``.
+    """
     import importlib
 
     root = Path(folder)
     if (root / "eval").is_dir() and (root / "report.json").is_file():
+        if also:
+            raise ConfigError(f"{root}: a multi-stage experiment's report cannot take other folders")
         # a multi-stage experiment (zero_vision, parl_ablation): rebuild from its saved evaluations
         from kimi_lab.reports.staged import rewrite
 
         return rewrite(root)
     runs = load_multirun(root)
     experiment = runs[0].get("experiment")
+    for other in also:
+        more = load_multirun(other)
+        if more[0].get("experiment") != experiment:
+            raise ConfigError(
+                f"{other}: ran experiment {more[0].get('experiment')!r}, not {experiment!r}; "
+                "only sweeps of one experiment can share a report"
+            )
+        runs += more
     if experiment in MULTIRUN_WRITERS:
         return importlib.import_module(f"kimi_lab.reports.{experiment}").write(runs, root)
     raise ConfigError(
