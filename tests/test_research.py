@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kimi_lab.reports.heads_vs_layers import forward_flops_per_token, k2_flops_increase
+from kimi_lab.reports.seeds import Spread, compare, group, seeds_note
 from kimi_lab.reports.sparsity_scaling import steps_to_reach
 from tests.conftest import run_cli
 
@@ -68,7 +69,7 @@ def test_sparsity_scaling_sweeps_experts_and_reports(tiny_overrides: list[str], 
     assert res.returncode == 0, res.stderr
     both = json.loads((folder / "report.json").read_text())
     assert [(a["experts"], a["seed"]) for a in both["arms"]] == [(4, 0), (4, 1), (8, 0), (8, 1)]
-    assert "Across 2 seeds" in (folder / "report.md").read_text()
+    assert "Seeds 0, 1; values are the mean over seeds [min, max]" in (folder / "report.md").read_text()
     # sweeps of different experiments cannot share a report
     other = tmp_path / "other"
     shutil.copytree(later, other)
@@ -78,6 +79,18 @@ def test_sparsity_scaling_sweeps_experts_and_reports(tiny_overrides: list[str], 
     res = run_cli("report", str(folder), "--also", str(other), cwd=tmp_path)
     assert res.returncode == 2 and "only sweeps of one experiment" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_difference_is_claimed_only_beyond_the_seed_spread() -> None:
+    assert compare(Spread((1.0, 1.1)), Spread((1.2, 1.3))) == "lower"
+    assert compare(Spread((1.2, 1.3)), Spread((1.0, 1.1))) == "higher"
+    assert compare(Spread((1.0, 1.25)), Spread((1.2, 1.3))) == "within spread"
+    assert compare(Spread((1.0,)), Spread((2.0, 2.1))) == "one seed"
+    rows = [{"arm": "a", "seed": s, "v": v} for s, v in ((0, 1.0), (1, float("nan")), (2, 3.0))]
+    (a,) = group(rows, "arm", "v").values()
+    assert a.values == (1.0, 3.0) and a.mean == 2.0 and a.fmt() == "2.000 [1.000, 3.000]"
+    assert seeds_note(rows).startswith("Seeds 0, 1, 2;")
+    assert seeds_note(rows[:1]).startswith("One seed per arm (seed 0)")
 
 
 def test_heads_vs_layers_sweeps_heads_and_reports_flops(tiny_overrides: list[str], tmp_path: Path) -> None:

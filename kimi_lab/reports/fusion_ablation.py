@@ -17,6 +17,7 @@ from typing import Any
 
 from kimi_lab.metrics import DATA_VISION_RATIO, VAL_SOURCE_LOSS
 from kimi_lab.reports.runs import Run
+from kimi_lab.reports.seeds import compare, group, seeds_note
 
 ARMS = {0.0: "early", 0.5: "mid", 0.8: "late"}
 K2_5 = {  # vision knowledge, vision reasoning, OCR, text knowledge, text reasoning, code (higher is better)
@@ -73,39 +74,54 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def findings(rows: list[dict[str, Any]]) -> list[str]:
-    by = {r["arm"]: r for r in rows}
+    arms = [a for a in ("early", "mid", "late") if any(r["arm"] == a for r in rows)]
     out = []
-    shares = [r["measured_vision_share"] for r in rows if not math.isnan(r["measured_vision_share"])]
-    if shares:
+    share = group(rows, "arm", "measured_vision_share")
+    if any(share[a].n for a in arms):
         out.append(
             "Measured vision share of input tokens per arm: "
-            + ", ".join(f"{r['arm']} {r['measured_vision_share']:.3f}" for r in rows)
+            + ", ".join(f"{a} {share[a].fmt()}" for a in arms)
             + " (the budgets are equal when these agree)."
         )
+    words = {
+        "lower": "lower",
+        "higher": "higher",
+        "within spread": "within the seed spread of",
+        "one seed": "(one seed) vs",
+    }
     for key, label in (("final_vision_val_loss", "vision"), ("final_text_val_loss", "text")):
-        vals = {a: by[a][key] for a in ("early", "mid", "late") if a in by}
-        if len(vals) == 3:
-            order = sorted(vals, key=vals.get)
+        vals = group(rows, "arm", key)
+        if len(arms) == 3 and all(vals[a].n for a in arms):
+            order = sorted(arms, key=lambda a: vals[a].mean)
             k2 = "matches" if order == ["early", "mid", "late"] else "differs from"
+            pairs = [
+                f"{a} {words[compare(vals[a], vals[b])]} {b}"
+                for a, b in (("early", "mid"), ("mid", "late"), ("early", "late"))
+            ]
             out.append(
                 f"Final {label} val loss: "
-                + ", ".join(f"{a} {vals[a]:.3f}" for a in ("early", "mid", "late"))
-                + f"; best to worst {' > '.join(order)}, which {k2} K2.5's early >= mid >= late."
+                + ", ".join(f"{a} {vals[a].fmt()}" for a in arms)
+                + f"; by the mean, best to worst {' > '.join(order)}, which {k2} K2.5's early >= mid >= late. "
+                + "Pairwise: "
+                + "; ".join(pairs)
+                + "."
             )
+    dip = group(rows, "arm", "text_dip")
     for a in ("mid", "late"):
-        r = by.get(a)
-        if r and not math.isnan(r["text_dip"]):
-            shape = (
-                "dip-and-recover"
-                if r["text_dip"] > 0 and r["text_final"] < r["text_peak_after"]
-                else ("a dip without recovery" if r["text_dip"] > 0 else "no dip")
-            )
-            out.append(
-                f"{a}: text val loss {r['text_before']:.3f} just before vision arrives, peak {r['text_peak_after']:.3f} "
-                f"in the next 20% of training ({r['text_dip']:+.3f}), {r['text_final']:.3f} at the end: {shape}."
-            )
-    if len({r["seed"] for r in rows}) < 2:
-        out.append("One seed per arm: differences below the seed spread cannot be told apart (add seed=0,1).")
+        runs = [r for r in rows if r["arm"] == a and not math.isnan(r["text_dip"])]
+        if not runs:
+            continue
+        recovered = sum(r["text_final"] < r["text_peak_after"] for r in runs if r["text_dip"] > 0)
+        dipped = sum(r["text_dip"] > 0 for r in runs)
+        before = group(runs, "arm", "text_before")[a]
+        peak = group(runs, "arm", "text_peak_after")[a]
+        final = group(runs, "arm", "text_final")[a]
+        out.append(
+            f"{a}: text val loss {before.fmt()} just before vision arrives, peak {peak.fmt()} in the next 20% of "
+            f"training (dip {dip[a].fmt()}), {final.fmt()} at the end; {dipped} of {len(runs)} seeds dip, "
+            f"{recovered} of those recover (K2.5: dip-and-recover)."
+        )
+    out.append(seeds_note(rows))
     return out
 
 
@@ -116,15 +132,26 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"early": "tab:blue", "mid": "tab:orange", "late": "tab:green"}
+    seeds = sorted({run.get("seed") or 0 for run in runs})
     for run in runs:
         arm = _arm(run)
+        color = colors.get(arm, "tab:gray")
+        style = ("-", "--", "-.", ":")[seeds.index(run.get("seed") or 0) % 4]  # one line style per seed
+        label = f"{arm} (seed {run.get('seed')})"
         text = run.series(VAL_SOURCE_LOSS.format(source="text"))
-        (line,) = ax1.plot(text.index, text.values, label=arm)
+        ax1.plot(text.index, text.values, color=color, linestyle=style, label=label)
         start = float(run.get("data.fusion.vision_start") or 0.0) * int(run.get("trainer.max_steps"))
         if start > 0:
-            ax1.axvline(start, color=line.get_color(), linestyle=":", linewidth=1)
+            ax1.axvline(start, color=color, linestyle=":", linewidth=1)
         ratio = run.series(DATA_VISION_RATIO)
-        ax2.plot(ratio.index, ratio.rolling(5, min_periods=1).mean().values, label=arm)
+        ax2.plot(
+            ratio.index,
+            ratio.rolling(5, min_periods=1).mean().values,
+            color=color,
+            linestyle=style,
+            label=label,
+        )
     ax1.set(title="text val loss (dotted: vision arrives)", xlabel="step", ylabel="loss")
     ax2.set(title="vision share of input tokens", xlabel="step")
     for ax in (ax1, ax2):
@@ -142,12 +169,12 @@ def write(runs: list[Run], folder: Path) -> Path:
     lines = [
         "# Fusion ablation: early, mid or late vision at equal budgets",
         "",
-        "| arm | vision starts | ratio | vision share (measured) | final text val loss | final vision val loss | text dip |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | seed | vision starts | ratio | vision share (measured) | final text val loss | final vision val loss | text dip |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['arm']} | {r['vision_start']:.0%} | {r['vision_ratio']} | {r['measured_vision_share']:.3f} | "
+            f"| {r['arm']} | {r['seed']} | {r['vision_start']:.0%} | {r['vision_ratio']} | {r['measured_vision_share']:.3f} | "
             f"{r['final_text_val_loss']:.3f} | {r['final_vision_val_loss']:.3f} | {r['text_dip']:+.3f} |"
         )
     lines += ["", "![text loss and vision share](fusion_ablation.png)", "", "## What this run shows", ""]

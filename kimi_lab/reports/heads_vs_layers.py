@@ -18,6 +18,7 @@ from typing import Any
 from kimi_lab.config.schema import ModelConfig
 from kimi_lab.metrics import VAL_LOSS
 from kimi_lab.reports.runs import Run, plot_series
+from kimi_lab.reports.seeds import compare, group, seeds_note
 
 CONTEXTS = (4096, 131072)
 
@@ -80,12 +81,17 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     if len(by) < 2:
         return ["Only one head count ran: nothing to compare."]
     lo, hi = min(by), max(by)
-    loss_lo = sum(r["final_val_loss"] for r in by[lo]) / len(by[lo])
-    loss_hi = sum(r["final_val_loss"] for r in by[hi]) / len(by[hi])
-    rel = (loss_lo - loss_hi) / loss_lo * 100
+    loss = group(rows, "heads", "final_val_loss")
+    rel = (loss[lo].mean - loss[hi].mean) / loss[lo].mean * 100
+    verdict = {
+        "lower": "lower beyond the seed spread",
+        "higher": "higher beyond the seed spread",
+        "within spread": "within the seed spread (no claim)",
+        "one seed": "from one seed (no claim)",
+    }[compare(loss[hi], loss[lo])]
     out = [
-        f"{hi} heads vs {lo} heads ({by[lo][0]['layers']} layers): final val loss {loss_hi:.3f} vs {loss_lo:.3f}, "
-        f"{abs(rel):.1f}% {'lower' if rel >= 0 else 'higher'} with more heads "
+        f"{hi} heads vs {lo} heads ({by[lo][0]['layers']} layers): final val loss {loss[hi].fmt()} vs "
+        f"{loss[lo].fmt()}, {abs(rel):.1f}% {'lower' if rel >= 0 else 'higher'} with more heads, {verdict} "
         "(K2: 0.5-1.2% lower with 128 vs 64 heads)."
     ]
     for c in CONTEXTS:
@@ -98,10 +104,7 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
         f"The same formula on K2's shape, 64 -> 128 heads at 131,072 context: +{k2_flops_increase() * 100:.0f}% "
         "(the report: +83%)."
     )
-    if len({r["seed"] for r in rows}) < 2:
-        out.append(
-            "One seed per arm: a loss difference this small needs seeds to be told from noise (seed=0,1)."
-        )
+    out.append(seeds_note(rows))
     return out
 
 

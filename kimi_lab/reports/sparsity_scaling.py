@@ -18,6 +18,7 @@ from typing import Any
 
 from kimi_lab.metrics import TRAIN_LOSS, VAL_LOSS
 from kimi_lab.reports.runs import Run
+from kimi_lab.reports.seeds import compare, group, seeds_note
 
 K2_FLOP_RATIOS = {8: 1.69, 16: 1.39, 32: 1.15}  # sparsity 48 vs sparsity 8 / 16 / 32
 
@@ -60,35 +61,44 @@ def summarise(runs: list[Run]) -> tuple[list[dict[str, Any]], float]:
 
 
 def _by_experts(rows: list[dict[str, Any]], key: str) -> dict[int, float]:
-    out: dict[int, list[float]] = {}
-    for r in rows:
-        out.setdefault(r["experts"], []).append(r[key])
-    return {e: sum(v) / len(v) for e, v in out.items()}
+    return {e: v.mean for e, v in group(rows, "experts", key).items()}
 
 
 def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
-    loss = _by_experts(rows, "final_val_loss")
+    loss = group(rows, "experts", "final_val_loss")
     steps = _by_experts(rows, "steps_to_target")
     experts = sorted(loss)
     out = []
     if len(experts) >= 2:
-        falling = all(loss[a] >= loss[b] for a, b in pairwise(experts))
-        rising = all(loss[a] <= loss[b] for a, b in pairwise(experts))
+        means = {e: loss[e].mean for e in experts}
+        falling = all(means[a] >= means[b] for a, b in pairwise(experts))
+        rising = all(means[a] <= means[b] for a, b in pairwise(experts))
         if falling:
-            shape = " — it falls monotonically as experts are added (K2's direction)."
+            shape = " — the mean falls monotonically as experts are added (K2's direction)."
         elif rising:
             shape = (
-                " — it rises monotonically as experts are added, the opposite of K2's direction: with the same "
-                "tokens, each of N experts sees about top_k/N of them; a likely reason is that at this short budget the extra capacity "
-                "is undertrained (K2's law is measured far closer to convergence)."
+                " — the mean rises monotonically as experts are added, the opposite of K2's direction: with the "
+                "same tokens, each of N experts sees about top_k/N of them; a likely reason is that at this short "
+                "budget the extra capacity is undertrained (K2's law is measured far closer to convergence)."
             )
         else:
-            shape = " — not monotonic at this scale and seed count."
+            shape = " — not monotonic at this scale."
         out.append(
             "Final validation loss by total experts: "
-            + ", ".join(f"{e}: {loss[e]:.3f}" for e in experts)
+            + ", ".join(f"{e}: {loss[e].fmt()}" for e in experts)
             + shape
         )
+        lo, hi = experts[0], experts[-1]
+        verdict = compare(loss[hi], loss[lo])
+        if verdict != "one seed":
+            out.append(
+                f"{hi} vs {lo} experts: {hi} is "
+                + {
+                    "lower": "lower beyond the seed spread.",
+                    "higher": "higher beyond the seed spread.",
+                    "within spread": "within the seed spread of it (no claim).",
+                }[verdict]
+            )
         top = experts[-1]
         ratios = [
             f"{top} vs {e} experts: {steps[e] / steps[top]:.2f}x"
@@ -101,17 +111,7 @@ def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
                 f"the sparsest arm against the others: {'; '.join(ratios)}. K2 (sparsity 48 vs 8 / 16 / 32): "
                 "1.69x / 1.39x / 1.15x."
             )
-    seeds = {r["seed"] for r in rows}
-    if len(seeds) < 2:
-        out.append(
-            "One seed per arm: differences smaller than the seed spread cannot be told apart (add seed=0,1)."
-        )
-    else:
-        spread = {}
-        for r in rows:
-            spread.setdefault(r["experts"], []).append(r["final_val_loss"])
-        widest = max(max(v) - min(v) for v in spread.values())
-        out.append(f"Across {len(seeds)} seeds the final val loss of an arm spreads by up to {widest:.3f}.")
+    out.append(seeds_note(rows))
     return out
 
 

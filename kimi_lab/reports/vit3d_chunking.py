@@ -16,6 +16,7 @@ from typing import Any
 
 from kimi_lab.metrics import VAL_SOURCE_LOSS
 from kimi_lab.reports.runs import Run, plot_series
+from kimi_lab.reports.seeds import compare, group, seeds_note
 
 ORDER = ("joint", "per_frame")
 VIDEO_LOSS = VAL_SOURCE_LOSS.format(source="video")
@@ -39,28 +40,21 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def findings(rows: list[dict[str, Any]]) -> list[str]:
-    by: dict[str, list[float]] = {}
-    for r in rows:
-        by.setdefault(r["arm"], []).append(r["final_video_val_loss"])
-    if not {"joint", "per_frame"} <= set(by):
+    by = group(rows, "arm", "final_video_val_loss")
+    if not {"joint", "per_frame"} <= set(by) or not (by["joint"].n and by["per_frame"].n):
         return ["Both arms (joint, per_frame) are needed for a comparison."]
-    j, f = (sum(by[a]) / len(by[a]) for a in ("joint", "per_frame"))
-    verdict = (
-        "lower: joint chunks win, as K2.5 claims"
-        if j < f
-        else "not lower: this run does not show K2.5's claim"
-    )
-    out = [
-        f"Final video caption val loss: joint {j:.3f} vs per-frame {f:.3f} ({j - f:+.3f}); joint is {verdict}."
+    j, f = by["joint"], by["per_frame"]
+    verdict = {
+        "lower": "lower beyond the seed spread: joint chunks win, as K2.5 claims",
+        "higher": "higher beyond the seed spread: this run contradicts K2.5's claim",
+        "within spread": "within the seed spread: this run neither confirms nor refutes K2.5's claim",
+        "one seed": "from one seed only: no claim either way",
+    }[compare(j, f)]
+    return [
+        f"Final video caption val loss: joint {j.fmt()} vs per-frame {f.fmt()} "
+        f"({j.mean - f.mean:+.3f}); the difference is {verdict}.",
+        seeds_note(rows),
     ]
-    if all(len(v) >= 2 for v in by.values()):
-        spread = max(max(v) - min(v) for v in by.values())
-        out.append(f"Seed spread within an arm: up to {spread:.3f}.")
-    else:
-        out.append(
-            "One seed per arm: a difference below the seed spread cannot be told apart (add seed=0,1)."
-        )
-    return out
 
 
 def write(runs: list[Run], folder: Path) -> Path:
