@@ -8,7 +8,8 @@ fixed checkpoint — and their tokens never enter the loss. Each episode is scor
 with the PARL reward (``kimi_lab.swarm.reward``: r_perf + annealed lambda1 *
 r_parallel + lambda2 * r_finish), advantages are (r - mean_K r) / tau, and the
 loss is phase rl's masked policy gradient (``kimi_lab.rl.loss``) over every token
-the orchestrator sampled, re-scored in the context it was sampled in.
+the orchestrator sampled, re-scored in the context it was sampled in (consecutive
+turns share one row where the later context extends the earlier: ``turn_rows``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from kimi_lab.metrics import (
 )
 from kimi_lab.phases.base import PhaseModule
 from kimi_lab.rl.loss import group_advantages, k25_policy_loss
-from kimi_lab.rl.rescore import ScoredRow, rescore
+from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
 from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
 from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
@@ -171,17 +172,13 @@ class PARLModule(PhaseModule):
         return pl.loss + sc.aux_loss
 
     def _orchestrator_rows(self, results: list[EpisodeResult], adv: torch.Tensor) -> list[ScoredRow]:
-        """Every orchestrator turn as one row: the context it saw, then what it sampled."""
+        """The orchestrator's sampled turns, each in the context it saw (folded per episode)."""
         return [
-            ScoredRow(
-                turn.prompt_tokens + turn.tokens,
-                [False] * len(turn.prompt_tokens) + [True] * len(turn.tokens),
-                [0.0] * len(turn.prompt_tokens) + list(turn.logprobs),
-                float(adv[i]),
-            )
+            row
             for i, res in enumerate(results)
-            for turn in res.orchestrator_turns
-            if turn.tokens and turn.prompt_tokens
+            for row in turn_rows(
+                [(t.prompt_tokens, t.tokens, t.logprobs) for t in res.orchestrator_turns], float(adv[i])
+            )
         ]
 
     def _log_episodes(self, results: list[EpisodeResult], kept: float) -> None:

@@ -3,7 +3,8 @@
 Phase ``rl`` scores whole episodes (prompt, sampled turns and tool observations in one
 row); phase ``parl`` scores each orchestrator turn in the context it was sampled in.
 Both reduce to rows of tokens with a per-token "sampled" flag, the sampler's log-probs
-and one advantage per row: one forward pass over the padded rows, then log pi of the
+and one advantage per row (``turn_rows`` folds an agent's turns into as few rows as
+its contexts allow): one forward pass over the padded rows, then log pi of the
 sampled tokens only (the LM head runs on those positions alone).
 """
 
@@ -23,6 +24,36 @@ class ScoredRow:
     sampled: list[bool]  # which tokens the policy drew (only these enter the loss)
     old_logprobs: list[float]  # the sampler's log-prob of each token (ignored where not sampled)
     advantage: float
+
+
+def turn_rows(turns: list[tuple[list[int], list[int], list[float]]], advantage: float) -> list[ScoredRow]:
+    """One agent's turns (context, sampled tokens, their log-probs) as few rows as possible.
+
+    A turn whose context begins with the previous row (the previous context plus what was
+    sampled) extends that row: causal attention scores its tokens exactly as a row of its
+    own would, at a fraction of the tokens. A context that was re-encoded differently
+    (re-tokenised text, a rewritten malformed call, a truncated history) starts a new row.
+    """
+    rows: list[ScoredRow] = []
+    for prompt, toks, logps in turns:
+        if not toks or not prompt:
+            continue
+        last = rows[-1] if rows else None
+        if last is not None and prompt[: len(last.tokens)] == last.tokens:
+            new = prompt[len(last.tokens) :]
+            last.tokens += new + toks
+            last.sampled += [False] * len(new) + [True] * len(toks)
+            last.old_logprobs += [0.0] * len(new) + list(logps)
+        else:
+            rows.append(
+                ScoredRow(
+                    list(prompt) + list(toks),
+                    [False] * len(prompt) + [True] * len(toks),
+                    [0.0] * len(prompt) + list(logps),
+                    advantage,
+                )
+            )
+    return rows
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 
 from kimi_lab.config import compose, to_run_config
 from kimi_lab.model.multimodal import KimiK25
-from kimi_lab.rl.rescore import ScoredRow, rescore
+from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 
 
 def _model() -> KimiK25:
@@ -48,3 +48,23 @@ def test_no_rows_and_mismatched_rows() -> None:
     assert empty.logp_new.numel() == 0 and empty.n_tokens == 0
     with pytest.raises(ValueError, match="differ in length"):
         rescore(m, [ScoredRow([5, 6], [True], [0.0, 0.0], 1.0)], pad_id=1, banned_ids=())
+
+
+def test_turns_folded_into_one_row_score_exactly_as_separate_rows() -> None:
+    m = _model()
+    # turn 2's context extends turn 1's (context + sample + an observation); turn 3's was
+    # re-encoded differently, so it starts a row of its own
+    t1 = ([50, 51, 52], [60, 61], [-1.0, -2.0])
+    t2 = ([50, 51, 52, 60, 61, 70, 71], [62], [-3.0])
+    t3 = ([50, 51, 99, 60], [63, 64], [-4.0, -5.0])
+    folded = turn_rows([t1, t2, t3, ([5], [], [])], advantage=0.7)
+    assert len(folded) == 2
+    assert folded[0].tokens == [50, 51, 52, 60, 61, 70, 71, 62]
+    assert folded[0].sampled == [False, False, False, True, True, False, False, True]
+    separate = [r for t in (t1, t2, t3) for r in turn_rows([t], advantage=0.7)]
+    assert len(separate) == 3
+    a = rescore(m, folded, pad_id=1, banned_ids=())
+    b = rescore(m, separate, pad_id=1, banned_ids=())
+    assert a.logp_old.tolist() == b.logp_old.tolist() == [-1.0, -2.0, -3.0, -4.0, -5.0]
+    assert torch.allclose(a.logp_new, b.logp_new, atol=1e-5)
+    assert a.n_tokens < b.n_tokens
