@@ -84,8 +84,8 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
             + " (the budgets are equal when these agree)."
         )
     words = {
-        "lower": "lower",
-        "higher": "higher",
+        "lower": "lower than",
+        "higher": "higher than",
         "within spread": "within the seed spread of",
         "one seed": "(one seed) vs",
     }
@@ -175,7 +175,7 @@ def write(runs: list[Run], folder: Path) -> Path:
     for r in rows:
         lines.append(
             f"| {r['arm']} | {r['seed']} | {r['vision_start']:.0%} | {r['vision_ratio']} | {r['measured_vision_share']:.3f} | "
-            f"{r['final_text_val_loss']:.3f} | {r['final_vision_val_loss']:.3f} | {r['text_dip']:+.3f} |"
+            f"{r['final_text_val_loss']:.3f} | {r['final_vision_val_loss']:.3f} | {'—' if math.isnan(r['text_dip']) else format(r['text_dip'], '+.3f')} |"
         )
     lines += ["", "![text loss and vision share](fusion_ablation.png)", "", "## What this run shows", ""]
     lines += [f"- {f}" for f in found]
