@@ -23,18 +23,20 @@ VIDEO_LOSS = VAL_SOURCE_LOSS.format(source="video")
 
 
 def summarise(runs: list[Run]) -> list[dict[str, Any]]:
-    rows = [
-        {
-            "arm": run.get("model.vision.temporal_attention"),
-            "job": run.path.name,
-            "seed": run.get("seed"),
-            "final_video_val_loss": run.final(VIDEO_LOSS, last=2),
-            "best_video_val_loss": float(run.series(VIDEO_LOSS).min())
-            if len(run.series(VIDEO_LOSS))
-            else math.nan,
-        }
-        for run in runs
-    ]
+    rows = []
+    for run in runs:
+        val = run.series(VIDEO_LOSS)
+        rows.append(
+            {
+                "arm": run.get("model.vision.temporal_attention"),
+                "job": run.path.name,
+                "seed": run.get("seed"),
+                "final_video_val_loss": run.final(VIDEO_LOSS, last=2),
+                "best_video_val_loss": float(val.min()) if len(val) else math.nan,
+                "best_step": int(val.idxmin()) if len(val) else None,
+                "last_step": int(val.index.max()) if len(val) else None,
+            }
+        )
     rows.sort(key=lambda r: (ORDER.index(r["arm"]) if r["arm"] in ORDER else 9, r["seed"] or 0))
     return rows
 
@@ -50,11 +52,25 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
         "within spread": "within the seed spread: this run neither confirms nor refutes K2.5's claim",
         "one seed": "from one seed only: no claim either way",
     }[compare(j, f)]
-    return [
+    out = [
         f"Final video caption val loss: joint {j.fmt()} vs per-frame {f.fmt()} "
-        f"({j.mean - f.mean:+.3f}); the difference is {verdict}.",
-        seeds_note(rows),
+        f"({j.mean - f.mean:+.3f}); the difference is {verdict}."
     ]
+    best = group(rows, "arm", "best_video_val_loss")
+    if best["joint"].n and best["per_frame"].n:
+        out.append(
+            f"Best video val loss over training: joint {best['joint'].fmt()} vs per-frame "
+            f"{best['per_frame'].fmt()} ({compare(best['joint'], best['per_frame'])})."
+        )
+    early = [r for r in rows if r["best_step"] is not None and r["best_step"] <= r["last_step"] / 2]
+    if early and len(early) * 2 > len(rows):
+        out.append(
+            f"In {len(early)} of {len(rows)} runs the val loss is lowest in the first half of training and "
+            "rises after: the runs over-fit the training clips, which weakens the comparison; more clips "
+            "(kimi-lab data build video --n N) or fewer steps fix that."
+        )
+    out.append(seeds_note(rows))
+    return out
 
 
 def write(runs: list[Run], folder: Path) -> Path:
@@ -70,12 +86,13 @@ def write(runs: list[Run], folder: Path) -> Path:
     lines = [
         "# MoonViT-3D: joint 4-frame chunks vs per-frame encoding (same token count)",
         "",
-        "| temporal attention | seed | final video val loss | best video val loss |",
-        "|---|---|---|---|",
+        "| temporal attention | seed | final video val loss | best video val loss | at step |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['arm']} | {r['seed']} | {r['final_video_val_loss']:.3f} | {r['best_video_val_loss']:.3f} |"
+            f"| {r['arm']} | {r['seed']} | {r['final_video_val_loss']:.3f} | {r['best_video_val_loss']:.3f} "
+            f"| {r['best_step']} |"
         )
     lines += ["", "![video loss](vit3d_chunking.png)", "", "## What this run shows", ""]
     lines += [f"- {f}" for f in found]
