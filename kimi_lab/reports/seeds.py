@@ -64,10 +64,6 @@ def compare(a: Spread, b: Spread) -> Verdict:
     return "within spread"
 
 
-def n_seeds(rows: Iterable[dict[str, Any]]) -> int:
-    return len({r["seed"] for r in rows})
-
-
 def seeds_note(rows: list[dict[str, Any]]) -> str:
     """The line every report ends its findings with: how many seeds, and the claim rule."""
     seeds = sorted({r["seed"] for r in rows}, key=lambda s: (s is None, s))
