@@ -18,7 +18,7 @@ from typing import Any
 from kimi_lab.config.schema import ModelConfig
 from kimi_lab.metrics import VAL_LOSS
 from kimi_lab.reports.runs import Run, plot_series
-from kimi_lab.reports.seeds import compare, group, seeds_note
+from kimi_lab.reports.seeds import compare, describe, group, seeds_note
 
 CONTEXTS = (4096, 131072)
 
@@ -83,12 +83,7 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     lo, hi = min(by), max(by)
     loss = group(rows, "heads", "final_val_loss")
     rel = (loss[lo].mean - loss[hi].mean) / loss[lo].mean * 100
-    verdict = {
-        "lower": "lower beyond the seed spread",
-        "higher": "higher beyond the seed spread",
-        "within spread": "within the seed spread (no claim)",
-        "one seed": "from one seed (no claim)",
-    }[compare(loss[hi], loss[lo])]
+    verdict = describe(compare(loss[hi], loss[lo]))
     out = [
         f"{hi} heads vs {lo} heads ({by[lo][0]['layers']} layers): final val loss {loss[hi].fmt()} vs "
         f"{loss[lo].fmt()}, {abs(rel):.1f}% {'lower' if rel >= 0 else 'higher'} with more heads, {verdict} "

@@ -64,6 +64,16 @@ def compare(a: Spread, b: Spread) -> Verdict:
     return "within spread"
 
 
+def describe(verdict: Verdict) -> str:
+    """``compare``'s verdict as the words the reports put after "A is"."""
+    return {
+        "lower": "lower beyond the seed spread",
+        "higher": "higher beyond the seed spread",
+        "within spread": "within the seed spread (no claim)",
+        "one seed": "from one seed (no claim)",
+    }[verdict]
+
+
 def seeds_note(rows: list[dict[str, Any]]) -> str:
     """The line every report ends its findings with: how many seeds, and the claim rule."""
     seeds = sorted({r["seed"] for r in rows}, key=lambda s: (s is None, s))

@@ -18,7 +18,7 @@ from typing import Any
 
 from kimi_lab.metrics import TRAIN_LOSS, VAL_LOSS
 from kimi_lab.reports.runs import Run
-from kimi_lab.reports.seeds import compare, group, seeds_note
+from kimi_lab.reports.seeds import compare, describe, group, seeds_note
 
 K2_FLOP_RATIOS = {8: 1.69, 16: 1.39, 32: 1.15}  # sparsity 48 vs sparsity 8 / 16 / 32
 
@@ -91,19 +91,11 @@ def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
         lo, hi = experts[0], experts[-1]
         verdict = compare(loss[hi], loss[lo])
         if verdict != "one seed":
-            out.append(
-                f"{hi} vs {lo} experts: {hi} is "
-                + {
-                    "lower": "lower beyond the seed spread.",
-                    "higher": "higher beyond the seed spread.",
-                    "within spread": "within the seed spread of it (no claim).",
-                }[verdict]
-            )
-        top = experts[-1]
+            out.append(f"{hi} vs {lo} experts: {hi} is {describe(verdict)}.")
         ratios = [
-            f"{top} vs {e} experts: {steps[e] / steps[top]:.2f}x"
+            f"{hi} vs {e} experts: {steps[e] / steps[hi]:.2f}x"
             for e in experts[:-1]
-            if steps.get(top) and not math.isnan(steps[e]) and steps[top] > 0
+            if steps.get(hi) and not math.isnan(steps[e]) and steps[hi] > 0
         ]
         if ratios:
             out.append(
