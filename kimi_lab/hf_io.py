@@ -15,36 +15,14 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from kimi_lab.config import to_run_config, validate_model
+from kimi_lab.config import validate_model
 from kimi_lab.config.schema import ModelConfig, MoEBackend, RunConfig
 from kimi_lab.errors import ConfigError
-
-PREFIX = "model."
-
-
-def read_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, Any]]:
-    """(run config, KimiK25 state dict, raw checkpoint) of a kimi_lab checkpoint."""
-    from kimi_lab.tracking.checkpoint_io import consolidate, is_sharded_checkpoint
-
-    path = Path(path)
-    if not path.is_file() and not is_sharded_checkpoint(path):
-        raise ConfigError(f"{path}: no such checkpoint file (or sharded checkpoint folder)")
-    try:
-        ckpt = (
-            consolidate(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=False)
-        )
-    except Exception as exn:  # truncated / not a torch file
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(exn).__name__}: {exn})") from None
-    config = (ckpt.get("hyper_parameters") or {}).get("config")
-    if config is None or "state_dict" not in ckpt:
-        raise ConfigError(f"{path}: not a kimi_lab checkpoint (no config or state_dict)")
-    state = {k[len(PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
-    return to_run_config(config), state, ckpt
+from kimi_lab.loading import PREFIX, read_checkpoint
 
 
 def export_hf(ckpt_path: str | Path, out_dir: str | Path) -> Path:

@@ -187,15 +187,12 @@ def _route_lightning_logs_through_hydra() -> None:
 
 def load_init_weights(module: Any, path: str) -> None:
     """Start a phase from an earlier phase's (or an imported) checkpoint: weights only."""
-    from kimi_lab.hf_io import read_checkpoint
+    from kimi_lab.loading import load_weights
 
-    _, state, _ = read_checkpoint(path)
-    missing, unexpected = module.model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(
-            f"phase.init_from={path}: the weights do not fit the model "
-            f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
-        )
+    try:
+        load_weights(module.model, path)
+    except ConfigError as exn:
+        raise ConfigError(f"phase.init_from={exn}") from None
     log.info("initialised from %s", path)
 
 
@@ -222,9 +219,9 @@ def adopt_init_model(cfg: RunConfig) -> RunConfig:
         return cfg
     from dataclasses import replace
 
-    from kimi_lab.hf_io import read_checkpoint
+    from kimi_lab.loading import read_config
 
-    saved, _, _ = read_checkpoint(cfg.phase.init_from)
+    saved = read_config(cfg.phase.init_from)
     model = replace(saved.model, moe=replace(saved.model.moe, backend=cfg.model.moe.backend))
     if model != cfg.model:
         log.info("phase.init_from: using the checkpoint's model config (%s)", model.name)

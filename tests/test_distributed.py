@@ -92,7 +92,7 @@ def test_fsdp2_on_cpu_matches_ddp_and_its_sharded_checkpoint_loads_in_one_proces
 ) -> None:
     import torch
 
-    from kimi_lab.hf_io import read_checkpoint
+    from kimi_lab.loading import load_model, read_checkpoint
     from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
     from kimi_lab.model.multimodal import KimiK25
 
@@ -111,6 +111,9 @@ def test_fsdp2_on_cpu_matches_ddp_and_its_sharded_checkpoint_loads_in_one_proces
     assert ckpt["global_step"] == 16
     model = KimiK25(cfg.model)
     model.load_state_dict(state, strict=True)
+    # the loader reads the shards straight into a model (no consolidated copy): same weights
+    direct = load_model(last, tokenizer=False).model.state_dict()
+    assert direct.keys() == state.keys() and all(torch.equal(direct[k], state[k]) for k in state)
     out = tmp_path / "one.ckpt"
     res = run_cli("consolidate", str(last), str(out), cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -30,34 +30,22 @@ PALETTE = [
 
 @st.cache_resource(show_spinner="loading the checkpoint")
 def load_model(ckpt: str, mtime: float):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
+    from kimi_lab.loading import load_model as load
 
-    from kimi_lab.config.schema import MoEBackend
-    from kimi_lab.hf_io import read_checkpoint
-    from kimi_lab.model.multimodal import KimiK25
-
-    run, state, _ = read_checkpoint(ckpt)
-    model = KimiK25(replace(run.model, moe=replace(run.model.moe, backend=MoEBackend.torch)))
-    model.load_state_dict(state)
-    return run, model.eval()
+    loaded = load(ckpt, tokenizer=False)
+    return loaded.config, loaded.model
 
 
-def find_tokenizer(path: str, run_dir: Path) -> Path | None:
-    candidates = [Path(path), *(p / path for p in run_dir.parents)]
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def route(
-    ckpt: Path, text: str, image: bytes | None, run_dir: Path
-) -> tuple[pd.DataFrame | None, str | None]:
+def route(ckpt: Path, text: str, image: bytes | None) -> tuple[pd.DataFrame | None, str | None]:
     import torch
 
     from kimi_lab.data.decode import decode_image
     from kimi_lab.data.tokenizer import Tokenizer
     from kimi_lab.data.vision import image_block
+    from kimi_lab.loading import find_tokenizer
 
     run, model = load_model(str(ckpt), ckpt.stat().st_mtime)
-    tok_path = find_tokenizer(run.data.tokenizer, run_dir)
+    tok_path = find_tokenizer(run, ckpt)
     if tok_path is None:
         return (
             None,
@@ -119,7 +107,7 @@ ckpt = st.selectbox("checkpoint", ckpts, format_func=lambda p: p.name, index=len
 text = st.text_area("input text", 'def add(a, b):\n    """Return the sum."""\n    return a + b\n')
 upload = st.file_uploader("image (models with a vision tower)", type=["png", "jpg", "jpeg"])
 if st.button("Route", type="primary"):
-    table, problem = route(ckpt, text, upload.getvalue() if upload else None, run.path)
+    table, problem = route(ckpt, text, upload.getvalue() if upload else None)
     if problem:
         st.warning(problem)
     elif table is not None:

@@ -58,18 +58,11 @@ def load_policy(
 ) -> tuple[Any, torch.nn.Module, RolloutRunner]:
     """(run config, model in eval mode, a rollout runner) from a kimi_lab checkpoint; the
     episode budgets default to the checkpoint's ``phase.rl`` settings."""
-    from dataclasses import replace
+    from kimi_lab.loading import load_model
 
-    from kimi_lab.config.schema import MoEBackend
-    from kimi_lab.data.tokenizer import load_or_train
-    from kimi_lab.hf_io import read_checkpoint
-    from kimi_lab.model.multimodal import KimiK25
-
-    cfg, state, _ = read_checkpoint(ckpt_path)
-    model = KimiK25(replace(cfg.model, moe=replace(cfg.model.moe, backend=MoEBackend.torch)))
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    tok = load_or_train(cfg.data.tokenizer, cfg.model.vocab_size)
+    loaded = load_model(ckpt_path)
+    cfg, model, tok = loaded.config, loaded.model, loaded.tokenizer
+    assert tok is not None
     rl = cfg.phase.rl
     runner = RolloutRunner(
         tok,

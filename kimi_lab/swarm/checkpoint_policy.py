@@ -115,16 +115,9 @@ class CheckpointPolicy:
 
 def load_checkpoint_policy(ckpt_path: str, **kw: Any) -> tuple[Any, CheckpointPolicy]:
     """(run config, policy) for a kimi_lab checkpoint, model on CPU in eval mode."""
-    from dataclasses import replace
+    from kimi_lab.loading import load_model
 
-    from kimi_lab.config.schema import MoEBackend
-    from kimi_lab.data.tokenizer import load_or_train
-    from kimi_lab.hf_io import read_checkpoint
-    from kimi_lab.model.multimodal import KimiK25
-
-    cfg, state, _ = read_checkpoint(ckpt_path)
-    model = KimiK25(replace(cfg.model, moe=replace(cfg.model.moe, backend=MoEBackend.torch)))
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    tok = load_or_train(cfg.data.tokenizer, cfg.model.vocab_size)
-    return cfg, CheckpointPolicy(model, tok, max_seq_len=cfg.model.max_seq_len, **kw)
+    loaded = load_model(ckpt_path)
+    cfg, tok = loaded.config, loaded.tokenizer
+    assert tok is not None
+    return cfg, CheckpointPolicy(loaded.model, tok, max_seq_len=cfg.model.max_seq_len, **kw)
