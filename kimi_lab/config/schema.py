@@ -216,8 +216,10 @@ class OptimConfig:
     # Muon (used by muon and muonclip)
     momentum: float = 0.95
     nesterov: bool = False
-    ns_steps: int = 5  # quintic Newton-Schulz steps
-    ns_polish_steps: int = 2  # cubic steps that bring singular values to 1
+    ns_steps: int = 5  # quintic Newton-Schulz steps (Moonlight / K2: 5, coefficients 3.4445, -4.7750, 2.0315)
+    # Cubic steps after the quintic that bring singular values to 1; 0 is the reference, 2 makes each
+    # update 12-16% larger than K2's.
+    ns_polish_steps: int = 0
     # QK-Clip (muonclip): heads whose largest pre-softmax logit exceeds tau are rescaled
     qk_clip_tau: float = 100.0
 

@@ -90,6 +90,7 @@ class PhaseModule(L.LightningModule):
                 "lr": o.lr * g.lr_scale,
                 "name": g.name,
                 "use_muon": self.uses_muon and g.name.endswith("/matrices"),
+                "fused_row_parts": g.fused_row_parts,
             }
             for g in groups
         ]
@@ -113,6 +114,7 @@ class PhaseModule(L.LightningModule):
         else:
             for pg in param_groups:
                 pg.pop("use_muon")
+                pg.pop("fused_row_parts")
             optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
         warmup, decay = schedule_steps(self.cfg)
         schedule = torch.optim.lr_scheduler.LambdaLR(
