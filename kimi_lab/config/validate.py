@@ -59,8 +59,9 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
         _require(r.factor >= 1.0, f"{pr}.factor={r.factor} must be >= 1 for YaRN")
         _require(r.original_max_seq_len >= 1, f"{pr}.original_max_seq_len must be >= 1")
         _require(
-            r.beta_fast > r.beta_slow > 0,
-            f"{pr}.beta_fast={r.beta_fast} must be > {pr}.beta_slow={r.beta_slow} > 0",
+            # K2-Instruct and its 0905 update ship beta_fast == beta_slow == 1 (a one-dimension ramp)
+            r.beta_fast >= r.beta_slow > 0,
+            f"{pr}.beta_fast={r.beta_fast} must be >= {pr}.beta_slow={r.beta_slow} > 0",
         )
 
     if m.vision is not None:
