@@ -18,6 +18,7 @@ LAST_CHECKPOINT = "last.ckpt"
 WANDB_DIR = "wandb"
 WANDB_ID_FILE = "wandb_run_id"  # the wandb run id, reused when the run resumes
 STATUS_FILE = "status.json"  # {"status": running|finished|failed|interrupted, "step", "final": {...}}
+CHECKPOINT_COUNTERS = "kimi_lab_counters"  # a checkpoint's running totals (tokens, skipped steps, ...)
 
 METRICS_COLUMNS = ("step", "key", "value")
 MOE_LOAD_COLUMNS = ("step", "layer", "expert", "tokens", "bias")
@@ -34,8 +35,10 @@ TRAIN_Z_LOSS = "train/router_z_loss"  # unweighted, mean over MoE layers
 TRAIN_LR = "train/lr"
 TRAIN_SKIPPED_BATCHES = "train/skipped_batches"  # batches that reached no trainable parameter
 TRAIN_SKIPPED_STEPS = "train/nonfinite_steps"  # steps skipped for a NaN/Inf loss or gradient (cumulative)
-TRAIN_TOKENS = "train/tokens"  # cumulative tokens seen (all ranks)
-TRAIN_TOKENS_PER_SEC = "train/tokens_per_sec"  # all ranks
+TRAIN_TOKENS = (
+    "train/tokens"  # running total of real (non-padding) tokens consumed, all ranks, across resumes
+)
+TRAIN_TOKENS_PER_SEC = "train/tokens_per_sec"  # real tokens per second, all ranks
 VAL_LOSS = "val/loss"
 VAL_PPL = "val/ppl"
 MOE_IMBALANCE = "moe/imbalance"  # max/mean tokens per expert, mean over MoE layers

@@ -124,3 +124,12 @@ def test_data_build_flag_of_another_kind_is_one_line(tmp_path: Path) -> None:
     res = run_cli("data", "build", "text", "--families", "count", "--out", "x", cwd=tmp_path)
     assert res.returncode == 2 and not (tmp_path / "x").exists()
     assert res.stderr.strip() == "error: data build text: --families does not apply to this kind"
+
+
+def test_every_bench_the_cli_names_is_a_benchmark_module() -> None:
+    import importlib
+
+    from kimi_lab.cli import _BENCHES
+
+    for name in _BENCHES:
+        assert callable(importlib.import_module(f"benchmarks.{name}").main), name
