@@ -35,9 +35,7 @@ TRAIN_Z_LOSS = "train/router_z_loss"  # unweighted, mean over MoE layers
 TRAIN_LR = "train/lr"
 TRAIN_SKIPPED_BATCHES = "train/skipped_batches"  # batches that reached no trainable parameter
 TRAIN_SKIPPED_STEPS = "train/nonfinite_steps"  # steps skipped for a NaN/Inf loss or gradient (cumulative)
-TRAIN_TOKENS = (
-    "train/tokens"  # running total of real (non-padding) tokens consumed, all ranks, across resumes
-)
+TRAIN_TOKENS = "train/tokens"  # running total of real (non-padding) tokens, all ranks, across resumes
 TRAIN_TOKENS_PER_SEC = "train/tokens_per_sec"  # real tokens per second, all ranks
 VAL_LOSS = "val/loss"
 VAL_PPL = "val/ppl"

@@ -167,6 +167,7 @@ class FusionConfig:
 class VisionDataConfig:
     """How images and video become patches (MoonViT-3D's input) and placeholder tokens."""
 
+    # In a composed config both follow model.vision (conf/config.yaml); validation rejects a mismatch.
     patch_size: int = 14
     merge_size: int = 2  # the projector merges merge_size x merge_size patches into one token
     max_patches: int = 576  # per image or video frame, before merging; larger inputs are downscaled

@@ -205,6 +205,14 @@ def validate_run(cfg: RunConfig) -> None:
         f"data.fusion.vision_ratio={f.vision_ratio} must be null or strictly between 0 and 1",
     )
     _require(v.patch_size >= 1 and v.merge_size >= 1, "data.vision.patch_size and merge_size must be >= 1")
+    if cfg.model.vision is not None:  # the data must be patched as the tower was built
+        for key in ("patch_size", "merge_size"):
+            data_value, model_value = getattr(v, key), getattr(cfg.model.vision, key)
+            _require(
+                data_value == model_value,
+                f"data.vision.{key}={data_value} but model.vision.{key}={model_value}: set model.vision.{key} "
+                f"only (data.vision.{key} follows it)",
+            )
     _require(
         v.chunk_frames >= 1 and v.max_frames >= 1, "data.vision.chunk_frames and max_frames must be >= 1"
     )
