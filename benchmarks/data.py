@@ -53,7 +53,7 @@ def loader_rate(dm: KimiDataModule, batches: int) -> dict[str, float]:
     tokens = 0
     last = first
     for last in itertools.islice(it, batches):
-        tokens += last["meta"]["stats"]["tokens"]
+        tokens += last["meta"]["stats"].tokens
     dt = time.perf_counter() - t0
     # documents drawn by the stream (per worker counters; with several workers an estimate)
     docs = (last["meta"]["state"]["mixer"]["draws"] - draws0) * max(1, dm.cfg.num_workers)

@@ -40,7 +40,12 @@ def run(
     groups = build_param_groups(model, 0.1)
     opt = MuonAdamW(
         [
-            {"params": g.params, "weight_decay": g.weight_decay, "use_muon": g.name.endswith("/matrices")}
+            {
+                "params": g.params,
+                "weight_decay": g.weight_decay,
+                "use_muon": g.name.endswith("/matrices"),
+                "fused_row_parts": g.fused_row_parts,
+            }
             for g in groups
         ],
         lr=1e-4,

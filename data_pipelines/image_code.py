@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.common import ShardSink
-from data_pipelines.renderers import HtmlRenderer, render_svg, resvg_version
 from kimi_lab.data.schema import make_record, sample_key
 from kimi_lab.errors import DataError
+from kimi_lab.tools.renderers import HtmlRenderer, render_svg, resvg_version
 
 BUILDER_VERSION = "image-code/1"
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from data_pipelines.common import ShardSink
 from data_pipelines.image_code import svg_scene
-from data_pipelines.renderers import render_svg, resvg_version
 from kimi_lab.data.corpus import stdlib_documents
 from kimi_lab.data.schema import make_record, sample_key
+from kimi_lab.tools.renderers import render_svg, resvg_version
 
 BUILDER_VERSION = "interleaved/1"
 

@@ -230,6 +230,9 @@ def parse_assistant(text: str, finished: bool = True) -> ParsedAssistant:
     content, _, rest = text.partition(CALL_BEGIN)
     calls: list[ToolCall] = []
     errors: list[str] = []
+    if CALL_END in content:  # an end marker before any call began: the model broke the format
+        errors.append("malformed tool call: <|tool_call_end|> without a <|tool_call_begin|> before it")
+        content = content.replace(CALL_END, "")
     chunks = rest.split(CALL_BEGIN) if _ else []
     for chunk in chunks:
         body, closed, _after = chunk.partition(CALL_END)

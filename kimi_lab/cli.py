@@ -2,15 +2,13 @@
 
   kimi-lab train [OVERRIDES...]                 train (Hydra overrides; --multirun sweeps)
   kimi-lab params [OVERRIDES...] [--json]       total and active parameter counts
-  kimi-lab data build KIND [--out DIR] [...]    shards: text, image-code, video, interleaved, visual-tasks,
-                                                zero-vision-sft, swarm-tasks, swarm-sft; or the tokenizer
+  kimi-lab data build KIND [--out DIR] [...]    shards of a kind in data_pipelines/kinds.py, or the tokenizer
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
   kimi-lab export-hf CKPT OUT_DIR               a checkpoint in transformers' kimi_k25 / deepseek_v3 format
   kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
   kimi-lab report MULTIRUN_DIR [--also DIR...]  an experiment's report (markdown, JSON, PNG)
   kimi-lab eval CKPT --tasks NAME=DIR [--n N]   a checkpoint's score on task prompts (the sandboxed tool)
-  kimi-lab experiment zero_vision [--scale S]   pre-train -> zero-vision SFT -> eval -> RL -> report
-  kimi-lab experiment parl_ablation [--scale S] swarm SFT -> three PARL reward arms -> eval -> report
+  kimi-lab experiment NAME [--scale S]          a multi-stage experiment of kimi_lab/experiments (a table)
   kimi-lab swarm run --tasks DIR [--policy P]   agent-swarm episodes with traces (fanout, single, ckpt:, openai:)
   kimi-lab consolidate SHARDED_CKPT OUT.ckpt    an FSDP2 checkpoint folder as one file (weights)
   kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint
@@ -52,19 +50,6 @@ def _cmd_params(args: argparse.Namespace) -> None:
             print(f"  {key:<16} {value:>20,}")
 
 
-DATA_KINDS = (
-    "text",
-    "image-code",
-    "video",
-    "interleaved",
-    "visual-tasks",
-    "zero-vision-sft",
-    "swarm-tasks",
-    "swarm-sft",
-    "tokenizer",
-)
-
-
 def _cmd_data_build(args: argparse.Namespace) -> None:
     if args.kind == "tokenizer":
         from kimi_lab.data.tokenizer import Tokenizer, train_tokenizer
@@ -73,61 +58,29 @@ def _cmd_data_build(args: argparse.Namespace) -> None:
         path = train_tokenizer(args.vocab_size, out)
         print(f"tokenizer: {path} ({Tokenizer(path).vocab_size} tokens)")
         return
+    from data_pipelines.kinds import KINDS, OPTIONS
+
+    kind = KINDS[args.kind]
+    given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) not in (None, False)}
+    if stray := sorted(set(given) - set(kind.options)):
+        flags = ", ".join("--" + name.replace("_", "-") for name in stray)
+        raise KimiLabError(f"data build {args.kind}: {flags} does not apply to this kind")
+    if args.n is not None:
+        given["n"] = args.n
+    if args.shard_mb:
+        given["shard_bytes"] = int(args.shard_mb * 1e6)
     out = args.out or f"data/{args.kind.replace('-', '_')}"
-    sizes = {"shard_bytes": int(args.shard_mb * 1e6)} if args.shard_mb else {}
-    if args.kind == "text":
-        from data_pipelines.text import build_text
-
-        manifest = build_text(out, n=args.n, seed=args.seed, src=args.src, **sizes)
-    elif args.kind == "image-code":
-        from data_pipelines.image_code import build_image_code
-
-        manifest = build_image_code(out, n=args.n or 200, seed=args.seed, src=args.src, **sizes)
-    elif args.kind == "video":
-        from data_pipelines.video import build_video
-
-        manifest = build_video(out, n=args.n or 200, seed=args.seed, **sizes)
-    elif args.kind == "visual-tasks":
-        from data_pipelines.visual_tasks import build_visual_tasks
-
-        families = args.families.split(",") if args.families else None
-        manifest = build_visual_tasks(
-            out, n=args.n or 200, seed=args.seed, families=families, modality=args.modality, **sizes
-        )
-    elif args.kind == "zero-vision-sft":
-        from data_pipelines.zero_vision_sft import build_zero_vision_sft
-
-        manifest = build_zero_vision_sft(
-            out,
-            n=args.n or 200,
-            seed=args.seed,
-            with_visual_traces=args.with_visual_traces,
-            visual_fraction=args.visual_fraction,
-            **sizes,
-        )
-    elif args.kind == "swarm-tasks":
-        from data_pipelines.swarm_tasks import build_swarm_tasks
-
-        kinds = args.kinds.split(",") if args.kinds else ("wide", "deep")
-        val = {"val_fraction": args.val_fraction} if args.val_fraction is not None else {}
-        manifest = build_swarm_tasks(out, n=args.n or 200, seed=args.seed, kinds=kinds, **val, **sizes)
-    elif args.kind == "swarm-sft":
-        from data_pipelines.swarm_sft import build_swarm_sft
-
-        kinds = tuple(args.kinds.split(",")) if args.kinds else ("wide", "deep")
-        val = {"val_fraction": args.val_fraction} if args.val_fraction is not None else {}
-        frac = {"fanout_fraction": args.fanout_fraction} if args.fanout_fraction is not None else {}
-        manifest = build_swarm_sft(out, n=args.n or 400, seed=args.seed, kinds=kinds, **val, **frac, **sizes)
-    else:
-        from data_pipelines.interleaved import build_interleaved
-
-        manifest = build_interleaved(out, n=args.n or 200, seed=args.seed, **sizes)
+    manifest = kind.load()(out, seed=args.seed, **given)
     c = manifest["counts"]
     extra = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("train", "val") and v)
     print(
         f"{args.kind} shards: {out} (train {c['train']} samples in {len(manifest['shards']['train'])} shards, "
         f"val {c['val']}{', ' + extra if extra else ''})"
     )
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(value.split(","))
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> None:
@@ -316,8 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="build and inspect datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    b = data_sub.add_parser("build", help="build WebDataset shards (or the tokenizer)")
-    b.add_argument("kind", choices=DATA_KINDS)
+    from data_pipelines.kinds import KINDS
+
+    kinds_help = "; ".join(f"{name}: {kind.what}" for name, kind in KINDS.items())
+    b = data_sub.add_parser(
+        "build",
+        help="build WebDataset shards (or the tokenizer)",
+        description=f"{kinds_help}; tokenizer: the byte-level BPE",
+    )
+    b.add_argument("kind", choices=[*KINDS, "tokenizer"])
     b.add_argument(
         "--out", help="output folder (default: data/<kind>; tokenizer: data/tokenizers/bpe-<V>.json)"
     )
@@ -334,16 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on a shard's size (default: 1 for text, 0.25 otherwise)",
     )
     b.add_argument(
-        "--families", default=None, help="visual-tasks: comma-separated, e.g. count,maze (default: all)"
+        "--families",
+        type=_comma_list,
+        default=None,
+        help="visual-tasks: comma-separated, e.g. count,maze (default: all)",
     )
     b.add_argument(
-        "--modality", choices=("image", "text", "both"), default="image", help="visual-tasks: task modality"
+        "--modality", choices=("image", "text", "both"), default=None, help="visual-tasks (default image)"
     )
     b.add_argument(
         "--with-visual-traces", action="store_true", help="zero-vision-sft: mix in image trajectories"
     )
     b.add_argument(
-        "--visual-fraction", type=float, default=0.2, help="zero-vision-sft: share of image trajectories"
+        "--visual-fraction",
+        type=float,
+        default=None,
+        help="zero-vision-sft: share of image trajectories (default 0.2)",
     )
     b.add_argument(
         "--fanout-fraction",
@@ -351,12 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="swarm-sft: share of delegating (fan-out) demonstrations; the rest are serial (default 0.5)",
     )
-    b.add_argument("--kinds", default=None, help="swarm-tasks: comma-separated, wide,deep (default: both)")
+    b.add_argument(
+        "--kinds",
+        type=_comma_list,
+        default=None,
+        help="swarm-tasks, swarm-sft: comma-separated, wide,deep (default: both)",
+    )
     b.add_argument(
         "--val-fraction",
         type=float,
         default=None,
-        help="swarm-tasks: share of tasks held out in val, over entities train never sees (default 0.2)",
+        help="swarm-tasks (default 0.2), swarm-sft (default 0.05): share of tasks held out in val",
     )
     b.set_defaults(func=_cmd_data_build)
     i = data_sub.add_parser("inspect", help="per-shard counts, modalities, sizes, decode failures, previews")
@@ -410,10 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON result (with example transcripts) here")
     p.set_defaults(func=_cmd_eval)
 
+    from kimi_lab.experiments import EXPERIMENTS
+
     p = sub.add_parser(
-        "experiment", help="run a multi-stage experiment end to end (zero_vision, parl_ablation)"
+        "experiment",
+        help=f"run a multi-stage experiment end to end ({', '.join(EXPERIMENTS)})",
+        description="; ".join(f"{name}: {what}" for name, what in EXPERIMENTS.items()),
     )
-    p.add_argument("name", choices=["zero_vision", "parl_ablation"])
+    p.add_argument("name", choices=list(EXPERIMENTS))
     p.add_argument("--scale", default="small", help="small (the measured run) or tiny (a smoke test)")
     p.add_argument("--out", help="the experiment's folder (default runs/<name>/<time>); rerun to resume")
     p.add_argument("--data-dir", default="data", help="datasets are built here when missing")

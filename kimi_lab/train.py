@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from kimi_lab.config import register_schemas, to_run_config, validate_run
 from kimi_lab.config.schema import RunConfig, TrainerConfig
 from kimi_lab.errors import ConfigError, KimiLabError, one_line
-from kimi_lab.metrics import CHECKPOINT_DIR
+from kimi_lab.metrics import CHECKPOINT_DIR, TRAIN_LOSS, VAL_LOSS
 from kimi_lab.runtime import cpu_has_native_bf16
 
 log = logging.getLogger("kimi_lab.train")
@@ -225,7 +225,11 @@ def adopt_init_model(cfg: RunConfig) -> RunConfig:
     model = replace(saved.model, moe=replace(saved.model.moe, backend=cfg.model.moe.backend))
     if model != cfg.model:
         log.info("phase.init_from: using the checkpoint's model config (%s)", model.name)
-    return replace(cfg, model=model)
+    data = cfg.data
+    if model.vision is not None:  # data.vision follows the model's patching (conf/config.yaml)
+        vision = replace(data.vision, patch_size=model.vision.patch_size, merge_size=model.vision.merge_size)
+        data = replace(data, vision=vision)
+    return replace(cfg, model=model, data=data)
 
 
 def _run_from_hydra(dcfg: DictConfig) -> dict[str, float]:
@@ -242,7 +246,7 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     except KimiLabError as exn:
         print(f"error: {one_line(exn)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    val = metrics.get("val/loss", metrics.get("train/loss"))
+    val = metrics.get(VAL_LOSS, metrics.get(TRAIN_LOSS))
     return float(val) if val is not None else None  # the sweep objective for Hydra plugins
 
 

@@ -109,6 +109,10 @@ def sft_shards(sandbox: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_overrides(tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path) -> list[str]:
     """Overrides that make any experiment a seconds-long tiny run inside tmp_path."""
+    return tiny_run_overrides(tiny_tokenizer, tiny_shards, tmp_path)
+
+
+def tiny_run_overrides(tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path) -> list[str]:
     return [
         "model=tiny",
         f"data.sources.text.path={tiny_shards}",

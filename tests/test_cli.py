@@ -98,3 +98,38 @@ def test_bench_data_reports_loader_headroom(tmp_path: Path, tiny_shards: Path, t
     assert out["raw_tar"]["samples_per_s"] > 0 and out["loader"]["tokens_per_s"] > 0
     assert out["headroom"] == out["loader"]["tokens_per_s"] / out["training"]["tokens_per_s"]
     assert 0 <= out["training"]["wait_fraction"] <= 1
+
+
+def test_data_kinds_table_matches_the_builders() -> None:
+    import inspect
+
+    from data_pipelines.kinds import KINDS, OPTIONS
+
+    for name, kind in KINDS.items():
+        params = inspect.signature(kind.load()).parameters
+        assert {"n", "seed", "shard_bytes"} <= set(params), name
+        assert set(kind.options) <= set(OPTIONS) & set(params), name
+
+
+def test_experiments_table_names_runnable_modules() -> None:
+    import importlib
+
+    from kimi_lab.experiments import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        assert callable(importlib.import_module(f"kimi_lab.experiments.{name}").run), name
+
+
+def test_data_build_flag_of_another_kind_is_one_line(tmp_path: Path) -> None:
+    res = run_cli("data", "build", "text", "--families", "count", "--out", "x", cwd=tmp_path)
+    assert res.returncode == 2 and not (tmp_path / "x").exists()
+    assert res.stderr.strip() == "error: data build text: --families does not apply to this kind"
+
+
+def test_every_bench_the_cli_names_is_a_benchmark_module() -> None:
+    import importlib
+
+    from kimi_lab.cli import _BENCHES
+
+    for name in _BENCHES:
+        assert callable(importlib.import_module(f"benchmarks.{name}").main), name

@@ -19,12 +19,16 @@ from kimi_lab.config import compose, to_run_config, validate_run
 from kimi_lab.metrics import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    DATA_IMAGE_TOKENS,
+    DATA_PAD_TOKENS,
+    DATA_VISION_RATIO,
     LAST_CHECKPOINT,
     METRICS_FILE,
     MOE_LOAD_FILE,
     STATUS_FILE,
     TRAIN_LOSS,
     TRAIN_LR,
+    TRAIN_TOKENS,
     VAL_LOSS,
     WANDB_ID_FILE,
 )
@@ -32,7 +36,7 @@ from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.schedule import wsd_multiplier
 from kimi_lab.tracking.checkpoint_io import latest_checkpoint
 from kimi_lab.train import train
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, tiny_run_overrides
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -160,8 +164,9 @@ def test_killed_run_resumes_with_ckpt_path_auto(tiny_overrides: list[str], tmp_p
     for step, value in lr.items():  # the schedule resumed where it was, not from warmup
         assert value == pytest.approx(3e-3 * wsd_multiplier(step + 1, 40, 4, 8, 0.1), rel=1e-5)
     before, after = loss[loss.index < ckpt_step], loss[loss.index >= ckpt_step]
-    assert after.iloc[0] < loss.iloc[0] - 0.5  # continued from the trained weights, not from scratch
-    assert abs(after.iloc[0] - before.iloc[-1]) < 0.6
+    # Continued from the trained weights, not from scratch: the first loss after the resume is
+    # nearer the last one before the kill than the untrained first one (wherever the kill landed).
+    assert abs(after.iloc[0] - before.iloc[-1]) < abs(after.iloc[0] - loss.iloc[0])
 
     load = pd.read_parquet(run_dir / MOE_LOAD_FILE)
     first_after = load[load.step == load[load.step >= ckpt_step].step.min()].sort_values("expert")
@@ -266,12 +271,15 @@ def _fit(overrides: list[str], run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(run_dir / METRICS_FILE)
 
 
-def test_joint_quickstart_text_and_caption_losses_fall(
-    tiny_overrides, tiny_shards, image_code_shards, video_shards, interleaved_shards, tmp_path
-) -> None:
-    overrides = _vl_overrides(
-        tiny_overrides, tiny_shards, image_code_shards, video_shards, interleaved_shards
-    )
+@pytest.fixture(scope="module")
+def joint_run(
+    tiny_tokenizer, tiny_shards, image_code_shards, video_shards, interleaved_shards, tmp_path_factory
+) -> tuple[pd.DataFrame, Path]:
+    """One 60-step joint text-vision run (padding varies per step), shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("joint")
+    base = tiny_run_overrides(tiny_tokenizer, tiny_shards, tmp)
+    overrides = _vl_overrides(base, tiny_shards, image_code_shards, video_shards, interleaved_shards)
+    run_dir = tmp / "run"
     m = _fit(
         [
             *overrides,
@@ -282,14 +290,42 @@ def test_joint_quickstart_text_and_caption_losses_fall(
             "data.val_batches=3",
             "trainer.limit_val_batches=3",
         ],
-        tmp_path / "run",
+        run_dir,
     )
+    return m, run_dir
+
+
+def test_joint_quickstart_text_and_caption_losses_fall(joint_run: tuple[pd.DataFrame, Path]) -> None:
+    m, _ = joint_run
     for key, margin in (("val/text/loss", 0.3), ("val/image_code/loss", 0.3), ("val/video/loss", 0.0)):
         curve = m[m.key == key].sort_values("step").value.tolist()
         assert len(curve) == 3 and curve[-1] < curve[0] - margin, (key, curve)
-    vision = m[m.key == "data/vision_ratio"].value
+    vision = m[m.key == DATA_VISION_RATIO].value
     assert 0.05 < vision.mean() < 0.4  # quickstart_mix: a fifth of the tokens from vision sources
-    assert m[m.key == "data/image_tokens"].value.sum() > 0  # images reached the model in training
+    assert m[m.key == DATA_IMAGE_TOKENS].value.sum() > 0  # images reached the model in training
+
+
+def _per_step(m: pd.DataFrame, key: str) -> pd.Series:
+    return m[m.key == key].drop_duplicates("step", keep="last").set_index("step").value.sort_index()
+
+
+def test_train_tokens_is_the_running_total_of_real_tokens(joint_run: tuple[pd.DataFrame, Path]) -> None:
+    m, _ = joint_run
+    pad = _per_step(m, DATA_PAD_TOKENS)
+    assert pad.gt(0).any() and pad.nunique() > 1  # the property needs steps with different padding
+    real = 4 * 96 - pad  # data.batch_size x data.seq_len inputs per step, one rank
+    tokens = _per_step(m, TRAIN_TOKENS)
+    assert list(tokens.index) == list(range(60))
+    assert tokens.to_numpy() == pytest.approx(real.cumsum().to_numpy())
+
+
+def test_expert_loads_count_real_tokens_only(joint_run: tuple[pd.DataFrame, Path]) -> None:
+    m, run_dir = joint_run
+    real = 4 * 96 - _per_step(m, DATA_PAD_TOKENS)
+    load = pd.read_parquet(run_dir / MOE_LOAD_FILE).groupby(["step", "layer"]).tokens.sum()
+    top_k = to_run_config(compose(["model=tiny-vl"])).model.moe.top_k
+    for (step, layer), routed in load.items():
+        assert routed == real[step] * top_k, (step, layer)
 
 
 def test_k25_stages_freeze_what_they_say_and_chain(
@@ -417,12 +453,14 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_overrides: list[str], tmp_
     res = run_cli("train", *overrides, f"hydra.run.dir={killed}", "ckpt_path=auto", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
 
-    def curve(run: Path) -> pd.Series:
-        m = pd.read_parquet(run / METRICS_FILE)
-        return m[m.key == TRAIN_LOSS].drop_duplicates("step", keep="last").set_index("step").value
+    def curve(run: Path, key: str = TRAIN_LOSS) -> pd.Series:
+        return _per_step(pd.read_parquet(run / METRICS_FILE), key)
 
     a, b = curve(whole), curve(killed)
     after = [s for s in a.index if s >= ckpt_step]
     assert after and list(b.loc[after].index) == after
     # the same numbers from the checkpoint on: weights, optimizer, schedule, router biases, data
     assert b.loc[after].to_numpy() == pytest.approx(a.loc[after].to_numpy(), rel=1e-5, abs=1e-6)
+    # and the running totals continue from the checkpoint's
+    tokens_a, tokens_b = curve(whole, TRAIN_TOKENS), curve(killed, TRAIN_TOKENS)
+    assert tokens_b.loc[after].to_numpy() == pytest.approx(tokens_a.loc[after].to_numpy())

@@ -167,6 +167,7 @@ class FusionConfig:
 class VisionDataConfig:
     """How images and video become patches (MoonViT-3D's input) and placeholder tokens."""
 
+    # In a composed config both follow model.vision (conf/config.yaml); validation rejects a mismatch.
     patch_size: int = 14
     merge_size: int = 2  # the projector merges merge_size x merge_size patches into one token
     max_patches: int = 576  # per image or video frame, before merging; larger inputs are downscaled
@@ -216,8 +217,10 @@ class OptimConfig:
     # Muon (used by muon and muonclip)
     momentum: float = 0.95
     nesterov: bool = False
-    ns_steps: int = 5  # quintic Newton-Schulz steps
-    ns_polish_steps: int = 2  # cubic steps that bring singular values to 1
+    ns_steps: int = 5  # quintic Newton-Schulz steps (Moonlight / K2: 5, coefficients 3.4445, -4.7750, 2.0315)
+    # Cubic steps after the quintic that bring singular values to 1; 0 is the reference, 2 makes each
+    # update 12-16% larger than K2's.
+    ns_polish_steps: int = 0
     # QK-Clip (muonclip): heads whose largest pre-softmax logit exceeds tau are rescaled
     qk_clip_tau: float = 100.0
 

@@ -59,8 +59,9 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
         _require(r.factor >= 1.0, f"{pr}.factor={r.factor} must be >= 1 for YaRN")
         _require(r.original_max_seq_len >= 1, f"{pr}.original_max_seq_len must be >= 1")
         _require(
-            r.beta_fast > r.beta_slow > 0,
-            f"{pr}.beta_fast={r.beta_fast} must be > {pr}.beta_slow={r.beta_slow} > 0",
+            # K2-Instruct and its 0905 update ship beta_fast == beta_slow == 1 (a one-dimension ramp)
+            r.beta_fast >= r.beta_slow > 0,
+            f"{pr}.beta_fast={r.beta_fast} must be >= {pr}.beta_slow={r.beta_slow} > 0",
         )
 
     if m.vision is not None:
@@ -204,6 +205,14 @@ def validate_run(cfg: RunConfig) -> None:
         f"data.fusion.vision_ratio={f.vision_ratio} must be null or strictly between 0 and 1",
     )
     _require(v.patch_size >= 1 and v.merge_size >= 1, "data.vision.patch_size and merge_size must be >= 1")
+    if cfg.model.vision is not None:  # the data must be patched as the tower was built
+        for key in ("patch_size", "merge_size"):
+            data_value, model_value = getattr(v, key), getattr(cfg.model.vision, key)
+            _require(
+                data_value == model_value,
+                f"data.vision.{key}={data_value} but model.vision.{key}={model_value}: set model.vision.{key} "
+                f"only (data.vision.{key} follows it)",
+            )
     _require(
         v.chunk_frames >= 1 and v.max_frames >= 1, "data.vision.chunk_frames and max_frames must be >= 1"
     )

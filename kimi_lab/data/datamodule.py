@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from kimi_lab.config.schema import DataConfig
 from kimi_lab.data.shards import read_first_record, resolve_shards
+from kimi_lab.data.stats import BatchStats
 from kimi_lab.data.stream import MixedStream, SourceSpec, skip_totals
 from kimi_lab.data.tokenizer import load_or_train
 from kimi_lab.errors import ConfigError, DataError
@@ -65,7 +67,7 @@ class KimiDataModule(L.LightningDataModule):
         self.batches_consumed = 0
         self.num_slots = max(1, cfg.num_workers)
         self.restored: dict[str, Any] | None = None
-        self.latest: dict[str, Any] = {}
+        self.latest: BatchStats | None = None  # the batch the trainer consumed last
         self.skipped: dict[int, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ setup
@@ -181,7 +183,7 @@ class KimiDataModule(L.LightningDataModule):
         self.consumed[slot] = meta["state"]
         self.skipped[slot] = meta["skipped"]
         self.batches_consumed = meta["batch_index"] + 1
-        self.latest = {**meta["stats"], "skipped": skip_totals(self.skipped), "keys": meta["keys"]}
+        self.latest = replace(meta["stats"], skipped=skip_totals(self.skipped))
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from kimi_lab.data.decode import SKIP_REASONS, Decoder, SampleSkip
 from kimi_lab.data.mixing import Mixer, MixerState
 from kimi_lab.data.packing import Packer, SpecialIds, Window, loss_mask
 from kimi_lab.data.shards import iter_shard_samples
+from kimi_lab.data.stats import BatchStats
 from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.errors import DataError
 
@@ -147,7 +149,7 @@ class ShuffleBuffer:
 
 
 class MixedStream(IterableDataset):
-    """Batches {"tokens", "loss_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+    """Batches {"tokens", "loss_mask", "input_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
     "video_grid_thw", "meta"}."""
 
     def __init__(
@@ -344,20 +346,24 @@ class _Worker:
         text = torch.ones_like(inputs, dtype=torch.bool)
         for t in self.ids.non_text:
             text &= inputs != t
-        stats = {
-            "text_tokens": int(text.sum()),
-            "image_tokens": int((inputs == self.ids.image).sum()),
-            "video_tokens": int((inputs == self.ids.video).sum()),
-            "pad_tokens": int((inputs == self.ids.pad).sum()),
-            "tokens": int((inputs != self.ids.pad).sum()),
-            "vision_source_tokens": sum(w.vision_source_tokens for w in windows),
-            "vision_ratio_target": self.mixer.target_ratio(step),
-        }
+        target = self.mixer.target_ratio(step)
+        keys = [k for w in windows for k in w.keys]
+        stats = BatchStats(
+            text_tokens=int(text.sum()),
+            image_tokens=int((inputs == self.ids.image).sum()),
+            video_tokens=int((inputs == self.ids.video).sum()),
+            pad_tokens=int((inputs == self.ids.pad).sum()),
+            tokens=int((inputs != self.ids.pad).sum()),
+            vision_source_tokens=sum(w.vision_source_tokens for w in windows),
+            vision_ratio_target=None if math.isnan(target) else target,
+            keys=keys,
+        )
         images = [b for b in blocks if b.kind == "image"]
         videos = [b for b in blocks if b.kind == "video"]
         return {
             "tokens": tokens,
             "loss_mask": loss_mask(tokens, self.ids, torch.stack([w.targets for w in windows])),
+            "input_mask": inputs != self.ids.pad,  # (B, L) real input tokens: what the routers count
             # transformers' kimi_k25 input names: images and video chunks apart, each in order
             "pixel_values": _pixels(images, p),
             "image_grid_thw": _grids(images),
@@ -367,7 +373,7 @@ class _Worker:
                 "slot": self.slot,
                 "batch_index": batch_index,
                 "state": self._state_at(snapshots),
-                "keys": [k for w in windows for k in w.keys],
+                "keys": keys,
                 "stats": stats,
                 "skipped": dict(self.state.skipped),
             },

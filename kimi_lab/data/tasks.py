@@ -156,6 +156,9 @@ class TaskDataModule(L.LightningDataModule):
         self.specs = {name: source_config(name, v) for name, v in tasks.items()}
         self.prompts_per_step, self.eval_prompts, self.seed = prompts_per_step, eval_prompts, seed
         self.prompts_consumed = 0
+        # Filled by setup() (shard listing is I/O, done once per process):
+        self.train_sources: dict[str, tuple[list[str], float]] = {}
+        self.val_sources: dict[str, list[str]] = {}
         self.val_names: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:

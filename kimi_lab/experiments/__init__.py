@@ -1,1 +1,11 @@
-"""Experiments that chain several runs (pre-train -> SFT -> RL) and report on them."""
+"""Experiments that chain several runs (pre-train -> SFT -> RL) and report on them.
+
+``EXPERIMENTS`` is the table ``kimi-lab experiment NAME`` reads: each name is a
+module of this package with ``run(out, scale_name, data_dir, seed)``. Adding an
+experiment is a module plus one entry here.
+"""
+
+EXPERIMENTS: dict[str, str] = {
+    "zero_vision": "pre-train -> zero-vision SFT -> eval -> RL -> report",
+    "parl_ablation": "swarm SFT -> three PARL reward arms -> eval -> report",
+}

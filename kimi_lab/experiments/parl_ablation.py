@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.experiments.zero_vision import train_stage
+from kimi_lab.experiments.stages import train_stage
 
 TAG = "parl_ablation"
 ARMS = {

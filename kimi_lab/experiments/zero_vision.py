@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, STATUS_FILE
+from kimi_lab.experiments.stages import train_stage
 from kimi_lab.reports.zero_vision import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -124,37 +122,6 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------- stages
-def _finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text()).get("status") == "finished"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def train_stage(run_dir: Path, overrides: list[str], tag: str = "zero_vision") -> Path:
-    """One ``kimi-lab train`` run into ``run_dir`` (skipped when it already finished)."""
-    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if _finished(run_dir) and last.is_file():
-        print(f"[{tag}] {run_dir.name}: finished earlier, kept", flush=True)
-        return last
-    cmd = [
-        sys.executable,
-        "-m",
-        "kimi_lab.cli",
-        "train",
-        *overrides,
-        f"hydra.run.dir={run_dir}",
-        "ckpt_path=auto",
-    ]
-    print(f"[{tag}] {run_dir.name}: kimi-lab train {' '.join(overrides)}", flush=True)
-    t0 = time.time()
-    res = subprocess.run(cmd, check=False)
-    if res.returncode != 0 or not last.is_file():
-        raise KimiLabError(f"{tag} stage {run_dir.name} failed (exit {res.returncode}); see {run_dir}")
-    print(f"[{tag}] {run_dir.name}: done in {time.time() - t0:.0f}s", flush=True)
-    return last
-
-
 def eval_stage(
     out: Path, variant: str, ckpt: Path, tasks: dict[str, str], n: int, max_new_tokens: int
 ) -> dict[str, Any]:

@@ -50,10 +50,11 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None = None,
         cache: LayerKV | None = None,
+        real_BT: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MoEAux | None]:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         if self.is_moe:
-            y, aux = self.ffn(self.ffn_norm(x))
+            y, aux = self.ffn(self.ffn_norm(x), real_BT)
             return x + y, aux
         return x + self.ffn(self.ffn_norm(x)), None
 
@@ -98,12 +99,15 @@ class K2Model(nn.Module):
         attention_mask: torch.Tensor | None = None,
         compute_logits: bool = True,
         cache: list[LayerKV] | None = None,
+        token_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D) (e.g. with vision embeddings merged in).
 
         ``attention_mask`` (B, T), 1 for real tokens and 0 for padding, as transformers takes it;
         with ``cache`` (one ``LayerKV`` per layer, see ``new_cache``) it covers the cached
-        tokens too: (B, past + T).
+        tokens too: (B, past + T). ``token_mask`` (B, T) marks the real tokens for the routers'
+        load counts only (packed pre-training pads without masking attention); by default it is
+        the new tokens' part of ``attention_mask``.
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -118,10 +122,12 @@ class K2Model(nn.Module):
         if attention_mask is None and past and T > 1:
             attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=x.device)
         mask = causal_padding_mask(attention_mask, T, past)
+        if token_mask is None and attention_mask is not None:
+            token_mask = attention_mask[:, -T:].bool()
         aux_loss = x.new_zeros((), dtype=torch.float32)
         seq_terms, z_terms = [], []
         for i, layer in enumerate(self.layers):
-            x, aux = layer(x, cos, sin, mask, cache[i] if cache else None)
+            x, aux = layer(x, cos, sin, mask, cache[i] if cache else None, token_mask)
             if aux is not None:
                 aux_loss = aux_loss + aux.loss
                 seq_terms.append(aux.seq_balance)

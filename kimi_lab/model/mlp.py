@@ -15,6 +15,8 @@ class SwiGLU(nn.Module):
         self.ffn_dim = ffn_dim
         self.w13 = nn.Linear(dim, 2 * ffn_dim, bias=False)  # rows [0, F): gate W1, [F, 2F): up W3
         self.w2 = nn.Linear(ffn_dim, dim, bias=False)
+        # Two matrices in one parameter: Muon orthogonalises each (optim.groups.FusedRows).
+        self.fused_row_parts = {"w13.weight": (ffn_dim, ffn_dim)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).split(self.ffn_dim, dim=-1)

@@ -143,6 +143,7 @@ class KimiK25(nn.Module):
         compute_logits: bool = True,
         positions: torch.Tensor | None = None,
         cache: list[LayerKV] | None = None,
+        token_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         embeds = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
         return self.language_model(
@@ -151,4 +152,5 @@ class KimiK25(nn.Module):
             compute_logits=compute_logits,
             positions=positions,
             cache=cache,
+            token_mask=token_mask,
         )

@@ -2,12 +2,22 @@
 
 Muon (per matrix W of shape n x m, batched over leading dims such as experts):
     M <- mu * M + G                    (momentum; Nesterov optional)
-    O <- orthogonalise(M)              (Newton-Schulz: quintic steps, then cubic polish)
+    O <- orthogonalise(M)              (Newton-Schulz: 5 quintic steps, as Moonlight and K2)
     W <- W - lr * (0.2 * sqrt(max(n, m)) * O + wd * W)
 The 0.2 * sqrt(max(n, m)) factor gives the update the RMS of a typical AdamW
-update (about 0.2), so both kinds of parameters share one learning rate. The
-polish steps bring every singular value to 1 (the quintic alone leaves them in
-[0.7, 1.2]), so that RMS really is 0.2.
+update (about 0.2), so both kinds of parameters share one learning rate.
+
+The quintic's coefficients (3.4445, -4.7750, 2.0315) trade exactness for speed:
+after 5 steps the singular values sit in roughly [0.7, 1.2], not at 1, and that
+is the reference update. ``ns_polish_steps`` (default 0) adds cubic steps that
+bring them to 1; the update then grows by 12-16%, a deviation from K2 to opt
+into, not a default.
+
+A parameter that stores several matrices fused along its rows (``w13`` = gate
+and up in one Linear) is orthogonalised part by part: the reference models keep
+gate_proj and up_proj apart, and orthogonalising the stack would couple them.
+The parts come from ``fused_row_parts`` of the parameter group (see
+``optim.groups``); each part gets its own scale.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ QUINTIC = (3.4445, -4.7750, 2.0315)
 
 
 @torch.no_grad()
-def orthogonalise(G: torch.Tensor, steps: int = 5, polish: int = 2, eps: float = 1e-7) -> torch.Tensor:
+def orthogonalise(G: torch.Tensor, steps: int = 5, polish: int = 0, eps: float = 1e-7) -> torch.Tensor:
     """U V^T of G = U S V^T (per matrix over the last two dims), by Newton-Schulz in fp32."""
     X = G.float()
     transposed = X.shape[-2] > X.shape[-1]
@@ -42,6 +52,22 @@ def muon_scale(shape: torch.Size) -> float:
     return 0.2 * math.sqrt(max(shape[-2], shape[-1]))
 
 
+def muon_update(
+    direction: torch.Tensor, parts: tuple[int, ...] | None = None, steps: int = 5, polish: int = 0
+) -> torch.Tensor:
+    """The scaled, orthogonalised update of one parameter; ``parts`` splits its rows into matrices
+    that are orthogonalised (and scaled) on their own."""
+    if not parts or len(parts) == 1:
+        return orthogonalise(direction, steps, polish) * muon_scale(direction.shape)
+    if sum(parts) != direction.shape[-2]:
+        raise ValueError(f"fused parts {parts} do not add up to the {direction.shape[-2]} rows")
+    if len(set(parts)) == 1:  # equal parts: one batched Newton-Schulz over a new leading dim
+        stacked = direction.unflatten(-2, (len(parts), parts[0]))
+        return (orthogonalise(stacked, steps, polish) * muon_scale(stacked.shape)).flatten(-3, -2)
+    pieces = direction.split(parts, dim=-2)
+    return torch.cat([orthogonalise(x, steps, polish) * muon_scale(x.shape) for x in pieces], dim=-2)
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Param groups with ``use_muon=True`` get Muon; the others get AdamW."""
 
@@ -53,7 +79,7 @@ class MuonAdamW(torch.optim.Optimizer):
         momentum: float = 0.95,
         nesterov: bool = False,
         ns_steps: int = 5,
-        ns_polish_steps: int = 2,
+        ns_polish_steps: int = 0,
         betas: tuple[float, float] = (0.9, 0.95),
         eps: float = 1e-8,
     ) -> None:
@@ -67,11 +93,15 @@ class MuonAdamW(torch.optim.Optimizer):
             betas=betas,
             eps=eps,
             use_muon=False,
+            fused_row_parts=None,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["use_muon"] and any(p.ndim < 2 for p in group["params"]):
                 raise ValueError(f"Muon group {group.get('name', '?')} holds a tensor that is not a matrix")
+            parts = group["fused_row_parts"]
+            if parts is not None and len(parts) != len(group["params"]):
+                raise ValueError(f"group {group.get('name', '?')}: one fused_row_parts entry per parameter")
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -86,9 +116,18 @@ class MuonAdamW(torch.optim.Optimizer):
                 self._adamw(group)
         return loss
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The fused parts are the model's structure, not a hyperparameter: the current groups'
+        parts win over the saved ones (a checkpoint from before they existed has none)."""
+        parts = [g["fused_row_parts"] for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, p in zip(self.param_groups, parts):
+            group["fused_row_parts"] = p
+
     def _muon(self, group: dict[str, Any]) -> None:
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-        for p in group["params"]:
+        parts = group["fused_row_parts"] or [None] * len(group["params"])
+        for p, p_parts in zip(group["params"], parts):
             if p.grad is None:
                 continue
             state = self.state[p]
@@ -97,9 +136,7 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(p.grad.float())
             direction = p.grad.float().add(buf, alpha=mu) if group["nesterov"] else buf
-            update = orthogonalise(direction, group["ns_steps"], group["ns_polish_steps"]) * muon_scale(
-                p.shape
-            )
+            update = muon_update(direction, p_parts, group["ns_steps"], group["ns_polish_steps"])
             if wd:
                 p.mul_(1 - lr * wd)  # decoupled weight decay
             p.add_(update.to(p.dtype), alpha=-lr)

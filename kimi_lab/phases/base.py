@@ -1,5 +1,10 @@
 """What every training phase shares: the backbone, optimizer groups, the WSD schedule,
-router-bias updates after each optimizer step, and throughput metrics."""
+router-bias updates after each optimizer step, throughput metrics, and the running
+totals (``RunCounters``) its checkpoints carry.
+
+The state the run-directory callback reads is declared here, in ``__init__``
+(``tracking.contract.PhaseReport``); data statistics come from the datamodule's
+typed ``BatchStats``."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 
 from kimi_lab.config.schema import OptimizerName, RunConfig
+from kimi_lab.data.datamodule import KimiDataModule
 from kimi_lab.errors import ConfigError, NonFiniteError
 from kimi_lab.metrics import (
+    CHECKPOINT_COUNTERS,
     DATA_IMAGE_TOKENS,
     DATA_PAD_TOKENS,
     DATA_SKIPPED_PREFIX,
@@ -34,6 +41,7 @@ from kimi_lab.optim.groups import build_param_groups
 from kimi_lab.optim.muon import MuonAdamW
 from kimi_lab.optim.qk_clip import LogitReport, qk_clip_step, set_measuring
 from kimi_lab.optim.schedule import WSD, schedule_steps
+from kimi_lab.tracking.contract import MoELoad, RunCounters
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +63,18 @@ class PhaseModule(L.LightningModule):
             {"config": OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)}
         )
         self.model = KimiK25(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
-        self.latest_moe_load: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Read by the run-directory callback (tracking.contract.PhaseReport).
+        self.counters = RunCounters()
+        self.latest_moe_load: MoELoad | None = None
         self.attn_logits_since_log: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.clipped_head_steps = 0
-        self.latest_moe_load_step = -1
+        # This step's bookkeeping.
+        self._skip_step = False  # a non-finite gradient: the optimizer step is skipped
+        self._sharded = False  # FSDP2 applied (configure_model may be called more than once)
         self._step_started: float | None = None
         self._batch_ended: float | None = None
         self._waited = 0.0
-        self._tokens_in_step = 0
+        self._tokens_in_step = 0  # this rank's, over the step's micro-batches so far
+        self._step_tokens = 0  # the last optimizer step's, all ranks
 
     # ------------------------------------------------------------- optimization
     @property
@@ -90,6 +102,7 @@ class PhaseModule(L.LightningModule):
                 "lr": o.lr * g.lr_scale,
                 "name": g.name,
                 "use_muon": self.uses_muon and g.name.endswith("/matrices"),
+                "fused_row_parts": g.fused_row_parts,
             }
             for g in groups
         ]
@@ -113,6 +126,7 @@ class PhaseModule(L.LightningModule):
         else:
             for pg in param_groups:
                 pg.pop("use_muon")
+                pg.pop("fused_row_parts")
             optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
         warmup, decay = schedule_steps(self.cfg)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -122,8 +136,8 @@ class PhaseModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """FSDP2 (``trainer=fsdp2``): shard every decoder layer, then the rest, over the data-parallel mesh."""
-        mesh = getattr(self, "device_mesh", None)
-        if mesh is None or getattr(self, "_sharded", False):
+        mesh = getattr(self, "device_mesh", None)  # set by Lightning's ModelParallelStrategy only
+        if mesh is None or self._sharded:
             return
         from torch.distributed.fsdp import fully_shard
 
@@ -151,21 +165,22 @@ class PhaseModule(L.LightningModule):
         finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()) if grads else True
         finite = bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
         self._skip_step = not finite
+        c = self.counters
         if finite:
-            self.nonfinite_streak = 0
+            c.nonfinite_streak = 0
             return
-        self.nonfinite_streak = getattr(self, "nonfinite_streak", 0) + 1
-        self.nonfinite_total = getattr(self, "nonfinite_total", 0) + 1
+        c.nonfinite_streak += 1
+        c.nonfinite_steps += 1
         for p in self.parameters():
             p.grad = None
         limit = self.cfg.trainer.max_nonfinite_steps
         rank_zero_info(
             f"step {self.global_step}: non-finite loss or gradient, step skipped "
-            f"({self.nonfinite_streak} in a row, {self.nonfinite_total} in this run)"
+            f"({c.nonfinite_streak} in a row, {c.nonfinite_steps} in this run)"
         )
-        if limit and self.nonfinite_streak >= limit:
+        if limit and c.nonfinite_streak >= limit:
             raise NonFiniteError(
-                f"{self.nonfinite_streak} non-finite steps in a row (trainer.max_nonfinite_steps={limit}) "
+                f"{c.nonfinite_streak} non-finite steps in a row (trainer.max_nonfinite_steps={limit}) "
                 f"at step {self.global_step}: stopped; the last checkpoint is intact (weights never took a "
                 "non-finite update). Lower the learning rate or check the data, then resume with ckpt_path=auto"
             )
@@ -174,10 +189,16 @@ class PhaseModule(L.LightningModule):
         step = self.global_step  # 0-based index of this training step
         super().optimizer_step(*args, **kwargs)
         o = self.cfg.phase.optim
-        skipped = getattr(self, "_skip_step", False)
-        self.log(
-            TRAIN_SKIPPED_STEPS, float(getattr(self, "nonfinite_total", 0)), on_step=True, on_epoch=False
-        )
+        skipped = self._skip_step
+        self._skip_step = False
+        # Counted here, not in on_train_batch_end: a checkpoint of this step is written by a
+        # callback's on_train_batch_end, which runs before the module's, and must include it.
+        # Ranks may see different padding: sum their counts (exact, one scalar per step).
+        local = torch.tensor(float(self._tokens_in_step), device=self.device)
+        self._step_tokens = int(self.trainer.strategy.reduce(local, reduce_op="sum").item())
+        self._tokens_in_step = 0
+        self.counters.tokens += self._step_tokens
+        self.log(TRAIN_SKIPPED_STEPS, float(self.counters.nonfinite_steps), on_step=True, on_epoch=False)
         # QK-Clip with the maxima this step's forward passes measured (weights already updated).
         # A skipped step still drains the measurements, and clips nothing.
         tau = o.qk_clip_tau if o.name == OptimizerName.muonclip and not skipped else None
@@ -189,12 +210,11 @@ class PhaseModule(L.LightningModule):
         rate = 0.0 if frozen else self.cfg.model.moe.bias_update_rate
         load = update_router_biases(self.model, rate)
         if load is not None:
-            self.latest_moe_load = (load[0].cpu(), load[1].cpu())
-            self.latest_moe_load_step = step
+            self.latest_moe_load = MoELoad(step, load[0].cpu(), load[1].cpu())
 
     def _accumulate_logits(self, report: LogitReport) -> None:
         """Max logit and clip events per head since the last logged step."""
-        self.clipped_head_steps += int(report.clipped_LH.sum())
+        self.counters.clipped_head_steps += int(report.clipped_LH.sum())
         prev = self.attn_logits_since_log.get(report.tower)
         if prev is None:
             self.attn_logits_since_log[report.tower] = (report.max_logit_LH, report.clipped_LH)
@@ -208,8 +228,16 @@ class PhaseModule(L.LightningModule):
         out, self.attn_logits_since_log = self.attn_logits_since_log, {}
         return out
 
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_COUNTERS] = self.counters.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.counters = RunCounters.from_state(checkpoint.get(CHECKPOINT_COUNTERS))
+
     # ------------------------------------------------------------- throughput
     def count_step_tokens(self, n: int) -> None:
+        """This rank's real (non-padding) tokens of a micro-batch."""
         self._tokens_in_step += n
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -224,34 +252,30 @@ class PhaseModule(L.LightningModule):
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches != 0:
             return
         elapsed = self._batch_ended - (self._step_started or self._batch_ended)
-        world = self.trainer.world_size
-        tokens = self._tokens_in_step * world
         log = {"on_step": True, "on_epoch": False}
-        self.log(TRAIN_TOKENS_PER_SEC, tokens / max(elapsed, 1e-9), prog_bar=True, **log)
-        self.log(TRAIN_TOKENS, float(self.trainer.global_step * tokens), **log)
+        self.log(TRAIN_TOKENS_PER_SEC, self._step_tokens / max(elapsed, 1e-9), prog_bar=True, **log)
+        self.log(TRAIN_TOKENS, float(self.counters.tokens), **log)
         self.log(TRAIN_LR, self.trainer.optimizers[0].param_groups[0]["lr"], **log)
         if self._step_started is not None and self.trainer.global_step > 1:
             self.log(DATA_WAIT_FRACTION, min(1.0, self._waited / max(elapsed, 1e-9)), **log)
         self._log_data_stats(log)
-        self._tokens_in_step = 0
         self._waited = 0.0
         self._step_started = self._batch_ended
 
     def _log_data_stats(self, log: dict[str, Any]) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        stats = getattr(dm, "latest", None)
-        if not stats:
+        dm = self.trainer.datamodule
+        stats = dm.latest if isinstance(dm, KimiDataModule) else None
+        if stats is None:  # task and swarm datamodules report no packing statistics
             return
-        text, image, video = stats["text_tokens"], stats["image_tokens"], stats["video_tokens"]
         values = {
-            DATA_TEXT_TOKENS: text,
-            DATA_IMAGE_TOKENS: image,
-            DATA_VIDEO_TOKENS: video,
-            DATA_PAD_TOKENS: stats["pad_tokens"],
-            DATA_VISION_RATIO: stats["vision_source_tokens"] / max(stats["tokens"], 1),
+            DATA_TEXT_TOKENS: stats.text_tokens,
+            DATA_IMAGE_TOKENS: stats.image_tokens,
+            DATA_VIDEO_TOKENS: stats.video_tokens,
+            DATA_PAD_TOKENS: stats.pad_tokens,
+            DATA_VISION_RATIO: stats.vision_source_tokens / max(stats.tokens, 1),
         }
-        if stats["vision_ratio_target"] == stats["vision_ratio_target"]:  # not NaN: a ratio is configured
-            values[DATA_VISION_RATIO_TARGET] = stats["vision_ratio_target"]
-        for reason, n in stats["skipped"].items():
+        if stats.vision_ratio_target is not None:
+            values[DATA_VISION_RATIO_TARGET] = stats.vision_ratio_target
+        for reason, n in stats.skipped.items():
             values[DATA_SKIPPED_PREFIX + reason] = n
         self.log_dict({k: float(v) for k, v in values.items()}, **log)

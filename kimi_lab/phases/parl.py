@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from kimi_lab.config.schema import RunConfig
+from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.metrics import (
     PARL_CRITICAL_STEPS,
     PARL_FINISH,
@@ -41,6 +43,7 @@ from kimi_lab.phases.base import PhaseModule
 from kimi_lab.rl.loss import group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
+from kimi_lab.swarm.environment import SearchEnvironment
 from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
 from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
 from kimi_lab.swarm.types import Policy, SwarmTask
@@ -67,18 +70,26 @@ def episode_stats(results: list[EpisodeResult]) -> dict[str, float]:
 
 
 class PARLModule(PhaseModule):
+    # Built in setup(): they need the tokenizer (made by prepare_data) and the datamodule's corpus.
+    tok: Tokenizer
+    banned_ids: tuple[int, ...]
+    env: SearchEnvironment
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        self.sampler = torch.Generator().manual_seed(cfg.seed)
+        self.frozen: torch.nn.Module | None = None  # the frozen sub-agent model, when not scripted
+        self._val: list[EpisodeResult] = []  # this validation's episodes
+
     def setup(self, stage: str) -> None:
         from kimi_lab.chat import ChatEncoder
         from kimi_lab.data.tokenizer import load_or_train
-        from kimi_lab.swarm.environment import SearchEnvironment
 
         pc = self.cfg.phase.parl
         self.tok = load_or_train(self.cfg.data.tokenizer, self.cfg.model.vocab_size)
         self.banned_ids = ChatEncoder(self.tok).banned_ids  # never sampled, so never scored
         corpus = self.trainer.datamodule.corpus
         self.env = SearchEnvironment(corpus)
-        self.sampler = torch.Generator().manual_seed(self.cfg.seed)
-        self.frozen: torch.nn.Module | None = None
         if pc.subagent != "scripted":
             from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
 
@@ -200,7 +211,7 @@ class PARLModule(PhaseModule):
 
     # -------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val: list[EpisodeResult] = []
+        self._val = []
 
     def validation_step(self, batch: list[SwarmTask], batch_idx: int, dataloader_idx: int = 0) -> None:
         n_traces = self.cfg.phase.parl.traces_per_eval
@@ -216,7 +227,7 @@ class PARLModule(PhaseModule):
         self._val.extend(self.play(batch, 1, 0.0, traces))
 
     def on_validation_epoch_end(self) -> None:
-        if not getattr(self, "_val", None):
+        if not self._val:
             return
         s = episode_stats(self._val)
         for key in ("perf", "critical_steps", "total_steps", "subagents", "parallelism", "over_budget"):

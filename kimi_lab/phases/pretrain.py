@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kimi_lab.config.schema import RunConfig
+from kimi_lab.data.datamodule import KimiDataModule
 from kimi_lab.errors import ConfigError
 from kimi_lab.metrics import (
     TRAIN_AUX,
@@ -25,9 +27,13 @@ from kimi_lab.phases.base import PhaseModule
 
 
 class PretrainModule(PhaseModule):
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        self._val_sums: dict[str, list[float]] = {}  # per val source: [sum of token losses, tokens]
+
     def on_fit_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if getattr(dm, "has_vision", False) and not self.model.has_vision:
+        dm = self.trainer.datamodule
+        if isinstance(dm, KimiDataModule) and dm.has_vision and not self.model.has_vision:
             vision = [n for n, m in dm.modalities.items() if m != "text"]
             raise ConfigError(
                 f"data.sources {', '.join(vision)} hold images or video, but model {self.cfg.model.name} "
@@ -44,9 +50,11 @@ class PretrainModule(PhaseModule):
                 image_grid_thw=batch.get("image_grid_thw"),
                 pixel_values_videos=batch.get("pixel_values_videos"),
                 video_grid_thw=batch.get("video_grid_thw"),
+                token_mask=batch.get("input_mask"),  # padding is left out of the routers' counts
             )
         except VisionInputError as exn:
-            keys = getattr(getattr(self.trainer, "datamodule", None), "latest", {}).get("keys", [])
+            dm = self.trainer.datamodule
+            keys = dm.latest.keys if isinstance(dm, KimiDataModule) and dm.latest is not None else []
             raise VisionInputError(f"{exn} (batch with samples {', '.join(keys[:4]) or 'unknown'})") from None
         # Loss on text targets only: never on placeholders, media markers or padding.
         mask = batch.get("loss_mask")
@@ -64,7 +72,8 @@ class PretrainModule(PhaseModule):
             # holds no image): nothing to learn from it, so the step is skipped.
             self.log(TRAIN_SKIPPED_BATCHES, 1.0, on_step=True, on_epoch=False, reduce_fx="sum")
             return None
-        self.count_step_tokens(batch["tokens"][:, 1:].numel())
+        real = batch.get("input_mask")
+        self.count_step_tokens(int(real.sum()) if real is not None else batch["tokens"][:, 1:].numel())
         # Averaged over data-parallel ranks: the logged loss is the global batch's.
         self.log(TRAIN_LOSS, loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         self.log(TRAIN_CE, ce, on_step=True, on_epoch=False, sync_dist=True)
@@ -75,13 +84,14 @@ class PretrainModule(PhaseModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums: dict[str, list[float]] = {}
+        self._val_sums = {}
 
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         ce, _ = self._lm_loss(batch)
-        names = getattr(self.trainer.datamodule, "val_names", [])
+        dm = self.trainer.datamodule
+        names = dm.val_names if isinstance(dm, KimiDataModule) else []
         name = names[dataloader_idx] if dataloader_idx < len(names) else str(dataloader_idx)
         n = float(batch["loss_mask"].sum()) if "loss_mask" in batch else float(batch["tokens"][:, 1:].numel())
         sums = self._val_sums.setdefault(name, [0.0, 0.0])
@@ -90,7 +100,7 @@ class PretrainModule(PhaseModule):
 
     def on_validation_epoch_end(self) -> None:
         # Token-weighted means: one curve per source, and val/loss over all of them.
-        sums = getattr(self, "_val_sums", {})
+        sums = self._val_sums
         total, count = 0.0, 0.0
         for name, (loss_sum, n) in sums.items():
             if n:

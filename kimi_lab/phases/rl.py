@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from kimi_lab.data.tasks import TaskInput
+from kimi_lab.config.schema import RunConfig
+from kimi_lab.data.tasks import TaskDataModule, TaskInput
 from kimi_lab.data.tokenizer import load_or_train
 from kimi_lab.generation import vision_inputs
 from kimi_lab.metrics import (
@@ -40,6 +41,15 @@ from kimi_lab.rl.rollout import Episode, RolloutRunner
 
 
 class RLModule(PhaseModule):
+    runner: RolloutRunner  # built in setup(): it needs the tokenizer, which prepare_data makes
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        rl = cfg.phase.rl
+        self.toggle = Toggle(rl.toggle_every, rl.toggle_lambda, rl.toggle_rho)
+        self.sampler = torch.Generator().manual_seed(cfg.seed)
+        self._val: dict[str, tuple[list[Episode], list[float]]] = {}  # per val source: episodes, rewards
+
     def setup(self, stage: str) -> None:
         rl = self.cfg.phase.rl
         tok = load_or_train(self.cfg.data.tokenizer, self.cfg.model.vocab_size)
@@ -51,8 +61,6 @@ class RLModule(PhaseModule):
             rl.max_turns,
             self.cfg.model.max_seq_len,
         )
-        self.toggle = Toggle(rl.toggle_every, rl.toggle_lambda, rl.toggle_rho)
-        self.sampler = torch.Generator().manual_seed(self.cfg.seed)
 
     # ------------------------------------------------------------------- train
     def training_step(self, batch: list[TaskInput], batch_idx: int) -> torch.Tensor | None:
@@ -107,19 +115,20 @@ class RLModule(PhaseModule):
 
     # -------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self._val: dict[str, tuple[list[Episode], list[float]]] = {}
+        self._val = {}
 
     def validation_step(self, batch: list[TaskInput], batch_idx: int, dataloader_idx: int = 0) -> None:
         episodes = self.runner.run(self.model, batch, 1, temperature=0.0)
         rewards = [score_episode(ep) for ep in episodes]
-        names = getattr(self.trainer.datamodule, "val_names", [])
+        dm = self.trainer.datamodule
+        names = dm.val_names if isinstance(dm, TaskDataModule) else []
         name = names[dataloader_idx] if dataloader_idx < len(names) else str(dataloader_idx)
         eps, rs = self._val.setdefault(name, ([], []))
         eps.extend(episodes)
         rs.extend(rewards)
 
     def on_validation_epoch_end(self) -> None:
-        for name, (episodes, rewards) in getattr(self, "_val", {}).items():
+        for name, (episodes, rewards) in self._val.items():
             s = summarize(episodes, rewards)["all"]
             self.log(VAL_SOURCE_REWARD.format(source=name), s["reward"], on_step=False, on_epoch=True)
             self.log(VAL_SOURCE_ACCURACY.format(source=name), s["accuracy"], on_step=False, on_epoch=True)

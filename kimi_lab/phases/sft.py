@@ -12,6 +12,7 @@ import logging
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from kimi_lab.data.datamodule import KimiDataModule
 from kimi_lab.errors import ConfigError
 from kimi_lab.phases.pretrain import PretrainModule
 
@@ -21,8 +22,8 @@ log = logging.getLogger(__name__)
 class SFTModule(PretrainModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        dm = getattr(self.trainer, "datamodule", None)
-        modalities = getattr(dm, "modalities", {})
+        dm = self.trainer.datamodule
+        modalities = dm.modalities if isinstance(dm, KimiDataModule) else {}
         if modalities and "chat" not in modalities.values():
             raise ConfigError(
                 f"phase sft trains on chat samples, but data.sources ({', '.join(modalities)}) hold none: "

@@ -17,24 +17,26 @@ from typing import Any
 
 import pandas as pd
 
+from kimi_lab.metrics import METRICS_FILE, PARL_CRITICAL_STEPS, PARL_PARALLELISM, PARL_PERF, PARL_SUBAGENTS
+
 ARM_LABELS = {
     "sft": "SFT orchestrator (before PARL)",
     "perf": "PARL, r_perf only",
     "perf_parallel": "PARL, r_perf + r_parallel",
     "full": "PARL, full annealed reward",
 }
-CURVES = ("parl/r_perf", "parl/parallelism", "parl/subagents", "parl/critical_steps")
+CURVES = (PARL_PERF, PARL_PARALLELISM, PARL_SUBAGENTS, PARL_CRITICAL_STEPS)
 
 
 def _curves(out: Path) -> dict[str, pd.DataFrame]:
-    from kimi_lab.metrics import METRICS_FILE
-
+    """Per arm: one column per key of CURVES (all NaN where the arm never logged it)."""
     curves = {}
     for arm in ("perf", "perf_parallel", "full"):
         path = out / arm / METRICS_FILE
         if path.is_file():
             m = pd.read_parquet(path)
-            curves[arm] = m[m.key.isin(CURVES)].pivot_table(index="step", columns="key", values="value")
+            wide = m[m.key.isin(CURVES)].pivot_table(index="step", columns="key", values="value")
+            curves[arm] = wide.reindex(columns=list(CURVES))
     return curves
 
 
@@ -99,13 +101,15 @@ def _findings(
             f"{e['over_budget']:.0%} over budget."
         )
     for arm, c in curves.items():
-        if "parl/r_perf" in c and len(c) and float(c["parl/r_perf"].max()) == 0.0:
+        if missing := [key for key in CURVES if c[key].isna().all()]:
+            out.append(f"{ARM_LABELS[arm]}: its run logged no {', '.join(missing)}.")
+        if len(c) and float(c[PARL_PERF].max()) == 0.0:
             out.append(
                 f"{ARM_LABELS[arm]}: no training episode scored (r_perf = 0 at all {len(c)} steps), so r_perf gives "
                 "every sample the same reward and a zero advantage; only r_parallel / r_finish can move the policy."
             )
-        if "parl/parallelism" in c and len(c) >= 8:
-            par = c["parl/parallelism"]
+        if c[PARL_PARALLELISM].notna().sum() >= 8:
+            par = c[PARL_PARALLELISM].dropna()
             q = max(2, len(par) // 4)
             first, last = par.iloc[:q], par.iloc[-q:]
             # noise: the step-to-step spread of the per-step means, over q steps per quarter
@@ -132,12 +136,8 @@ def _plot(out: Path, curves: dict[str, pd.DataFrame], sweep: list[dict[str, Any]
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for arm, c in curves.items():
-        if "parl/r_perf" in c:
-            axes[0].plot(c.index, c["parl/r_perf"].rolling(3, min_periods=1).mean(), label=ARM_LABELS[arm])
-        if "parl/parallelism" in c:
-            axes[1].plot(
-                c.index, c["parl/parallelism"].rolling(3, min_periods=1).mean(), label=ARM_LABELS[arm]
-            )
+        axes[0].plot(c.index, c[PARL_PERF].rolling(3, min_periods=1).mean(), label=ARM_LABELS[arm])
+        axes[1].plot(c.index, c[PARL_PARALLELISM].rolling(3, min_periods=1).mean(), label=ARM_LABELS[arm])
     axes[0].set(title="task score (r_perf) during PARL", xlabel="step")
     axes[1].set(title="parallelism (assignments per stage)", xlabel="step")
     for ax in axes[:2]:

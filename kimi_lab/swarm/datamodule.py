@@ -46,6 +46,9 @@ class SwarmTaskDataModule(L.LightningDataModule):
             seed,
         )
         self.tasks_consumed = 0
+        # Filled by setup():
+        self.train_tasks: list[SwarmTask] = []
+        self.val_tasks: list[SwarmTask] = []
         self.corpus: Corpus | None = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -202,7 +202,7 @@ def image_code_reward(
 
     ``renderer``: an open ``HtmlRenderer`` to reuse for HTML (else one is started per call).
     """
-    from data_pipelines.renderers import HtmlRenderer, render_svg
+    from kimi_lab.tools.renderers import HtmlRenderer, render_svg
 
     code = extract_code(_text(code_text), kind)
     if code is None:

@@ -51,6 +51,7 @@ from kimi_lab.tools.sandbox_runner import MAGIC, READY, TRAILER  # the protocol 
 
 BWRAP = "bwrap"  # name or path of the bubblewrap binary
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
+LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")  # root hosts only: stages binds, drops the uid
 WORKDIR = "/work"
 VENV_DEST = "/venv"
 RUNNER_DEST = "/sandbox_runner.py"
@@ -78,33 +79,6 @@ SANDBOX_ENV = {
     "MPLBACKEND": "Agg",
 }
 _UID_BASE, _UID_RANGE = 2_000_000_000, 100_000_000  # uids for sandboxes started by root
-
-# Runs as root with `python -I -S -c`: bind the trees bwrap needs where any uid can reach them
-# (in a mount namespace private to this process), drop to the sandbox uid, exec bwrap.
-_STAGE_AND_EXEC = """
-import ctypes, json, os, sys
-job = json.loads(sys.argv[1])
-os.umask(0o022)  # the sandbox uid must be able to traverse the staged trees
-libc = ctypes.CDLL(None, use_errno=True)
-def check(ret, what):
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
-check(libc.unshare(0x20000), "unshare(CLONE_NEWNS)")
-check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
-check(libc.mount(b"tmpfs", job["staging"].encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k"), "mounting the staging tmpfs")
-for src, dst in job["stage"]:
-    if os.path.isdir(src):
-        os.mkdir(dst)
-    else:
-        open(dst, "x").close()
-    check(libc.mount(src.encode(), dst.encode(), None, MS_BIND | MS_REC, None), f"binding {src}")
-os.setgroups([])
-os.setgid(job["uid"])
-os.setuid(job["uid"])
-os.execv(job["argv"][0], job["argv"])
-"""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -337,7 +311,7 @@ def _command(bwrap: str, result_fd: int, limits: SandboxLimits) -> list[str]:
         "uid": uid,
         "argv": [bwrap, *_bwrap_args(staged, limits), "--", *runner_argv],
     }
-    return [os.path.realpath(sys.executable), "-I", "-S", "-c", _STAGE_AND_EXEC, json.dumps(job)]
+    return [os.path.realpath(sys.executable), "-I", "-S", str(LAUNCHER.resolve()), json.dumps(job)]
 
 
 def _bwrap_args(binds: list[tuple[str, str]], limits: SandboxLimits) -> list[str]:

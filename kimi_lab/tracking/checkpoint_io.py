@@ -14,6 +14,8 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from kimi_lab.metrics import LAST_CHECKPOINT
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
@@ -74,4 +76,4 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     if not files:
         return None
     # newest by mtime; ties go to last.ckpt (it is written last)
-    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
+    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST_CHECKPOINT))

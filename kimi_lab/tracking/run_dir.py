@@ -1,7 +1,7 @@
 """The run-directory callback: expert load per step, status, and consistent files on resume.
 
 - ``moe_load.parquet``: tokens and bias of every expert of every MoE layer at every
-  logged step (the counts are global across data-parallel ranks).
+  logged step (real tokens only, summed over data-parallel ranks).
 - ``status.json``: running / finished / failed / interrupted, the step, final metrics.
 - On resume, rows logged after the checkpoint's step are dropped, so the curves
   continue from the checkpoint instead of repeating the replayed steps.
@@ -33,6 +33,7 @@ from kimi_lab.metrics import (
     MOE_LOAD_FILE,
     STATUS_FILE,
 )
+from kimi_lab.tracking.contract import PhaseReport
 from kimi_lab.tracking.parquet_logger import ParquetMetricsLogger
 from kimi_lab.tracking.table import ATTN_LOGITS_SCHEMA, MOE_LOAD_SCHEMA, ParquetTable
 
@@ -106,12 +107,12 @@ class RunDirCallback(L.Callback):
 
     def _log_attn_logits(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step - 1
-        if step < 0 or (step + 1) % self.log_every != 0 or not hasattr(pl_module, "pop_attn_logits"):
+        if step < 0 or (step + 1) % self.log_every != 0 or not isinstance(pl_module, PhaseReport):
             return
         logits = pl_module.pop_attn_logits()
         if not logits:
             return
-        values: dict[str, float] = {ATTN_CLIPPED_HEAD_STEPS: float(pl_module.clipped_head_steps)}
+        values: dict[str, float] = {ATTN_CLIPPED_HEAD_STEPS: float(pl_module.counters.clipped_head_steps)}
         values[ATTN_CLIPPED_HEADS] = float(sum(int(c.sum()) for _, c in logits.values()))
         for tower, (max_LH, clipped_LH) in logits.items():
             if tower == "language_model":
@@ -136,11 +137,11 @@ class RunDirCallback(L.Callback):
 
     def _log_moe_load(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Steps are 0-based training-step indices, as Lightning labels the logged metrics.
-        load = getattr(pl_module, "latest_moe_load", None)
-        step = getattr(pl_module, "latest_moe_load_step", -1)
-        if load is None or step != trainer.global_step - 1 or (step + 1) % self.log_every != 0:
+        load = pl_module.latest_moe_load if isinstance(pl_module, PhaseReport) else None
+        step = trainer.global_step - 1
+        if load is None or load.step != step or (step + 1) % self.log_every != 0:
             return
-        tokens_LE, bias_LE = load
+        tokens_LE, bias_LE = load.tokens_LE, load.bias_LE
         per_layer = tokens_LE.max(1).values / tokens_LE.mean(1).clamp_min(1e-9)
         pl_module.log_dict(
             {

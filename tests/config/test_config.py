@@ -116,3 +116,13 @@ def test_cross_field_rules_fail_before_building_and_name_keys(overrides: list[st
     message = str(err.value)
     assert named in message
     assert "\n" not in message  # one line
+
+
+def test_vision_patching_has_one_source() -> None:
+    """data.vision follows model.vision; setting the data side apart fails at validation, one line."""
+    cfg = to_run_config(compose(["model=tiny-vl", "model.vision.patch_size=16", "model.vision.merge_size=4"]))
+    assert (cfg.data.vision.patch_size, cfg.data.vision.merge_size) == (16, 4)
+    validate_run(cfg)
+    bad = to_run_config(compose(["model=tiny-vl", "data.vision.patch_size=16"]))
+    with pytest.raises(ConfigError, match=r"^data.vision.patch_size=16 but model.vision.patch_size=14"):
+        validate_run(bad)

@@ -178,7 +178,7 @@ def _free_port() -> int:
 def test_pages_render_in_a_real_browser(dash_root, tiny_shards) -> None:
     from playwright.sync_api import sync_playwright
 
-    from data_pipelines.renderers import CHROMIUM_ARGS, find_chromium
+    from kimi_lab.tools.renderers import CHROMIUM_ARGS, find_chromium
 
     port = _free_port()
     env = {**os.environ, "KIMI_LAB_DATA_DIR": str(tiny_shards.parent)}

@@ -189,8 +189,8 @@ def test_fusion_ratio_holds_within_two_percent(
     ]
     vision = total = 0
     for batch in iter(MixedStream(specs, cfg, train=True)):
-        vision += batch["meta"]["stats"]["vision_source_tokens"]
-        total += batch["meta"]["stats"]["tokens"]
+        vision += batch["meta"]["stats"].vision_source_tokens
+        total += batch["meta"]["stats"].tokens
         if batch["meta"]["state"]["mixer"]["draws"] >= 2500:  # a few thousand samples
             break
     assert abs(vision / total - ratio) < 0.02
@@ -219,7 +219,7 @@ def test_vision_starts_when_the_schedule_says(tiny_shards, image_code_shards, ti
         step = batch["meta"]["batch_index"]
         stats = batch["meta"]["stats"]
         (before if step < 40 else after).append(
-            (stats["vision_source_tokens"], stats["tokens"], stats["vision_ratio_target"])
+            (stats.vision_source_tokens, stats.tokens, stats.vision_ratio_target)
         )
     assert sum(v for v, _, _ in before) == 0 and all(t == 0.0 for _, _, t in before)
     ratio = sum(v for v, _, _ in after[10:]) / sum(n for _, n, _ in after[10:])

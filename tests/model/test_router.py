@@ -44,6 +44,25 @@ def test_counts_only_in_training_and_bias_update_direction() -> None:
     torch.testing.assert_close(biases[0], b)
 
 
+def test_padding_is_routed_but_never_counted() -> None:
+    """Loads (balancing and moe_load.parquet) and the balance loss count real tokens only: a padded
+    batch gives what its real tokens alone give."""
+    torch.manual_seed(0)
+    cfg = MoEConfig(n_routed_experts=8, n_shared_experts=0, top_k=2, expert_ffn_dim=8, seq_aux_loss_coef=1.0)
+    layer = MoELayer(16, cfg).train()
+    x = torch.randn(2, 10, 16, requires_grad=True)
+    real = torch.ones(2, 10, dtype=torch.bool)
+    real[0, 6:] = False  # the first sequence ends in 4 padding tokens
+    _, aux = layer(x, real)
+    padded_counts = layer.router.tokens_per_expert.clone()
+    assert padded_counts.sum() == real.sum() * cfg.top_k
+
+    layer.router.tokens_per_expert.zero_()
+    alone = [layer(x[i : i + 1, real[i]], None)[1].seq_balance for i in range(2)]
+    assert torch.equal(layer.router.tokens_per_expert, padded_counts)  # the same real tokens, the same load
+    torch.testing.assert_close(aux.seq_balance, torch.stack(alone).mean())
+
+
 def _skewed_run(rate: float, steps: int = 60) -> list[float]:
     torch.manual_seed(0)
     cfg = MoEConfig(n_routed_experts=8, n_shared_experts=0, top_k=2, expert_ffn_dim=8, bias_update_rate=rate)

@@ -17,13 +17,73 @@ from kimi_lab.optim.qk_clip import qk_clip_step, set_measuring
 from kimi_lab.optim.schedule import schedule_steps
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (256, 64), (64, 512), (8, 128, 32), (1000, 300)])
-def test_muon_update_rms_is_two_tenths(shape) -> None:
+def _reference_newton_schulz(G: torch.Tensor) -> torch.Tensor:
+    """Moonlight's / K2's orthogonalisation, written out: 5 quintic steps, nothing after."""
+    X = G.float()
+    if G.shape[-2] > G.shape[-1]:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(5):
+        A = X @ X.mT
+        X = 3.4445 * X + (-4.7750 * A + 2.0315 * A @ A) @ X
+    return X.mT if G.shape[-2] > G.shape[-1] else X
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (256, 64), (64, 512), (8, 128, 32)])
+def test_newton_schulz_defaults_to_the_reference(shape) -> None:
     torch.manual_seed(0)
     G = torch.randn(*shape)
-    update = orthogonalise(G) * muon_scale(G.shape)
-    rms = update.pow(2).mean().sqrt().item()
+    torch.testing.assert_close(orthogonalise(G), _reference_newton_schulz(G))
+    w = torch.nn.Parameter(torch.zeros(shape[-2:]))
+    assert MuonAdamW([{"params": [w], "use_muon": True}], lr=0.1).defaults["ns_polish_steps"] == 0
+    assert to_run_config(compose([])).phase.optim.ns_polish_steps == 0
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (256, 64), (64, 512), (8, 128, 32), (1000, 300)])
+def test_polish_steps_bring_the_update_rms_to_two_tenths(shape) -> None:
+    torch.manual_seed(0)
+    G = torch.randn(*shape)
+    polished = orthogonalise(G, polish=2) * muon_scale(G.shape)
+    reference = orthogonalise(G) * muon_scale(G.shape)
+    rms = polished.pow(2).mean().sqrt().item()
     assert abs(rms - 0.2) / 0.2 < 0.05
+    # the quintic alone leaves singular values above 1; the polish brings them down to 1
+    assert torch.linalg.svdvals(reference / muon_scale(G.shape)).max() > 1.02
+    assert torch.linalg.svdvals(polished / muon_scale(G.shape)).max() < 1.001
+
+
+def test_muon_orthogonalises_fused_gate_and_up_apart() -> None:
+    """The dense FFN and the shared experts store gate and up as one (2F, D) ``w13``; the update
+    must be what Muon gives gate_proj and up_proj as separate matrices (as in the reference)."""
+    from kimi_lab.phases.pretrain import PretrainModule
+
+    torch.manual_seed(0)
+    cfg = to_run_config(compose(["model=tiny", "phase.optim.name=muon", "phase.optim.weight_decay=0"]))
+    module = PretrainModule(cfg)
+    opt = module.configure_optimizers()["optimizer"]
+    lm = module.model.language_model
+    fused = {"dense": lm.layers[0].ffn.w13.weight, "shared": lm.layers[1].ffn.shared.w13.weight}
+    before = {k: w.detach().clone() for k, w in fused.items()}
+    for p in module.parameters():
+        p.grad = torch.randn_like(p)
+    grads = {k: w.grad.clone() for k, w in fused.items()}
+    lr = opt.param_groups[0]["lr"]
+    opt.step()
+    for name, w in fused.items():
+        update = (before[name] - w.detach()) / lr
+        gate, up = grads[name].chunk(2, dim=0)
+        apart = torch.cat([_reference_newton_schulz(g) * 0.2 * max(g.shape) ** 0.5 for g in (gate, up)])
+        torch.testing.assert_close(update, apart, rtol=1e-3, atol=1e-4, msg=name)
+        whole = _reference_newton_schulz(grads[name]) * 0.2 * max(w.shape) ** 0.5
+        assert (whole - apart).norm() > 0.05 * apart.norm(), name  # the two really differ
+    # A checkpoint written before the parts existed resumes with them (they are the model's structure).
+    parts = [g["fused_row_parts"] for g in opt.param_groups]
+    state = opt.state_dict()
+    for g in state["param_groups"]:
+        del g["fused_row_parts"]
+    opt.load_state_dict(state)
+    assert [g["fused_row_parts"] for g in opt.param_groups] == parts
+    assert any((128, 128) in p for p in parts)  # tiny's dense FFN: gate 128 + up 128 rows
 
 
 def test_muon_step_applies_decoupled_weight_decay_and_scaled_update() -> None:
@@ -52,7 +112,12 @@ def _step(model: KimiK25, ids: torch.Tensor, tau: float | None, lr: float = 1e-5
     groups = build_param_groups(model, 0.1)
     opt = MuonAdamW(
         [
-            {"params": g.params, "weight_decay": g.weight_decay, "use_muon": g.name.endswith("/matrices")}
+            {
+                "params": g.params,
+                "weight_decay": g.weight_decay,
+                "use_muon": g.name.endswith("/matrices"),
+                "fused_row_parts": g.fused_row_parts,
+            }
             for g in groups
         ],
         lr=lr,

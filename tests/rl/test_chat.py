@@ -67,9 +67,28 @@ def test_malformed_calls_become_errors_not_exceptions(text: str, error: str) -> 
     assert not parsed.message.tool_calls and len(parsed.errors) == 1 and error in parsed.errors[0]
 
 
-def test_garbage_never_raises() -> None:
-    for text in ["", "<|im_end|>", "<|tool_call_end|>" * 3, "\x00" * 50, "<|tool_call_begin|>" * 5]:
-        parse_assistant(text)
+CUT_OFF, NO_BEGIN = "no <|tool_call_end|>", "without a <|tool_call_begin|>"
+
+
+@pytest.mark.parametrize(
+    ("text", "errors"),
+    [
+        ("", []),
+        ("<|im_end|>", []),
+        ("\x00" * 50, []),  # odd, but plain content: nothing to report
+        ("<|tool_call_end|>" * 3, [NO_BEGIN]),
+        ("<|tool_call_begin|>" * 5, [CUT_OFF] * 5),
+        ("<|tool_call_begin|>\n\x00<|tool_call_end|>", ["'' is not a tool name"]),
+        ("a<|tool_call_begin|>python\nprint(1)<|tool_call_end|><|tool_call_begin|>py", [CUT_OFF]),
+    ],
+)
+def test_garbage_never_raises_and_reports_every_malformed_call(text: str, errors: list[str]) -> None:
+    parsed = parse_assistant(text)
+    assert len(parsed.errors) == len(errors), parsed.errors
+    assert all(want in got for want, got in zip(errors, parsed.errors))
+    assert "<|tool_call" not in parsed.message.content  # markers never leak into the content
+    good = [c for c in parsed.message.tool_calls if c.name == "python"]
+    assert parsed.message.tool_calls == good  # nothing malformed became a call
 
 
 def test_conversation_structure_is_checked() -> None:

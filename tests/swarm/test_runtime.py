@@ -749,7 +749,9 @@ def test_bench_swarm_reports_overhead_and_wall_ratio(capsys) -> None:
         assert isinstance(out[key], float), key
 
 
-def test_cli_knows_the_swarm_bench() -> None:
-    from kimi_lab.cli import _BENCHES
+def test_cli_runs_the_swarm_bench(capsys) -> None:
+    from kimi_lab.cli import main
 
-    assert "swarm" in _BENCHES
+    main(["bench", "swarm", "--json", "--agents", "5", "--steps", "1", "--latency-ms", "1"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["agents"] == 5 and out["steps_per_agent"] == 1 and out["subagent_steps"] == 5

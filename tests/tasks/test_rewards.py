@@ -129,7 +129,7 @@ def test_score_dispatches_on_the_answer_type_and_needs_an_answer_line() -> None:
 
 
 def test_image_code_reward_compares_renders() -> None:
-    from data_pipelines.renderers import render_svg
+    from kimi_lab.tools.renderers import render_svg
 
     target = render_svg(TARGET_SVG)
     assert image_code_reward(f"Here it is:\n```svg\n{TARGET_SVG}\n```", target) == pytest.approx(1.0)
@@ -143,7 +143,7 @@ def test_image_code_reward_compares_renders() -> None:
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").is_file(), reason="needs Debian's chromium")
 def test_image_code_reward_renders_html_with_chromium() -> None:
-    from data_pipelines.renderers import HtmlRenderer
+    from kimi_lab.tools.renderers import HtmlRenderer
 
     page = '<html><body style="margin:0;background:#fff"><div style="width:60px;height:40px;background:{}"></div></body></html>'
     with HtmlRenderer() as r:

@@ -11,7 +11,14 @@ from omegaconf import OmegaConf
 
 from kimi_lab.config import compose, to_run_config, validate_run
 from kimi_lab.errors import NonFiniteError, OutputDirError
-from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, STATUS_FILE
+from kimi_lab.metrics import (
+    CHECKPOINT_COUNTERS,
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    STATUS_FILE,
+    TRAIN_SKIPPED_STEPS,
+    TRAIN_TOKENS,
+)
 from kimi_lab.phases.pretrain import PretrainModule
 from kimi_lab.tracking import preflight
 from kimi_lab.train import train
@@ -78,7 +85,35 @@ def test_nonfinite_limit_zero_never_stops(
         ],
         tmp_path / "run",
     )
-    assert metrics["train/nonfinite_steps"] == 4
+    assert metrics[TRAIN_SKIPPED_STEPS] == 4
+
+
+def test_running_totals_survive_a_resume(
+    tiny_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The non-finite-step total and the token total live in the checkpoint: a resumed run continues
+    them instead of starting again from 0."""
+    real = PretrainModule.training_step
+
+    def poisoned(self: PretrainModule, batch: object, batch_idx: int) -> torch.Tensor:
+        loss = real(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step == 2 else loss
+
+    monkeypatch.setattr(PretrainModule, "training_step", poisoned)
+    run = tmp_path / "run"
+    common = [*tiny_overrides, "trainer.val_check_interval=100", "phase.schedule.warmup_steps=0"]
+    first = _fit([*common, "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=4"], run)
+    assert first[TRAIN_SKIPPED_STEPS] == 1
+    ckpt = torch.load(run / CHECKPOINT_DIR / LAST_CHECKPOINT, map_location="cpu", weights_only=False)
+    assert ckpt[CHECKPOINT_COUNTERS]["nonfinite_steps"] == 1
+    assert ckpt[CHECKPOINT_COUNTERS]["tokens"] == first[TRAIN_TOKENS] > 0
+
+    monkeypatch.setattr(PretrainModule, "training_step", real)
+    resumed = _fit(
+        [*common, "trainer.max_steps=8", f"ckpt_path={run / CHECKPOINT_DIR / LAST_CHECKPOINT}"], run
+    )
+    assert resumed[TRAIN_SKIPPED_STEPS] == 1  # the step skipped before the resume still counts
+    assert resumed[TRAIN_TOKENS] == pytest.approx(2 * first[TRAIN_TOKENS])  # 4 more steps, no padding
 
 
 def test_output_folder_in_the_way_is_one_line(tiny_overrides: list[str], tmp_path: Path) -> None:

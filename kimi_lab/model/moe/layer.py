@@ -62,10 +62,15 @@ class MoELayer(nn.Module):
         self.record_routing = False
         self.last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, x_BTD: torch.Tensor) -> tuple[torch.Tensor, MoEAux]:
+    def forward(
+        self, x_BTD: torch.Tensor, real_BT: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MoEAux]:
+        """``real_BT`` (B, T) bool marks real tokens; padding is left out of the router's counts
+        and of the balance loss."""
         B, T, D = x_BTD.shape
         x_TD = x_BTD.reshape(B * T, D)
-        routing = self.router(x_TD)
+        real_T = None if real_BT is None else real_BT.reshape(B * T).bool()
+        routing = self.router(x_TD, real_T)
         if self.record_routing:
             self.last_routing = (
                 routing.top_idx_TK.view(B, T, -1).detach(),
@@ -78,7 +83,11 @@ class MoELayer(nn.Module):
         zero = x_BTD.new_zeros((), dtype=torch.float32)
         loss, seq, z = zero, zero, zero
         if self.cfg.seq_aux_loss_coef > 0 and self.training:
-            seq = sequence_balance_loss(routing.scores_TE.view(B, T, -1), routing.top_idx_TK.view(B, T, -1))
+            seq = sequence_balance_loss(
+                routing.scores_TE.view(B, T, -1),
+                routing.top_idx_TK.view(B, T, -1),
+                None if real_T is None else real_T.view(B, T),
+            )
             loss = loss + self.cfg.seq_aux_loss_coef * seq
         if self.cfg.z_loss_coef > 0 and self.training:
             z = router_z_loss(routing.logits_TE)

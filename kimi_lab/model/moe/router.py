@@ -6,8 +6,10 @@ Scores are sigmoid(x W^T), computed in fp32. A per-expert bias is added to the
 scores only to *choose* the top-k; the gate weights are the unbiased scores of
 the chosen experts, renormalised to sum to one, times ``routed_scaling_factor``.
 The router counts tokens per expert while training (a buffer, summed over
-micro-batches); ``update_router_biases`` turns those counts into bias nudges
-after each optimizer step.
+micro-batches), real tokens only: padding is routed (its outputs are never
+used) but not counted, so it neither moves the balancing biases nor shows in
+``moe_load.parquet``. ``update_router_biases`` turns the counts into bias
+nudges after each optimizer step.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class SigmoidRouter(nn.Module):
         # Tokens routed to each expert since the last optimizer step (training only).
         self.register_buffer("tokens_per_expert", torch.zeros(n_experts), persistent=False)
 
-    def forward(self, x_TD: torch.Tensor) -> Routing:
+    def forward(self, x_TD: torch.Tensor, real_T: torch.Tensor | None = None) -> Routing:
+        """``real_T`` (T,) bool: which tokens are real (not padding); None: all are."""
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
             logits_TE = F.linear(x_TD.float(), self.weight.float())
         scores_TE = torch.sigmoid(logits_TE)
@@ -51,5 +54,6 @@ class SigmoidRouter(nn.Module):
         top_weight_TK = scores_TE.gather(1, top_idx_TK)
         top_weight_TK = top_weight_TK / (top_weight_TK.sum(-1, keepdim=True) + 1e-20) * self.scaling
         if self.training and torch.is_grad_enabled():
-            self.tokens_per_expert += torch.bincount(top_idx_TK.reshape(-1), minlength=self.n_experts).float()
+            counted_TK = top_idx_TK if real_T is None else top_idx_TK[real_T]
+            self.tokens_per_expert += torch.bincount(counted_TK.reshape(-1), minlength=self.n_experts).float()
         return Routing(top_idx_TK, top_weight_TK, scores_TE, logits_TE)
