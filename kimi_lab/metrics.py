@@ -18,6 +18,7 @@ LAST_CHECKPOINT = "last.ckpt"
 WANDB_DIR = "wandb"
 WANDB_ID_FILE = "wandb_run_id"  # the wandb run id, reused when the run resumes
 STATUS_FILE = "status.json"  # {"status": running|finished|failed|interrupted, "step", "final": {...}}
+LOG_FILE = "train.log"  # the run's log (Hydra names it after the job, kimi_lab.train)
 
 METRICS_COLUMNS = ("step", "key", "value")
 MOE_LOAD_COLUMNS = ("step", "layer", "expert", "tokens", "bias")
