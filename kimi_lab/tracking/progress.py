@@ -105,11 +105,10 @@ class LineProgress(ProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         step = trainer.global_step - 1  # the 0-based step that just finished
-        if self._enabled and step >= 0 and step > self._reported:
-            if is_logged_step(step, self.every, trainer.max_steps):
-                # The phase logs this step's throughput after the callbacks' hook: report at
-                # the next hook, when every value of the step is in.
-                self._reported, self._pending = step, True
+        # The phase logs this step's throughput after the callbacks' hook: report at the
+        # next hook, when every value of the step is in.
+        if self._enabled and step > self._reported and is_logged_step(step, self.every, trainer.max_steps):
+            self._reported, self._pending = step, True
 
     def _flush(self, trainer: L.Trainer) -> None:
         if self._pending:

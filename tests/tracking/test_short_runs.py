@@ -25,7 +25,9 @@ EXPERIMENTS = sorted(
     str(p.relative_to(REPO / "conf" / "experiment").with_suffix(""))
     for p in (REPO / "conf" / "experiment").rglob("*.yaml")
 )
-PROGRESS_LINE = re.compile(r"\[kimi_lab\.progress\]\[INFO\] step (\d+)/(\d+)  loss \d+\.\d{4}  tok/s [\d,]+  ")
+PROGRESS_LINE = re.compile(
+    r"\[kimi_lab\.progress\]\[INFO\] step (\d+)/(\d+)  loss \d+\.\d{4}  tok/s [\d,]+  "
+)
 
 
 def test_fit_schedule_shrinks_proportionally_only_when_needed() -> None:
