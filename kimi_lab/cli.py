@@ -281,11 +281,7 @@ def _cmd_consolidate(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    if not Path(args.checkpoint).is_file():
-        raise KimiLabError(f"{args.checkpoint}: no such checkpoint file")
-    from kimi_lab.serve import serve
+    from kimi_lab.serve import serve  # the loader says what is wrong with a checkpoint, in one line
 
     serve(args.checkpoint, args.host, args.port)
 

@@ -29,6 +29,38 @@ def tool_schema(name: str, description: str, input_format: str) -> dict[str, Any
     }
 
 
+def _declared(tools: Any, name: str) -> dict[str, Any] | None:
+    for t in tools or []:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if isinstance(fn, dict) and fn.get("name") == name:
+            return fn
+    return None
+
+
+def tool_call_arguments(call: ToolCall, tools: Any = ()) -> str:
+    """A kimi_lab call's input as the JSON ``arguments`` of the tool the request declared.
+
+    A tool with one string parameter gets the input as that parameter; a declared tool
+    whose input is a JSON object (how a kimi_lab model writes several arguments) gets the
+    object itself; anything else travels as ``{"input": ...}`` (``tool_schema``'s shape).
+    """
+    fn = _declared(tools, call.name)
+    params = (fn or {}).get("parameters")
+    props = params.get("properties") if isinstance(params, dict) else None
+    if isinstance(props, dict) and len(props) == 1:
+        ((key, spec),) = props.items()
+        if isinstance(spec, dict) and spec.get("type") == "string":
+            return json.dumps({key: call.input})
+    if fn is not None:
+        try:
+            parsed = json.loads(call.input)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return json.dumps(parsed)
+    return json.dumps({"input": call.input})
+
+
 def to_openai(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     pending: list[str] = []
