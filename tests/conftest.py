@@ -131,15 +131,18 @@ def tiny_overrides(tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path) -> l
 PARROT_SCRIPT = "python\n1/0"  # the tool call the parrot checkpoint always makes (it fails: visibly run)
 
 
-def save_tiny_checkpoint(path: Path, tokenizer: Path, edit: Any = None) -> Path:
-    """A ``model=tiny`` kimi_lab checkpoint (what the loader reads: config + weights), untrained."""
+def save_tiny_checkpoint(path: Path, tokenizer: Path, edit: Any = None, model_name: str = "tiny") -> Path:
+    """An untrained ``model=tiny`` (or ``tiny-vl``) kimi_lab checkpoint: what the loader reads, config
+    and weights, as a training run's checkpoint holds them."""
     import torch
     from omegaconf import OmegaConf
 
     from kimi_lab.config import compose, to_run_config
     from kimi_lab.model.multimodal import KimiK25
 
-    cfg = to_run_config(compose(["model=tiny", "model.max_seq_len=2048", f"data.tokenizer={tokenizer}"]))
+    cfg = to_run_config(
+        compose([f"model={model_name}", "model.max_seq_len=2048", f"data.tokenizer={tokenizer}"])
+    )
     torch.manual_seed(0)
     model = KimiK25(cfg.model)
     if edit is not None:
