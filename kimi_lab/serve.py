@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +27,7 @@ import torch
 
 from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate
 from kimi_lab.generation import Prompt, generate
-from kimi_lab.openai_format import from_openai, tool_call_arguments
+from kimi_lab.openai_format import ChunkStream, completion, from_openai, wire_tool_call
 from kimi_lab.streaming import AssistantStream, StreamEvents
 
 MAX_BODY_BYTES = 4 << 20
@@ -57,6 +55,14 @@ class Sampling:
     seed: int | None
     stream: bool
     include_usage: bool
+
+
+@dataclass
+class Answer:
+    finish_reason: str  # stop | tool_calls | length
+    parsed: ParsedAssistant
+    content: str  # the parsed content, plus any malformed-call errors for the caller to report
+    usage: dict[str, int]
 
 
 class ChatService:
@@ -141,12 +147,9 @@ class ChatService:
         return [Message("system", block), *messages]
 
     # ------------------------------------------------------------- sampling
-    def run(self, s: Sampling, on_events: Callable[[StreamEvents], None] | None = None) -> dict[str, Any]:
-        """Sample the turn (one request at a time); ``on_events`` sees the deltas as they come.
-
-        Returns the finish reason, the parsed turn and the token counts. ``on_events`` raising
-        ``ClientGone`` stops the generation.
-        """
+    def run(self, s: Sampling, on_events: Callable[[StreamEvents], None] | None = None) -> Answer:
+        """Sample the turn (one request at a time); ``on_events`` sees the deltas as they come,
+        and stops the generation by raising ``ClientGone``."""
         stream = AssistantStream(self.tok)
         stops = set(self.enc.stop_ids)
         gone = False
@@ -192,87 +195,46 @@ class ChatService:
             if on_events is not None:
                 on_events(StreamEvents(content=extra))
         finish = "length" if not g.finished else ("tool_calls" if parsed.message.tool_calls else "stop")
-        return {
-            "finish_reason": finish,
-            "parsed": parsed,
-            "content": content,
-            "usage": {
-                "prompt_tokens": len(s.prompt),
-                "completion_tokens": len(g.tokens),
-                "total_tokens": len(s.prompt) + len(g.tokens),
-            },
+        usage = {
+            "prompt_tokens": len(s.prompt),
+            "completion_tokens": len(g.tokens),
+            "total_tokens": len(s.prompt) + len(g.tokens),
         }
+        return Answer(finish, parsed, content, usage)
 
     def complete(self, req: Any) -> dict[str, Any]:
         """A chat-completions request answered at once (``stream`` is ignored here)."""
         s = self.parse(req)
-        out = self.run(s)
-        parsed: ParsedAssistant = out["parsed"]
-        msg: dict[str, Any] = {"role": "assistant", "content": out["content"]}
-        if parsed.message.tool_calls:
+        a = self.run(s)
+        msg: dict[str, Any] = {"role": "assistant", "content": a.content}
+        if a.parsed.message.tool_calls:
             msg["tool_calls"] = [
-                self._wire_call(c, s.tools, j) for j, c in enumerate(parsed.message.tool_calls)
+                wire_tool_call(c, s.tools, j) for j, c in enumerate(a.parsed.message.tool_calls)
             ]
-        return {
-            "id": _completion_id(),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": [{"index": 0, "message": msg, "finish_reason": out["finish_reason"]}],
-            "usage": out["usage"],
-        }
+        return completion(self.name, msg, a.finish_reason, a.usage)
 
     def stream_chunks(self, s: Sampling, write: Callable[[dict[str, Any]], None]) -> None:
         """A ``stream=true`` request: every chunk goes to ``write`` as it is ready."""
-        cid, created = _completion_id(), int(time.time())
+        chunks = ChunkStream(self.name, s.include_usage)
         n_calls = 0
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            c: dict[str, Any] = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": self.name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            if s.include_usage:
-                c["usage"] = None
-            return c
 
         def on_events(ev: StreamEvents) -> None:
             nonlocal n_calls
             if ev.content:
-                write(chunk({"content": ev.content}))
+                write(chunks.delta({"content": ev.content}))
             for call in ev.tool_calls:
-                write(chunk({"tool_calls": [{"index": n_calls, **self._wire_call(call, s.tools, n_calls)}]}))
+                write(
+                    chunks.delta(
+                        {"tool_calls": [{"index": n_calls, **wire_tool_call(call, s.tools, n_calls)}]}
+                    )
+                )
                 n_calls += 1
 
-        write(chunk({"role": "assistant", "content": ""}))
-        out = self.run(s, on_events)
-        write(chunk({}, out["finish_reason"]))
+        write(chunks.delta({"role": "assistant", "content": ""}))
+        a = self.run(s, on_events)
+        write(chunks.delta({}, a.finish_reason))
         if s.include_usage:
-            write(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": self.name,
-                    "choices": [],
-                    "usage": out["usage"],
-                }
-            )
-
-    @staticmethod
-    def _wire_call(call: Any, tools: list[dict[str, Any]], index: int) -> dict[str, Any]:
-        return {
-            "id": f"call_{uuid.uuid4().hex[:12]}_{index}",
-            "type": "function",
-            "function": {"name": call.name, "arguments": tool_call_arguments(call, tools)},
-        }
-
-
-def _completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:16]}"
+            write(chunks.usage(a.usage))
 
 
 def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:

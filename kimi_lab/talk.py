@@ -10,6 +10,7 @@ checkpoint: a training run's, a sharded folder, one written by ``import-hf``).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -333,6 +334,8 @@ def chat_command(args: Any) -> None:
 
         if (reason := sandbox_unavailable_reason()) is not None:
             raise ConfigError(f"--tools python needs the code sandbox: {reason}")
+    with contextlib.suppress(ImportError):  # not on every platform
+        import readline  # noqa: F401  (line editing and history for input())
     session = ChatSession(
         loaded,
         sampler,
