@@ -284,6 +284,6 @@ def test_a_gone_client_stops_its_generation_and_frees_the_model(chat_ckpt: Path)
     assert len(seen) == 2  # no token was sampled for it after it left
     assert not service.lock.locked()
     assert (
-        service.run(service.parse({"messages": _ask("next"), "max_tokens": 3}))["usage"]["completion_tokens"]
+        service.run(service.parse({"messages": _ask("next"), "max_tokens": 3})).usage["completion_tokens"]
         == 3
     )
