@@ -150,3 +150,35 @@ def test_dashboard_draws_the_curves_of_a_short_run(short_runs: dict, monkeypatch
     assert charts  # the train-loss curve
     spec = json.dumps([c.proto.spec for c in charts])
     assert M.TRAIN_LOSS in spec
+
+
+def test_line_progress_reports_each_logged_step_once_and_each_validation(caplog) -> None:
+    import torch
+
+    class FakeTrainer:
+        def __init__(self) -> None:
+            self.max_steps, self.global_step, self.sanity_checking = 25, 0, False
+            self.callback_metrics: dict = {}
+
+    t, bar = FakeTrainer(), LineProgress(every=10)
+    bar.on_train_start(t, None)  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="kimi_lab.progress"):
+        for step in range(25):
+            bar.on_train_batch_start(t)  # type: ignore[arg-type]
+            t.global_step = step + 1
+            t.callback_metrics = {
+                M.TRAIN_LOSS: torch.tensor(5.0 - step / 10),
+                M.TRAIN_TOKENS_PER_SEC: torch.tensor(1e3),
+            }
+            for _micro_batch in range(2):  # gradient accumulation: hooks run per micro-batch
+                bar.on_train_batch_end(t, None)  # type: ignore[arg-type]
+            if step == 9:
+                t.callback_metrics[M.VAL_LOSS] = torch.tensor(4.25)
+                bar.on_validation_start(t, None)  # type: ignore[arg-type]
+                bar.on_validation_end(t, None)  # type: ignore[arg-type]
+        bar.on_train_end(t, None)  # type: ignore[arg-type]
+    lines = [r.getMessage() for r in caplog.records]
+    steps = [line.split()[1] for line in lines if line.startswith("step ")]
+    assert steps == ["1/25", "10/25", "20/25", "25/25"]  # steps 0, 9, 19 and 24: once each
+    assert "validation at step 10: val_loss 4.2500" in lines
+    assert lines[0].startswith("step 1/25  loss 5.0000  tok/s 1,000  elapsed ") and "eta " in lines[0]
