@@ -11,7 +11,9 @@
   kimi-lab experiment NAME [--scale S]          a multi-stage experiment of kimi_lab/experiments (a table)
   kimi-lab swarm run --tasks DIR [--policy P]   agent-swarm episodes with traces (fanout, single, ckpt:, openai:)
   kimi-lab consolidate SHARDED_CKPT OUT.ckpt    an FSDP2 checkpoint folder as one file (weights)
-  kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint
+  kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint (streams)
+  kimi-lab generate CKPT --prompt TEXT [...]    continue a prompt, tokens printed as they are sampled
+  kimi-lab chat CKPT [--tools python]           talk to a checkpoint (tool calls run in the sandbox)
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
   kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm  ratios against peers measured in the same run ([--json])
 
@@ -234,13 +236,30 @@ def _cmd_consolidate(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    if not Path(args.checkpoint).is_file():
-        raise KimiLabError(f"{args.checkpoint}: no such checkpoint file")
-    from kimi_lab.serve import serve
+    from kimi_lab.serve import serve  # the loader says what is wrong with a checkpoint, in one line
 
     serve(args.checkpoint, args.host, args.port)
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from kimi_lab.talk import generate_command
+
+    generate_command(args)
+
+
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from kimi_lab.talk import chat_command
+
+    chat_command(args)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("checkpoint", help="a kimi_lab checkpoint (a run's .ckpt, a sharded folder, import-hf's)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=temperature, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep this much probability")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
 
 
 _BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu", "swarm")
@@ -424,6 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (no authentication: keep it local)")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("generate", help="continue a prompt, printing tokens as they are sampled")
+    _add_sampling_args(p, temperature=0.8)
+    p.add_argument("--prompt", required=True)
+    p.add_argument(
+        "--image", action="append", default=[], metavar="PATH", help="an image before the prompt (-vl models)"
+    )
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("chat", help="an interactive chat with a checkpoint (tool calls in the sandbox)")
+    _add_sampling_args(p, temperature=0.7)
+    p.add_argument("--tools", default=None, choices=["python"], help="run the model's python tool calls")
+    p.add_argument("--system", default=None, help="the system message (default with --tools: the tool's)")
+    p.add_argument("--max-tool-rounds", type=int, default=4, help="tool calls answered per user message")
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("bench", help="benchmarks that print ratios against peers", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -10,6 +10,7 @@ policy's ``log pi_old`` that RL's importance mask compares against.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -56,14 +57,22 @@ def generate(
     generator: torch.Generator | None = None,
     autocast: torch.dtype | None = None,
     banned_ids: tuple[int, ...] = (),
+    top_p: float | None = None,
+    on_step: Callable[[list[int | None]], bool | None] | None = None,
 ) -> list[Generation]:
     """Sample a continuation of every prompt (greedy when ``temperature == 0``).
 
     ``banned_ids`` are never sampled (vision placeholders, padding): the distribution is
     renormalised over the rest, and the log-probabilities returned are of that distribution.
+    ``top_p`` (nucleus sampling) keeps the smallest set of tokens whose probability reaches it.
+    ``on_step``, when given, receives each step's sampled token per row as it is sampled (None
+    for rows already finished), for streaming; returning True stops generation there (e.g. the
+    client went away), leaving the unfinished rows ``finished=False``.
     """
     if not prompts:
         return []
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"generate: top_p={top_p} must be in (0, 1]")
     if any(not p.tokens for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     was_training = model.training
@@ -90,12 +99,18 @@ def generate(
             next_pos = positions[:, -1] + 1
             for _ in range(max_new_tokens):
                 logp = policy_logprobs(logits, banned_ids)
-                tok = _sample(logp, temperature, top_k, generator)
+                tok = _sample(logp, temperature, top_k, generator, top_p)
                 tok = torch.where(done, torch.full_like(tok, pad_id), tok)
                 chosen = logp.gather(1, tok[:, None]).squeeze(1)
                 for i in torch.nonzero(~done).flatten().tolist():
                     out_tokens[i].append(int(tok[i]))
                     out_logp[i].append(float(chosen[i]))
+                if on_step is not None:
+                    stepped = [
+                        None if d else int(t) for d, t in zip(done.tolist(), tok.tolist(), strict=True)
+                    ]
+                    if on_step(stepped):
+                        break
                 done |= torch.isin(tok, stops)
                 if bool(done.all()):
                     break
@@ -121,8 +136,14 @@ def policy_logprobs(logits: torch.Tensor, banned_ids: tuple[int, ...] = ()) -> t
 
 
 def _sample(
-    logp: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+    logp: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
+    """One token per row: greedy at temperature 0, else from the tempered distribution
+    restricted to the ``top_k`` most likely tokens, then to the top-``top_p`` nucleus."""
     if temperature == 0:
         return logp.argmax(-1)
     scores = logp / temperature
@@ -130,4 +151,11 @@ def _sample(
         kth = scores.topk(top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
+    if top_p is not None and top_p < 1:
+        # Drop a token when the more likely tokens before it already reach top_p (the most
+        # likely token always stays), then renormalise what is left.
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -77,13 +77,17 @@ def import_hf(hf_dir: str | Path, out_ckpt: str | Path) -> tuple[Path, ModelConf
     model = from_transformers(hf, name=f"imported-{hf_dir.name}")
     validate_model(model.cfg)
     run = replace(RunConfig(), model=model.cfg)
+    out = Path(out_ckpt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if (hf_dir / "tokenizer.json").is_file():  # the tokenizer export-hf copied: it goes beside the checkpoint
+        tokenizer = out.parent / "tokenizer.json"
+        shutil.copy(hf_dir / "tokenizer.json", tokenizer)
+        run = replace(run, data=replace(run.data, tokenizer=str(tokenizer.resolve())))
     checkpoint = {
         "state_dict": {PREFIX + k: v for k, v in model.state_dict().items()},
         "hyper_parameters": {"config": OmegaConf.to_container(OmegaConf.structured(run), enum_to_str=True)},
         "kimi_lab": {"imported_from": str(hf_dir), "model_type": config.model_type},
     }
-    out = Path(out_ckpt)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     torch.save(checkpoint, tmp)
     os.replace(tmp, out)

@@ -19,6 +19,7 @@ WANDB_DIR = "wandb"
 WANDB_ID_FILE = "wandb_run_id"  # the wandb run id, reused when the run resumes
 STATUS_FILE = "status.json"  # {"status": running|finished|failed|interrupted, "step", "final": {...}}
 CHECKPOINT_COUNTERS = "kimi_lab_counters"  # a checkpoint's running totals (tokens, skipped steps, ...)
+LOG_FILE = "train.log"  # the run's log (Hydra names it after the job, kimi_lab.train)
 
 METRICS_COLUMNS = ("step", "key", "value")
 MOE_LOAD_COLUMNS = ("step", "layer", "expert", "tokens", "bias")

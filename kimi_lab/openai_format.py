@@ -9,6 +9,9 @@ matched to calls by ``tool_call_id``; kimi_lab keeps them in call order.
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from kimi_lab.chat import ChatFormatError, Message, ToolCall
@@ -27,6 +30,38 @@ def tool_schema(name: str, description: str, input_format: str) -> dict[str, Any
             },
         },
     }
+
+
+def _declared(tools: Any, name: str) -> dict[str, Any] | None:
+    for t in tools or []:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if isinstance(fn, dict) and fn.get("name") == name:
+            return fn
+    return None
+
+
+def tool_call_arguments(call: ToolCall, tools: Any = ()) -> str:
+    """A kimi_lab call's input as the JSON ``arguments`` of the tool the request declared.
+
+    A tool with one string parameter gets the input as that parameter; a declared tool
+    whose input is a JSON object (how a kimi_lab model writes several arguments) gets the
+    object itself; anything else travels as ``{"input": ...}`` (``tool_schema``'s shape).
+    """
+    fn = _declared(tools, call.name)
+    params = (fn or {}).get("parameters")
+    props = params.get("properties") if isinstance(params, dict) else None
+    if isinstance(props, dict) and len(props) == 1:
+        ((key, spec),) = props.items()
+        if isinstance(spec, dict) and spec.get("type") == "string":
+            return json.dumps({key: call.input})
+    if fn is not None:
+        try:
+            parsed = json.loads(call.input)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return json.dumps(parsed)
+    return json.dumps({"input": call.input})
 
 
 def to_openai(messages: list[Message]) -> list[dict[str, Any]]:
@@ -101,3 +136,60 @@ def from_openai(items: Any) -> list[Message]:
         calls = [call_from_openai(c) for c in d.get("tool_calls") or []] if role == "assistant" else []
         out.append(Message(role, _content_text(d.get("content")), calls))
     return out
+
+
+# ------------------------------------------------------------------ responses
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:16]}"
+
+
+def wire_tool_call(call: ToolCall, tools: Any, index: int) -> dict[str, Any]:
+    """One tool call of a response, with an id unique to it (clients echo it in the tool result)."""
+    return {
+        "id": f"call_{uuid.uuid4().hex[:12]}_{index}",
+        "type": "function",
+        "function": {"name": call.name, "arguments": tool_call_arguments(call, tools)},
+    }
+
+
+def completion(
+    model: str, message: dict[str, Any], finish_reason: str, usage: dict[str, int]
+) -> dict[str, Any]:
+    """A whole ``chat.completion`` response."""
+    return {
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": usage,
+    }
+
+
+@dataclass
+class ChunkStream:
+    """The ``chat.completion.chunk`` objects of one streamed response (one id, one timestamp)."""
+
+    model: str
+    include_usage: bool = False
+    id: str = field(default_factory=completion_id)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _base(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        c = self._base([{"index": 0, "delta": delta, "finish_reason": finish_reason}])
+        if self.include_usage:  # with include_usage every chunk carries the field, null until the last
+            c["usage"] = None
+        return c
+
+    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+        """The last chunk when ``stream_options.include_usage`` is set: no choices, the token counts."""
+        return {**self._base([]), "usage": usage}

@@ -1,32 +1,68 @@
 """``kimi-lab serve CKPT``: a kimi_lab checkpoint behind an OpenAI-compatible HTTP endpoint.
 
-``POST /v1/chat/completions`` (messages, tools, temperature, max_tokens, seed) and
-``GET /v1/models``, from the standard library's threaded HTTP server. Generation
-runs one request at a time (the model is not re-entrant); the swarm's client policy
-(``kimi_lab.swarm.openai_policy``) or any OpenAI client can drive it. Bound to
-127.0.0.1 by default: it has no authentication.
+``POST /v1/chat/completions`` (messages, tools, temperature, top_p, max_tokens, seed,
+stream, stream_options.include_usage) and ``GET /v1/models``, from the standard
+library's threaded HTTP server. With ``stream=true`` the answer comes as server-sent
+events in the chat-completion chunk format, tokens as they are sampled
+(``kimi_lab.streaming``); streamed and non-streamed greedy answers are the same text.
+Tool calls come back as OpenAI ``tool_calls`` in both modes.
+
+Requests are queued and answered one at a time (the model and its KV cache are not
+re-entrant), so concurrent clients wait their turn and never share a generation. A
+client that goes away mid-stream stops its generation; the server carries on. Bound
+to 127.0.0.1 by default: it has no authentication.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-import time
-import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch
 
-from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, parse_assistant, validate
+from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate
 from kimi_lab.generation import Prompt, generate
-from kimi_lab.openai_format import from_openai, to_openai
+from kimi_lab.openai_format import ChunkStream, completion, from_openai, wire_tool_call
+from kimi_lab.streaming import AssistantStream, StreamEvents
 
 MAX_BODY_BYTES = 4 << 20
+CLIENT_TIMEOUT_S = 60  # a client that stops reading for this long loses its stream (and the queue moves on)
 
 
 class BadRequest(ValueError):
     pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+@dataclass
+class Sampling:
+    """One request, checked: the prompt tokens and how to sample the answer."""
+
+    messages: list[Message]
+    tools: list[dict[str, Any]]
+    prompt: list[int]
+    max_new_tokens: int
+    temperature: float
+    top_p: float | None
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+
+@dataclass
+class Answer:
+    finish_reason: str  # stop | tool_calls | length
+    parsed: ParsedAssistant
+    content: str  # the parsed content, plus any malformed-call errors for the caller to report
+    usage: dict[str, int]
 
 
 class ChatService:
@@ -40,7 +76,8 @@ class ChatService:
         self.max_seq_len = max_seq_len
         self.lock = threading.Lock()
 
-    def complete(self, req: Any) -> dict[str, Any]:
+    # --------------------------------------------------------------- requests
+    def parse(self, req: Any) -> Sampling:
         if not isinstance(req, dict):
             raise BadRequest("the request body must be a JSON object")
         try:
@@ -48,50 +85,45 @@ class ChatService:
             validate(messages, require_assistant=False)
         except ChatFormatError as e:
             raise BadRequest(str(e)) from None
-        messages = self._with_tools(messages, req.get("tools"))
+        tools = req.get("tools") or []
+        messages = self._with_tools(messages, tools)
         temperature = req.get("temperature", 1.0)
+        top_p = req.get("top_p")
         max_tokens = req.get("max_tokens", req.get("max_completion_tokens"))
         max_tokens = 256 if max_tokens is None else max_tokens
-        if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not 0 <= temperature <= 2
+        ):
             raise BadRequest("temperature must be a number in [0, 2]")
+        if top_p is not None and (
+            isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1
+        ):
+            raise BadRequest("top_p must be a number in (0, 1]")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise BadRequest("max_tokens must be a positive integer")
+        if req.get("n", 1) != 1:
+            raise BadRequest("n must be 1 (one choice per request)")
+        stream_options = req.get("stream_options") or {}
+        if not isinstance(stream_options, dict):
+            raise BadRequest("stream_options must be an object")
         prompt = self.enc.encode(messages, add_generation_prompt=True).tokens
         room = self.max_seq_len - len(prompt)
         if room <= 0:
             raise BadRequest(f"the prompt is {len(prompt)} tokens; the model's context is {self.max_seq_len}")
         seed = req.get("seed")
-        gen = torch.Generator().manual_seed(int(seed)) if isinstance(seed, int) else None
-        with self.lock:
-            (g,) = generate(
-                self.model,
-                [Prompt(prompt)],
-                min(max_tokens, room),
-                self.enc.stop_ids,
-                self.tok.pad_id,
-                temperature=float(temperature),
-                generator=gen,
-                banned_ids=self.enc.banned_ids,
-            )
-        parsed = parse_assistant(self.tok.decode(g.tokens), g.finished)
-        msg = to_openai([*messages, parsed.message])[-1]
-        content = parsed.message.content
-        if parsed.errors:  # keep what the model wrote: the caller's runtime reports it back
-            content = (content + "\n" if content else "") + "\n".join(parsed.errors)
-        msg["content"] = content
-        finish = "length" if not g.finished else ("tool_calls" if parsed.message.tool_calls else "stop")
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
-            "usage": {
-                "prompt_tokens": len(prompt),
-                "completion_tokens": len(g.tokens),
-                "total_tokens": len(prompt) + len(g.tokens),
-            },
-        }
+        return Sampling(
+            messages=messages,
+            tools=tools,
+            prompt=prompt,
+            max_new_tokens=min(max_tokens, room),
+            temperature=float(temperature),
+            top_p=None if top_p is None else float(top_p),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            stream=bool(req.get("stream")),
+            include_usage=bool(stream_options.get("include_usage")),
+        )
 
     @staticmethod
     def _with_tools(messages: list[Message], tools: Any) -> list[Message]:
@@ -114,10 +146,101 @@ class ChatService:
             return [first, *messages[1:]]
         return [Message("system", block), *messages]
 
+    # ------------------------------------------------------------- sampling
+    def run(self, s: Sampling, on_events: Callable[[StreamEvents], None] | None = None) -> Answer:
+        """Sample the turn (one request at a time); ``on_events`` sees the deltas as they come,
+        and stops the generation by raising ``ClientGone``."""
+        stream = AssistantStream(self.tok)
+        stops = set(self.enc.stop_ids)
+        gone = False
+
+        def on_step(tokens: list[int | None]) -> bool:
+            nonlocal gone
+            t = tokens[0]
+            if t is None or t in stops or on_events is None:
+                return False
+            try:
+                on_events(stream.push(t))
+            except ClientGone:
+                gone = True
+            return gone
+
+        gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
+        with self.lock:
+            (g,) = generate(
+                self.model,
+                [Prompt(s.prompt)],
+                s.max_new_tokens,
+                self.enc.stop_ids,
+                self.tok.pad_id,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                generator=gen,
+                banned_ids=self.enc.banned_ids,
+                on_step=on_step,
+            )
+        if gone:
+            raise ClientGone()
+        sampled = g.tokens[:-1] if g.finished else g.tokens  # the stop token is not text
+        if on_events is None:  # not streamed: the whole turn at once
+            for t in sampled:
+                stream.push(t)
+        last, parsed = stream.finish(g.finished)
+        if on_events is not None:
+            on_events(last)
+        content = parsed.message.content
+        if parsed.errors:  # keep what the model wrote: the caller's runtime reports it back
+            extra = ("\n" if content else "") + "\n".join(parsed.errors)
+            content += extra
+            if on_events is not None:
+                on_events(StreamEvents(content=extra))
+        finish = "length" if not g.finished else ("tool_calls" if parsed.message.tool_calls else "stop")
+        usage = {
+            "prompt_tokens": len(s.prompt),
+            "completion_tokens": len(g.tokens),
+            "total_tokens": len(s.prompt) + len(g.tokens),
+        }
+        return Answer(finish, parsed, content, usage)
+
+    def complete(self, req: Any) -> dict[str, Any]:
+        """A chat-completions request answered at once (``stream`` is ignored here)."""
+        s = self.parse(req)
+        a = self.run(s)
+        msg: dict[str, Any] = {"role": "assistant", "content": a.content}
+        if a.parsed.message.tool_calls:
+            msg["tool_calls"] = [
+                wire_tool_call(c, s.tools, j) for j, c in enumerate(a.parsed.message.tool_calls)
+            ]
+        return completion(self.name, msg, a.finish_reason, a.usage)
+
+    def stream_chunks(self, s: Sampling, write: Callable[[dict[str, Any]], None]) -> None:
+        """A ``stream=true`` request: every chunk goes to ``write`` as it is ready."""
+        chunks = ChunkStream(self.name, s.include_usage)
+        n_calls = 0
+
+        def on_events(ev: StreamEvents) -> None:
+            nonlocal n_calls
+            if ev.content:
+                write(chunks.delta({"content": ev.content}))
+            for call in ev.tool_calls:
+                write(
+                    chunks.delta(
+                        {"tool_calls": [{"index": n_calls, **wire_tool_call(call, s.tools, n_calls)}]}
+                    )
+                )
+                n_calls += 1
+
+        write(chunks.delta({"role": "assistant", "content": ""}))
+        a = self.run(s, on_events)
+        write(chunks.delta({}, a.finish_reason))
+        if s.include_usage:
+            write(chunks.usage(a.usage))
+
 
 def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = CLIENT_TIMEOUT_S
 
         def _send(self, code: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -132,7 +255,15 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": service.name, "object": "model"}]})
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [
+                            {"id": service.name, "object": "model", "created": 0, "owned_by": "kimi_lab"}
+                        ],
+                    },
+                )
             elif self.path.rstrip("/") in ("", "/health"):
                 self._send(200, {"status": "ok", "model": service.name})
             else:
@@ -154,15 +285,44 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 self._error(400, "the body is not valid JSON")
                 return
-            if isinstance(req, dict) and req.get("stream"):
-                self._error(400, "stream=true is not supported")
-                return
             try:
-                self._send(200, service.complete(req))
+                if isinstance(req, dict) and req.get("stream"):
+                    self._stream(req)
+                else:
+                    self._send(200, service.complete(req))
             except BadRequest as e:
                 self._error(400, str(e))
+            except ClientGone:
+                self.close_connection = True
             except Exception as e:  # the server stays up for the next request
-                self._error(500, f"{type(e).__name__}: {e}")
+                if not getattr(self, "_streaming", False):
+                    self._error(500, f"{type(e).__name__}: {e}")
+                else:  # headers are out: end the stream with an error event the client can read
+                    self.close_connection = True
+                    with contextlib.suppress(ClientGone):
+                        self._event(
+                            {"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error"}}
+                        )
+
+        def _event(self, data: dict[str, Any] | None) -> None:
+            line = b"data: [DONE]\n\n" if data is None else b"data: " + json.dumps(data).encode() + b"\n\n"
+            try:
+                self.wfile.write(line)
+                self.wfile.flush()
+            except OSError:  # broken pipe, reset, a timed-out client that stopped reading
+                raise ClientGone() from None
+
+        def _stream(self, req: dict[str, Any]) -> None:
+            sampling = service.parse(req)  # a bad request is a 400 before any event is sent
+            self._streaming = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")  # the stream ends when the connection does
+            self.end_headers()
+            self.close_connection = True
+            service.stream_chunks(sampling, self._event)
+            self._event(None)
 
         def log_message(self, fmt: str, *args: Any) -> None:
             pass  # quiet: one line per request would drown the swarm's own output
@@ -173,11 +333,12 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
 def make_server(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     from pathlib import Path
 
-    from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
+    from kimi_lab.loading import load_model
 
-    cfg, policy = load_checkpoint_policy(ckpt_path)
+    loaded = load_model(ckpt_path)
+    cfg = loaded.config
     name = f"kimi_lab/{cfg.experiment}/{Path(ckpt_path).stem}"
-    service = ChatService(policy.model, policy.tok, name, cfg.model.max_seq_len)
+    service = ChatService(loaded.model, loaded.tokenizer, name, cfg.model.max_seq_len)
     server = ThreadingHTTPServer((host, port), make_handler(service))
     server.daemon_threads = True
     return server

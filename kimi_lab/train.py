@@ -104,7 +104,7 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     from kimi_lab.tracking.checkpoint_io import AtomicCheckpointIO
     from kimi_lab.tracking.loggers import build_loggers, finish_wandb
     from kimi_lab.tracking.preflight import check_writable
-    from kimi_lab.tracking.progress import StepProgressBar
+    from kimi_lab.tracking.progress import progress_callback
     from kimi_lab.tracking.run_dir import RunDirCallback
 
     _route_lightning_logs_through_hydra()
@@ -141,7 +141,7 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
         ),
     ]
     if t.progress_bar:
-        callbacks.append(StepProgressBar(refresh_rate=1))
+        callbacks.append(progress_callback(t.log_every_n_steps))  # a bar on a terminal, else lines
     loggers = build_loggers(cfg, run_dir, config_dict)
     trainer = L.Trainer(
         accelerator=t.accelerator,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +129,70 @@ def tiny_run_overrides(tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path) 
         "trainer.precision=32-true",
         "trainer.limit_val_batches=2",
     ]
+
+
+# ------------------------------------------------------------ checkpoints to talk to
+PARROT_SCRIPT = "python\n1/0"  # the tool call the parrot checkpoint always makes (it fails: visibly run)
+
+
+def save_tiny_checkpoint(path: Path, tokenizer: Path, edit: Any = None, model_name: str = "tiny") -> Path:
+    """An untrained ``model=tiny`` (or ``tiny-vl``) kimi_lab checkpoint: what the loader reads, config
+    and weights, as a training run's checkpoint holds them."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from kimi_lab.config import compose, to_run_config
+    from kimi_lab.model.multimodal import KimiK25
+
+    cfg = to_run_config(
+        compose([f"model={model_name}", "model.max_seq_len=2048", f"data.tokenizer={tokenizer}"])
+    )
+    torch.manual_seed(0)
+    model = KimiK25(cfg.model)
+    if edit is not None:
+        edit(model)
+    config = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": {"config": config}, "state_dict": state}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_ckpt(tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny checkpoint: whatever it says, greedy decoding says it every time."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("chat") / "tiny.ckpt", tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def parrot_ckpt(tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real KimiK25 whose greedy answer to any chat prompt is one python tool call.
+
+    Every layer's matrices are zero, so the residual stream is the current token's embedding;
+    the tokens of the script get orthogonal embeddings and the LM head maps each to the next
+    one: after ``<|assistant|>`` the model writes ``<|tool_call_begin|>`` + PARROT_SCRIPT +
+    ``<|tool_call_end|>`` then ``<|im_end|>``.
+    """
+    import torch
+
+    from kimi_lab.chat import CALL_BEGIN, CALL_END, IM_END
+    from kimi_lab.data.tokenizer import Tokenizer
+
+    tok = Tokenizer(tiny_tokenizer)
+    chain = [tok.token_id("<|assistant|>"), tok.token_id(CALL_BEGIN), *tok.encode(PARROT_SCRIPT)]
+    chain += [tok.token_id(CALL_END), tok.token_id(IM_END)]
+    assert len(set(chain)) == len(chain), "the script needs distinct tokens"
+
+    @torch.no_grad()
+    def edit(model: Any) -> None:
+        lm = model.language_model
+        for name, p in lm.named_parameters():
+            if name.startswith("layers.") and p.ndim >= 2:
+                p.zero_()
+        lm.lm_head.weight.zero_()
+        for k, (cur, nxt) in enumerate(itertools.pairwise(chain)):
+            lm.embed.weight[cur].zero_()
+            lm.embed.weight[cur, k] = 1.0
+            lm.lm_head.weight[nxt, k] = 10.0
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("parrot") / "parrot.ckpt", tiny_tokenizer, edit)

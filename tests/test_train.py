@@ -92,7 +92,7 @@ def test_cli_run_writes_the_run_directory_contract(tiny_overrides: list[str], tm
     assert OmegaConf.load(run_dir / CONFIG_FILE).model.name == "tiny"
     metrics = pd.read_parquet(run_dir / METRICS_FILE)
     assert {TRAIN_LOSS, VAL_LOSS, TRAIN_LR}.issubset(set(metrics.key))
-    assert sorted(metrics[metrics.key == TRAIN_LOSS].step) == [2, 5, 8, 11]
+    assert sorted(metrics[metrics.key == TRAIN_LOSS].step) == [0, 2, 5, 8, 11]  # the first step, every 3rd
 
     load = pd.read_parquet(run_dir / MOE_LOAD_FILE)
     assert list(load.columns) == ["step", "layer", "expert", "tokens", "bias"]
@@ -100,7 +100,7 @@ def test_cli_run_writes_the_run_directory_contract(tiny_overrides: list[str], tm
     for _step, rows in load.groupby("step"):
         assert len(rows) == n_moe_layers * n_experts
         assert rows.tokens.sum() == 4 * 32 * 2  # batch x seq_len x top_k: dropless, every token routed
-    assert sorted(load.step.unique()) == [2, 5, 8, 11]
+    assert sorted(load.step.unique()) == [0, 2, 5, 8, 11]
 
     assert (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
     assert json.loads((run_dir / STATUS_FILE).read_text())["status"] == "finished"
@@ -159,7 +159,7 @@ def test_killed_run_resumes_with_ckpt_path_auto(tiny_overrides: list[str], tmp_p
     assert status["status"] == "finished" and status["step"] == 40
     metrics = pd.read_parquet(run_dir / METRICS_FILE)
     loss = metrics[metrics.key == TRAIN_LOSS].set_index("step").value
-    assert list(loss.index) == list(range(1, 40, 2))  # every logged step exactly once: no gap, no repeat
+    assert list(loss.index) == [0, *range(1, 40, 2)]  # every logged step exactly once: no gap, no repeat
     lr = metrics[metrics.key == TRAIN_LR].set_index("step").value
     for step, value in lr.items():  # the schedule resumed where it was, not from warmup
         assert value == pytest.approx(3e-3 * wsd_multiplier(step + 1, 40, 4, 8, 0.1), rel=1e-5)

@@ -243,23 +243,6 @@ def validate_run(cfg: RunConfig) -> None:
         0 <= s.decay_fraction <= 1, f"phase.schedule.decay_fraction={s.decay_fraction} must be in [0, 1]"
     )
     _require(0 <= s.min_lr_ratio <= 1, f"phase.schedule.min_lr_ratio={s.min_lr_ratio} must be in [0, 1]")
-    from kimi_lab.optim.schedule import schedule_steps
-
-    warmup, decay = schedule_steps(cfg)
-    warm_key = (
-        f"phase.schedule.warmup_steps={s.warmup_steps}"
-        if s.warmup_tokens is None
-        else f"phase.schedule.warmup_tokens={s.warmup_tokens} ({warmup} steps)"
-    )
-    decay_key = (
-        f"phase.schedule.decay_fraction={s.decay_fraction:g} ({decay} steps)"
-        if s.decay_tokens is None
-        else f"phase.schedule.decay_tokens={s.decay_tokens} ({decay} steps)"
-    )
-    _require(
-        warmup + decay <= t.max_steps,
-        f"{warm_key} plus {decay_key} must fit in trainer.max_steps={t.max_steps}",
-    )
     _require(o.momentum >= 0 and o.momentum < 1, f"phase.optim.momentum={o.momentum} must be in [0, 1)")
     _require(
         o.ns_steps >= 1 and o.ns_polish_steps >= 0,

@@ -37,8 +37,8 @@ class WSD:
         return wsd_multiplier(step, self.total_steps, self.warmup_steps, self.decay_steps, self.min_ratio)
 
 
-def schedule_steps(cfg: RunConfig) -> tuple[int, int]:
-    """(warmup steps, decay steps) of the run, from steps or from tokens."""
+def requested_schedule_steps(cfg: RunConfig) -> tuple[int, int]:
+    """(warmup steps, decay steps) as configured, from steps or from tokens, before any fitting."""
     t, d, s = cfg.trainer, cfg.data, cfg.phase.schedule
     tokens_per_step = d.batch_size * d.seq_len * t.accumulate_grad_batches * t.devices * t.num_nodes
     warmup = s.warmup_steps if s.warmup_tokens is None else math.ceil(s.warmup_tokens / tokens_per_step)
@@ -48,3 +48,30 @@ def schedule_steps(cfg: RunConfig) -> tuple[int, int]:
         else math.ceil(s.decay_tokens / tokens_per_step)
     )
     return warmup, decay
+
+
+def fit_schedule(warmup: int, decay: int, max_steps: int) -> tuple[int, int]:
+    """Warmup and decay shrunk by the same factor until they fit in ``max_steps`` (unchanged when
+    they already fit), so a short smoke run keeps the schedule's shape instead of being refused."""
+    if warmup + decay <= max_steps:
+        return warmup, decay
+    factor = max_steps / (warmup + decay)
+    return math.floor(warmup * factor), math.floor(decay * factor)
+
+
+def schedule_steps(cfg: RunConfig) -> tuple[int, int]:
+    """(warmup steps, decay steps) the run uses: the configured ones, fitted into trainer.max_steps."""
+    return fit_schedule(*requested_schedule_steps(cfg), cfg.trainer.max_steps)
+
+
+def schedule_warning(cfg: RunConfig) -> str | None:
+    """One line saying how the schedule was shrunk, or None when it fits as configured."""
+    asked = requested_schedule_steps(cfg)
+    used = schedule_steps(cfg)
+    if used == asked:
+        return None
+    return (
+        f"phase.schedule: warmup {asked[0]} + decay {asked[1]} steps do not fit in "
+        f"trainer.max_steps={cfg.trainer.max_steps}; shrunk proportionally to warmup {used[0]} + "
+        f"decay {used[1]} steps"
+    )

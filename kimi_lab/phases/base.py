@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import OmegaConf
 
 from kimi_lab.config.schema import OptimizerName, RunConfig
@@ -40,10 +40,16 @@ from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.groups import build_param_groups
 from kimi_lab.optim.muon import MuonAdamW
 from kimi_lab.optim.qk_clip import LogitReport, qk_clip_step, set_measuring
-from kimi_lab.optim.schedule import WSD, schedule_steps
+from kimi_lab.optim.schedule import WSD, schedule_steps, schedule_warning
 from kimi_lab.tracking.contract import MoELoad, RunCounters
 
 log = logging.getLogger(__name__)
+
+
+@rank_zero_only
+def rank_zero_warning_line(message: str) -> None:
+    """One log line (not a Python warning with its source excerpt), on rank 0 only."""
+    log.warning(message)
 
 
 def device_type_for(accelerator: str) -> str:
@@ -129,6 +135,8 @@ class PhaseModule(L.LightningModule):
                 pg.pop("fused_row_parts")
             optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
         warmup, decay = schedule_steps(self.cfg)
+        if (note := schedule_warning(self.cfg)) is not None:
+            rank_zero_warning_line(note)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WSD(self.cfg.trainer.max_steps, warmup, decay, self.cfg.phase.schedule.min_lr_ratio)
         )

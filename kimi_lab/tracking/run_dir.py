@@ -6,6 +6,8 @@
 - On resume, rows logged after the checkpoint's step are dropped, so the curves
   continue from the checkpoint instead of repeating the replayed steps.
 - Files are flushed whenever a checkpoint is saved, so they match it.
+- Logged steps: every ``log_every_n_steps``-th, and always the first and the last, so a run
+  shorter than the interval still leaves its curves (``is_logged_step``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def is_logged_step(step: int, every: int, max_steps: int) -> bool:
+    """Whether 0-based training step ``step`` is logged: every ``every``-th, the first and the last."""
+    return step == 0 or (step + 1) % every == 0 or (max_steps > 0 and step == max_steps - 1)
+
+
 class RunDirCallback(L.Callback):
     def __init__(self, run_dir: str | Path, experiment: str, log_every_n_steps: int) -> None:
         self.run_dir = Path(run_dir)
@@ -53,6 +60,7 @@ class RunDirCallback(L.Callback):
         self.attn_logits: ParquetTable | None = None
         self.started = time.time()
         self.ended: str | None = None  # "finished" / "interrupted" once training has ended
+        self._moe_logged_step = -1
 
     # ------------------------------------------------------------------ helpers
     def _parquet_loggers(self, trainer: L.Trainer) -> list[ParquetMetricsLogger]:
@@ -101,13 +109,22 @@ class RunDirCallback(L.Callback):
             lg.drop_after(step)
         self._status(trainer, "running")
 
+    def _logged(self, trainer: L.Trainer, step: int) -> bool:
+        return is_logged_step(step, self.log_every, trainer.max_steps)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # Lightning logs a step when (step + 1) % trainer.log_every_n_steps == 0; for the first
+        # and the last step (which that rule misses in short runs) the interval is 1 for that step.
+        step = trainer.global_step  # the step this batch belongs to
+        trainer.log_every_n_steps = 1 if self._logged(trainer, step) else self.log_every
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._log_attn_logits(trainer, pl_module)
         self._log_moe_load(trainer, pl_module)
 
     def _log_attn_logits(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step - 1
-        if step < 0 or (step + 1) % self.log_every != 0 or not isinstance(pl_module, PhaseReport):
+        if step < 0 or not self._logged(trainer, step) or not isinstance(pl_module, PhaseReport):
             return
         logits = pl_module.pop_attn_logits()
         if not logits:
@@ -139,8 +156,11 @@ class RunDirCallback(L.Callback):
         # Steps are 0-based training-step indices, as Lightning labels the logged metrics.
         load = pl_module.latest_moe_load if isinstance(pl_module, PhaseReport) else None
         step = trainer.global_step - 1
-        if load is None or load.step != step or (step + 1) % self.log_every != 0:
+        if load is None or load.step != step or not self._logged(trainer, step):
             return
+        if step == self._moe_logged_step:  # the next step's first micro-batches (gradient accumulation)
+            return
+        self._moe_logged_step = step
         tokens_LE, bias_LE = load.tokens_LE, load.bias_LE
         per_layer = tokens_LE.max(1).values / tokens_LE.mean(1).clamp_min(1e-9)
         pl_module.log_dict(

@@ -98,10 +98,6 @@ def test_typo_inside_a_group_file_is_caught(tmp_path) -> None:
         (["model=tiny", "model.first_k_dense=3"], "model.first_k_dense=3"),
         (["model=tiny", "model.attention.qk_rope_head_dim=7"], "model.attention.qk_rope_head_dim=7"),
         (["model=tiny", "data.seq_len=4096"], "data.seq_len=4096"),
-        (
-            ["model=tiny", "trainer.max_steps=10", "phase.schedule.warmup_steps=20"],
-            "phase.schedule.warmup_steps=20",
-        ),
         (["model=tiny", "model.moe.n_routed_experts=0"], "model.moe.n_routed_experts=0"),
         (["model=tiny", "data.batch_size=0"], "data.batch_size=0"),
         (["model=tiny", "data.fusion.vision_ratio=1.5"], "data.fusion.vision_ratio=1.5"),

@@ -45,3 +45,33 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
     a = generate(m, p, 8, (0,), 1, generator=torch.Generator().manual_seed(1))
     b = generate(m, p, 8, (0,), 1, generator=torch.Generator().manual_seed(1))
     assert [g.tokens for g in a] == [g.tokens for g in b]
+
+
+def test_top_p_samples_only_from_the_nucleus() -> None:
+    from kimi_lab.generation import _sample
+
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logp = probs.log().expand(4000, 4)
+    g = torch.Generator().manual_seed(0)
+    # top_p=0.7: 0.5 < 0.7 so the second token joins; 0.8 >= 0.7 closes the nucleus
+    counts = torch.bincount(_sample(logp, 1.0, None, g, top_p=0.7), minlength=4)
+    assert counts[2] == counts[3] == 0
+    assert abs(counts[0] / counts[:2].sum() - 0.5 / 0.8) < 0.03  # renormalised within the nucleus
+    assert set(_sample(logp, 1.0, None, g, top_p=0.01).tolist()) == {0}  # the top token always stays
+    everything = torch.bincount(_sample(logp, 1.0, None, g, top_p=1.0), minlength=4)
+    assert (everything > 0).all()  # top_p=1 changes nothing
+    sharp = torch.bincount(_sample(logp, 0.5, None, g, top_p=0.7), minlength=4)
+    assert sharp[2] == sharp[3] == 0 and sharp[1] > 0  # after temperature: [0.71, 0.26, ...]
+
+
+def test_on_step_streams_each_rows_tokens_and_can_stop() -> None:
+    m = _model()
+    prompts = [Prompt([50, 60, 70]), Prompt([80])]
+    seen: list[list[int | None]] = []
+    gens = generate(m, prompts, 6, (0,), 1, temperature=0, on_step=lambda toks: seen.append(toks) and None)
+    assert gens == generate(m, prompts, 6, (0,), 1, temperature=0)  # watching changes nothing
+    for row, g in enumerate(gens):
+        assert [s[row] for s in seen if s[row] is not None] == g.tokens  # every token, as sampled, in order
+    stopped = generate(m, prompts, 6, (0,), 1, temperature=0, on_step=lambda toks: True)
+    assert [g.tokens for g in stopped] == [g.tokens[:1] for g in gens]  # stopped after the first step
+    assert not any(g.finished for g in stopped if g.tokens[-1] != 0)

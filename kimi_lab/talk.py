@@ -1,0 +1,347 @@
+"""``kimi-lab generate`` and ``kimi-lab chat``: talk to a checkpoint from the command line.
+
+``generate`` continues a text prompt (images first, for a ``-vl`` model) and prints the
+tokens as they are sampled. ``chat`` is an interactive loop in the chat format: the
+assistant's words appear as they are sampled; with ``--tools python`` its tool calls run
+in the sandboxed code tool (``kimi_lab.tools``), their output is shown and handed back,
+and the assistant goes on. Both load through ``kimi_lab.loading`` (any kimi_lab
+checkpoint: a training run's, a sharded folder, one written by ``import-hf``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+import torch
+
+from kimi_lab.chat import ChatEncoder, Message
+from kimi_lab.errors import ConfigError
+from kimi_lab.generation import Prompt, generate
+from kimi_lab.streaming import AssistantStream, IncrementalDecoder
+
+if TYPE_CHECKING:
+    from kimi_lab.data.vision import VisionBlock
+    from kimi_lab.loading import LoadedModel
+
+TOOL_NAME = "python"
+CHAT_HELP = "/image PATH attaches an image to your next message, /reset starts over, /exit (or Ctrl-D) quits"
+
+
+@dataclass
+class Sampler:
+    """How tokens are drawn (``temperature`` 0: greedy)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature={self.temperature} must be >= 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p={self.top_p} must be in (0, 1]")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"--top-k={self.top_k} must be >= 1")
+
+    def generator(self) -> torch.Generator | None:
+        return None if self.seed is None else torch.Generator().manual_seed(self.seed)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3); a missing or unreadable file is a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exn:
+        raise ConfigError(f"{path}: not a readable image ({type(exn).__name__}: {exn})") from None
+
+
+def _check_takes_images(loaded: LoadedModel) -> None:
+    if loaded.config.model.vision is None:
+        raise ConfigError(
+            f"{loaded.path}: model {loaded.config.model.name} has no vision tower; images need a -vl model"
+        )
+
+
+def _vision_blocks(loaded: LoadedModel, images: list[np.ndarray]) -> list[VisionBlock]:
+    from kimi_lab.data.vision import image_block
+
+    if images:
+        _check_takes_images(loaded)
+    return [image_block(rgb, loaded.config.data.vision) for rgb in images]
+
+
+def _room(loaded: LoadedModel, prompt: list[int], wanted: int) -> int:
+    room = loaded.config.model.max_seq_len - len(prompt)
+    if room <= 0:
+        raise ConfigError(f"the prompt is {len(prompt)} tokens; the model's context is {room + len(prompt)}")
+    return min(wanted, room)
+
+
+# ------------------------------------------------------------------------ generate
+def generate_text(
+    loaded: LoadedModel,
+    prompt: str,
+    images: list[np.ndarray],
+    sampler: Sampler,
+    out: TextIO,
+) -> dict[str, float]:
+    """Continue ``prompt`` (after its images), writing the text to ``out`` as it is sampled."""
+    sampler.check()
+    tok = loaded.tokenizer
+    enc = ChatEncoder(tok)
+    blocks = _vision_blocks(loaded, images)
+    ids: list[int] = []
+    for b in blocks:
+        ids += [enc.media_start, *[enc.image_pad] * b.n_tokens, enc.media_end]
+    ids += tok.encode(prompt)
+    if not ids:
+        raise ConfigError("--prompt is empty (and no --image): nothing to continue")
+    decoder, stops = IncrementalDecoder(tok), set(enc.stop_ids)
+
+    def on_step(tokens: list[int | None]) -> None:
+        t = tokens[0]
+        if t is not None and t not in stops:
+            out.write(decoder.push(t))
+            out.flush()
+
+    start = time.perf_counter()
+    (g,) = generate(
+        loaded.model,
+        [Prompt(ids, blocks)],
+        _room(loaded, ids, sampler.max_new_tokens),
+        enc.stop_ids,
+        tok.pad_id,
+        temperature=sampler.temperature,
+        top_k=sampler.top_k,
+        top_p=sampler.top_p,
+        generator=sampler.generator(),
+        banned_ids=enc.banned_ids,
+        on_step=on_step,
+    )
+    out.write(decoder.flush() + "\n")
+    out.flush()
+    seconds = time.perf_counter() - start
+    return {"prompt_tokens": len(ids), "new_tokens": len(g.tokens), "seconds": seconds}
+
+
+# ---------------------------------------------------------------------------- chat
+@dataclass
+class ChatSession:
+    """One conversation with a loaded model; ``turn`` answers a user message (tools included)."""
+
+    loaded: LoadedModel
+    sampler: Sampler
+    out: TextIO
+    tools: bool = False
+    system: str | None = None
+    max_tool_rounds: int = 4
+    run_tool: Callable[..., Any] | None = None
+    messages: list[Message] = field(default_factory=list)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sampler.check()
+        self.enc = ChatEncoder(self.loaded.tokenizer)
+        self.generator = self.sampler.generator()
+        if self.tools and self.run_tool is None:
+            from kimi_lab.tools import run_python
+
+            self.run_tool = run_python
+        self.reset()
+
+    def reset(self) -> None:
+        from kimi_lab.tasks import SYSTEM_PROMPT
+
+        system = self.system if self.system is not None else (SYSTEM_PROMPT if self.tools else None)
+        self.messages = [Message("system", system)] if system else []
+        self.images = {}
+
+    def _prompt(self) -> Prompt:
+        names = [n for m in self.messages for n in m.images]
+        blocks = dict(zip(names, _vision_blocks(self.loaded, [self.images[n] for n in names]), strict=True))
+        vision = self.loaded.config.model.vision is not None
+        enc = self.enc.encode(
+            self.messages, (lambda n: blocks[n].n_tokens) if vision else None, add_generation_prompt=True
+        )
+        return Prompt(enc.tokens, [blocks[name] for _, name in enc.media])
+
+    def _say(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def _assistant_turn(self) -> Message:
+        prompt = self._prompt()
+        stream, stops = AssistantStream(self.loaded.tokenizer), set(self.enc.stop_ids)
+
+        def show(ev: Any) -> None:
+            if ev.content:
+                self._say(ev.content)
+            for call in ev.tool_calls:
+                self._say(f"\n[tool call: {call.name}]\n{call.input}\n")
+
+        def on_step(tokens: list[int | None]) -> None:
+            t = tokens[0]
+            if t is not None and t not in stops:
+                show(stream.push(t))
+
+        (g,) = generate(
+            self.loaded.model,
+            [prompt],
+            _room(self.loaded, prompt.tokens, self.sampler.max_new_tokens),
+            self.enc.stop_ids,
+            self.loaded.tokenizer.pad_id,
+            temperature=self.sampler.temperature,
+            top_k=self.sampler.top_k,
+            top_p=self.sampler.top_p,
+            generator=self.generator,
+            banned_ids=self.enc.banned_ids,
+            on_step=on_step,
+        )
+        last, parsed = stream.finish(g.finished)
+        show(last)
+        for e in parsed.errors:
+            self._say(f"\n[{e}]")
+        if not g.finished:
+            self._say("\n[cut off: --max-new-tokens reached]")
+        self._say("\n")
+        return parsed.message
+
+    def _tool_results(self, message: Message) -> list[Message]:
+        from kimi_lab.tools import SandboxLimits
+
+        results = []
+        t = self.loaded.config.phase.rl.tool
+        limits = SandboxLimits(
+            wall_s=t.wall_s, cpu_s=t.cpu_s, memory_mb=t.memory_mb, output_bytes=t.output_bytes
+        )
+        inputs = list(self.images.values())
+        for call in message.tool_calls:
+            if call.name != TOOL_NAME:
+                text = f"error: unknown tool {call.name!r} (the only tool is {TOOL_NAME})"
+            else:
+                assert self.run_tool is not None
+                text = self.run_tool(call.input, inputs, {}, limits).observation(t.observation_chars)
+            self._say(f"[{call.name} output]\n{text}\n")
+            results.append(Message("tool", text))
+        return results
+
+    def turn(self, user_text: str, image_paths: list[str] = ()) -> Message:
+        """The user's message (and images) in, the assistant's final message out."""
+        if image_paths:
+            _check_takes_images(self.loaded)
+        names = []
+        for path in image_paths:
+            name = f"image_{len(self.images)}"
+            self.images[name] = read_image(path)
+            names.append(name)
+        self.messages.append(Message("user", user_text, images=names))
+        for round_ in range(self.max_tool_rounds + 1):
+            reply = self._assistant_turn()
+            self.messages.append(reply)
+            if not reply.tool_calls:
+                return reply
+            if not self.tools:
+                self._say("[tool calls are shown, not run: start the chat with --tools python]\n")
+                return reply
+            if round_ == self.max_tool_rounds:
+                self._say(f"[stopped after {self.max_tool_rounds} rounds of tool calls]\n")
+                return reply
+            self.messages.extend(self._tool_results(reply))
+        return self.messages[-1]
+
+
+def chat_loop(session: ChatSession, read: Callable[[str], str] = input) -> None:
+    """Read user lines until /exit or end of input; slash commands as in CHAT_HELP."""
+    pending: list[str] = []
+    session._say(f"chat with {session.loaded.path} ({CHAT_HELP})\n")
+    while True:
+        try:
+            line = read(">> ")
+        except EOFError:
+            session._say("\n")
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            session.reset()
+            pending = []
+            session._say("[new conversation]\n")
+            continue
+        if text.startswith("/image"):
+            path = text.removeprefix("/image").strip()
+            try:
+                _check_takes_images(session.loaded)
+                read_image(path)
+            except ConfigError as exn:
+                session._say(f"[{exn}]\n")
+                continue
+            pending.append(path)
+            session._say(f"[{path} goes with your next message]\n")
+            continue
+        session.turn(text, pending)
+        pending = []
+
+
+# ------------------------------------------------------------------ the commands
+def load(path: str) -> LoadedModel:
+    from kimi_lab.loading import load_model
+
+    loaded = load_model(path)
+    if loaded.tokenizer is None:  # pragma: no cover - load_model builds one unless asked not to
+        raise ConfigError(f"{path}: no tokenizer")
+    return loaded
+
+
+def generate_command(args: Any) -> None:
+    sampler = Sampler(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed)
+    sampler.check()
+    images = [read_image(p) for p in args.image]
+    loaded = load(args.checkpoint)
+    stats = generate_text(loaded, args.prompt, images, sampler, sys.stdout)
+    rate = stats["new_tokens"] / max(stats["seconds"], 1e-9)
+    print(
+        f"[{stats['new_tokens']:.0f} tokens in {stats['seconds']:.1f}s, {rate:.1f} tokens/s]",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def chat_command(args: Any) -> None:
+    sampler = Sampler(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed)
+    sampler.check()
+    if args.tools not in (None, TOOL_NAME):
+        raise ConfigError(f"--tools {args.tools}: the only tool is {TOOL_NAME}")
+    loaded = load(args.checkpoint)
+    if args.tools:
+        from kimi_lab.tools import sandbox_unavailable_reason
+
+        if (reason := sandbox_unavailable_reason()) is not None:
+            raise ConfigError(f"--tools python needs the code sandbox: {reason}")
+    with contextlib.suppress(ImportError):  # not on every platform
+        import readline  # noqa: F401  (line editing and history for input())
+    session = ChatSession(
+        loaded,
+        sampler,
+        sys.stdout,
+        tools=bool(args.tools),
+        system=args.system,
+        max_tool_rounds=args.max_tool_rounds,
+    )
+    chat_loop(session)
