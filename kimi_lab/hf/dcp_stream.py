@@ -22,22 +22,28 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import create_default_global_save_plan
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
     Metadata,
     MetadataIndex,
     TensorProperties,
+    TensorStorageMetadata,
 )
 from torch.distributed.checkpoint.planner import (
+    LoadPlan,
+    LoadPlanner,
+    ReadItem,
     SavePlan,
     SavePlanner,
     TensorWriteData,
     WriteItem,
     WriteItemType,
 )
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from kimi_lab.errors import ConfigError
+from kimi_lab.errors import ConfigError, KimiLabError, one_line
 
 
 @dataclass
@@ -84,6 +90,7 @@ class _ChunkPlanner(SavePlanner):
         self.chunks = {(c.fqn, c.offset): c for c in chunks}
         self.items = [_item(c) for c in chunks]
         self.on_chunk = on_chunk
+        self.error: BaseException | None = None  # the first failure, re-raised as itself after dcp.save
 
     def set_up_planner(self, state_dict: Any, storage_meta: Any = None, is_coordinator: bool = False) -> None:
         pass
@@ -103,9 +110,13 @@ class _ChunkPlanner(SavePlanner):
 
     def resolve_data(self, write_item: WriteItem) -> torch.Tensor:
         c = self.chunks[(write_item.index.fqn, write_item.index.offset[0])]
-        t = c.make()
-        if tuple(t.shape) != c.shape:
-            raise ConfigError(f"{c.fqn}: a chunk came out {tuple(t.shape)}, expected {c.shape}")
+        try:
+            t = c.make()
+            if tuple(t.shape) != c.shape:
+                raise ConfigError(f"{c.fqn}: a chunk came out {tuple(t.shape)}, expected {c.shape}")
+        except BaseException as exn:
+            self.error = self.error or exn
+            raise
         t = t.to(c.dtype).contiguous()
         if self.on_chunk is not None:
             self.on_chunk(c)
@@ -163,6 +174,81 @@ def write_chunks(
             raise ConfigError(f"{c.fqn}: chunks cover {covered[c.fqn]} of {c.size[0]} rows")
     chunks = sorted(chunks, key=lambda c: (c.order, c.fqn, c.offset))
     writer = _BoundedFileWriter(str(out_dir), file_bytes)
-    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
-        warnings.filterwarnings("ignore", message=".*single process.*")
-        dcp.save({}, storage_writer=writer, planner=_ChunkPlanner(chunks, on_chunk), no_dist=True)
+    planner = _ChunkPlanner(chunks, on_chunk)
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+            warnings.filterwarnings("ignore", message=".*single process.*")
+            dcp.save({}, storage_writer=writer, planner=planner, no_dist=True)
+    except (Exception, CheckpointException) as exn:
+        # dcp.save wraps a chunk's failure in its own exception (a BaseException): surface the original
+        if isinstance(planner.error, KimiLabError):
+            raise planner.error from None
+        cause = planner.error or exn
+        raise ConfigError(
+            f"{out_dir}: writing the checkpoint failed ({type(cause).__name__}: {one_line(cause)})"
+        ) from None
+
+
+class _SliceLoader(LoadPlanner):
+    """Fills row slices of tensors from a checkpoint (the reading half of chunk-by-chunk)."""
+
+    def __init__(self, buffers: dict[tuple[str, int], torch.Tensor]) -> None:
+        self.buffers = buffers  # (fqn, first row) -> the slice's tensor
+
+    def set_up_planner(self, state_dict: Any, metadata: Any = None, is_coordinator: bool = False) -> None:
+        pass
+
+    def create_local_plan(self) -> LoadPlan:
+        raise NotImplementedError  # plans are built by SliceReader.read
+
+    def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
+        return global_plan
+
+    def finish_plan(self, central_plan: LoadPlan) -> LoadPlan:
+        return central_plan
+
+    def load_bytes(self, read_item: ReadItem, value: Any) -> None:
+        raise ConfigError(f"{read_item.dest_index.fqn}: expected a tensor, found bytes")
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        t = self.buffers[(read_item.dest_index.fqn, read_item.dest_index.offset[0])]
+        for dim, (start, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
+            t = t.narrow(dim, start, length)
+        return t
+
+    def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
+        pass  # read_data copied into the slice already
+
+
+class SliceReader:
+    """Rows of a sharded checkpoint's tensors, read without loading whole tensors or the model."""
+
+    def __init__(self, path: Path) -> None:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        self.reader = FileSystemReader(str(path))
+        self.metadata = self.reader.read_metadata()
+        self.reader.set_up_storage_reader(self.metadata, is_coordinator=True)
+
+    def shape(self, fqn: str) -> tuple[int, ...]:
+        return tuple(self._md(fqn).size)
+
+    def _md(self, fqn: str) -> TensorStorageMetadata:
+        md = self.metadata.state_dict_metadata.get(fqn)
+        if not isinstance(md, TensorStorageMetadata):
+            raise ConfigError(f"the sharded checkpoint has no tensor {fqn}")
+        return md
+
+    def read(self, fqn: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of ``fqn`` (dim 0), in the dtype it was saved in."""
+        md = self._md(fqn)
+        size = tuple(md.size)
+        rows = (stop - start, *size[1:])
+        buf = torch.empty(rows, dtype=md.properties.dtype)
+        offsets = torch.Size([start] + [0] * (len(size) - 1))
+        local = [ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(rows))]
+        items = create_read_items_for_chunk_list(fqn, md, local)
+        planner = _SliceLoader({(fqn, start): buf})
+        plan = self.reader.prepare_local_plan(LoadPlan(items))
+        self.reader.read_data(plan, planner).wait()
+        return buf

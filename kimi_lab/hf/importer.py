@@ -95,7 +95,12 @@ def import_hf(
         )
     hf = resolve_config(hf_dir)
     src = Source(hf_dir, hf.quantization)
-    chunks = import_chunks(hf, src, model_shapes(hf.model), DTYPES[dtype], STATE, slab_bytes)
+    chunks, unused = import_chunks(hf, src, model_shapes(hf.model), DTYPES[dtype], STATE, slab_bytes)
+    if unused:  # counted and said, never silently dropped
+        print(
+            f"import-hf: {len(unused)} tensors of {hf_dir} are not imported (e.g. {unused[0]})",
+            file=sys.stderr,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():

@@ -39,6 +39,8 @@ ATTN = {  # kimi_lab name -> DeepSeek-V3 name under self_attn.
 # released K2.5 ViT block names (vision_tower.encoder.blocks.N.<theirs>) -> kimi_lab (vision_tower.layers.N.<ours>)
 VIT_BLOCK = {"norm0": "norm1", "norm1": "norm2", "wo": "attn.proj", "mlp.fc0": "fc1", "mlp.fc1": "fc2"}
 PROJ = {"pre_norm": "pre_norm", "proj.0": "in_proj", "proj.2": "out_proj"}
+# the stored parts of a weight: plain, FP8 (+ block scales), INT4 (packed, scales, shape)
+WEIGHT_PARTS = ("weight", "weight_scale_inv", "weight_packed", "weight_scale", "weight_shape")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class _Plan:
         self.src, self.shapes, self.dtype, self.prefix = src, shapes, dtype, prefix
         self.slab_bytes = slab_bytes
         self.chunks: list[Chunk] = []
+        self.used: set[str] = set()
 
     def add(
         self,
@@ -126,6 +129,7 @@ class _Plan:
         for b in bases:
             if not (self.src.has_weight(b) or b in self.src):
                 raise ConfigError(f"{self.src.dir}: the checkpoint lacks {b} (needed for {ours})")
+            self.used.update(n for n in (b, *(f"{b}.{x}" for x in WEIGHT_PARTS)) if n in self.src)
         size = self.shapes[ours]
         files = tuple(f for b in bases for f in self.src.files_of(b))
         self.chunks.append(
@@ -280,8 +284,9 @@ def import_chunks(
     dtype: torch.dtype,
     prefix: str,
     slab_bytes: int = 256 << 20,
-) -> list[Chunk]:
-    """Every chunk of every tensor of kimi_lab's model; checks the mapping covers the model exactly."""
+) -> tuple[list[Chunk], list[str]]:
+    """Every chunk of every tensor of kimi_lab's model (checking the mapping covers the model
+    exactly), and the checkpoint's tensors no chunk reads (multi-token-prediction layers, ...)."""
     names = detect_names(src, hf.model)
     p = _Plan(src, shapes, dtype, prefix, slab_bytes)
     _language_model(p, hf, names)
@@ -293,4 +298,4 @@ def import_chunks(
     missing = sorted(set(shapes) - made)
     if missing:
         raise ConfigError(f"no HF source for kimi_lab's {missing[0]} (and {len(missing) - 1} more)")
-    return p.chunks
+    return p.chunks, sorted(set(src.weight_map) - p.used)
