@@ -175,7 +175,9 @@ def damaged(k2_source: Path, tmp_path: Path, damage: str) -> Path:
         (folder / "model.safetensors.index.json").write_text(json.dumps(config))
     elif damage == "model_type":
         config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama", "architectures": []}))
+        (folder / "config.json").write_text(
+            json.dumps({**config, "model_type": "llama", "architectures": []})
+        )
     elif damage == "group_routing":
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, "n_group": 8, "topk_group": 4}))
