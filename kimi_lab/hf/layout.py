@@ -53,8 +53,17 @@ class Names:
     vision: str  # "released", "transformers" or "" (no vision tower)
 
 
+# how transformers 5 (5.24) spells a few K2.5 names when it saves a kimi_k25 model
+TRANSFORMERS_SAVE_PREFIXES = {
+    "model.mm_projector.": "mm_projector.",
+    "vision_tower.encoder.patch_embed.": "vision_tower.patch_embed.",
+}
+
+
 def detect_names(src: Source, cfg: ModelConfig) -> Names:
     """Find the layout from the tensor names (no data is read)."""
+    for stored, canonical in TRANSFORMERS_SAVE_PREFIXES.items():
+        src.rename_prefix(stored, canonical)
     for lm in ("model.", "language_model.model.", "model.language_model."):
         if f"{lm}embed_tokens.weight" in src:
             break
@@ -298,4 +307,6 @@ def import_chunks(
     missing = sorted(set(shapes) - made)
     if missing:
         raise ConfigError(f"no HF source for kimi_lab's {missing[0]} (and {len(missing) - 1} more)")
-    return p.chunks, sorted(set(src.weight_map) - p.used)
+    used = {src.stored_name.get(n, n) for n in p.used}
+    stored = set(src.weight_map) - set(src.stored_name)
+    return p.chunks, sorted(stored - used)

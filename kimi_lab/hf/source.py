@@ -69,9 +69,18 @@ class Source:
         self.int4_scheme = quant.int4_scheme(quantization) if method == "compressed-tensors" else None
         self._open: tuple[str, Any] | None = None  # the one shard kept open between reads
         self.reads = 0
+        self.stored_name: dict[str, str] = {}  # a canonical name -> the name this folder stores it under
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
+
+    def rename_prefix(self, stored: str, canonical: str) -> None:
+        """Answer to ``canonical...`` names for tensors stored as ``stored...`` (a writer's own spelling)."""
+        for name in [n for n in self.weight_map if n.startswith(stored)]:
+            alias = canonical + name[len(stored) :]
+            if alias not in self.weight_map:
+                self.weight_map[alias] = self.weight_map[name]
+                self.stored_name[alias] = name
 
     def close(self) -> None:
         self._open = None
@@ -96,7 +105,7 @@ class Source:
         if file is None:
             raise ConfigError(f"{self.dir}: the checkpoint has no tensor {name}")
         try:
-            tensor = self._handle(file).get_tensor(name)
+            tensor = self._handle(file).get_tensor(self.stored_name.get(name, name))
         except ConfigError:
             raise
         except Exception as exn:  # truncated shard, corrupt header entry
@@ -112,7 +121,7 @@ class Source:
         if file is None:
             raise ConfigError(f"{self.dir}: the checkpoint has no tensor {name}")
         try:
-            tensor = self._handle(file).get_slice(name)[start:stop]
+            tensor = self._handle(file).get_slice(self.stored_name.get(name, name))[start:stop]
         except ConfigError:
             raise
         except Exception as exn:
@@ -124,7 +133,8 @@ class Source:
 
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's shape from its shard's header (no data read)."""
-        return tuple(self._handle(self.weight_map[name]).get_slice(name).get_shape())
+        stored = self.stored_name.get(name, name)
+        return tuple(self._handle(self.weight_map[name]).get_slice(stored).get_shape())
 
     def is_quantized(self, base: str) -> bool:
         return f"{base}.weight_packed" in self or f"{base}.weight_scale_inv" in self
