@@ -109,7 +109,6 @@ def import_hf(
     try:
         write_chunks(tmp, chunks, file_bytes, on_chunk=lambda c: bar.update(c.nbytes))
         bar.close()
-        src.close()
         _write_meta(tmp, out, hf, hf_dir, dtype)
         for name in TOKENIZER_FILES:
             if (hf_dir / name).is_file():

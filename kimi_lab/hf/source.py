@@ -1,9 +1,10 @@
 """The tensors of a Hugging Face folder, read one at a time from its safetensors shards.
 
 The index json (or the lone ``model.safetensors``) says which shard holds which
-name; a tensor is read with ``safe_open`` only when a conversion asks for it, so
-memory holds one tensor (plus the pages of the one shard being read), never the
-model. Quantized weights come back dequantized: FP8 block-scaled
+name; a tensor is read with ``safe_open`` only when a conversion asks for it and
+the shard is unmapped right after (a mapped shard's touched pages would count
+against the process, and released shards are 5-10 GB), so memory holds one
+tensor, never a shard or the model. Quantized weights come back dequantized: FP8 block-scaled
 (``weight`` + ``weight_scale_inv``) and INT4 pack-quantized (``weight_packed`` +
 ``weight_scale`` + ``weight_shape``) to float32.
 """
@@ -67,7 +68,6 @@ class Source:
         method = (quantization or {}).get("quant_method")
         self.fp8_block = quant.fp8_block(quantization if method == "fp8" else None)
         self.int4_scheme = quant.int4_scheme(quantization) if method == "compressed-tensors" else None
-        self._open: tuple[str, Any] | None = None  # the one shard kept open between reads
         self.reads = 0
         self.stored_name: dict[str, str] = {}  # a canonical name -> the name this folder stores it under
 
@@ -82,22 +82,17 @@ class Source:
                 self.weight_map[alias] = self.weight_map[name]
                 self.stored_name[alias] = name
 
-    def close(self) -> None:
-        self._open = None
-
     def _handle(self, file: str) -> Any:
+        """The shard, opened (its header parsed, its data mapped) for one read."""
         from safetensors import safe_open
 
-        if self._open is None or self._open[0] != file:
-            self._open = None  # unmap the previous shard before mapping the next
-            path = self.dir / file
-            if not path.is_file():
-                raise ConfigError(f"{path}: the index names this shard but it is missing")
-            try:
-                self._open = (file, safe_open(str(path), framework="pt"))
-            except Exception as exn:
-                raise ConfigError(f"{path}: not a readable safetensors shard ({exn})") from None
-        return self._open[1]
+        path = self.dir / file
+        if not path.is_file():
+            raise ConfigError(f"{path}: the index names this shard but it is missing")
+        try:
+            return safe_open(str(path), framework="pt")
+        except Exception as exn:
+            raise ConfigError(f"{path}: not a readable safetensors shard ({exn})") from None
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor as stored (a copy: it outlives the shard's mapping)."""

@@ -446,3 +446,99 @@ def load_released_into(model: torch.nn.Module, expect: dict[str, torch.Tensor], 
     missing, unexpected = model.load_state_dict(new, strict=False)
     assert not unexpected, unexpected
     assert not [m for m in missing if "rotary" not in m], missing
+
+
+# ------------------------------------------------------------- big, synthetic
+def k2_tensor_shapes(c: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """Every tensor of a released K2 checkpoint of config ``c``: name -> (shape, stored in FP8)."""
+    d, h, v = c["hidden_size"], c["num_attention_heads"], c["vocab_size"]
+    nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    qr, kvr, f, e = c["q_lora_rank"], c["kv_lora_rank"], c["moe_intermediate_size"], c["n_routed_experts"]
+    out: dict[str, tuple[tuple[int, ...], bool]] = {
+        "model.embed_tokens.weight": ((v, d), False),
+        "model.norm.weight": ((d,), False),
+        "lm_head.weight": ((v, d), False),
+    }
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out |= {
+            p + "input_layernorm.weight": ((d,), False),
+            p + "post_attention_layernorm.weight": ((d,), False),
+            p + "self_attn.q_a_proj.weight": ((qr, d), True),
+            p + "self_attn.q_a_layernorm.weight": ((qr,), False),
+            p + "self_attn.q_b_proj.weight": ((h * (nope + rope), qr), True),
+            p + "self_attn.kv_a_proj_with_mqa.weight": ((kvr + rope, d), True),
+            p + "self_attn.kv_a_layernorm.weight": ((kvr,), False),
+            p + "self_attn.kv_b_proj.weight": ((h * (nope + vd), kvr), True),
+            p + "self_attn.o_proj.weight": ((d, h * vd), True),
+        }
+        mlps = [(p + "mlp.", c["intermediate_size"])]
+        if i >= c["first_k_dense_replace"]:
+            out |= {
+                p + "mlp.gate.weight": ((e, d), False),
+                p + "mlp.gate.e_score_correction_bias": ((e,), False),
+            }
+            mlps = [(f"{p}mlp.experts.{j}.", f) for j in range(e)]
+            mlps.append((p + "mlp.shared_experts.", f * c["n_shared_experts"]))
+        for stem, width in mlps:
+            out |= {
+                stem + "gate_proj.weight": ((width, d), True),
+                stem + "up_proj.weight": ((width, d), True),
+                stem + "down_proj.weight": ((d, width), True),
+            }
+    return out
+
+
+def random_fp8(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """Random finite float8 e4m3 values, drawn as bytes (fast at any size; 0x7f and 0xff are NaN)."""
+    magnitude = torch.randint(0, 0x7F, shape, generator=g, dtype=torch.uint8)
+    sign = torch.randint(0, 2, shape, generator=g, dtype=torch.uint8) << 7
+    return (magnitude | sign).view(torch.float8_e4m3fn)
+
+
+def write_synthetic_k2(out: Path, c: dict[str, Any], shard_bytes: int, block: int = 128) -> int:
+    """A released-format FP8 K2 folder of random weights, written shard by shard (never held whole).
+
+    Returns the bytes on disk."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    weight_map: dict[str, str] = {}
+    shard: dict[str, torch.Tensor] = {}
+    sizes = {"shard": 0, "total": 0, "files": 0}
+
+    def flush() -> None:
+        sizes["files"] += 1
+        file = f"model-{sizes['files']:05d}.safetensors"
+        save_file(shard, str(out / file))
+        weight_map.update({k: file for k in shard})
+        shard.clear()
+        sizes["shard"] = 0
+
+    for name, (shape, fp8) in k2_tensor_shapes(c).items():
+        if fp8:
+            scale = torch.rand(math.ceil(shape[0] / block), math.ceil(shape[1] / block), generator=g) / 1e4
+            parts = {name: random_fp8(shape, g), name[: -len("weight")] + "weight_scale_inv": scale}
+        else:
+            dtype = torch.float32 if "e_score" in name else torch.bfloat16
+            parts = {name: (torch.randn(shape, generator=g) * 0.02).to(dtype)}
+        for k, t in parts.items():
+            n = t.numel() * t.element_size()
+            if shard and sizes["shard"] + n > shard_bytes:
+                flush()
+            shard[k] = t
+            sizes["shard"] += n
+            sizes["total"] += n
+    flush()
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": sizes["total"]}, "weight_map": weight_map})
+    )
+    fp8 = {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": [block, block],
+    }
+    (out / "config.json").write_text(json.dumps({**c, "quantization_config": fp8}))
+    return sizes["total"]
