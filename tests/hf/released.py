@@ -542,3 +542,48 @@ def write_synthetic_k2(out: Path, c: dict[str, Any], shard_bytes: int, block: in
     }
     (out / "config.json").write_text(json.dumps({**c, "quantization_config": fp8}))
     return sizes["total"]
+
+
+# ------------------------------------------------------------------ tokenizer
+# K2's named special ids, as offsets past the BPE ranks (tokenizer_config.json's added_tokens_decoder)
+K2_SPECIALS = {
+    0: "[BOS]",
+    1: "[EOS]",
+    2: "<|im_end|>",
+    3: "<|im_user|>",
+    4: "<|im_assistant|>",
+    6: "<|start_header_id|>",
+    7: "<|end_header_id|>",
+    9: "[EOT]",
+    10: "<|im_system|>",
+    11: "<|tool_calls_section_begin|>",
+    12: "<|tool_calls_section_end|>",
+    13: "<|tool_call_begin|>",
+    14: "<|tool_call_argument_begin|>",
+    15: "<|tool_call_end|>",
+    17: "<|im_middle|>",
+    18: "<|media_begin|>",
+    19: "<|media_content|>",
+    20: "<|media_end|>",
+    21: "<|media_pad|>",
+    254: "[UNK]",
+    255: "[PAD]",
+}
+MERGES = [b"th", b"he", b"in", b"er", b"an", b"re", b"on", b" t", b"en", b"at", b"ou", b"ed", b"nd", b"to", b"or", b"es"]
+MERGES += [b"is", b"it", b"ar", b"te", b"se", b"ng", b"al", b"st", b" a", b" s", b" i", b" o", b" w", b" c", b"e ", b"s "]
+
+
+def write_tiktoken(folder: Path) -> int:
+    """A small tiktoken BPE (bytes + 32 merges) and K2's tokenizer_config.json; returns the vocab size."""
+    import base64
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = [bytes([b]) for b in range(256)] + MERGES
+    lines = [f"{base64.b64encode(t).decode()} {rank}" for rank, t in enumerate(tokens)]
+    (folder / "tiktoken.model").write_text("\n".join(lines) + "\n")
+    n = len(tokens)
+    decoder = {str(n + i): {"content": name, "special": True} for i, name in K2_SPECIALS.items()}
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"added_tokens_decoder": decoder, "tokenizer_class": "TikTokenTokenizer"}, indent=2)
+    )
+    return n + 256

@@ -108,6 +108,29 @@ def test_int4_export_is_k25s_format_and_import_reproduces_the_quantized_weights(
             assert torch.equal(back[name], t), name  # the rest is exact at float32
 
 
+def test_transformers_reads_the_int4_export_through_compressed_tensors(tmp_path: Path) -> None:
+    """The ecosystem's reader of K2.5's format (transformers + compressed-tensors, on CPU) gets the
+    same model as kimi_lab's import, up to its bf16 decompression."""
+    from transformers import DeepseekV3ForCausalLM
+
+    from kimi_lab.hf_io import export_hf, import_hf
+    from kimi_lab.loading import load_model
+
+    model = tiny_checkpoint(tmp_path / "ours.ckpt")
+    export_hf(tmp_path / "ours.ckpt", tmp_path / "int4", quantize="int4")
+    import_hf(tmp_path / "int4", tmp_path / "back")
+    theirs = DeepseekV3ForCausalLM.from_pretrained(tmp_path / "int4", dtype=torch.float32).eval()
+    ours = load_model(tmp_path / "back", tokenizer=False).model
+    ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b, unquantized = (
+            theirs(input_ids=ids).logits,
+            ours(input_ids=ids).logits,
+            model(input_ids=ids).logits,
+        )
+    assert (a - b).abs().max() < 2e-3 < (b - unquantized).abs().max()
+
+
 def test_export_streams_from_a_sharded_checkpoint(tmp_path: Path) -> None:
     """An imported (sharded) checkpoint exports slab by slab and imports back unchanged."""
     from kimi_lab.hf_io import export_hf, import_hf
