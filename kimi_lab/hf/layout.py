@@ -150,19 +150,19 @@ class _Plan:
     def weight(self, ours: str, base: str, fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         size = self.shapes.get(ours, ())
         row_bytes = 4 * (size[1] if len(size) == 2 else 0)
-        if (
-            fn is None
-            and row_bytes
-            and size[0] * row_bytes > self.slab_bytes
-            and not self.src.is_quantized(base)
-        ):
-            # a big plain matrix (embeddings, LM head) is read in slabs of rows, never whole
+        int4 = f"{base}.weight_packed" in self.src
+        if fn is None and row_bytes and size[0] * row_bytes > self.slab_bytes and not int4:
+            # a big matrix (embeddings, LM head, a dense FFN) is converted in slabs of rows, never
+            # whole; FP8 slabs span whole blocks of rows, so each reads only its own scales
             step = max(1, self.slab_bytes // row_bytes)
+            if self.src.is_quantized(base):
+                bo = self.src.fp8_block[0]
+                step = max(bo, step // bo * bo)
             for start in range(0, size[0], step):
                 stop = min(size[0], start + step)
                 self.add(
                     ours,
-                    lambda a=start, b=stop: self.src.read_rows(f"{base}.weight", a, b).float(),
+                    lambda a=start, b=stop: self.src.weight_rows(base, a, b),
                     (base,),
                     offset=start,
                     rows=stop - start,

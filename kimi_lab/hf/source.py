@@ -160,6 +160,19 @@ class Source:
             raise ConfigError(f"{self.dir}: {base}.weight is FP8 but has no weight_scale_inv")
         return w.float()
 
+    def weight_rows(self, base: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of ``base.weight`` as float32, reading only those rows (and, for FP8,
+        their blocks' scales): big matrices are converted a slab at a time. FP8 slabs must start
+        on a block boundary."""
+        w = self.read_rows(f"{base}.weight", start, stop)
+        if f"{base}.weight_scale_inv" not in self:
+            return w.float()
+        bo = self.fp8_block[0]
+        if start % bo:
+            raise ConfigError(f"{base}: an FP8 slab must start on a {bo}-row block boundary, not row {start}")
+        scale = self.read_rows(f"{base}.weight_scale_inv", start // bo, -(-stop // bo))
+        return quant.fp8_dequantize(w, scale, self.fp8_block, where=f"{self.dir}: {base}")
+
     def tensor(self, name: str) -> torch.Tensor:
         """A tensor that is never quantized (norms, biases, embeddings, router biases) as float32."""
         return self.read(name).float()

@@ -569,8 +569,42 @@ K2_SPECIALS = {
     254: "[UNK]",
     255: "[PAD]",
 }
-MERGES = [b"th", b"he", b"in", b"er", b"an", b"re", b"on", b" t", b"en", b"at", b"ou", b"ed", b"nd", b"to", b"or", b"es"]
-MERGES += [b"is", b"it", b"ar", b"te", b"se", b"ng", b"al", b"st", b" a", b" s", b" i", b" o", b" w", b" c", b"e ", b"s "]
+MERGES = [
+    b"th",
+    b"he",
+    b"in",
+    b"er",
+    b"an",
+    b"re",
+    b"on",
+    b" t",
+    b"en",
+    b"at",
+    b"ou",
+    b"ed",
+    b"nd",
+    b"to",
+    b"or",
+    b"es",
+]
+MERGES += [
+    b"is",
+    b"it",
+    b"ar",
+    b"te",
+    b"se",
+    b"ng",
+    b"al",
+    b"st",
+    b" a",
+    b" s",
+    b" i",
+    b" o",
+    b" w",
+    b" c",
+    b"e ",
+    b"s ",
+]
 
 
 def write_tiktoken(folder: Path) -> int:

@@ -69,6 +69,14 @@ def test_fp8_k2_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Pat
     assert (ours - theirs).abs().max() < 1e-4
     assert (unquantized - theirs).abs().max() > 1e-3
 
+    # big matrices go in slabs of rows (FP8 ones in whole blocks of rows): the same checkpoint
+    from kimi_lab.hf_io import import_hf
+    from kimi_lab.loading import read_checkpoint
+
+    import_hf(folder, tmp_path / "slabs", slab_bytes=2000)
+    (_, a, _), (_, b, _) = read_checkpoint(out), read_checkpoint(tmp_path / "slabs")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 
 def test_int4_k25_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Path) -> None:
     from kimi_lab.loading import load_model
@@ -119,27 +127,6 @@ def test_the_synthetic_k25_layout_is_what_transformers_reads_as_k25(tmp_path: Pa
     with torch.no_grad():
         assert (loaded(**batch).logits - oracle(**batch).logits).abs().max() < 1e-5
     assert set(state) == set(original)
-
-
-def test_imported_checkpoint_trains_with_phase_init_from(
-    k2_source: Path, tmp_path: Path, tiny_overrides: list[str]
-) -> None:
-    res = run_cli("import-hf", str(k2_source), "ours", "--dtype", "bfloat16", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    overrides = [o for o in tiny_overrides if not o.startswith("model=")]
-    res = run_cli(
-        "train",
-        *overrides,
-        f"phase.init_from={tmp_path / 'ours'}",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
-        "phase.schedule.warmup_steps=1",
-        cwd=tmp_path,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    run_dir = Path(res.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
-    log = (run_dir / "train.log").read_text()
-    assert f"initialised from {tmp_path / 'ours'}" in log and "imported-k2" in log
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +209,57 @@ def test_the_command_says_one_line_exits_2_and_never_overwrites(k2_source: Path,
     with pytest.raises(KimiLabError, match="never overwrites"):
         import_hf(k2_source, tmp_path / "ours")
     assert (tmp_path / "ours" / "keep.txt").read_text() == "mine"
+
+
+def test_an_imported_k2_tokenizes_samples_serves_and_trains_with_its_own_tokenizer(
+    tmp_path: Path, tiny_overrides: list[str]
+) -> None:
+    from kimi_lab.data.tiktoken_tokenizer import TiktokenTokenizer
+    from kimi_lab.generation import Prompt, generate
+    from kimi_lab.loading import load_model
+    from kimi_lab.serve import ChatService
+    from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
+
+    folder = tmp_path / "k2"
+    vocab = R.write_tiktoken(folder)  # the released tokenizer's format, small
+    config = R.k2_text_config(vocab_size=vocab)
+    R.write_synthetic_k2(folder, config, shard_bytes=100_000, block=16)
+    res = run_cli("import-hf", "k2", "ours", "--dtype", "bfloat16", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "ours"
+    assert (out / "tiktoken.model").is_file() and (out / "tokenizer_config.json").is_file()
+
+    loaded = load_model(out)
+    tok = loaded.tokenizer
+    assert isinstance(tok, TiktokenTokenizer) and tok.vocab_size == loaded.config.model.vocab_size == vocab
+    prompt = tok.encode("the cat sat on")
+    gen = generate(
+        loaded.model,
+        [Prompt(prompt)],
+        6,
+        (tok.eos_id,),
+        tok.pad_id,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert len(gen[0].tokens) >= 1 and isinstance(tok.decode(prompt + gen[0].tokens), str)
+
+    cfg, policy = load_checkpoint_policy(str(out))  # what `kimi-lab serve` loads
+    chat = ChatService(policy.model, policy.tok, "imported", cfg.model.max_seq_len)
+    reply = chat.complete({"messages": [{"role": "user", "content": "hi there"}], "max_tokens": 4, "seed": 0})
+    assert isinstance(reply["choices"][0]["message"]["content"], str)
+
+    overrides = [o for o in tiny_overrides if not o.startswith(("model=", "data.tokenizer="))]
+    res = run_cli(
+        "train",
+        *overrides,
+        f"phase.init_from={out}",
+        f"data.tokenizer={out / 'tiktoken.model'}",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "phase.schedule.warmup_steps=1",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = Path(res.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
+    log = (run_dir / "train.log").read_text()
+    assert f"initialised from {out}" in log and "imported-k2" in log
