@@ -148,27 +148,29 @@ class _Plan:
         )
 
     def weight(self, ours: str, base: str, fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        size = self.shapes.get(ours, ())
-        row_bytes = 4 * (size[1] if len(size) == 2 else 0)
-        int4 = f"{base}.weight_packed" in self.src
-        if fn is None and row_bytes and size[0] * row_bytes > self.slab_bytes and not int4:
-            # a big matrix (embeddings, LM head, a dense FFN) is converted in slabs of rows, never
-            # whole; FP8 slabs span whole blocks of rows, so each reads only its own scales
-            step = max(1, self.slab_bytes // row_bytes)
-            if self.src.is_quantized(base):
-                bo = self.src.fp8_block[0]
-                step = max(bo, step // bo * bo)
-            for start in range(0, size[0], step):
-                stop = min(size[0], start + step)
-                self.add(
-                    ours,
-                    lambda a=start, b=stop: self.src.weight_rows(base, a, b),
-                    (base,),
-                    offset=start,
-                    rows=stop - start,
-                )
+        if fn is None and self._slabs(ours, base, 0, self.shapes.get(ours, (0,))[0]):
             return
         self.add(ours, lambda: (fn or (lambda t: t))(self.src.weight(base)), (base,))
+
+    def _slabs(self, ours: str, base: str, offset: int, rows: int) -> bool:
+        """A big matrix (embeddings, LM head, a dense FFN) converted in slabs of rows, never whole,
+        placed at rows [offset, offset + rows) of ``ours``; FP8 slabs span whole blocks of rows, so each reads only
+        its own scales. False (nothing added) when the matrix is small or INT4."""
+        size = self.shapes.get(ours, ())
+        if len(size) != 2 or f"{base}.weight_packed" in self.src:
+            return False
+        row_bytes = 4 * size[1]
+        if rows * row_bytes <= self.slab_bytes:
+            return False
+        step = max(1, self.slab_bytes // row_bytes)
+        if self.src.is_quantized(base):
+            bo = self.src.fp8_block[0]
+            step = max(bo, step // bo * bo)
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            make = lambda a=start, b=stop: self.src.weight_rows(base, a, b)  # noqa: E731
+            self.add(ours, make, (base,), offset=offset + start, rows=stop - start)
+        return True
 
     def tensor(self, ours: str, name: str, fn: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
         self.add(ours, lambda: fn(self.src.tensor(name)), (name,))
@@ -223,8 +225,11 @@ def _rope_rows(cfg: ModelConfig, theirs: str) -> Callable[[torch.Tensor], torch.
 
 
 def _swiglu(p: _Plan, s: str, d: str) -> None:
-    """Dense / shared SwiGLU: gate and up stacked into w13 (two chunks), down as w2."""
-    p.rows(d + "w13.weight", [(s + n, lambda n=n: p.src.weight(s + n)) for n in ("gate_proj", "up_proj")])
+    """Dense / shared SwiGLU: gate and up stacked into w13 (two chunks, or slabs of each), down as w2."""
+    half = p.shapes[d + "w13.weight"][0] // 2
+    for i, n in enumerate(("gate_proj", "up_proj")):
+        if not p._slabs(d + "w13.weight", s + n, i * half, half):
+            p.add(d + "w13.weight", lambda n=n: p.src.weight(s + n), (s + n,), offset=i * half, rows=half)
     p.weight(d + "w2.weight", s + "down_proj")
 
 

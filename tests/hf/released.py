@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -621,3 +622,107 @@ def write_tiktoken(folder: Path) -> int:
         json.dumps({"added_tokens_decoder": decoder, "tokenizer_class": "TikTokenTokenizer"}, indent=2)
     )
     return n + 256
+
+
+# ------------------------------------------------------ the real K2.5, config only
+def k25_release_config() -> dict[str, Any]:
+    """moonshotai/Kimi-K2.5's config.json (the fields a conversion reads)."""
+    text = {
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "vocab_size": 163840,
+        "hidden_size": 7168,
+        "intermediate_size": 18432,
+        "moe_intermediate_size": 2048,
+        "num_hidden_layers": 61,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 64,
+        "n_shared_experts": 1,
+        "n_routed_experts": 384,
+        "num_experts_per_tok": 8,
+        "routed_scaling_factor": 2.827,
+        "kv_lora_rank": 512,
+        "q_lora_rank": 1536,
+        "qk_rope_head_dim": 64,
+        "qk_nope_head_dim": 128,
+        "v_head_dim": 128,
+        "n_group": 1,
+        "topk_group": 1,
+        "topk_method": "noaux_tc",
+        "scoring_func": "sigmoid",
+        "norm_topk_prob": True,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "hidden_act": "silu",
+        "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 50000.0,
+        "rope_parameters": {
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "factor": 64.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+            "original_max_position_embeddings": 4096,
+            "rope_theta": 50000.0,
+            "rope_type": "yarn",
+            "type": "yarn",
+        },
+        "num_nextn_predict_layers": 0,
+        "tie_word_embeddings": False,
+    }
+    vision = SimpleNamespace(
+        pos_emb_height=64,
+        pos_emb_width=64,
+        pos_emb_time=4,
+        merge_kernel_size=(2, 2),
+        hidden_size=1152,
+        patch_size=14,
+        intermediate_size=4304,
+        num_attention_heads=16,
+        num_hidden_layers=27,
+    )
+    config = k25_config(text, vision, 163605)
+    config["text_config"]["model_type"] = "deepseek_v3"
+    return config
+
+
+def k25_release_index() -> dict[str, str]:
+    """The names in Kimi-K2.5's model.safetensors.index.json (208,550 of them), spread over 64 files."""
+    names = [
+        "language_model.lm_head.weight",
+        "language_model.model.embed_tokens.weight",
+        "language_model.model.norm.weight",
+    ]
+    attn = [
+        "q_a_proj",
+        "q_a_layernorm",
+        "q_b_proj",
+        "kv_a_proj_with_mqa",
+        "kv_a_layernorm",
+        "kv_b_proj",
+        "o_proj",
+    ]
+    for i in range(61):
+        p = f"language_model.model.layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        names += [f"{p}self_attn.{a}.weight" for a in attn]
+        if i == 0:
+            names += [f"{p}mlp.{m}.weight" for m in ("gate_proj", "up_proj", "down_proj")]
+            continue
+        names += [p + "mlp.gate.weight", p + "mlp.gate.e_score_correction_bias"]
+        names += [f"{p}mlp.shared_experts.{m}.weight" for m in ("gate_proj", "up_proj", "down_proj")]
+        for e in range(384):
+            for m in ("gate_proj", "up_proj", "down_proj"):
+                names += [
+                    f"{p}mlp.experts.{e}.{m}.{part}"
+                    for part in ("weight_packed", "weight_scale", "weight_shape")
+                ]
+    for suffix in ("weight", "bias"):
+        names += [f"mm_projector.{m}.{suffix}" for m in ("pre_norm", "proj.0", "proj.2")]
+        names += [f"vision_tower.encoder.final_layernorm.{suffix}", f"vision_tower.patch_embed.proj.{suffix}"]
+        for i in range(27):
+            for m in ("mlp.fc0", "mlp.fc1", "norm0", "norm1", "wo", "wqkv"):
+                names.append(f"vision_tower.encoder.blocks.{i}.{m}.{suffix}")
+    names.append("vision_tower.patch_embed.pos_emb.weight")
+    return {n: f"model-{i * 64 // len(names) + 1:05d}-of-000064.safetensors" for i, n in enumerate(names)}
