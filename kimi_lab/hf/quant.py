@@ -101,7 +101,7 @@ def int4_scheme(quantization: dict[str, Any] | None = None) -> Any:
 
 
 def _compressor() -> Any:
-    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.compressors import PackedQuantizationCompressor
 
     return PackedQuantizationCompressor
 

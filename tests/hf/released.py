@@ -245,7 +245,7 @@ def _scheme() -> Any:
 
 def int4_compress(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """One expert matrix through compressed-tensors: minmax scales (bf16), packed int32, shape."""
-    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.compressors import PackedQuantizationCompressor
     from compressed_tensors.quantization.utils import calculate_qparams
 
     scheme = _scheme()
@@ -261,7 +261,7 @@ def int4_compress(w: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def int4_decompress(packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.compressors import PackedQuantizationCompressor
 
     parts = {**packed, "weight_scale": packed["weight_scale"].float()}
     return PackedQuantizationCompressor.decompress(parts, _scheme())["weight"].float()
