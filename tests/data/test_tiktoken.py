@@ -8,7 +8,7 @@ import pytest
 
 from kimi_lab.data.tokenizer import SPECIAL_TOKENS, Tokenizer, open_tokenizer
 from kimi_lab.errors import ConfigError
-from tests.hf import released as R
+from tests.hf import synthetic as S
 
 pytest.importorskip("tiktoken")
 
@@ -16,7 +16,7 @@ pytest.importorskip("tiktoken")
 def test_a_tiktoken_file_encodes_decodes_and_names_its_special_tokens(tmp_path: Path) -> None:
     from kimi_lab.data.tiktoken_tokenizer import TiktokenTokenizer
 
-    vocab = R.write_tiktoken(tmp_path)
+    vocab = S.write_tiktoken(tmp_path)
     tok = open_tokenizer(tmp_path / "tiktoken.model")
     assert isinstance(tok, TiktokenTokenizer) and isinstance(tok, Tokenizer)
     n = vocab - 256
@@ -35,7 +35,7 @@ def test_a_tiktoken_file_encodes_decodes_and_names_its_special_tokens(tmp_path: 
     ids = [tok.token_id(t) for t in SPECIAL_TOKENS if not t.startswith("<|reserved")]
     assert len(set(ids)) == len(ids) and all(n <= i < vocab for i in ids)
     # the ones K2 has no counterpart for take unnamed ids, the same ones every time
-    named = {n + i for i in R.K2_SPECIALS}
+    named = {n + i for i in S.K2_SPECIALS}
     assert tok.token_id("<|video_pad|>") not in named and tok.token_id("<|im_start|>") not in named
     assert TiktokenTokenizer(tmp_path / "tiktoken.model").aliases == tok.aliases
     with pytest.raises(ConfigError, match="lacks the special token"):
@@ -45,7 +45,7 @@ def test_a_tiktoken_file_encodes_decodes_and_names_its_special_tokens(tmp_path: 
 def test_open_tokenizer_reads_either_format_and_a_folder(tmp_path: Path, tiny_tokenizer: Path) -> None:
     from kimi_lab.data.tiktoken_tokenizer import TiktokenTokenizer
 
-    R.write_tiktoken(tmp_path / "k2")
+    S.write_tiktoken(tmp_path / "k2")
     assert type(open_tokenizer(tiny_tokenizer)) is Tokenizer
     assert isinstance(open_tokenizer(tmp_path / "k2"), TiktokenTokenizer)
     (tmp_path / "bad.model").write_text("not base64 at all\n")

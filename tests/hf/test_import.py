@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ import torch
 
 from tests.conftest import run_cli
 from tests.hf import released as R
+from tests.hf import synthetic as S
 
 pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
@@ -35,14 +37,17 @@ def k25_folder(tmp_path: Path) -> tuple[Path, torch.nn.Module, dict]:
     from kimi_lab.config import compose, to_run_config
     from kimi_lab.model.hf import kimi_k25_config_kwargs
 
+    vocab = S.write_tiktoken(tmp_path / "k25")  # K2.5 ships its tokenizer beside the weights
+    media_pad = vocab - 256 + 21  # <|media_pad|>: the image placeholder
     kw = kimi_k25_config_kwargs(to_run_config(compose(["model=tiny-vl"])).model)
-    text = R.k2_text_config(num_hidden_layers=2)
+    text = R.k2_text_config(num_hidden_layers=2, vocab_size=vocab)
     kw["text_config"] = R.transformers_text_config(text).to_dict()
+    kw["image_token_id"] = media_pad
     config = Kimi_K25Config(**kw)
     config._attn_implementation = "eager"
     hf = R.randomise(Kimi_K25ForConditionalGeneration(config), 1)
     original = {k: v.clone() for k, v in hf.state_dict().items()}
-    expect = R.write_k25(tmp_path / "k25", hf, R.k25_config(text, config.vision_config, 14), 60_000)
+    expect = R.write_k25(tmp_path / "k25", hf, R.k25_config(text, config.vision_config, media_pad), 60_000)
     R.load_released_into(hf, expect, "k25")
     return tmp_path / "k25", hf, original
 
@@ -80,6 +85,7 @@ def test_fp8_k2_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Pat
 
 def test_int4_k25_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Path) -> None:
     from kimi_lab.loading import load_model
+    from kimi_lab.train import check_tokenizer_matches
     from tests.model.test_multimodal import cases, inputs
 
     folder, oracle, original = k25_folder(tmp_path)
@@ -89,8 +95,12 @@ def test_int4_k25_imports_with_the_logits_of_its_dequantized_weights(tmp_path: P
     res = run_cli("import-hf", "k25", "ours", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
 
-    model = load_model(tmp_path / "ours", tokenizer=False).model
-    assert model.cfg.vision is not None and model.cfg.vision.image_token_id == 14
+    loaded = load_model(tmp_path / "ours")
+    model, tok = loaded.model, loaded.tokenizer
+    # the placeholders are the released tokenizer's: <|media_pad|> for images, a reserved id for video
+    assert model.cfg.vision.image_token_id == tok.token_id("<|image_pad|>") == tok.token_id("<|media_pad|>")
+    assert model.cfg.vision.video_token_id == tok.token_id("<|video_pad|>")
+    check_tokenizer_matches(replace(loaded.config, data=replace(loaded.config.data, tokenizer=str(tok.path))))
     batch = inputs(model, cases()["two_images"][0], [])
     with torch.no_grad():
         ours, theirs = model(**batch).logits, oracle(**batch).logits
@@ -105,7 +115,6 @@ def test_the_synthetic_k25_layout_is_what_transformers_reads_as_k25(tmp_path: Pa
     are checked against transformers' own K2.5 conversion, on an unquantized copy."""
     from transformers import Kimi_K25ForConditionalGeneration
 
-    from kimi_lab.config import compose, to_run_config
     from tests.model.test_multimodal import cases, inputs
 
     _, oracle, original = k25_folder(tmp_path)
@@ -122,8 +131,10 @@ def test_the_synthetic_k25_layout_is_what_transformers_reads_as_k25(tmp_path: Pa
     (plain / "config.json").write_text(json.dumps(config))
     loaded = Kimi_K25ForConditionalGeneration.from_pretrained(plain, dtype=torch.float32).eval()
     oracle.load_state_dict(original)
-    tiny_vl = SimpleNamespace(cfg=to_run_config(compose(["model=tiny-vl"])).model)
-    batch = inputs(tiny_vl, cases()["two_images"][0], [])
+    ids = SimpleNamespace(
+        image_token_id=oracle.config.image_token_id, video_token_id=oracle.config.video_token_id
+    )
+    batch = inputs(SimpleNamespace(cfg=SimpleNamespace(vision=ids)), cases()["two_images"][0], [])
     with torch.no_grad():
         assert (loaded(**batch).logits - oracle(**batch).logits).abs().max() < 1e-5
     assert set(state) == set(original)
@@ -221,9 +232,9 @@ def test_an_imported_k2_tokenizes_samples_serves_and_trains_with_its_own_tokeniz
     from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
 
     folder = tmp_path / "k2"
-    vocab = R.write_tiktoken(folder)  # the released tokenizer's format, small
+    vocab = S.write_tiktoken(folder)  # the released tokenizer's format, small
     config = R.k2_text_config(vocab_size=vocab)
-    R.write_synthetic_k2(folder, config, shard_bytes=100_000, block=16)
+    S.write_synthetic_k2(folder, config, shard_bytes=100_000, block=16)
     res = run_cli("import-hf", "k2", "ours", "--dtype", "bfloat16", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "ours"

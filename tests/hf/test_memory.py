@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.hf import released as R
+from tests.hf import synthetic as S
 
 pytest.importorskip("safetensors")
 
@@ -43,7 +44,7 @@ print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024}))
 
 
 def test_import_of_a_checkpoint_several_times_the_memory_limit_stays_under_it(tmp_path: Path) -> None:
-    source_bytes = R.write_synthetic_k2(tmp_path / "big", R.k2_text_config(**BIG), shard_bytes=24 << 20)
+    source_bytes = S.write_synthetic_k2(tmp_path / "big", R.k2_text_config(**BIG), shard_bytes=24 << 20)
     res = subprocess.run(
         [sys.executable, "-c", MEASURE, str(tmp_path / "big"), str(tmp_path / "ours"), str(FILE_MB)],
         capture_output=True,

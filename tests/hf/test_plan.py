@@ -7,14 +7,14 @@ from pathlib import Path
 
 from kimi_lab.hf.plan import format_plan
 from tests.conftest import run_cli
-from tests.hf import released as R
+from tests.hf import synthetic as S
 
 
 def test_the_released_k25_is_sized_from_its_config_and_index_alone(tmp_path: Path) -> None:
     folder = tmp_path / "Kimi-K2.5"  # no weights at all: only what the plan may read
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(R.k25_release_config()))
-    index = R.k25_release_index()
+    (folder / "config.json").write_text(json.dumps(S.k25_release_config()))
+    index = S.k25_release_index()
     assert len(index) == 208_550  # as the release's index lists
     total = 554_270_000_000
     (folder / "model.safetensors.index.json").write_text(
