@@ -62,6 +62,7 @@ def test_export_writes_capped_shards_and_an_index_transformers_loads(tmp_path: P
 def test_int4_export_is_k25s_format_and_import_reproduces_the_quantized_weights(tmp_path: Path) -> None:
     from safetensors import safe_open
 
+    from kimi_lab.hf_io import import_hf
     from kimi_lab.loading import read_checkpoint
 
     tiny_checkpoint(tmp_path / "ours.ckpt")
@@ -88,8 +89,7 @@ def test_int4_export_is_k25s_format_and_import_reproduces_the_quantized_weights(
         exported["model.layers.1.self_attn.kv_b_proj.weight"].dtype == torch.float32
     )  # only experts in INT4
 
-    res = run_cli("import-hf", "int4", "back", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    import_hf(out, tmp_path / "back")
     _, back, _ = read_checkpoint(tmp_path / "back")
     _, original, _ = read_checkpoint(tmp_path / "ours.ckpt")
     for e in range(8):
@@ -149,9 +149,15 @@ def test_export_streams_from_a_sharded_checkpoint(tmp_path: Path) -> None:
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path: Path) -> None:
+    from kimi_lab.errors import KimiLabError
+    from kimi_lab.hf_io import export_hf
+
     tiny_checkpoint(tmp_path / "ours.ckpt")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    res = run_cli("export-hf", "ours.ckpt", "full", cwd=tmp_path)
-    assert res.returncode == 2 and "never overwrites" in res.stderr.strip().splitlines()[-1]
+    with pytest.raises(KimiLabError, match="never overwrites"):
+        export_hf(tmp_path / "ours.ckpt", tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    with pytest.raises(KimiLabError, match="--quantize int8 is not supported"):
+        export_hf(tmp_path / "ours.ckpt", tmp_path / "other", quantize="int8")
+    assert not (tmp_path / "other").exists()
