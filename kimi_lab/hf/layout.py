@@ -36,7 +36,8 @@ ATTN = {  # kimi_lab name -> DeepSeek-V3 name under self_attn.
     "kv_b_proj": "kv_b_proj",
     "o_proj": "o_proj",
 }
-# released K2.5 ViT block names (vision_tower.encoder.blocks.N.<theirs>) -> kimi_lab (vision_tower.layers.N.<ours>)
+# released K2.5 ViT block names (vision_tower.encoder.blocks.N.<theirs>) -> kimi_lab's
+# (vision_tower.layers.N.<ours>)
 VIT_BLOCK = {"norm0": "norm1", "norm1": "norm2", "wo": "attn.proj", "mlp.fc0": "fc1", "mlp.fc1": "fc2"}
 PROJ = {"pre_norm": "pre_norm", "proj.0": "in_proj", "proj.2": "out_proj"}
 # the stored parts of a weight: plain, FP8 (+ block scales), INT4 (packed, scales, shape)
@@ -154,8 +155,8 @@ class _Plan:
 
     def _slabs(self, ours: str, base: str, offset: int, rows: int) -> bool:
         """A big matrix (embeddings, LM head, a dense FFN) converted in slabs of rows, never whole,
-        placed at rows [offset, offset + rows) of ``ours``; FP8 slabs span whole blocks of rows, so each reads only
-        its own scales. False (nothing added) when the matrix is small or INT4."""
+        placed at rows [offset, offset + rows) of ``ours``; FP8 slabs span whole blocks of rows,
+        so each reads only its own scales. False (nothing added) when the matrix is small or INT4."""
         size = self.shapes.get(ours, ())
         if len(size) != 2 or f"{base}.weight_packed" in self.src:
             return False

@@ -1,4 +1,4 @@
-"""The released K2 / K2.5 tokenizer (tiktoken BPE + named special ids) behind kimi_lab's tokenizer interface."""
+"""The released K2 / K2.5 tokenizer (tiktoken BPE + named special ids) behind kimi_lab's interface."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Streaming export: size-capped shards + index that transformers loads; K2.5's INT4 experts round-trip exactly."""
+"""Streaming export: capped shards + an index transformers loads; K2.5's INT4 experts round-trip exactly."""
 
 from __future__ import annotations
 

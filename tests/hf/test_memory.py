@@ -56,7 +56,8 @@ def test_import_of_a_checkpoint_several_times_the_memory_limit_stays_under_it(tm
     out_bytes = sum(f.stat().st_size for f in (tmp_path / "ours").iterdir())
     added_mb = rss["peak_mb"] - rss["base_mb"]
     print(
-        f"source {source_bytes / 2**20:.0f} MiB, imported {out_bytes / 2**20:.0f} MiB, added RSS {added_mb:.0f} MiB"
+        f"source {source_bytes / 2**20:.0f} MiB, imported {out_bytes / 2**20:.0f} MiB, "
+        f"added RSS {added_mb:.0f} MiB"
     )
     assert out_bytes > 5 * LIMIT_MB * 2**20 and source_bytes > LIMIT_MB * 2**20
     assert added_mb < LIMIT_MB

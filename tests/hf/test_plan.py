@@ -1,4 +1,4 @@
-"""``kimi-lab params HF_DIR`` / ``import-hf --dry-run``: the real K2.5 sized from config.json and the index alone."""
+"""``kimi-lab params HF_DIR`` / ``import-hf --dry-run``: the real K2.5 sized from config.json + index."""
 
 from __future__ import annotations
 
