@@ -1,11 +1,12 @@
 """The ``kimi-lab`` command.
 
   kimi-lab train [OVERRIDES...]                 train (Hydra overrides; --multirun sweeps)
-  kimi-lab params [OVERRIDES...] [--json]       total and active parameter counts
+  kimi-lab params [OVERRIDES...|HF_DIR] [--json] total and active parameter counts (of an HF folder:
+                                                what importing it writes and needs)
   kimi-lab data build KIND [--out DIR] [...]    shards of a kind in data_pipelines/kinds.py, or the tokenizer
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
-  kimi-lab export-hf CKPT OUT_DIR               a checkpoint in transformers' kimi_k25 / deepseek_v3 format
-  kimi-lab import-hf HF_DIR OUT_CKPT            and back: train from any checkpoint of that format
+  kimi-lab export-hf CKPT OUT_DIR [--quantize int4]  a checkpoint in the released K2 / K2.5 layout
+  kimi-lab import-hf HF_DIR OUT_CKPT [--dry-run] and back, streamed: K2 (FP8), K2.5 (INT4), transformers
   kimi-lab report MULTIRUN_DIR [--also DIR...]  an experiment's report (markdown, JSON, PNG)
   kimi-lab eval CKPT --tasks NAME=DIR [--n N]   a checkpoint's score on task prompts (the sandboxed tool)
   kimi-lab experiment NAME [--scale S]          a multi-stage experiment of kimi_lab/experiments (a table)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from kimi_lab.errors import KimiLabError, one_line
@@ -33,6 +35,10 @@ from kimi_lab.errors import KimiLabError, one_line
 def _cmd_params(args: argparse.Namespace) -> None:
     from kimi_lab.config import compose, to_run_config, validate_model
     from kimi_lab.model.params import count_params
+
+    if len(args.overrides) == 1 and os.path.isdir(args.overrides[0]):  # an HF folder: what an import makes
+        _print_hf_plan(args.overrides[0], args.json)
+        return
 
     cfg = to_run_config(compose(args.overrides)).model
     validate_model(cfg)
@@ -92,19 +98,36 @@ def _cmd_data_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2) if args.json else format_report(report))
 
 
+def _print_hf_plan(hf_dir: str, as_json: bool, file_mb: int = 1024) -> None:
+    from kimi_lab.hf.plan import describe, format_plan
+
+    plan = describe(hf_dir, file_bytes=file_mb << 20)
+    print(json.dumps(plan, indent=2) if as_json else format_plan(plan))
+
+
 def _cmd_export_hf(args: argparse.Namespace) -> None:
     from kimi_lab.hf_io import export_hf
 
-    out = export_hf(args.ckpt, args.out_dir)
-    print(f"exported {args.ckpt} -> {out} (transformers from_pretrained loads it)")
+    out = export_hf(
+        args.ckpt,
+        args.out_dir,
+        quantize=args.quantize,
+        dtype=args.dtype,
+        shard_bytes=int(args.shard_gb * 2**30),
+    )
+    int4 = ", routed experts INT4 (compressed-tensors)" if args.quantize else ""
+    print(f"exported {args.ckpt} -> {out} (transformers from_pretrained loads it{int4})")
 
 
 def _cmd_import_hf(args: argparse.Namespace) -> None:
     from kimi_lab.hf_io import import_hf
 
-    out, cfg = import_hf(args.hf_dir, args.out_ckpt)
+    if args.dry_run or args.out_ckpt is None:
+        _print_hf_plan(args.hf_dir, args.json, args.file_mb)
+        return
+    out, cfg = import_hf(args.hf_dir, args.out_ckpt, dtype=args.dtype, file_bytes=args.file_mb << 20)
     vision = " + vision tower" if cfg.vision is not None else ""
-    print(f"imported {args.hf_dir} -> {out} ({cfg.n_layers}-layer K2 model{vision})")
+    print(f"imported {args.hf_dir} -> {out} (sharded; {cfg.n_layers}-layer K2 model{vision})")
     print(f"train from it: kimi-lab train phase.init_from={out}")
 
 
@@ -355,16 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--previews", type=int, default=3)
     i.set_defaults(func=_cmd_data_inspect)
 
-    p = sub.add_parser("export-hf", help="a checkpoint as a transformers kimi_k25 / deepseek_v3 folder")
-    p.add_argument("ckpt")
+    p = sub.add_parser(
+        "export-hf", help="a checkpoint in the released K2 / K2.5 layout (transformers loads it)"
+    )
+    p.add_argument("ckpt", help="a checkpoint file or sharded checkpoint folder")
     p.add_argument("out_dir")
+    p.add_argument("--quantize", choices=("int4",), default=None, help="routed experts as K2.5 ships them")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="unquantized tensors")
+    p.add_argument("--shard-gb", type=float, default=4.0, help="cap on a safetensors shard's size")
     p.set_defaults(func=_cmd_export_hf)
 
-    p = sub.add_parser(
-        "import-hf", help="a transformers kimi_k25 / deepseek_v3 folder as a kimi_lab checkpoint"
-    )
+    p = sub.add_parser("import-hf", help="a K2 / K2.5 HF folder (FP8, INT4 or plain) as a sharded checkpoint")
     p.add_argument("hf_dir")
-    p.add_argument("out_ckpt")
+    p.add_argument("out_ckpt", nargs="?", help="the sharded checkpoint folder to write (must not exist)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="the stored weights")
+    p.add_argument("--file-mb", type=int, default=1024, help="output file size; bounds the import's memory")
+    p.add_argument("--dry-run", action="store_true", help="print what the import would write and need")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.set_defaults(func=_cmd_import_hf)
 
     p = sub.add_parser("dashboard", help="the Streamlit dashboard of a runs folder (local only by default)")

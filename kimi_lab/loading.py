@@ -124,12 +124,14 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
 def find_tokenizer(cfg: RunConfig, ckpt_path: Path) -> Path | None:
     """The tokenizer file a checkpoint was trained with: its configured path as given, relative
     to one of the checkpoint's parent folders (a run directory moved with its data), or a
-    ``tokenizer.json`` beside the checkpoint (``import-hf`` writes one)."""
+    ``tokenizer.json`` / ``tiktoken.model`` beside the checkpoint or in its folder (``import-hf``
+    copies the HF folder's tokenizer into the sharded checkpoint)."""
     given = Path(cfg.data.tokenizer)
     candidates = [given]
     if not given.is_absolute():
         candidates += [p / given for p in ckpt_path.resolve().parents]
-    candidates += [ckpt_path.parent / "tokenizer.json", ckpt_path / "tokenizer.json"]
+    for name in ("tokenizer.json", "tiktoken.model"):
+        candidates += [ckpt_path.parent / name, ckpt_path / name]
     return next((c for c in candidates if c.is_file()), None)
 
 

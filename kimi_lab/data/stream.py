@@ -32,7 +32,7 @@ from kimi_lab.data.mixing import Mixer, MixerState
 from kimi_lab.data.packing import Packer, SpecialIds, Window, loss_mask
 from kimi_lab.data.shards import iter_shard_samples
 from kimi_lab.data.stats import BatchStats
-from kimi_lab.data.tokenizer import Tokenizer
+from kimi_lab.data.tokenizer import open_tokenizer
 from kimi_lab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class _Worker:
         cfg = ds.cfg
         self.strict = cfg.strict
         seed = f"{ds.seed}/{state.stream_id}"
-        self.tok = Tokenizer(cfg.tokenizer)
+        self.tok = open_tokenizer(cfg.tokenizer)
         self.ids = SpecialIds.from_tokenizer(self.tok)
         self.decoder = Decoder(self.tok, cfg.vision)
         self.packer = Packer(cfg.seq_len, self.ids)

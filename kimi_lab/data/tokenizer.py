@@ -1,5 +1,8 @@
 """Byte-level BPE tokenizer, trained deterministically on the standard-library corpus and cached.
 
+``open_tokenizer`` is the one factory every consumer uses: it also opens the released
+K2 / K2.5 tiktoken file (``data.tiktoken_tokenizer``) behind the same interface.
+
 Byte-level means any UTF-8 text encodes without unknown tokens. The special
 tokens are fixed up front (document end, padding, chat roles, tool calls, media
 placeholders, and reserved slots for later phases), so their ids never change
@@ -102,13 +105,30 @@ def train_tokenizer(vocab_size: int, out: str | Path, max_bytes: int = TRAIN_BYT
     return out
 
 
+def open_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer in a file: a ``tokenizers`` JSON (kimi_lab's BPE) or a tiktoken BPE file
+    (the released K2 / K2.5 ``tiktoken.model``, its special tokens named by the
+    ``tokenizer_config.json`` beside it). Both answer the same calls."""
+    from kimi_lab.data.tiktoken_tokenizer import TiktokenTokenizer, is_tiktoken_file
+
+    path = Path(path)
+    if path.is_dir():  # an HF folder or an imported checkpoint: its tokenizer file
+        found = [p for p in (path / "tiktoken.model", path / "tokenizer.json") if p.is_file()]
+        if not found:
+            raise ConfigError(f"{path}: no tiktoken.model or tokenizer.json in this folder")
+        path = found[0]
+    if is_tiktoken_file(path):
+        return TiktokenTokenizer(path)
+    return Tokenizer(path)
+
+
 def load_or_train(path: str | Path, vocab_size: int) -> Tokenizer:
     """Load the cached tokenizer at ``path``, training it first when it does not exist yet."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         log.info("Training a %d-token byte-level BPE on the Python standard library -> %s", vocab_size, path)
         train_tokenizer(vocab_size, path)
-    tok = Tokenizer(path)
+    tok = open_tokenizer(path)
     if tok.vocab_size > vocab_size:
         raise ConfigError(
             f"data.tokenizer={path} has {tok.vocab_size} tokens but model.vocab_size={vocab_size}; "

@@ -113,7 +113,7 @@ def test_export_and_import_through_the_cli(tmp_path: Path) -> None:
     res = run_cli("export-hf", str(ckpt), "hf_out", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((tmp_path / "hf_out" / "config.json").read_text())["model_type"] == "kimi_k25"
-    assert (tmp_path / "hf_out" / "model.safetensors").is_file()
+    assert (tmp_path / "hf_out" / "model.safetensors.index.json").is_file()  # shards + index, streamed
     hf = Kimi_K25ForConditionalGeneration.from_pretrained(tmp_path / "hf_out", dtype=torch.float32).eval()
     images, videos = cases()["two_images"][0], cases()["video_8_frames"][1]
     batch = inputs(model, images, videos)
