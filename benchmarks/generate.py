@@ -137,7 +137,7 @@ def contenders(model: Any, prompts: list[Any], pad_id: int) -> dict[str, Any]:
         return run
 
     impls = ["eager", *sorted(k for k in ALL_EXPERTS_FUNCTIONS if k in ("grouped_mm", "batched_mm"))]
-    return {"kimi_lab": ours, **{f"transformers ({impl})": theirs(impl) for impl in impls}}
+    return {"kimi_lab": ours, **{f"transformers {impl}": theirs(impl) for impl in impls}}
 
 
 def run(
@@ -228,7 +228,7 @@ def _print(res: dict[str, Any]) -> None:
             f"   decode {r['decode_tokens_per_s']:>8,.0f} tokens/s"
         )
     print(
-        f"  vs transformers ({res['transformers_best']}): generate {res['speedup_vs_transformers']:.2f}x,"
+        f"  vs {res['transformers_best']}: generate {res['speedup_vs_transformers']:.2f}x,"
         f" decode {res['decode_speedup_vs_transformers']:.2f}x (target >= 3)"
     )
     print(
