@@ -60,7 +60,7 @@ class MultiHeadLatentAttention(nn.Module):
         q_nope, q_rope = q.view(B, T, self.n_heads, self.nope_dim + self.rope_dim).split(
             [self.nope_dim, self.rope_dim], dim=-1
         )
-        return q_nope, apply_rope(q_rope, cos, sin).to(q_nope.dtype)
+        return q_nope, _as(apply_rope(q_rope, cos, sin), q_nope.dtype)
 
     def latent(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """What the cache keeps per token: the normed kv latent and the rotated shared key, (B, T, c + r)."""
@@ -68,7 +68,7 @@ class MultiHeadLatentAttention(nn.Module):
         c_kv, k_rope = self.kv_a_proj(x_BTD).split([self.kv_rank, self.rope_dim], dim=-1)
         c_kv = self.kv_a_norm(c_kv)
         k_rope = apply_rope(k_rope.view(B, T, 1, self.rope_dim), cos, sin).view(B, T, self.rope_dim)
-        return torch.cat((c_kv, k_rope.to(c_kv.dtype)), dim=-1)
+        return torch.cat((c_kv, _as(k_rope, c_kv.dtype)), dim=-1)
 
     def expand(self, latent_BSk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head keys (B, H, S, n + r) and values (B, H, S, v) from cached latents."""
@@ -80,7 +80,7 @@ class MultiHeadLatentAttention(nn.Module):
             .view(B, S, H, self.nope_dim + self.v_dim)
             .split([self.nope_dim, self.v_dim], dim=-1)
         )
-        k = torch.cat((k_nope, k_rope[:, :, None].to(k_nope.dtype).expand(B, S, H, self.rope_dim)), dim=-1)
+        k = torch.cat((k_nope, _as(k_rope[:, :, None], k_nope.dtype).expand(B, S, H, self.rope_dim)), dim=-1)
         return k.transpose(1, 2), v.transpose(1, 2)
 
     def project_qkv(
@@ -141,17 +141,18 @@ class MultiHeadLatentAttention(nn.Module):
         # (H, B*T, n) @ (H, n, c): each head's no-rope query moved into the latent space
         q_lat_HMc = torch.bmm(q_nope.permute(2, 0, 1, 3).reshape(H, B * T, n), w_HXc[:, :n])
         q_BHTk = torch.cat(
-            (q_lat_HMc.view(H, B, T, c).transpose(0, 1), q_rope.transpose(1, 2).to(q_lat_HMc.dtype)), dim=-1
+            (q_lat_HMc.view(H, B, T, c).transpose(0, 1), _as(q_rope.transpose(1, 2), q_lat_HMc.dtype)), dim=-1
         )
         S = latent_BSk.shape[1]
-        bias_BMS = bias_BTS[:, None].expand(B, H, T, S).reshape(B, H * T, S)
+        # One new token: its (B, 1, S) mask broadcasts over the heads as it is.
+        bias = bias_BTS if T == 1 else bias_BTS[:, None].expand(B, H, T, S).reshape(B, H * T, S)
         scores_BMS = torch.baddbmm(
-            bias_BMS.to(q_BHTk.dtype),
+            _as(bias, q_BHTk.dtype),
             q_BHTk.reshape(B, H * T, -1),
             latent_BSk.transpose(1, 2),
             alpha=self.scale,
         )
-        p_BMS = torch.softmax(scores_BMS.float(), dim=-1).to(latent_BSk.dtype)
+        p_BMS = _as(torch.softmax(_as(scores_BMS, torch.float32), dim=-1), latent_BSk.dtype)
         o_lat_BMc = torch.bmm(p_BMS, latent_BSk[..., :c])
         # (H, B*T, c) @ (H, c, v): back from the latent to each head's value space
         o_HMv = torch.bmm(
@@ -171,6 +172,11 @@ class MultiHeadLatentAttention(nn.Module):
         q_HXR[:, self.nope_dim :] *= gamma_H[:, None, None].to(q_w.dtype)
         kv_HXR = self.kv_b_proj.weight.view(self.n_heads, self.nope_dim + self.v_dim, -1)
         kv_HXR[:, : self.nope_dim] *= root.to(kv_HXR.dtype)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without a dispatcher call when it is one already (a decode step has dozens)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class LayerCache:

@@ -133,7 +133,7 @@ class K2Model(nn.Module):
         seq_terms, z_terms = [], []
         for i, layer in enumerate(self.layers):
             x, aux = layer(x, cos, sin, mask, LayerCache(cache, i) if cache is not None else None)
-            if aux is not None:
+            if aux is not None and self.training:  # router losses exist in training only
                 aux_loss = aux_loss + aux.loss
                 seq_terms.append(aux.seq_balance)
                 z_terms.append(aux.z_loss)

@@ -15,7 +15,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # torch's fused kernel: the same fp32 arithmetic in one call (decode steps run dozens of norms)
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+        w = self.weight
+        if x.dtype == w.dtype == torch.float32:
+            return F.rms_norm(x, w.shape, w, self.eps)
+        return F.rms_norm(x.float(), w.shape, w.float(), self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

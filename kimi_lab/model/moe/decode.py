@@ -74,12 +74,12 @@ def decode_experts(
     strategy = strategy or decode_strategy(x_TD.shape[0], top_idx_TK.shape[1], w1_EFD)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown decode strategy {strategy!r}; one of {STRATEGIES}")
-    dev = x_TD.device.type
+    dev, dt = x_TD.device.type, w1_EFD.dtype
     with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext():
-        x = x_TD.to(w1_EFD.dtype)
-        w = top_weight_TK.to(w1_EFD.dtype)
+        x = x_TD if x_TD.dtype == dt else x_TD.to(dt)
+        w = top_weight_TK if top_weight_TK.dtype == dt else top_weight_TK.to(dt)
         y = _FORMS[strategy](x, top_idx_TK, w, w1_EFD, w3_EFD, w2_EFD)
-    return y.to(x_TD.dtype)
+    return y if y.dtype == x_TD.dtype else y.to(x_TD.dtype)
 
 
 def _sorted_pairs(top_idx_TK: torch.Tensor, w_TK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
