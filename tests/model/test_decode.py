@@ -126,3 +126,24 @@ def test_moe_layer_takes_the_decode_path_only_for_few_tokens_without_grad(
     moe(x)  # with gradients: the training path
     assert calls == [6]
     assert (fast - slow).abs().max() < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_decode_step_never_waits_for_the_gpu(dtype: torch.dtype) -> None:
+    """CUDA's sync debug mode turns any host synchronisation inside the step into an error."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    lm = _model().language_model.to("cuda", dtype)
+    cache = lm.new_cache(12)
+    ids = torch.randint(40, 500, (3, 8), device="cuda")
+    with torch.inference_mode():
+        lm(ids, cache=cache)  # the prompt may synchronise (padding check)
+        tok = torch.randint(40, 500, (3, 1), device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                tok = lm(tok, cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

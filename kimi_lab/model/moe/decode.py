@@ -92,7 +92,12 @@ def _grouped(
     x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
     tok_S, wt_S = _sorted_pairs(idx, w)
-    offs_E = torch.bincount(idx.reshape(-1), minlength=w1.shape[0]).cumsum(0).to(torch.int32)
+    flat_S = idx.reshape(-1)
+    # counts by scatter_add: CUDA's bincount reads the largest id on the host first
+    counts_E = torch.zeros(w1.shape[0], dtype=torch.int32, device=x.device)
+    offs_E = counts_E.scatter_add_(0, flat_S, torch.ones_like(flat_S, dtype=torch.int32)).cumsum(
+        0, dtype=torch.int32
+    )
     x_SD = x.index_select(0, tok_S)
     h1_SF = torch._grouped_mm(x_SD, w1.transpose(1, 2), offs=offs_E)
     h3_SF = torch._grouped_mm(x_SD, w3.transpose(1, 2), offs=offs_E)
