@@ -157,15 +157,19 @@ def _decode(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    B, L = len(prompts), max(len(p.tokens) for p in prompts)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, L, dtype=torch.long)
-    for i, p in enumerate(prompts):
+    B = len(prompts)
+    # Identical prompts (RL's K samples of one task) are encoded once; their cache rows are
+    # copied after the prompt, so each row still samples on its own.
+    unique, row_of = _unique_prompts(prompts)
+    L = max(len(p.tokens) for p in unique)
+    ids = torch.full((len(unique), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(unique), L, dtype=torch.long)
+    for i, p in enumerate(unique):
         ids[i, L - len(p.tokens) :] = torch.tensor(p.tokens)
         mask[i, L - len(p.tokens) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    vision = {k: v.to(device) for k, v in vision_inputs([b for p in prompts for b in p.blocks]).items()}
+    vision = {k: v.to(device) for k, v in vision_inputs([b for p in unique for b in p.blocks]).items()}
     lm = model.language_model
     cache = lm.new_cache(L + max_new_tokens)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
@@ -183,6 +187,10 @@ def _decode(
                 ids, attention_mask=mask, positions=positions, cache=cache, logits_to_keep=1, **vision
             ).logits[:, -1]
         pos = positions[:, -1:] + 1
+        if len(unique) < B:
+            rows = torch.tensor(row_of, device=device)
+            cache.select(rows)
+            logits, pos = logits[rows], pos[rows]
         for step in range(max_new_tokens):
             with torch.inference_mode():
                 logp = torch.log_softmax(logits.float().masked_fill(banned, float("-inf")), dim=-1)
@@ -201,6 +209,28 @@ def _decode(
                 pos = pos + 1
     finally:
         model.train(was_training)
+
+
+def _unique_prompts(prompts: list[Prompt]) -> tuple[list[Prompt], list[int]]:
+    """(the distinct prompts in first-seen order, the index in them of every prompt).
+
+    Prompts are the same when their tokens and every vision block's kind, grid and pixels are.
+    """
+    first: dict[tuple, int] = {}
+    unique: list[Prompt] = []
+    row_of = []
+    for p in prompts:
+        key = (
+            tuple(p.tokens),
+            tuple(
+                (b.kind, b.grid_thw, b.pixel_values.contiguous().cpu().numpy().tobytes()) for b in p.blocks
+            ),
+        )
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(p)
+        row_of.append(first[key])
+    return unique, row_of
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -129,3 +129,23 @@ def test_stopping_a_stream_early_restores_training_mode() -> None:
     assert not m.training and torch.is_grad_enabled()  # the caller's own mode between steps
     stream.close()
     assert m.training
+
+
+def test_identical_prompts_are_encoded_once_and_sampled_apart() -> None:
+    m = _model()
+    a, b = Prompt([50, 60, 70, 80]), Prompt([90, 91])
+    calls: list[int] = []
+    hook = m.language_model.register_forward_pre_hook(
+        lambda mod, args, kw: calls.append(kw["inputs_embeds"].shape[0]) if "inputs_embeds" in kw else None,
+        with_kwargs=True,
+    )
+    try:
+        gens = generate(m, [a, b, a, Prompt(list(a.tokens))], 6, stop_ids=(), pad_id=1, temperature=0)
+    finally:
+        hook.remove()
+    assert calls == [2]  # the prompt forward saw the two distinct prompts only
+    alone = [generate(m, [p], 6, stop_ids=(), pad_id=1, temperature=0)[0] for p in (a, b)]
+    for g, ref in zip(gens, [alone[0], alone[1], alone[0], alone[0]], strict=True):
+        assert g.tokens == ref.tokens and g.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
+    sampled = generate(m, [a] * 4, 8, (), 1, generator=torch.Generator().manual_seed(0))
+    assert len({tuple(g.tokens) for g in sampled}) > 1  # copies of one prompt still sample apart
