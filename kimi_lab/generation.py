@@ -134,6 +134,8 @@ def _host_step(tok_B: torch.Tensor, logp_B: torch.Tensor, alive_B: torch.Tensor)
 # after the last row stops cost less.
 _STOP_CHECK_EVERY = {"cpu": 1}
 _STOP_CHECK_DEFAULT = 8
+# At a stop check, rows that stopped leave the batch once at most this share of it is still running.
+_SHRINK_BELOW = 0.75
 
 
 def _decode(
@@ -176,8 +178,10 @@ def _decode(
     banned = torch.zeros(lm.cfg.vocab_size, dtype=torch.bool, device=device)
     if banned_ids:
         banned[torch.tensor(banned_ids, device=device)] = True
-    pad = torch.full((B,), pad_id, dtype=torch.long, device=device)
     check_every = _STOP_CHECK_EVERY.get(device.type, _STOP_CHECK_DEFAULT)
+    # The batch shrinks as rows stop: ``live`` holds the original row of every row still
+    # decoded, and rows that stopped are dropped from the cache at the next stop check.
+    live = torch.arange(B, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     try:
         # The grad and autocast modes are entered around each forward, never across a yield,
@@ -194,14 +198,29 @@ def _decode(
         for step in range(max_new_tokens):
             with torch.inference_mode():
                 logp = torch.log_softmax(logits.float().masked_fill(banned, float("-inf")), dim=-1)
-                tok = torch.where(done, pad, _sample(logp, temperature, top_k, generator))
-                alive = ~done
+                tok = torch.where(done, pad_id, _sample(logp, temperature, top_k, generator))
                 chosen = logp.gather(1, tok[:, None]).squeeze(1)
+                alive = ~done
                 done = done | torch.isin(tok, stops)
-            yield tok, chosen, alive
-            if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and bool(done.all())):
+                out = (tok, chosen, alive)
+                if live.numel() < B:  # back to the full batch for the caller
+                    out = (
+                        torch.full((B,), pad_id, dtype=torch.long, device=device).index_copy_(0, live, tok),
+                        torch.zeros(B, device=device).index_copy_(0, live, chosen),
+                        torch.zeros(B, dtype=torch.bool, device=device).index_copy_(0, live, alive),
+                    )
+            yield out
+            if step == max_new_tokens - 1:
                 break
-            # Stopped rows keep feeding padding, which only they themselves attend to.
+            if (step + 1) % check_every == 0:
+                n_live = int((~done).sum())
+                if n_live == 0:
+                    break
+                if n_live <= _SHRINK_BELOW * live.numel():
+                    keep = torch.nonzero(~done).squeeze(1)
+                    cache.select(keep)
+                    live, tok, pos, done = live[keep], tok[keep], pos[keep], done[keep]
+            # Stopped rows not dropped yet keep feeding padding, which only they themselves attend to.
             with torch.inference_mode(), _autocast(device, autocast):
                 logits = lm(input_ids=tok[:, None], positions=pos, cache=cache, logits_to_keep=1).logits[
                     :, -1

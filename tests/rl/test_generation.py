@@ -149,3 +149,17 @@ def test_identical_prompts_are_encoded_once_and_sampled_apart() -> None:
         assert g.tokens == ref.tokens and g.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
     sampled = generate(m, [a] * 4, 8, (), 1, generator=torch.Generator().manual_seed(0))
     assert len({tuple(g.tokens) for g in sampled}) > 1  # copies of one prompt still sample apart
+
+
+def test_rows_that_stop_leave_the_batch_without_changing_the_others() -> None:
+    m = _model()
+    torch.manual_seed(5)
+    prompts = [Prompt(torch.randint(40, 500, (n,)).tolist()) for n in (6, 3, 8, 5)]
+    free = generate(m, prompts, 8, stop_ids=(), pad_id=1, temperature=0)
+    stops = (free[0].tokens[1], free[2].tokens[0])  # rows 0 and 2 stop early, the batch shrinks
+    gens = generate(m, prompts, 8, stop_ids=stops, pad_id=1, temperature=0)
+    assert gens[0].finished and gens[2].finished
+    for p, g in zip(prompts, gens, strict=True):
+        (alone,) = generate(m, [p], 8, stop_ids=stops, pad_id=1, temperature=0)
+        assert g.tokens == alone.tokens and g.finished == alone.finished
+        assert g.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
