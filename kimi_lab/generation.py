@@ -1,10 +1,17 @@
 """Sampling from a KimiK25 with a KV cache: a batch of prompts (text, images) -> continuations.
 
-Prompts of different lengths are left-padded into one batch (positions count real
-tokens only, the attention mask hides padding); the prompt is encoded once, then
-each new token costs one cached step. Every sampled token's log-probability under
-the model (temperature 1, before any top-k) is returned with it: the sampling
-policy's ``log pi_old`` that RL's importance mask compares against.
+The one decode path of kimi_lab: RL and PARL rollouts, evaluation, swarm checkpoint
+policies and ``kimi-lab serve`` all sample here. Prompts of different lengths are
+left-padded into one batch (positions count real tokens only, the attention mask hides
+padding); identical prompts are encoded once. The prompt fills MLA's latent cache
+(``kimi_lab.model.kv_cache``), then each new token costs one cached step with the
+up-projections absorbed and the few-token experts path; rows that stop leave the batch.
+Nothing inside a step waits for the device: tokens reach the host once at the end
+(``generate``) or once per step when asked to (``on_token``, ``generate_stream``).
+
+Every sampled token's log-probability under the model (temperature 1, before any
+top-k) is returned with it: the sampling policy's ``log pi_old`` that RL's importance
+mask compares against.
 """
 
 from __future__ import annotations

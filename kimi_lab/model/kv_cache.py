@@ -87,15 +87,3 @@ class LatentCache:
             self.kv_LBSk = self.kv_LBSk[:, rows]
         if self.bias_BS is not None:
             self.bias_BS = self.bias_BS[rows]
-
-
-def cache_values_per_token(kv_lora_rank: int, qk_rope_head_dim: int) -> int:
-    """What one token costs per layer in the latent cache (values, not bytes)."""
-    return kv_lora_rank + qk_rope_head_dim
-
-
-def expanded_values_per_token(
-    n_heads: int, qk_nope_head_dim: int, qk_rope_head_dim: int, v_head_dim: int
-) -> int:
-    """The same for a cache of expanded keys and values (what the latent cache replaces)."""
-    return n_heads * (qk_nope_head_dim + qk_rope_head_dim + v_head_dim)
