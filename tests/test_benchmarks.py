@@ -66,7 +66,7 @@ def test_gpu_bench_code_runs_on_cpu_and_reports_a_missing_backend() -> None:
 
 def test_bench_generate_checks_tokens_then_compares_with_transformers() -> None:
     res = run_cli(
-        "bench", "generate", "--json", "--model", "tiny", "--batch", "3", "--prompt", "12", "--new", "4",
+        "bench", "generate", "--json", "--model", "tiny", "--batch", "3", "--prompt", "12", "--new", "8",
         "--rounds", "1", "--threads", "1", cwd=REPO,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
@@ -79,7 +79,10 @@ def test_bench_generate_checks_tokens_then_compares_with_transformers() -> None:
     )
     bound = out["matmul_gflops"] * 1e9 / out["decode_flops_per_token"]
     assert out["decode_bound_tokens_per_s"] == pytest.approx(bound)
-    assert out["kimi_lab_share_of_bound"] == pytest.approx(ours["decode_tokens_per_s"] / bound)
+    if ours["decode_tokens_per_s"] is None:  # the decode steps' time was lost in the noise
+        assert out["kimi_lab_share_of_bound"] is None
+    else:
+        assert out["kimi_lab_share_of_bound"] == pytest.approx(ours["decode_tokens_per_s"] / bound)
     assert out["prompt_tokens"] == [9, 12] and out["images"] == 0
 
 
