@@ -110,7 +110,12 @@ def _hf_batch(prompts: list[Any], pad_id: int) -> dict[str, torch.Tensor]:
 
 def contenders(model: Any, prompts: list[Any], pad_id: int) -> dict[str, Any]:
     """{name: generate(new) -> (B, new) tokens}: kimi_lab, and transformers per experts implementation."""
-    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    try:
+        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    except ImportError as exn:
+        raise KimiLabError(
+            f"bench generate compares with transformers>=5: pip install -e '.[hf]' ({exn})"
+        ) from None
 
     from kimi_lab.generation import generate
     from kimi_lab.model.hf import to_transformers
