@@ -16,7 +16,7 @@
   kimi-lab generate CKPT --prompt TEXT [...]    continue a prompt, tokens printed as they are sampled
   kimi-lab chat CKPT [--tools python]           talk to a checkpoint (tool calls run in the sandbox)
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
-  kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm  ratios against peers measured in the same run ([--json])
+  kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm|generate  ratios against peers measured in the same run ([--json])
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -34,7 +34,7 @@ from kimi_lab.errors import KimiLabError, one_line
 
 def _cmd_params(args: argparse.Namespace) -> None:
     from kimi_lab.config import compose, to_run_config, validate_model
-    from kimi_lab.model.params import count_params
+    from kimi_lab.model.params import count_params, decode_cache
 
     if len(args.overrides) == 1 and os.path.isdir(args.overrides[0]):  # an HF folder: what an import makes
         _print_hf_plan(args.overrides[0], args.json)
@@ -43,8 +43,9 @@ def _cmd_params(args: argparse.Namespace) -> None:
     cfg = to_run_config(compose(args.overrides)).model
     validate_model(cfg)
     c = count_params(cfg)
+    cache = decode_cache(cfg)
     if args.json:
-        out = {"total": c.total, "active": c.active}
+        out = {"total": c.total, "active": c.active, "decode_cache": cache}
         if cfg.vision is not None:
             out["language_model"] = {"total": c.language_model, "active": c.language_model_active}
             out["vision"] = {"vision_tower": c.vision_tower, "projector": c.projector}
@@ -56,6 +57,11 @@ def _cmd_params(args: argparse.Namespace) -> None:
     for key, value in c.as_dict().items():
         if key not in ("total", "active") and (value or key not in ("vision_tower", "projector")):
             print(f"  {key:<16} {value:>20,}")
+    print(
+        f"decode cache (MLA latent): {cache['values_per_token_per_layer']} values per token and layer"
+        f" (expanded keys and values: {cache['expanded_values_per_token_per_layer']:,}),"
+        f" {cache['bytes_per_token_bf16']:,} bytes per token in bf16 over {cache['layers']} layers"
+    )
 
 
 def _cmd_data_build(args: argparse.Namespace) -> None:
@@ -285,7 +291,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
 
 
-_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu", "swarm")
+_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu", "swarm", "generate")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

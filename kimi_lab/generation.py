@@ -1,16 +1,23 @@
 """Sampling from a KimiK25 with a KV cache: a batch of prompts (text, images) -> continuations.
 
-Prompts of different lengths are left-padded into one batch (positions count real
-tokens only, the attention mask hides padding); the prompt is encoded once, then
-each new token costs one cached step. Every sampled token's log-probability under
-the model (temperature 1, before any top-k) is returned with it: the sampling
-policy's ``log pi_old`` that RL's importance mask compares against.
+The one decode path of kimi_lab: RL and PARL rollouts, evaluation, swarm checkpoint
+policies and ``kimi-lab serve`` all sample here. Prompts of different lengths are
+left-padded into one batch (positions count real tokens only, the attention mask hides
+padding); identical prompts are encoded once. The prompt fills MLA's latent cache
+(``kimi_lab.model.kv_cache``), then each new token costs one cached step with the
+up-projections absorbed and the few-token experts path; rows that stop leave the batch.
+Nothing inside a step waits for the device: tokens reach the host once at the end
+(``generate``) or once per step when asked to (``on_token``, ``generate_stream``).
+
+Every sampled token's log-probability under the model (temperature 1, before any
+top-k) is returned with it: the sampling policy's ``log pi_old`` that RL's importance
+mask compares against.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -45,7 +52,14 @@ def vision_inputs(blocks: list[VisionBlock]) -> dict[str, torch.Tensor]:
     return out
 
 
-@torch.no_grad()
+@dataclass
+class Step:
+    """What one decode step sampled, per batch row (in prompt order); None for rows already stopped."""
+
+    tokens: list[int | None]
+    logprobs: list[float | None]
+
+
 def generate(
     model: torch.nn.Module,
     prompts: list[Prompt],
@@ -57,74 +71,227 @@ def generate(
     generator: torch.Generator | None = None,
     autocast: torch.dtype | None = None,
     banned_ids: tuple[int, ...] = (),
+    on_token: Callable[[Step], bool | None] | None = None,
     top_p: float | None = None,
-    on_step: Callable[[list[int | None]], bool | None] | None = None,
 ) -> list[Generation]:
     """Sample a continuation of every prompt (greedy when ``temperature == 0``).
 
     ``banned_ids`` are never sampled (vision placeholders, padding): the distribution is
     renormalised over the rest, and the log-probabilities returned are of that distribution.
-    ``top_p`` (nucleus sampling) keeps the smallest set of tokens whose probability reaches it.
-    ``on_step``, when given, receives each step's sampled token per row as it is sampled (None
-    for rows already finished), for streaming; returning True stops generation there (e.g. the
-    client went away), leaving the unfinished rows ``finished=False``.
+    ``top_p`` (nucleus sampling) keeps the smallest set of most likely tokens whose
+    probability reaches it. ``on_token``, when given, is called after every decode step with
+    what it sampled (``Step``); that reads the step's tokens on the host, which ``generate``
+    otherwise does once at the end. Returning True from it stops generation there (a client
+    went away), leaving the unfinished rows ``finished=False``. ``generate_stream`` is the
+    same as an iterator.
     """
-    if not prompts:
-        return []
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"generate: top_p={top_p} must be in (0, 1]")
+    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    with contextlib.closing(
+        _decode(
+            model,
+            prompts,
+            max_new_tokens,
+            stop_ids,
+            pad_id,
+            temperature,
+            top_k,
+            generator,
+            autocast,
+            banned_ids,
+            top_p,
+        )
+    ) as decoded:
+        for tok_B, logp_B, alive_B in decoded:
+            steps.append((tok_B, logp_B, alive_B))
+            if on_token is not None and on_token(_host_step(tok_B, logp_B, alive_B)):
+                break
+    if not prompts:
+        return []
+    if not steps:
+        return [Generation([], [], False) for _ in prompts]
+    # One transfer for the whole generation: (B, steps) tokens, log-probs and liveness.
+    tok_BN, logp_BN, alive_BN = (torch.stack(x, dim=1).cpu() for x in zip(*steps, strict=True))
+    n_B = alive_BN.sum(1).tolist()
+    out = []
+    for toks, lps, n in zip(tok_BN.tolist(), logp_BN.tolist(), n_B, strict=True):
+        t = toks[:n]
+        out.append(Generation(t, lps[:n], bool(t) and t[-1] in stop_ids))
+    return out
+
+
+def generate_stream(
+    model: torch.nn.Module,
+    prompts: list[Prompt],
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    autocast: torch.dtype | None = None,
+    banned_ids: tuple[int, ...] = (),
+    top_p: float | None = None,
+) -> Iterator[Step]:
+    """``generate`` as an iterator: one ``Step`` per decode step, as soon as it is sampled.
+
+    Row i's tokens are the non-None ``step.tokens[i]`` in order; a row stops after its stop
+    token (which is yielded) and the iteration ends when every row has stopped or after
+    ``max_new_tokens`` steps. Stopping the iteration early (``break``) frees the cache and
+    restores the model's training mode. Same arguments and sampling as ``generate``.
+    """
+    for tok_B, logp_B, alive_B in _decode(
+        model,
+        prompts,
+        max_new_tokens,
+        stop_ids,
+        pad_id,
+        temperature,
+        top_k,
+        generator,
+        autocast,
+        banned_ids,
+        top_p,
+    ):
+        yield _host_step(tok_B, logp_B, alive_B)
+
+
+def _host_step(tok_B: torch.Tensor, logp_B: torch.Tensor, alive_B: torch.Tensor) -> Step:
+    alive = alive_B.tolist()
+    toks, lps = tok_B.tolist(), logp_B.tolist()
+    return Step(
+        [t if a else None for t, a in zip(toks, alive, strict=True)],
+        [lp if a else None for lp, a in zip(lps, alive, strict=True)],
+    )
+
+
+# How many decode steps run between two checks that every row has stopped. A check reads a
+# flag on the host: free on CPU, a pipeline stall on an accelerator, where a few extra steps
+# after the last row stops cost less.
+_STOP_CHECK_EVERY = {"cpu": 1}
+_STOP_CHECK_DEFAULT = 8
+# At a stop check, rows that stopped leave the batch once at most this share of it is still running.
+_SHRINK_BELOW = 0.75
+
+
+def _decode(
+    model: torch.nn.Module,
+    prompts: list[Prompt],
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...],
+    pad_id: int,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    autocast: torch.dtype | None,
+    banned_ids: tuple[int, ...],
+    top_p: float | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per decode step, device tensors (B,): the sampled tokens, their log-probs, and which
+    rows were still running (a row's stop token is its last live one). No host sync inside."""
+    if not prompts or max_new_tokens <= 0:
+        return
     if any(not p.tokens for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    B, L = len(prompts), max(len(p.tokens) for p in prompts)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, L, dtype=torch.long)
-    for i, p in enumerate(prompts):
+    B = len(prompts)
+    # Identical prompts (RL's K samples of one task) are encoded once; their cache rows are
+    # copied after the prompt, so each row still samples on its own.
+    unique, row_of = _unique_prompts(prompts)
+    L = max(len(p.tokens) for p in unique)
+    ids = torch.full((len(unique), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(unique), L, dtype=torch.long)
+    for i, p in enumerate(unique):
         ids[i, L - len(p.tokens) :] = torch.tensor(p.tokens)
         mask[i, L - len(p.tokens) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    vision = {k: v.to(device) for k, v in vision_inputs([b for p in prompts for b in p.blocks]).items()}
-    cache = model.language_model.new_cache()
-    ctx = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
-    stops = torch.tensor(stop_ids, device=device)
-    out_tokens = [[] for _ in range(B)]
-    out_logp: list[list[float]] = [[] for _ in range(B)]
+    vision = {k: v.to(device) for k, v in vision_inputs([b for p in unique for b in p.blocks]).items()}
+    lm = model.language_model
+    cache = lm.new_cache(L + max_new_tokens)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    banned = torch.zeros(lm.cfg.vocab_size, dtype=torch.bool, device=device)
+    if banned_ids:
+        banned[torch.tensor(banned_ids, device=device)] = True
+    check_every = _STOP_CHECK_EVERY.get(device.type, _STOP_CHECK_DEFAULT)
+    # The batch shrinks as rows stop: ``live`` holds the original row of every row still
+    # decoded, and rows that stopped are dropped from the cache at the next stop check.
+    live = torch.arange(B, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     try:
-        with ctx:
-            logits = model(ids, attention_mask=mask, positions=positions, cache=cache, **vision).logits[:, -1]
-            next_pos = positions[:, -1] + 1
-            for _ in range(max_new_tokens):
-                logp = policy_logprobs(logits, banned_ids)
-                tok = _sample(logp, temperature, top_k, generator, top_p)
-                tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        # The grad and autocast modes are entered around each forward, never across a yield,
+        # so the caller's code between steps runs in its own modes.
+        with torch.inference_mode(), _autocast(device, autocast):
+            logits = model(
+                ids, attention_mask=mask, positions=positions, cache=cache, logits_to_keep=1, **vision
+            ).logits[:, -1]
+        pos = positions[:, -1:] + 1
+        if len(unique) < B:
+            rows = torch.tensor(row_of, device=device)
+            cache.select(rows)
+            logits, pos = logits[rows], pos[rows]
+        for step in range(max_new_tokens):
+            with torch.inference_mode():
+                logp = torch.log_softmax(logits.float().masked_fill(banned, float("-inf")), dim=-1)
+                tok = torch.where(done, pad_id, _sample(logp, temperature, top_k, generator, top_p))
                 chosen = logp.gather(1, tok[:, None]).squeeze(1)
-                for i in torch.nonzero(~done).flatten().tolist():
-                    out_tokens[i].append(int(tok[i]))
-                    out_logp[i].append(float(chosen[i]))
-                if on_step is not None:
-                    stepped = [
-                        None if d else int(t) for d, t in zip(done.tolist(), tok.tolist(), strict=True)
-                    ]
-                    if on_step(stepped):
-                        break
-                done |= torch.isin(tok, stops)
-                if bool(done.all()):
+                alive = ~done
+                done = done | torch.isin(tok, stops)
+                out = (tok, chosen, alive)
+                if live.numel() < B:  # back to the full batch for the caller
+                    out = (
+                        torch.full((B,), pad_id, dtype=torch.long, device=device).index_copy_(0, live, tok),
+                        torch.zeros(B, device=device).index_copy_(0, live, chosen),
+                        torch.zeros(B, dtype=torch.bool, device=device).index_copy_(0, live, alive),
+                    )
+            yield out
+            if step == max_new_tokens - 1:
+                break
+            if (step + 1) % check_every == 0:
+                n_live = int((~done).sum())
+                if n_live == 0:
                     break
-                # Finished rows keep feeding padding, which only they themselves attend to.
-                mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
-                logits = model(
-                    tok[:, None], attention_mask=mask, positions=next_pos[:, None], cache=cache
-                ).logits[:, -1]
-                next_pos = next_pos + 1
+                if n_live <= _SHRINK_BELOW * live.numel():
+                    keep = torch.nonzero(~done).squeeze(1)
+                    cache.select(keep)
+                    live, tok, pos, done = live[keep], tok[keep], pos[keep], done[keep]
+            # Stopped rows not dropped yet keep feeding padding, which only they themselves attend to.
+            with torch.inference_mode(), _autocast(device, autocast):
+                logits = lm(input_ids=tok[:, None], positions=pos, cache=cache, logits_to_keep=1).logits[
+                    :, -1
+                ]
+                pos = pos + 1
     finally:
         model.train(was_training)
-    return [
-        Generation(t, lp, bool(t) and t[-1] in stop_ids) for t, lp in zip(out_tokens, out_logp, strict=True)
-    ]
+
+
+def _unique_prompts(prompts: list[Prompt]) -> tuple[list[Prompt], list[int]]:
+    """(the distinct prompts in first-seen order, the index in them of every prompt).
+
+    Prompts are the same when their tokens and every vision block's kind, grid and pixels are.
+    """
+    first: dict[tuple, int] = {}
+    unique: list[Prompt] = []
+    row_of = []
+    for p in prompts:
+        key = (
+            tuple(p.tokens),
+            tuple(
+                (b.kind, b.grid_thw, b.pixel_values.contiguous().cpu().numpy().tobytes()) for b in p.blocks
+            ),
+        )
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(p)
+        row_of.append(first[key])
+    return unique, row_of
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def policy_logprobs(logits: torch.Tensor, banned_ids: tuple[int, ...] = ()) -> torch.Tensor:

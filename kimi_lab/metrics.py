@@ -73,6 +73,10 @@ RL_TRUNCATED = "rl/truncated"  # episodes cut off by a token budget
 RL_KEPT_FRACTION = "rl/kept_fraction"  # sampled tokens inside [alpha, beta]
 RL_LOG_RATIO = "rl/log_ratio"  # mean log(pi / pi_old) of sampled tokens
 RL_TOGGLE = "rl/toggle"  # 1 when Toggle's length term applied this step
+# sampling speed, phases rl and parl: tokens the policy sampled per second of playing episodes,
+# and that time's share of the whole training step (optimizer step included)
+RL_ROLLOUT_TOKENS_PER_S = "rl/rollout_tokens_per_s"
+RL_SAMPLING_FRACTION = "rl/sampling_fraction"
 VAL_SOURCE_REWARD = "val/{source}/reward"  # greedy, one sample per val prompt
 VAL_SOURCE_ACCURACY = "val/{source}/accuracy"
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate
-from kimi_lab.generation import Prompt, generate
+from kimi_lab.generation import Prompt, Step, generate
 from kimi_lab.openai_format import ChunkStream, completion, from_openai, wire_tool_call
 from kimi_lab.streaming import AssistantStream, StreamEvents
 
@@ -154,9 +154,9 @@ class ChatService:
         stops = set(self.enc.stop_ids)
         gone = False
 
-        def on_step(tokens: list[int | None]) -> bool:
+        def on_step(step: Step) -> bool:
             nonlocal gone
-            t = tokens[0]
+            t = step.tokens[0]
             if t is None or t in stops or on_events is None:
                 return False
             try:
@@ -177,7 +177,7 @@ class ChatService:
                 top_p=s.top_p,
                 generator=gen,
                 banned_ids=self.enc.banned_ids,
-                on_step=on_step,
+                on_token=on_step,
             )
         if gone:
             raise ClientGone()

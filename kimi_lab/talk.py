@@ -23,7 +23,7 @@ import torch
 
 from kimi_lab.chat import ChatEncoder, Message
 from kimi_lab.errors import ConfigError
-from kimi_lab.generation import Prompt, generate
+from kimi_lab.generation import Prompt, Step, generate
 from kimi_lab.streaming import AssistantStream, IncrementalDecoder
 
 if TYPE_CHECKING:
@@ -112,8 +112,8 @@ def generate_text(
         raise ConfigError("--prompt is empty (and no --image): nothing to continue")
     decoder, stops = IncrementalDecoder(tok), set(enc.stop_ids)
 
-    def on_step(tokens: list[int | None]) -> None:
-        t = tokens[0]
+    def on_step(step: Step) -> None:
+        t = step.tokens[0]
         if t is not None and t not in stops:
             out.write(decoder.push(t))
             out.flush()
@@ -130,7 +130,7 @@ def generate_text(
         top_p=sampler.top_p,
         generator=sampler.generator(),
         banned_ids=enc.banned_ids,
-        on_step=on_step,
+        on_token=on_step,
     )
     out.write(decoder.flush() + "\n")
     out.flush()
@@ -193,8 +193,8 @@ class ChatSession:
             for call in ev.tool_calls:
                 self._say(f"\n[tool call: {call.name}]\n{call.input}\n")
 
-        def on_step(tokens: list[int | None]) -> None:
-            t = tokens[0]
+        def on_step(step: Step) -> None:
+            t = step.tokens[0]
             if t is not None and t not in stops:
                 show(stream.push(t))
 
@@ -209,7 +209,7 @@ class ChatSession:
             top_p=self.sampler.top_p,
             generator=self.generator,
             banned_ids=self.enc.banned_ids,
-            on_step=on_step,
+            on_token=on_step,
         )
         last, parsed = stream.finish(g.finished)
         show(last)

@@ -62,3 +62,50 @@ def test_gpu_bench_code_runs_on_cpu_and_reports_a_missing_backend() -> None:
     assert res["kimi_lab_torch_speedup_vs_transformers"] == pytest.approx(
         c["transformers_grouped_mm"]["ms"] / c["kimi_lab_torch"]["ms"]
     )
+
+
+def test_bench_generate_checks_tokens_then_compares_with_transformers() -> None:
+    res = run_cli(
+        "bench", "generate", "--json", "--model", "tiny", "--batch", "3", "--prompt", "12", "--new", "8",
+        "--rounds", "1", "--threads", "1", cwd=REPO,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["tokens_identical"] and out["cpu"] and out["threads"] == 1
+    ours = out["contenders"]["kimi_lab"]
+    hf = out["contenders"][out["transformers_best"]]
+    assert out["speedup_vs_transformers"] == pytest.approx(
+        ours["generate_tokens_per_s"] / hf["generate_tokens_per_s"]
+    )
+    bound = out["matmul_gflops"] * 1e9 / out["decode_flops_per_token"]
+    assert out["decode_bound_tokens_per_s"] == pytest.approx(bound)
+    if ours["decode_tokens_per_s"] is None:  # the decode steps' time was lost in the noise
+        assert out["kimi_lab_share_of_bound"] is None
+    else:
+        assert out["kimi_lab_share_of_bound"] == pytest.approx(ours["decode_tokens_per_s"] / bound)
+    assert out["prompt_tokens"] == [9, 12] and out["images"] == 0
+
+
+def test_bench_generate_with_images_in_the_prompts() -> None:
+    from benchmarks.generate import make_prompts
+    from kimi_lab.config import compose, to_run_config
+
+    cfg = to_run_config(compose(["model=tiny-vl"])).model
+    prompts = make_prompts(cfg, 4, 48)
+    assert all(len(p.blocks) == 1 for p in prompts)
+    assert len({p.blocks[0].grid_thw for p in prompts}) > 1  # images of several sizes
+    for p in prompts:
+        assert p.tokens.count(cfg.vision.image_token_id) == p.blocks[0].n_tokens
+
+
+def test_decode_flops_count_the_lm_head_and_not_the_embedding() -> None:
+    from benchmarks.generate import decode_flops_per_token
+    from kimi_lab.config import compose, to_run_config
+    from kimi_lab.model.params import count_params
+
+    cfg = to_run_config(compose(["model=tiny"])).model
+    a = cfg.attention
+    per_ctx = 2 * cfg.n_layers * a.n_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim)
+    assert decode_flops_per_token(cfg, 10) - decode_flops_per_token(cfg, 0) == pytest.approx(10 * per_ctx)
+    c = count_params(cfg)
+    assert decode_flops_per_token(cfg, 0) == 2 * (c.active - cfg.vocab_size * cfg.hidden_size)

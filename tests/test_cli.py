@@ -30,6 +30,14 @@ def test_params_table(tmp_path: Path) -> None:
     res = run_cli("params", "model=small", cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert "model small:" in res.stdout and "routed_experts" in res.stdout
+    assert "decode cache (MLA latent): 80 values per token and layer" in res.stdout  # 64 + 16
+
+
+def test_params_json_gives_k2s_latent_cache_per_token() -> None:
+    res = run_cli("params", "model=k2", "--json", cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    cache = json.loads(res.stdout.strip().splitlines()[-1])["decode_cache"]
+    assert cache["values_per_token_per_layer"] == 576 and cache["layers"] == 61
 
 
 def test_bench_moe_reports_ratios_against_peers(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kimi_lab.config.schema import AttentionConfig
+from kimi_lab.model.kv_cache import LatentCache
 from kimi_lab.model.norm import RMSNorm
 from kimi_lab.model.rope import apply_rope, softmax_scale
 
@@ -47,28 +48,48 @@ class MultiHeadLatentAttention(nn.Module):
         self.measure_max_logit = False
         self.register_buffer("max_logit", torch.full((self.n_heads,), float("-inf")), persistent=False)
 
-    def project_qkv(
+    def queries(
         self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values as (B, H, T, n+r), (B, H, T, n+r), (B, H, T, v)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """No-rope and rotated rope parts of the queries: (B, T, H, n), (B, T, H, r)."""
         B, T, _ = x_BTD.shape
-        H = self.n_heads
         if hasattr(self, "q_proj"):
             q = self.q_proj(x_BTD)
         else:
             q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x_BTD)))
-        q_BTHk = q.view(B, T, H, self.nope_dim + self.rope_dim)
-        q_nope, q_rope = q_BTHk.split([self.nope_dim, self.rope_dim], dim=-1)
+        q_nope, q_rope = q.view(B, T, self.n_heads, self.nope_dim + self.rope_dim).split(
+            [self.nope_dim, self.rope_dim], dim=-1
+        )
+        return q_nope, _as(apply_rope(q_rope, cos, sin), q_nope.dtype)
 
+    def latent(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """What the cache keeps per token: the normed kv latent and the rotated shared key, (B, T, c + r)."""
+        B, T, _ = x_BTD.shape
         c_kv, k_rope = self.kv_a_proj(x_BTD).split([self.kv_rank, self.rope_dim], dim=-1)
-        kv_BTHx = self.kv_b_proj(self.kv_a_norm(c_kv)).view(B, T, H, self.nope_dim + self.v_dim)
-        k_nope, v = kv_BTHx.split([self.nope_dim, self.v_dim], dim=-1)
+        c_kv = self.kv_a_norm(c_kv)
+        k_rope = apply_rope(k_rope.view(B, T, 1, self.rope_dim), cos, sin).view(B, T, self.rope_dim)
+        return torch.cat((c_kv, _as(k_rope, c_kv.dtype)), dim=-1)
 
-        q_rope = apply_rope(q_rope, cos, sin)
-        k_rope_BT1r = apply_rope(k_rope.view(B, T, 1, self.rope_dim), cos, sin)
-        q = torch.cat((q_nope, q_rope.to(q_nope.dtype)), dim=-1)
-        k = torch.cat((k_nope, k_rope_BT1r.to(k_nope.dtype).expand(B, T, H, self.rope_dim)), dim=-1)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    def expand(self, latent_BSk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys (B, H, S, n + r) and values (B, H, S, v) from cached latents."""
+        B, S, _ = latent_BSk.shape
+        H = self.n_heads
+        c_kv, k_rope = latent_BSk.split([self.kv_rank, self.rope_dim], dim=-1)
+        k_nope, v = (
+            self.kv_b_proj(c_kv)
+            .view(B, S, H, self.nope_dim + self.v_dim)
+            .split([self.nope_dim, self.v_dim], dim=-1)
+        )
+        k = torch.cat((k_nope, _as(k_rope[:, :, None], k_nope.dtype).expand(B, S, H, self.rope_dim)), dim=-1)
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def project_qkv(
+        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values as (B, H, T, n+r), (B, H, T, n+r), (B, H, T, v)."""
+        q_nope, q_rope = self.queries(x_BTD, cos, sin)
+        k, v = self.expand(self.latent(x_BTD, cos, sin))
+        return torch.cat((q_nope, q_rope), dim=-1).transpose(1, 2), k, v
 
     def forward(
         self,
@@ -76,30 +97,69 @@ class MultiHeadLatentAttention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask_BTT: torch.Tensor | None = None,
-        cache: LayerKV | None = None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """Causal self-attention; ``mask_BTT`` (True = may attend) replaces the plain causal mask.
 
-        With ``cache`` (generation), the new tokens attend to the cached ones as well and
-        are appended to it; ``mask_BTT`` is then (B, T, past + T), or None for one new token.
+        With ``cache`` (generation), the new tokens' latents are stored in it; the first
+        forward (the prompt) attends in the expanded form like the uncached model, later
+        ones (decode steps) attend to every cached token through the absorbed form
+        (``decode_attention``), with the cache's own padding mask (``mask_BTT`` unused).
         """
         B, T, _ = x_BTD.shape
-        q, k, v = self.project_qkv(x_BTD, cos, sin)
-        past = 0
-        if cache is not None:
-            past = cache.length
-            k, v = cache.append(k, v)
-        if self.measure_max_logit and self.training and past == 0:
+        if cache is not None and cache.cache.length > 0:
+            q_nope, q_rope = self.queries(x_BTD, cos, sin)
+            latent_BSk = cache.write(self.latent(x_BTD, cos, sin))
+            return self.decode_attention(q_nope, q_rope, latent_BSk, cache.cache.attention_bias(T))
+        if cache is None:
+            q, k, v = self.project_qkv(x_BTD, cos, sin)
+        else:  # the prompt: keep its latents, attend as without a cache
+            q_nope, q_rope = self.queries(x_BTD, cos, sin)
+            k, v = self.expand(cache.write(self.latent(x_BTD, cos, sin)))
+            q = torch.cat((q_nope, q_rope), dim=-1).transpose(1, 2)
+        if self.measure_max_logit and self.training:
             self.max_logit = torch.maximum(self.max_logit, head_max_logits(q, k, self.scale, mask_BTT))
         if mask_BTT is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_BTT[:, None], scale=self.scale)
-        elif past == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
-            if T != 1:
-                raise ValueError("several new tokens after a cache need an explicit mask")
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # one query sees all keys
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_dim))
+
+    def decode_attention(
+        self, q_nope: torch.Tensor, q_rope: torch.Tensor, latent_BSk: torch.Tensor, bias_BTS: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of T new tokens over S cached latents with the up-projections absorbed.
+
+        score(h) = q_nope(h) . (W_uk(h) c) + q_rope(h) . k_rope = (W_uk(h)^T q_nope(h)) . c + ...,
+        and out(h) = W_uv(h) (sum_s p_s c_s): the per-head keys and values are never formed,
+        and all heads share one key/value sequence (the latent), so the scores of every head
+        and new token are one batched matmul against the cache.
+        """
+        B, T, H, _ = q_nope.shape
+        c, n = self.kv_rank, self.nope_dim
+        w_HXc = self.kv_b_proj.weight.view(H, n + self.v_dim, c)
+        # (H, B*T, n) @ (H, n, c): each head's no-rope query moved into the latent space
+        q_lat_HMc = torch.bmm(q_nope.permute(2, 0, 1, 3).reshape(H, B * T, n), w_HXc[:, :n])
+        q_BHTk = torch.cat(
+            (q_lat_HMc.view(H, B, T, c).transpose(0, 1), _as(q_rope.transpose(1, 2), q_lat_HMc.dtype)), dim=-1
+        )
+        S = latent_BSk.shape[1]
+        # One new token: its (B, 1, S) mask broadcasts over the heads as it is.
+        bias = bias_BTS if T == 1 else bias_BTS[:, None].expand(B, H, T, S).reshape(B, H * T, S)
+        scores_BMS = torch.baddbmm(
+            _as(bias, q_BHTk.dtype),
+            q_BHTk.reshape(B, H * T, -1),
+            latent_BSk.transpose(1, 2),
+            alpha=self.scale,
+        )
+        p_BMS = _as(torch.softmax(_as(scores_BMS, torch.float32), dim=-1), latent_BSk.dtype)
+        o_lat_BMc = torch.bmm(p_BMS, latent_BSk[..., :c])
+        # (H, B*T, c) @ (H, c, v): back from the latent to each head's value space
+        o_HMv = torch.bmm(
+            o_lat_BMc.view(B, H, T, c).transpose(0, 1).reshape(H, B * T, c), w_HXc[:, n:].transpose(1, 2)
+        )
+        o_BTX = o_HMv.view(H, B, T, self.v_dim).permute(1, 2, 0, 3).reshape(B, T, H * self.v_dim)
+        return self.o_proj(o_BTX)
 
     @torch.no_grad()
     def clip_heads(self, gamma_H: torch.Tensor) -> None:
@@ -114,31 +174,19 @@ class MultiHeadLatentAttention(nn.Module):
         kv_HXR[:, : self.nope_dim] *= root.to(kv_HXR.dtype)
 
 
-class LayerKV:
-    """One layer's cached keys (B, H, T, n + r) and values (B, H, T, v) during generation.
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without a dispatcher call when it is one already (a decode step has dozens)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
-    The per-head keys and values are cached as attention uses them (simple and fast at
-    lab scale); DeepSeek's inference caches the latent ``c_kv`` and rotary key instead.
-    """
 
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+class LayerCache:
+    """One layer's handle on a ``LatentCache``."""
 
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+    def __init__(self, cache: LatentCache, layer: int) -> None:
+        self.cache, self.layer = cache, layer
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is not None and self.v is not None:
-            k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
-        self.k, self.v = k, v
-        return k, v
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (finished sequences dropped)."""
-        if self.k is not None and self.v is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
+    def write(self, latent_BTk: torch.Tensor) -> torch.Tensor:
+        return self.cache.write(self.layer, latent_BTk)
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from kimi_lab.config.schema import ModelConfig
-from kimi_lab.model.attention import LayerKV, MultiHeadLatentAttention
+from kimi_lab.model.attention import LayerCache, MultiHeadLatentAttention
+from kimi_lab.model.kv_cache import LatentCache
 from kimi_lab.model.mlp import SwiGLU
 from kimi_lab.model.moe.layer import MoEAux, MoELayer, resolve_backend
 from kimi_lab.model.norm import RMSNorm
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class LMOutput:
     logits: torch.Tensor | None  # (B, T, V), None when only hidden states were asked for
-    hidden: torch.Tensor  # (B, T, D) after the final norm
+    hidden: torch.Tensor  # (B, T, D) after the final norm (T: the last logits_to_keep when given)
     aux_loss: torch.Tensor  # scalar: the weighted router losses of all MoE layers
     router_metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, layer means
 
@@ -49,7 +50,7 @@ class DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None = None,
-        cache: LayerKV | None = None,
+        cache: LayerCache | None = None,
         real_BT: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MoEAux | None]:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
@@ -84,8 +85,10 @@ class K2Model(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=self.cfg.init_std)
 
-    def new_cache(self) -> list[LayerKV]:
-        return [LayerKV() for _ in self.layers]
+    def new_cache(self, max_len: int) -> LatentCache:
+        """An empty decode cache for up to ``max_len`` tokens per row (prompt + new tokens)."""
+        a = self.cfg.attention
+        return LatentCache(len(self.layers), a.kv_lora_rank, a.qk_rope_head_dim, max_len)
 
     @property
     def moe_layers(self) -> list[MoELayer]:
@@ -98,16 +101,20 @@ class K2Model(nn.Module):
         positions: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         compute_logits: bool = True,
-        cache: list[LayerKV] | None = None,
+        cache: LatentCache | None = None,
+        logits_to_keep: int = 0,
         token_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D) (e.g. with vision embeddings merged in).
 
-        ``attention_mask`` (B, T), 1 for real tokens and 0 for padding, as transformers takes it;
-        with ``cache`` (one ``LayerKV`` per layer, see ``new_cache``) it covers the cached
-        tokens too: (B, past + T). ``token_mask`` (B, T) marks the real tokens for the routers'
-        load counts only (packed pre-training pads without masking attention); by default it is
-        the new tokens' part of ``attention_mask``.
+        ``attention_mask`` (B, T), 1 for real tokens and 0 for padding, as transformers takes it.
+        With ``cache`` (see ``new_cache``) the new tokens attend to the cached ones too and are
+        added to it; the mask then covers the new tokens (B, T) or, as before, the cached ones
+        too (B, past + T; only the new columns are read: the cache remembers the old ones).
+        ``logits_to_keep`` > 0 computes logits for the last that many positions only.
+        ``token_mask`` (B, T) marks the real tokens for the routers' load counts only (packed
+        pre-training pads without masking attention); by default it is the new tokens' part of
+        ``attention_mask``.
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -115,24 +122,31 @@ class K2Model(nn.Module):
             inputs_embeds = self.embed(input_ids)
         x = inputs_embeds
         B, T, _ = x.shape
-        past = cache[0].length if cache else 0
+        past = cache.length if cache is not None else 0
         if positions is None:
             positions = torch.arange(past, past + T, device=x.device).expand(B, T)
         cos, sin = self.rope(positions)
-        if attention_mask is None and past and T > 1:
-            attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=x.device)
-        mask = causal_padding_mask(attention_mask, T, past)
+        mask = None
+        if cache is not None:
+            keep = None if attention_mask is None else attention_mask[:, -T:]
+            cache.begin(T, keep, B, x.device)
+            if past == 0:
+                mask = causal_padding_mask(keep, T)
+        else:
+            mask = causal_padding_mask(attention_mask, T)
         if token_mask is None and attention_mask is not None:
             token_mask = attention_mask[:, -T:].bool()
         aux_loss = x.new_zeros((), dtype=torch.float32)
         seq_terms, z_terms = [], []
         for i, layer in enumerate(self.layers):
-            x, aux = layer(x, cos, sin, mask, cache[i] if cache else None, token_mask)
-            if aux is not None:
+            x, aux = layer(x, cos, sin, mask, LayerCache(cache, i) if cache is not None else None, token_mask)
+            if aux is not None and self.training:  # router losses exist in training only
                 aux_loss = aux_loss + aux.loss
                 seq_terms.append(aux.seq_balance)
                 z_terms.append(aux.z_loss)
-        hidden = self.norm(x)
+        if cache is not None:
+            cache.advance(T)
+        hidden = self.norm(x if logits_to_keep <= 0 else x[:, -logits_to_keep:])
         logits = self.lm_head(hidden) if compute_logits else None
         metrics: dict[str, torch.Tensor] = {}
         if seq_terms:
@@ -143,20 +157,14 @@ class K2Model(nn.Module):
         return LMOutput(logits, hidden, aux_loss, metrics)
 
 
-def causal_padding_mask(attention_mask: torch.Tensor | None, T: int, past: int = 0) -> torch.Tensor | None:
-    """(B, T, past + T) bool "may attend" mask for T new tokens after ``past`` cached ones,
-    or None where plain causal attention (or, for one new token, attending to all) is exact."""
-    if (past == 0 or T == 1) and (attention_mask is None or bool(attention_mask.all())):
+def causal_padding_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
+    """(B, T, T) bool "may attend" mask for T tokens with padding, or None where plain causal
+    attention is exact (no mask, or no padding)."""
+    if attention_mask is None or bool(attention_mask.all()):
         return None
-    if attention_mask is None:
-        raise ValueError("several new tokens after cached ones need an attention_mask over both")
     keep = attention_mask.bool()
-    S = past + T
-    if keep.shape[-1] != S:
-        raise ValueError(f"attention_mask covers {keep.shape[-1]} tokens, expected past + new = {S}")
-    causal = torch.ones(T, S, dtype=torch.bool, device=keep.device).tril(diagonal=past)
-    mask = causal[None] & keep[:, None, :]
+    if keep.shape[-1] != T:
+        raise ValueError(f"attention_mask covers {keep.shape[-1]} tokens, expected {T}")
+    causal = torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
     # A padded query still attends to itself, so no row is empty (no NaN); its output is unused.
-    self_mask = torch.zeros(T, S, dtype=torch.bool, device=keep.device)
-    self_mask[torch.arange(T), past + torch.arange(T)] = True
-    return mask | self_mask[None]
+    return (causal[None] & keep[:, None, :]) | torch.eye(T, dtype=torch.bool, device=keep.device)[None]

@@ -15,8 +15,8 @@ from torch import nn
 
 from kimi_lab.config.schema import ModelConfig
 from kimi_lab.errors import DataError
-from kimi_lab.model.attention import LayerKV
 from kimi_lab.model.backbone import K2Model, LMOutput
+from kimi_lab.model.kv_cache import LatentCache
 from kimi_lab.model.vision import MoonViT3D, Projector
 
 
@@ -142,7 +142,8 @@ class KimiK25(nn.Module):
         video_grid_thw: torch.Tensor | None = None,
         compute_logits: bool = True,
         positions: torch.Tensor | None = None,
-        cache: list[LayerKV] | None = None,
+        cache: LatentCache | None = None,
+        logits_to_keep: int = 0,
         token_mask: torch.Tensor | None = None,
     ) -> LMOutput:
         embeds = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
@@ -152,5 +153,6 @@ class KimiK25(nn.Module):
             compute_logits=compute_logits,
             positions=positions,
             cache=cache,
+            logits_to_keep=logits_to_keep,
             token_mask=token_mask,
         )

@@ -94,3 +94,20 @@ def count_params_closed_form(cfg: ModelConfig) -> tuple[int, int]:
     total = fixed + n_moe * m.n_routed_experts * expert
     active = fixed + n_moe * m.top_k * expert
     return total, active
+
+
+def decode_cache(cfg: ModelConfig) -> dict[str, int]:
+    """What one token costs in the decode cache (``LatentCache``: MLA's latent, kv_lora_rank +
+    qk_rope_head_dim values per layer), against caching every head's expanded key and value."""
+    from kimi_lab.model.kv_cache import LatentCache
+
+    a = cfg.attention
+    cache = LatentCache(cfg.n_layers, a.kv_lora_rank, a.qk_rope_head_dim, max_len=0)
+    return {
+        "values_per_token_per_layer": cache.values_per_token,
+        "expanded_values_per_token_per_layer": a.n_heads
+        * (a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim),
+        "layers": cfg.n_layers,
+        "bytes_per_token_bf16": cache.bytes_per_token(torch.bfloat16),
+        "bytes_per_token_fp32": cache.bytes_per_token(torch.float32),
+    }

@@ -74,6 +74,7 @@ class RotaryEmbedding(nn.Module):
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: (B, T, H, r); cos/sin: (B, T, r). Rotation in fp32, result in x's dtype."""
     half = x.shape[-1] // 2
-    x32 = x.float()
+    x32 = x if x.dtype == torch.float32 else x.float()
     rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
-    return (x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]).to(x.dtype)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out if out.dtype == x.dtype else out.to(x.dtype)

@@ -40,6 +40,7 @@ from kimi_lab.metrics import (
     VAL_PARL,
 )
 from kimi_lab.phases.base import PhaseModule
+from kimi_lab.phases.sampling import SamplingClock
 from kimi_lab.rl.loss import group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
@@ -97,6 +98,7 @@ class PARLModule(PhaseModule):
             for p in frozen.model.parameters():
                 p.requires_grad_(False)
             self.frozen = frozen.model  # not a submodule: never saved, never trained
+        self.clock = SamplingClock()
 
     # --------------------------------------------------------------- episodes
     def swarm_config(self, task: SwarmTask) -> SwarmConfig:
@@ -167,10 +169,20 @@ class PARLModule(PhaseModule):
         return asyncio.run(main())
 
     # ------------------------------------------------------------------ train
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self.clock.start_step()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self.log_dict(self.clock.metrics(), on_step=True, on_epoch=False)
+
     def training_step(self, batch: list[SwarmTask], batch_idx: int) -> torch.Tensor | None:
         pc = self.cfg.phase.parl
         K = pc.samples_per_prompt
-        results = self.play(batch, K, pc.temperature)
+        with self.clock.sampling():  # the whole swarm episode: the orchestrator's turns, sub-agents, tools
+            results = self.play(batch, K, pc.temperature)
+        self.clock.tokens += sum(len(t.tokens) for r in results for t in r.orchestrator_turns)
         rewards = torch.tensor([(r.reward or {}).get("total", 0.0) for r in results])
         adv = group_advantages(rewards, K, pc.tau)
         sc = rescore(self.model, self._orchestrator_rows(results, adv), self.tok.pad_id, self.banned_ids)

@@ -34,6 +34,7 @@ from kimi_lab.metrics import (
     VAL_SOURCE_REWARD,
 )
 from kimi_lab.phases.base import PhaseModule
+from kimi_lab.phases.sampling import SamplingClock
 from kimi_lab.rl.evaluate import CORRECT, score_episode, summarize
 from kimi_lab.rl.loss import Toggle, group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore
@@ -48,6 +49,7 @@ class RLModule(PhaseModule):
         rl = cfg.phase.rl
         self.toggle = Toggle(rl.toggle_every, rl.toggle_lambda, rl.toggle_rho)
         self.sampler = torch.Generator().manual_seed(cfg.seed)
+        self.clock = SamplingClock()
         self._val: dict[str, tuple[list[Episode], list[float]]] = {}  # per val source: episodes, rewards
 
     def setup(self, stage: str) -> None:
@@ -63,10 +65,20 @@ class RLModule(PhaseModule):
         )
 
     # ------------------------------------------------------------------- train
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self.clock.start_step()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self.log_dict(self.clock.metrics(), on_step=True, on_epoch=False)
+
     def training_step(self, batch: list[TaskInput], batch_idx: int) -> torch.Tensor | None:
         rl = self.cfg.phase.rl
         K = rl.samples_per_prompt
-        episodes = self.runner.run(self.model, batch, K, rl.temperature, self.sampler)
+        with self.clock.sampling():
+            episodes = self.runner.run(self.model, batch, K, rl.temperature, self.sampler)
+        self.clock.tokens += sum(ep.n_sampled for ep in episodes)
         rewards = [score_episode(ep) for ep in episodes]
         correct = [r >= CORRECT for r in rewards]
         lengths = [ep.n_sampled for ep in episodes]

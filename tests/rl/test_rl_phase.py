@@ -50,6 +50,9 @@ def test_rl_phase_rolls_out_scores_and_resumes(
         assert (m.key == key).any(), key
     tokens = m[m.key == "rl/response_tokens"].value
     assert (tokens > 0).all()  # every step sampled something
+    assert (m[m.key == "rl/rollout_tokens_per_s"].value > 0).all()
+    share = m[m.key == "rl/sampling_fraction"].value
+    assert len(share) == 2 and share.between(0, 1, inclusive="right").all()
     ckpt = run / "checkpoints" / "last.ckpt"
     import torch
 

@@ -271,6 +271,8 @@ def test_parl_phase_trains_the_orchestrator_and_writes_traces(
     m = pd.read_parquet(run / "metrics.parquet")
     for key in ("parl/reward", "parl/r_perf", "parl/critical_steps", "parl/subagents", "parl/lambda1"):
         assert (m.key == key).any(), key
+    assert (m[m.key == "rl/rollout_tokens_per_s"].value > 0).all()
+    assert m[m.key == "rl/sampling_fraction"].value.between(0, 1, inclusive="right").all()
     lam = m[m.key == "parl/lambda1"].sort_values("step").value.tolist()
     assert lam == [0.5, 0.25]  # annealed over anneal_steps=2
     assert (m.key == "val/parl/score").any() and (m.key == "val/parl/critical_steps").any()

@@ -11,6 +11,7 @@ from torch import nn
 from kimi_lab.config.schema import MoEBackend, MoEConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.model.mlp import SwiGLU
+from kimi_lab.model.moe.decode import DECODE_MAX_TOKENS, decode_experts
 from kimi_lab.model.moe.experts import Experts, TorchExperts
 from kimi_lab.model.moe.losses import router_z_loss, sequence_balance_loss
 from kimi_lab.model.moe.megablocks_backend import MegaBlocksExperts, megablocks_unavailable_reason
@@ -58,6 +59,8 @@ class MoELayer(nn.Module):
         self.shared = (
             SwiGLU(dim, cfg.n_shared_experts * cfg.expert_ffn_dim) if cfg.n_shared_experts > 0 else None
         )
+        # Few tokens without gradients take kimi_lab.model.moe.decode (it needs every expert's weights).
+        self.decode_path = True
         # Set by the routing inspector: keeps the last routing decisions (detached).
         self.record_routing = False
         self.last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -76,7 +79,12 @@ class MoELayer(nn.Module):
                 routing.top_idx_TK.view(B, T, -1).detach(),
                 routing.top_weight_TK.view(B, T, -1).detach(),
             )
-        y_TD = self.experts(x_TD, routing.top_idx_TK, routing.top_weight_TK)
+        if B * T <= DECODE_MAX_TOKENS and not torch.is_grad_enabled() and self.decode_path:
+            # A decode step: a handful of tokens, a fixed-shape path without sort or host sync.
+            e = self.experts
+            y_TD = decode_experts(x_TD, routing.top_idx_TK, routing.top_weight_TK, e.w1, e.w3, e.w2)
+        else:
+            y_TD = self.experts(x_TD, routing.top_idx_TK, routing.top_weight_TK)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
 
