@@ -45,7 +45,7 @@ class Recorder(io.StringIO):
 def test_generate_writes_each_token_as_it_is_sampled(chat_ckpt: Path) -> None:
     loaded = load_model(chat_ckpt)
     forwards = [0]
-    loaded.model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    loaded.model.language_model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     out = Recorder(forwards)
     stats = generate_text(loaded, "The expert", [], Sampler(max_new_tokens=12, temperature=0), out)
     assert out.getvalue() == _greedy_text(chat_ckpt, "The expert", 12) + "\n"
