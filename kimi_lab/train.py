@@ -223,7 +223,9 @@ def adopt_init_model(cfg: RunConfig) -> RunConfig:
 
     saved = read_config(cfg.phase.init_from)
     # The backend and the expert-parallel split are how this run executes, not the architecture.
-    moe = replace(saved.model.moe, backend=cfg.model.moe.backend, expert_parallel=cfg.model.moe.expert_parallel)
+    moe = replace(
+        saved.model.moe, backend=cfg.model.moe.backend, expert_parallel=cfg.model.moe.expert_parallel
+    )
     model = replace(saved.model, moe=moe)
     if model != cfg.model:
         log.info("phase.init_from: using the checkpoint's model config (%s)", model.name)

@@ -64,7 +64,9 @@ def build_mesh(expert_parallel: int, device_type: str) -> Any:
         raise ConfigError(
             f"model.moe.expert_parallel={expert_parallel} must divide the number of processes ({world})"
         )
-    return init_device_mesh(device_type, (world // expert_parallel, expert_parallel), mesh_dim_names=MESH_DIMS)
+    return init_device_mesh(
+        device_type, (world // expert_parallel, expert_parallel), mesh_dim_names=MESH_DIMS
+    )
 
 
 def apply(root: nn.Module, mesh: Any) -> ExpertParallel:
@@ -76,7 +78,9 @@ def apply(root: nn.Module, mesh: Any) -> ExpertParallel:
     sharded: dict[nn.Parameter, ExpertShard] = {}
     for m in modules.values():
         if m.n_experts % ep:
-            raise ConfigError(f"model.moe.n_routed_experts={m.n_experts} must be a multiple of expert_parallel={ep}")
+            raise ConfigError(
+                f"model.moe.n_routed_experts={m.n_experts} must be a multiple of expert_parallel={ep}"
+            )
         shard = ExpertShard(group, rank, ep, m.n_experts)
         m.shard_(shard)
         m._register_load_state_dict_pre_hook(_local_rows_of_canonical, with_module=True)
