@@ -180,10 +180,11 @@ def gather_checkpoint(checkpoint: dict[str, Any], ep: ExpertParallel, prefix: st
             shard = ep.sharded.get(p)
             if shard is None or i not in opt_state["state"]:
                 continue
-            entry = opt_state["state"][i]
-            for k, v in entry.items():
-                if torch.is_tensor(v) and v.ndim and v.shape[0] == p.shape[0]:
-                    entry[k] = _gather_rows(v, shard)
+            # A new dict: optimizer.state_dict() shares the live per-parameter state dicts.
+            opt_state["state"][i] = {
+                k: _gather_rows(v, shard) if torch.is_tensor(v) and v.ndim and v.shape[0] == p.shape[0] else v
+                for k, v in opt_state["state"][i].items()
+            }
 
 
 def slice_optimizer_state(ep: ExpertParallel, optimizer: torch.optim.Optimizer) -> None:
