@@ -62,3 +62,16 @@ def test_gpu_bench_code_runs_on_cpu_and_reports_a_missing_backend() -> None:
     assert res["kimi_lab_torch_speedup_vs_transformers"] == pytest.approx(
         c["transformers_grouped_mm"]["ms"] / c["kimi_lab_torch"]["ms"]
     )
+
+
+def test_bench_ep_times_both_layouts_in_two_processes(tmp_path: Path) -> None:
+    res = run_cli(
+        "bench", "ep", "--json", "--tokens", "64", "--hidden", "32", "--ffn", "16", "--experts", "4",
+        "--top-k", "2", "--repeats", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    tps = out["tokens_per_s"]
+    assert set(tps) == {"ep1", "ep2"} and all(t > 0 for t in tps.values())
+    assert out["ep_over_dp_tokens_per_s"] == pytest.approx(tps["ep2"] / tps["ep1"])
+    assert 0 < out["all_to_all_share"] < 1 and out["cpu"]

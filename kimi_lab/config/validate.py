@@ -8,7 +8,6 @@ from __future__ import annotations
 from kimi_lab.config.schema import (
     PRECISIONS,
     ModelConfig,
-    OptimizerName,
     ParlConfig,
     PhaseName,
     RLConfig,
@@ -217,11 +216,6 @@ def validate_run(cfg: RunConfig) -> None:
         _require(
             any(s.weight > 0 for s in d.sources.values()), "data.sources: at least one weight must be > 0"
         )
-    _require(
-        not (t.strategy == "fsdp2" and ph.optim.name in (OptimizerName.muon, OptimizerName.muonclip)),
-        f"trainer.strategy=fsdp2 with phase.optim.name={ph.optim.name.value}: Muon's orthogonalisation needs "
-        "whole matrices, and FSDP2 shards them; use adamw with fsdp2, or ddp with Muon",
-    )
     validate_expert_parallel(cfg)
     _require(t.max_nonfinite_steps >= 0, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 0")
     f, v = d.fusion, d.vision

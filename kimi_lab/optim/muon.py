@@ -38,6 +38,27 @@ def orthogonalise(G: torch.Tensor, steps: int = 5, polish: int = 2, eps: float =
     return X.mT if transposed else X
 
 
+def orthogonalise_whole(G: torch.Tensor, steps: int = 5, polish: int = 2) -> torch.Tensor:
+    """``orthogonalise`` of plain or sharded (DTensor, FSDP2) tensors, matrix by matrix.
+
+    Newton-Schulz needs whole matrices. Sharded only over leading (batch) dims, as FSDP2's
+    dim-0 sharding leaves a (E, F, D) expert tensor, every local matrix is whole: orthogonalise
+    in place. Otherwise (a 2-D weight cut by rows) gather the matrix on every rank, orthogonalise,
+    and keep this rank's shard of the result.
+    """
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    if not isinstance(G, DTensor):
+        return orthogonalise(G, steps, polish)
+    mesh, placements = G.device_mesh, G.placements
+    if all(not isinstance(pl, Shard) or pl.dim < G.ndim - 2 for pl in placements):
+        local = orthogonalise(G.to_local(), steps, polish)
+        return DTensor.from_local(local, mesh, placements, shape=G.shape, stride=G.stride())
+    whole = orthogonalise(G.full_tensor(), steps, polish)
+    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return replicated.redistribute(mesh, placements)  # Replicate -> Shard: a local slice, no traffic
+
+
 def muon_scale(shape: torch.Size) -> float:
     return 0.2 * math.sqrt(max(shape[-2], shape[-1]))
 
@@ -97,7 +118,7 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(p.grad.float())
             direction = p.grad.float().add(buf, alpha=mu) if group["nesterov"] else buf
-            update = orthogonalise(direction, group["ns_steps"], group["ns_polish_steps"]) * muon_scale(
+            update = orthogonalise_whole(direction, group["ns_steps"], group["ns_polish_steps"]) * muon_scale(
                 p.shape
             )
             if wd:

@@ -154,7 +154,9 @@ def _local_rows_of_canonical(module: Experts, state: dict, prefix: str, *_args: 
     """Load pre-hook: a canonical (all-experts) tensor becomes this rank's rows of it."""
     if module.shard is None:
         return
-    own = module.state_dict(keep_vars=True)
+    # Local shapes under both the checkpoint's (canonical) names and the module's own, since a
+    # backend's pre-hook may already have renamed the entries (MegaBlocks: w1 -> impl.mlp.w1).
+    own = {**module.state_dict(keep_vars=True), **dict(module.named_parameters())}
     for name, t in own.items():
         key = prefix + name
         if key in state and t.ndim:

@@ -144,6 +144,11 @@ class PhaseModule(L.LightningModule):
             return
         from torch.distributed.fsdp import fully_shard
 
+        from kimi_lab.model.moe.experts import TorchExperts
+
+        for m in self.model.modules():
+            if isinstance(m, TorchExperts):
+                m.unfuse_()  # FSDP2 shards contiguous parameters only
         dp = mesh["data_parallel"]
         for layer in self.model.language_model.layers:
             fully_shard(layer, mesh=dp)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from kimi_lab.config.schema import MoEBackend, MoEConfig
 from kimi_lab.model.moe.layer import MoELayer
-from tests.parallel.procs import run_ranks
+from kimi_lab.parallel.spawn import run_ranks
 
 E, D, F, K, T = 8, 16, 8, 2, 6  # experts, hidden, expert FFN, top-k, tokens per rank
 
@@ -114,3 +115,31 @@ def test_two_by_two_mesh_reduces_expert_grads_over_their_replicas(tmp_path: Path
         for name in ("w1", "w3", "w2"):
             torch.testing.assert_close(out["grads"][name], ref["grads"][name][mine] / 4, rtol=1e-5, atol=1e-6)
     assert [out["first"] for out in ranks] == [0, 4, 0, 4]  # EP innermost: neighbours split the experts
+
+
+def _megablocks_rank(rank: int, world: int) -> dict:
+    from kimi_lab.parallel import expert_parallel
+
+    torch.cuda.set_device(rank)
+    torch.manual_seed(0)
+    cfg = MoEConfig(n_routed_experts=8, top_k=2, expert_ffn_dim=128, backend=MoEBackend.megablocks)
+    ref = MoELayer(256, cfg, backend="torch").cuda()
+    mb = MoELayer(256, cfg, backend="megablocks").cuda()
+    mb.load_state_dict(ref.state_dict())
+    expert_parallel.apply(mb, expert_parallel.build_mesh(world, "cuda"))
+    g = torch.Generator(device="cuda").manual_seed(rank)
+    x = torch.randn(1, 64, 256, device="cuda", generator=g)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y_ref, _ = ref(x)
+        y_mb, _ = mb(x)
+    return {"ref": y_ref.float().cpu(), "mb": y_mb.float().cpu()}
+
+
+@pytest.mark.gpu
+def test_megablocks_expert_parallel_matches_the_torch_backend(tmp_path: Path) -> None:
+    """The same config key drives MegaBlocks' own EP (its expert_parallel_group); 2 GPUs, NCCL."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("MegaBlocks expert parallelism needs 2 CUDA GPUs (NCCL)")
+    pytest.importorskip("megablocks")
+    for out in run_ranks(_megablocks_rank, 2, tmp_path, backend="nccl"):
+        torch.testing.assert_close(out["mb"], out["ref"], rtol=2e-2, atol=2e-2)

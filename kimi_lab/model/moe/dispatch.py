@@ -26,6 +26,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.profiler import record_function
+
+# The profiler label of every exchange (``kimi-lab bench ep`` sums its time).
+ALL_TO_ALL = "expert_parallel/all_to_all"
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,15 @@ class _AllToAll(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.out_splits, ctx.in_splits, ctx.group = out_splits, in_splits, group
         out = x.new_empty((sum(out_splits), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        with record_function(ALL_TO_ALL):
+            dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
         gx = g.new_empty((sum(ctx.in_splits), *g.shape[1:]))
-        dist.all_to_all_single(gx, g.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group)
+        with record_function(ALL_TO_ALL):
+            dist.all_to_all_single(gx, g.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group)
         return gx, None, None, None
 
 
@@ -88,7 +94,8 @@ def expert_parallel_forward(
     send_E = torch.bincount(flat_S, minlength=E)
     # recv[src, j]: rows rank ``src`` sends for my local expert j.
     recv_flat = torch.empty_like(send_E)
-    dist.all_to_all_single(recv_flat, send_E, group=shard.group)
+    with record_function(ALL_TO_ALL):
+        dist.all_to_all_single(recv_flat, send_E, group=shard.group)
     send_R_E = send_E.view(EP, E_l)
     recv_R_E = recv_flat.view(EP, E_l)
     in_splits = send_R_E.sum(1).tolist()

@@ -248,6 +248,7 @@ class TorchExperts(Experts):
         self.w2 = nn.Parameter(torch.empty(n_experts, ffn_dim, dim))
         self.init_std = init_std
         self.shard: ExpertShard | None = None
+        self.fuse = True
         self.reset_parameters()
         self._fuse_gate_up()
 
@@ -259,13 +260,21 @@ class TorchExperts(Experts):
         """Keep w1 and w3 as the two halves of one (E, 2F, D) storage, so the gate-up matmul
         reads them in place (no per-step copy). The parameters, their names and shapes, and the
         checkpoint layout stay the canonical ones; only where their elements live changes."""
-        if fused_gate_up(self.w1, self.w3) is not None or self.w1.device.type == "meta":
+        if not self.fuse or fused_gate_up(self.w1, self.w3) is not None or self.w1.device.type == "meta":
             return
+        if type(self.w1) is not nn.Parameter or type(self.w3) is not nn.Parameter:
+            return  # sharded (DTensor) parameters live where their owner put them
         E, F_, D = self.w1.shape
         w13 = torch.empty((E, 2 * F_, D), dtype=self.w1.dtype, device=self.w1.device)
         w13[:, :F_].copy_(self.w1.detach())
         w13[:, F_:].copy_(self.w3.detach())
         self.w1.data, self.w3.data = w13[:, :F_], w13[:, F_:]
+
+    def unfuse_(self) -> None:
+        """Give w1 and w3 storages of their own (FSDP2 shards only contiguous parameters);
+        the forward then builds the fused operand each step, as for any unfused weights."""
+        self.fuse = False
+        self.w1.data, self.w3.data = self.w1.data.contiguous(), self.w3.data.contiguous()
 
     def _apply(self, fn: Any, recurse: bool = True) -> TorchExperts:
         # .to() / .float() give each parameter its own new storage: fuse again.
