@@ -100,6 +100,8 @@ def test_ep_checkpoints_are_canonical_and_move_between_layouts_and_a_killed_run_
     KimiK25(cfg.model).load_state_dict(state, strict=True)
     loaded = load_model(last, tokenizer=False).model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    res = run_cli("export-hf", str(last), str(tmp_path / "hf"), cwd=REPO)  # a transformers folder
+    assert res.returncode == 0 and (tmp_path / "hf" / "config.json").is_file(), res.stderr[-2000:]
 
     # 2. Kill an EP=2 run after its step-8 checkpoint, resume it under EP=1, then under EP=2 again.
     args = _overrides(tiny_tokenizer, tiny_shards, *EP2)

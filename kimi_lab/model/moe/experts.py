@@ -67,6 +67,12 @@ def _grouped_ok(x: torch.Tensor, *dims: int) -> bool:
     return ok_dtype and all(d % per == 0 for d in dims)
 
 
+def _use_grouped(x: torch.Tensor, *dims: int) -> bool:
+    """Grouped GEMM where it pays: not for fp32 on CPU, where the per-expert loop of MKL matmuls
+    is as fast at a few experts and faster at hundreds (measured: 8.2 s vs 12.4 s for 384 groups)."""
+    return _grouped_ok(x, *dims) and not (x.device.type == "cpu" and x.dtype == torch.float32)
+
+
 def _mm_groups(
     a_SX: torch.Tensor, w_EXY: torch.Tensor, counts: list[int], offs: torch.Tensor | None
 ) -> torch.Tensor:
@@ -146,7 +152,7 @@ class _GroupedSwiGLU(torch.autograd.Function):
             w13_E2FD[:, F_:].copy_(w3)
         w2_EFD = w2.to(dtype)
         offs = None
-        if x_SD.shape[0] > 0 and _grouped_ok(x_SD, D, F_):
+        if x_SD.shape[0] > 0 and _use_grouped(x_SD, D, F_):
             offs = torch.tensor(counts, device=x_SD.device).cumsum(0).to(torch.int32)
         h_S2F = _mm_groups(x_SD, w13_E2FD.transpose(1, 2), counts, offs)
         a_SF = F.silu(h_S2F[:, :F_]).mul_(h_S2F[:, F_:])
