@@ -37,7 +37,13 @@ def _ep_rank(rank: int, world: int, cases: list[str], ep: int) -> dict[str, dict
     from kimi_lab.parallel import expert_parallel
 
     mesh = expert_parallel.build_mesh(ep, "cpu")
-    return {case: _ep_case(rank, world, case, mesh) for case in cases}
+    out = {case: _ep_case(rank, world, case, mesh) for case in cases}
+    if world == 2:  # a rank with no tokens at all still serves the other's
+        layer = _layer("random")
+        expert_parallel.apply(layer, mesh)
+        x = _data(world)[0][: T if rank == 0 else 0]
+        out["rank 1 sends nothing"] = {"y": layer(x.view(1, -1, D))[0].detach().view(-1, D)}
+    return out
 
 
 def _ep_case(rank: int, world: int, case: str, mesh: object) -> dict:
@@ -82,6 +88,10 @@ def test_moe_layer_under_ep2_equals_ep1(tmp_path: Path) -> None:
     per_rank = run_ranks(_ep_rank, 2, tmp_path, list(CASES), 2)  # one pair of processes for all cases
     for case in CASES:
         _check_case(case, [out[case] for out in per_rank])
+    empty = [out["rank 1 sends nothing"]["y"] for out in per_rank]
+    assert empty[1].shape == (0, D)
+    ref, _ = _layer("random")(_data(2)[0][:T].view(1, T, D))
+    torch.testing.assert_close(empty[0], ref.detach().view(T, D), rtol=1e-5, atol=1e-6)
 
 
 def _check_case(case: str, ranks: list[dict]) -> None:

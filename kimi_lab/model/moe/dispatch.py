@@ -111,4 +111,4 @@ def expert_parallel_forward(
     # Undo the sort: pair order_S[s] is row s.
     pos_S = torch.empty_like(order_S)
     pos_S[order_S] = torch.arange(order_S.numel(), device=order_S.device)
-    return y_SD.index_select(0, pos_S).view(T, K, -1)
+    return y_SD.index_select(0, pos_S).view(T, K, y_SD.shape[-1])
