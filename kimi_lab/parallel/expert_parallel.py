@@ -125,7 +125,7 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, ep: ExpertParal
     rank's own experts' gradients are summed over the expert-parallel group."""
     dense = [p.grad for p in params if p.grad is not None and p not in ep.sharded]
     expert = [p.grad for p in params if p.grad is not None and p in ep.sharded]
-    zero = torch.zeros((), dtype=torch.float32)
+    zero = torch.zeros((), dtype=torch.float32, device=params[0].device if params else None)
     sq_dense = torch.stack(torch._foreach_norm(dense)).float().pow(2).sum() if dense else zero
     sq_expert = torch.stack(torch._foreach_norm(expert)).float().pow(2).sum() if expert else zero.clone()
     dist.all_reduce(sq_expert, group=ep.ep_group)

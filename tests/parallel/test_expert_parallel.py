@@ -56,14 +56,21 @@ def _ep_case(rank: int, world: int, case: str, mesh: object) -> dict:
     y, _ = layer(x.view(1, T, D))
     (y.view(T, D) * g_all[rank * T : (rank + 1) * T]).sum().backward()
     expert_parallel.reduce_expert_grads(state)  # sum over replicas holding the same experts, / world
+    grads = {n: layer.experts.get_parameter(n).grad.clone() for n in ("w1", "w3", "w2")}
+    for p in layer.parameters():  # what DDP does to the other parameters: average over ranks
+        if p not in state.sharded:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+    norm = expert_parallel.clip_grad_norm_(list(layer.parameters()), 1e9, state)  # the whole model's
     shard = layer.experts.shard
     assert shard is not None
     return {
         "y": y.detach().view(T, D),
         "gx": x.grad,
+        "norm": norm,
         "first": shard.first,
         "n": shard.n_local,
-        "grads": {n: layer.experts.get_parameter(n).grad for n in ("w1", "w3", "w2")},
+        "grads": grads,
         "weights": {n: layer.experts.get_parameter(n).detach() for n in ("w1", "w3", "w2")},
     }
 
@@ -79,6 +86,7 @@ def _reference(case: str, world: int) -> dict:
         "y": y.detach().view(-1, D),
         "gx": x.grad,
         "counts": counts,
+        "norm": torch.nn.utils.get_total_norm([p.grad for p in layer.parameters()]) / world,
         "grads": {n: layer.experts.get_parameter(n).grad for n in ("w1", "w3", "w2")},
         "weights": {n: layer.experts.get_parameter(n).detach() for n in ("w1", "w3", "w2")},
     }
@@ -103,6 +111,7 @@ def _check_case(case: str, ranks: list[dict]) -> None:
         rows = slice(r * T, (r + 1) * T)
         torch.testing.assert_close(out["y"], ref["y"][rows], **close)
         torch.testing.assert_close(out["gx"], ref["gx"][rows], **close)
+        torch.testing.assert_close(out["norm"], ref["norm"], **close)  # gradient clipping's norm
         mine = slice(out["first"], out["first"] + out["n"])
         assert out["n"] == E // 2
         for name in ("w1", "w3", "w2"):
@@ -121,6 +130,7 @@ def test_two_by_two_mesh_reduces_expert_grads_over_their_replicas(tmp_path: Path
     ref = _reference("random", 4)
     for r, out in enumerate(ranks):
         torch.testing.assert_close(out["y"], ref["y"][r * T : (r + 1) * T], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out["norm"], ref["norm"], rtol=1e-5, atol=1e-6)
         mine = slice(out["first"], out["first"] + out["n"])
         for name in ("w1", "w3", "w2"):
             torch.testing.assert_close(out["grads"][name], ref["grads"][name][mine] / 4, rtol=1e-5, atol=1e-6)
