@@ -7,16 +7,23 @@ An ideal dropless layer costs the same at every point; the printed ratio is the
 slowest over the fastest (target <= 1.3). The layers are timed round-robin in one
 process so machine drift hits all of them alike.
 
-What still grows with the expert count is work proportional to *total*
-parameters: casting fp32 master weights to bf16, and writing each expert's
-weight gradient (every expert gets tokens at these sizes). The report prints the
-total-parameter bytes per step next to the times so the cause is visible.
+What grows with the expert count at fixed tokens is work proportional to *total*
+parameters: every expert's weights are read by its matmuls and every expert's
+weight gradient is written (each expert gets tokens at these sizes), in more and
+smaller matmuls. The layer itself adds none beyond that in fp32: gate and up
+weights are read in place from one fused storage and their gradients are written
+once (under bf16 autocast the fp32 -> bf16 cast of the weights, and back for the
+gradients, remains: one pass over the expert weights each way). The report prints
+the total-parameter bytes next to the times so the cause is visible, and the CPU
+and load average, since small matmuls suffer most from a busy machine
+(``--threads 1`` takes OpenMP's synchronisation out of the measurement).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -24,7 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks.moe import Shape, _fwd_bwd, _kimi_layer
-from kimi_lab.runtime import cpu_has_native_bf16, tune_cpu_allocator
+from kimi_lab.runtime import cpu_description, cpu_has_native_bf16, tune_cpu_allocator
 
 
 def run(
@@ -60,6 +67,9 @@ def run(
             times[e].append(time.perf_counter() - t0)
     med = {e: statistics.median(ts) for e, ts in times.items()}
     return {
+        "cpu": cpu_description(),
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
         "shape": {**base.__dict__, "experts": list(experts)},
         "precision": "bf16-mixed" if bf16 else "32-true",
         "times_ms": {str(e): t * 1e3 for e, t in med.items()},
@@ -79,7 +89,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     experts = tuple(int(e) for e in args.experts.split(","))
     base = Shape(args.tokens, args.hidden, args.ffn, experts[0], args.top_k, 1)
     res = run(experts, base, args.repeats, precision=args.precision)
@@ -88,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return res
     print(
         f"MoE layer fwd+bwd at fixed active FLOPs: {base.tokens} tokens, hidden {base.hidden}, "
-        f"top-{base.top_k} + 1 shared, FFN {base.ffn}, {res['precision']}"
+        f"top-{base.top_k} + 1 shared, FFN {base.ffn}, {res['precision']}; {res['cpu']}, "
+        f"{res['threads']} thread(s), load average {res['load_average']:.1f}"
     )
     for e, t in res["times_ms"].items():
         print(

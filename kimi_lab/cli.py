@@ -16,7 +16,7 @@
   kimi-lab generate CKPT --prompt TEXT [...]    continue a prompt, tokens printed as they are sampled
   kimi-lab chat CKPT [--tools python]           talk to a checkpoint (tool calls run in the sandbox)
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
-  kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm|generate  ratios against peers measured in the same run ([--json])
+  kimi-lab bench moe|step|sparsity|ep|data|qkclip|gpu|swarm|generate  ratios against peers measured in the same run ([--json])
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -291,7 +291,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
 
 
-_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu", "swarm", "generate")
+_BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

@@ -55,3 +55,19 @@ def available_memory_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def cpu_description() -> str:
+    """The CPU model and its widest matmul features, for benchmark reports (``AMD EPYC, AVX2``)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", info))
+    feats = [f.upper() for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return f"{name}, {os.cpu_count()} cores, {feats[0] if feats else 'no AVX2'}" + (
+        "" if cpu_has_native_bf16() else " (bf16 emulated)"
+    )

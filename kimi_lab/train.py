@@ -222,7 +222,11 @@ def adopt_init_model(cfg: RunConfig) -> RunConfig:
     from kimi_lab.loading import read_config
 
     saved = read_config(cfg.phase.init_from)
-    model = replace(saved.model, moe=replace(saved.model.moe, backend=cfg.model.moe.backend))
+    # The backend and the expert-parallel split are how this run executes, not the architecture.
+    moe = replace(
+        saved.model.moe, backend=cfg.model.moe.backend, expert_parallel=cfg.model.moe.expert_parallel
+    )
+    model = replace(saved.model, moe=moe)
     if model != cfg.model:
         log.info("phase.init_from: using the checkpoint's model config (%s)", model.name)
     data = cfg.data

@@ -109,3 +109,16 @@ def test_decode_flops_count_the_lm_head_and_not_the_embedding() -> None:
     assert decode_flops_per_token(cfg, 10) - decode_flops_per_token(cfg, 0) == pytest.approx(10 * per_ctx)
     c = count_params(cfg)
     assert decode_flops_per_token(cfg, 0) == 2 * (c.active - cfg.vocab_size * cfg.hidden_size)
+
+
+def test_bench_ep_times_both_layouts_in_two_processes(tmp_path: Path) -> None:
+    res = run_cli(
+        "bench", "ep", "--json", "--tokens", "64", "--hidden", "32", "--ffn", "16", "--experts", "4",
+        "--top-k", "2", "--repeats", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    tps = out["tokens_per_s"]
+    assert set(tps) == {"ep1", "ep2"} and all(t > 0 for t in tps.values())
+    assert out["ep_over_dp_tokens_per_s"] == pytest.approx(tps["ep2"] / tps["ep1"])
+    assert 0 < out["all_to_all_share"] < 1 and out["cpu"]

@@ -99,6 +99,11 @@ class MoEConfig:
     seq_aux_loss_coef: float = 0.0  # sequence-wise balance loss (alpha); 0 disables
     z_loss_coef: float = 0.0  # router z-loss; 0 disables
     backend: MoEBackend = MoEBackend.auto
+    # Expert parallelism: the routed experts are split over this many ranks (each holds
+    # n_routed_experts / expert_parallel of them, whole) and tokens travel to their experts
+    # by all-to-all. It must divide the number of processes; 1: every rank holds all experts.
+    # A way to run, not part of the architecture: checkpoints are the same for every value.
+    expert_parallel: int = 1
 
 
 @dataclass

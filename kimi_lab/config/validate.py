@@ -8,7 +8,6 @@ from __future__ import annotations
 from kimi_lab.config.schema import (
     PRECISIONS,
     ModelConfig,
-    OptimizerName,
     ParlConfig,
     PhaseName,
     RLConfig,
@@ -107,6 +106,12 @@ def validate_model(m: ModelConfig, prefix: str = "model") -> None:
         _require(e.bias_update_rate >= 0, f"{pm}.bias_update_rate={e.bias_update_rate} must be >= 0")
         _require(e.seq_aux_loss_coef >= 0, f"{pm}.seq_aux_loss_coef must be >= 0")
         _require(e.z_loss_coef >= 0, f"{pm}.z_loss_coef must be >= 0")
+        _require(e.expert_parallel >= 1, f"{pm}.expert_parallel={e.expert_parallel} must be >= 1")
+        _require(
+            e.n_routed_experts % e.expert_parallel == 0,
+            f"{pm}.expert_parallel={e.expert_parallel} must divide {pm}.n_routed_experts={e.n_routed_experts} "
+            "(each rank holds whole experts)",
+        )
 
 
 def validate_rl(rl: RLConfig) -> None:
@@ -166,6 +171,29 @@ def validate_parl(pc: ParlConfig) -> None:
     )
 
 
+def validate_expert_parallel(cfg: RunConfig) -> None:
+    ep, t = cfg.model.moe.expert_parallel, cfg.trainer
+    if ep == 1 or cfg.model.first_k_dense >= cfg.model.n_layers:
+        return
+    key = f"model.moe.expert_parallel={ep}"
+    world = t.devices * t.num_nodes
+    _require(
+        world % ep == 0,
+        f"{key} must divide the number of processes, trainer.devices x trainer.num_nodes = {world} "
+        f"(e.g. trainer=ddp trainer.devices={ep})",
+    )
+    _require(
+        t.strategy == "ddp",
+        f"{key} with trainer.strategy={t.strategy}: expert parallelism runs under trainer=ddp (non-expert "
+        "weights replicated over all ranks, experts split over expert_parallel of them)",
+    )
+    _require(
+        cfg.phase.name in (PhaseName.pretrain, PhaseName.sft),
+        f"{key} with phase {cfg.phase.name.value}: every rank must run the same forward passes, and "
+        "rollouts generate a different number of tokens per rank; use expert_parallel=1 for rl and parl",
+    )
+
+
 def validate_run(cfg: RunConfig) -> None:
     validate_model(cfg.model)
     d, t, ph = cfg.data, cfg.trainer, cfg.phase
@@ -189,11 +217,7 @@ def validate_run(cfg: RunConfig) -> None:
         _require(
             any(s.weight > 0 for s in d.sources.values()), "data.sources: at least one weight must be > 0"
         )
-    _require(
-        not (t.strategy == "fsdp2" and ph.optim.name in (OptimizerName.muon, OptimizerName.muonclip)),
-        f"trainer.strategy=fsdp2 with phase.optim.name={ph.optim.name.value}: Muon's orthogonalisation needs "
-        "whole matrices, and FSDP2 shards them; use adamw with fsdp2, or ddp with Muon",
-    )
+    validate_expert_parallel(cfg)
     _require(t.max_nonfinite_steps >= 0, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 0")
     f, v = d.fusion, d.vision
     _require(

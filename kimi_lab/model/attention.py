@@ -19,6 +19,7 @@ from kimi_lab.config.schema import AttentionConfig
 from kimi_lab.model.kv_cache import LatentCache
 from kimi_lab.model.norm import RMSNorm
 from kimi_lab.model.rope import apply_rope, softmax_scale
+from kimi_lab.model.sharding import scale_rows_
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -165,13 +166,15 @@ class MultiHeadLatentAttention(nn.Module):
     def clip_heads(self, gamma_H: torch.Tensor) -> None:
         """QK-Clip for MLA: per head, no-rope query and key rows by sqrt(gamma), rotary query rows
         by gamma; the rotary key (shared by all heads) is left alone. gamma = 1 changes nothing."""
-        root = gamma_H.sqrt()[:, None, None]
+        root_H1 = gamma_H.sqrt()[:, None]
         q_w = (self.q_proj if hasattr(self, "q_proj") else self.q_b_proj).weight
-        q_HXR = q_w.view(self.n_heads, self.nope_dim + self.rope_dim, -1)
-        q_HXR[:, : self.nope_dim] *= root.to(q_w.dtype)
-        q_HXR[:, self.nope_dim :] *= gamma_H[:, None, None].to(q_w.dtype)
-        kv_HXR = self.kv_b_proj.weight.view(self.n_heads, self.nope_dim + self.v_dim, -1)
-        kv_HXR[:, : self.nope_dim] *= root.to(kv_HXR.dtype)
+        # One scale per output row (head-major rows), applied in place, sharded weights included.
+        q_HX = torch.cat([root_H1.expand(-1, self.nope_dim), gamma_H[:, None].expand(-1, self.rope_dim)], 1)
+        scale_rows_(q_w, q_HX.flatten())
+        kv_HX = torch.cat(
+            [root_H1.expand(-1, self.nope_dim), torch.ones_like(root_H1).expand(-1, self.v_dim)], 1
+        )
+        scale_rows_(self.kv_b_proj.weight, kv_HX.flatten())
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

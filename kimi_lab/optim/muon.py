@@ -48,6 +48,27 @@ def orthogonalise(G: torch.Tensor, steps: int = 5, polish: int = 0, eps: float =
     return X.mT if transposed else X
 
 
+def orthogonalise_whole(G: torch.Tensor, steps: int = 5, polish: int = 0) -> torch.Tensor:
+    """``orthogonalise`` of plain or sharded (DTensor, FSDP2) tensors, matrix by matrix.
+
+    Newton-Schulz needs whole matrices. Sharded only over leading (batch) dims, as FSDP2's
+    dim-0 sharding leaves a (E, F, D) expert tensor, every local matrix is whole: orthogonalise
+    in place. Otherwise (a 2-D weight cut by rows) gather the matrix on every rank, orthogonalise,
+    and keep this rank's shard of the result.
+    """
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    if not isinstance(G, DTensor):
+        return orthogonalise(G, steps, polish)
+    mesh, placements = G.device_mesh, G.placements
+    if all(not isinstance(pl, Shard) or pl.dim < G.ndim - 2 for pl in placements):
+        local = orthogonalise(G.to_local(), steps, polish)
+        return DTensor.from_local(local, mesh, placements, shape=G.shape, stride=G.stride())
+    whole = orthogonalise(G.full_tensor(), steps, polish)
+    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return replicated.redistribute(mesh, placements)  # Replicate -> Shard: a local slice, no traffic
+
+
 def muon_scale(shape: torch.Size) -> float:
     return 0.2 * math.sqrt(max(shape[-2], shape[-1]))
 
@@ -56,9 +77,17 @@ def muon_update(
     direction: torch.Tensor, parts: tuple[int, ...] | None = None, steps: int = 5, polish: int = 0
 ) -> torch.Tensor:
     """The scaled, orthogonalised update of one parameter; ``parts`` splits its rows into matrices
-    that are orthogonalised (and scaled) on their own."""
+    that are orthogonalised (and scaled) on their own. Sharded (DTensor) directions are
+    orthogonalised on whole matrices (``orthogonalise_whole``)."""
     if not parts or len(parts) == 1:
-        return orthogonalise(direction, steps, polish) * muon_scale(direction.shape)
+        return orthogonalise_whole(direction, steps, polish) * muon_scale(direction.shape)
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if isinstance(direction, DTensor):  # rows of fused parts may sit on other ranks: gather first
+        whole = muon_update(direction.full_tensor(), parts, steps, polish)
+        mesh, placements = direction.device_mesh, direction.placements
+        replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
+        return replicated.redistribute(mesh, placements)
     if sum(parts) != direction.shape[-2]:
         raise ValueError(f"fused parts {parts} do not add up to the {direction.shape[-2]} rows")
     if len(set(parts)) == 1:  # equal parts: one batched Newton-Schulz over a new leading dim

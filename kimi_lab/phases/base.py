@@ -41,6 +41,8 @@ from kimi_lab.optim.groups import build_param_groups
 from kimi_lab.optim.muon import MuonAdamW
 from kimi_lab.optim.qk_clip import LogitReport, qk_clip_step, set_measuring
 from kimi_lab.optim.schedule import WSD, schedule_steps, schedule_warning
+from kimi_lab.parallel import expert_parallel
+from kimi_lab.parallel.expert_parallel import ExpertParallel
 from kimi_lab.tracking.contract import MoELoad, RunCounters
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class PhaseModule(L.LightningModule):
         self._waited = 0.0
         self._tokens_in_step = 0  # this rank's, over the step's micro-batches so far
         self._step_tokens = 0  # the last optimizer step's, all ranks
+        self.expert_parallel: ExpertParallel | None = None  # set in configure_model when EP > 1
 
     # ------------------------------------------------------------- optimization
     @property
@@ -134,6 +137,8 @@ class PhaseModule(L.LightningModule):
                 pg.pop("use_muon")
                 pg.pop("fused_row_parts")
             optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+        if self.expert_parallel is not None:  # checkpoints hold every expert's state: keep ours
+            expert_parallel.slice_optimizer_state(self.expert_parallel, optimizer)
         warmup, decay = schedule_steps(self.cfg)
         if (note := schedule_warning(self.cfg)) is not None:
             rank_zero_warning_line(note)
@@ -143,12 +148,29 @@ class PhaseModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_model(self) -> None:
-        """FSDP2 (``trainer=fsdp2``): shard every decoder layer, then the rest, over the data-parallel mesh."""
-        mesh = getattr(self, "device_mesh", None)  # set by Lightning's ModelParallelStrategy only
+        """Called once the processes are connected: split the experts over the expert-parallel
+        ranks (``model.moe.expert_parallel``), or FSDP2-shard (``trainer=fsdp2``)."""
+        ep = self.cfg.model.moe.expert_parallel
+        if ep > 1 and self.expert_parallel is None and self.model.language_model.moe_layers:
+            mesh = expert_parallel.build_mesh(ep, device_type_for(self.cfg.trainer.accelerator))
+            self.expert_parallel = expert_parallel.apply(self, mesh)
+            rank_zero_info(
+                f"expert parallel: mesh {tuple(mesh.shape)} {mesh.mesh_dim_names}, "
+                f"{self.cfg.model.moe.n_routed_experts // ep} of {self.cfg.model.moe.n_routed_experts} "
+                "routed experts per rank"
+            )
+        # Read by DDP when it wraps this module (after this hook): what it must not sync.
+        self._ddp_params_and_buffers_to_ignore = expert_parallel.ddp_ignored_names(self, self.expert_parallel)
+        mesh = getattr(self, "device_mesh", None)
         if mesh is None or self._sharded:
             return
         from torch.distributed.fsdp import fully_shard
 
+        from kimi_lab.model.moe.experts import TorchExperts
+
+        for m in self.model.modules():
+            if isinstance(m, TorchExperts):
+                m.unfuse_()  # FSDP2 shards contiguous parameters only
         dp = mesh["data_parallel"]
         for layer in self.model.language_model.layers:
             fully_shard(layer, mesh=dp)
@@ -164,6 +186,8 @@ class PhaseModule(L.LightningModule):
         """A NaN/Inf gradient (a NaN/Inf loss gives one) skips the step: every grad is dropped,
         so the optimizer leaves weights and moments as they were. ``trainer.max_nonfinite_steps``
         such steps in a row stop the run; checkpoints only ever hold finite weights."""
+        if self.expert_parallel is not None:  # DDP left the experts alone: average theirs here
+            expert_parallel.reduce_expert_grads(self.expert_parallel)
         # Sharded (FSDP2) grads: each rank checks its own shard, then all ranks agree.
         grads = [
             g.to_local() if hasattr(g, "to_local") else g
@@ -192,6 +216,19 @@ class PhaseModule(L.LightningModule):
                 f"at step {self.global_step}: stopped; the last checkpoint is intact (weights never took a "
                 "non-finite update). Lower the learning rate or check the data, then resume with ckpt_path=auto"
             )
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if self.expert_parallel is None or not gradient_clip_val:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        # The norm of the whole model: each rank holds different experts' gradients.
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        expert_parallel.clip_grad_norm_(params, gradient_clip_val, self.expert_parallel)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         step = self.global_step  # 0-based index of this training step
@@ -238,6 +275,10 @@ class PhaseModule(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints are canonical: under expert parallelism every rank contributes its experts
+        (collective: Lightning calls this on every rank), so any layout loads them."""
+        if self.expert_parallel is not None:
+            expert_parallel.gather_checkpoint(checkpoint, self.expert_parallel, "", self.trainer.optimizers)
         checkpoint[CHECKPOINT_COUNTERS] = self.counters.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

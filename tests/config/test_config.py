@@ -103,6 +103,13 @@ def test_typo_inside_a_group_file_is_caught(tmp_path) -> None:
         (["model=tiny", "data.fusion.vision_ratio=1.5"], "data.fusion.vision_ratio=1.5"),
         (["model=tiny", "data.vision.max_patches=2"], "data.vision.max_patches=2"),
         (["model=tiny", "data.sources.text.weight=-1"], "data.sources.text.weight=-1"),
+        (["model=tiny", "model.moe.expert_parallel=3"], "model.moe.expert_parallel=3"),  # 8 experts
+        (["model=tiny", "model.moe.expert_parallel=2"], "trainer.devices x trainer.num_nodes = 1"),
+        (["model=tiny", "trainer=fsdp2", "model.moe.expert_parallel=2"], "runs under trainer=ddp"),
+        (
+            ["model=tiny", "trainer=ddp", "model.moe.expert_parallel=2", "phase=rl"],
+            "use expert_parallel=1 for rl and parl",
+        ),
     ],
 )
 def test_cross_field_rules_fail_before_building_and_name_keys(overrides: list[str], named: str) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kimi_lab.errors import ConfigError
+from kimi_lab.model.moe.dispatch import ExpertShard
 from kimi_lab.model.moe.experts import Experts
 
 _CANONICAL = {"w1": "impl.mlp.w1", "w3": "impl.mlp.v1", "w2": "impl.mlp.w2"}
@@ -49,15 +50,27 @@ class MegaBlocksExperts(Experts):
         reason = megablocks_unavailable_reason()
         if reason is not None:
             raise ConfigError(f"model.moe.backend=megablocks: {reason}")
+        self.n_experts, self.dim, self.ffn_dim, self.top_k, self.init_std = (
+            n_experts,
+            dim,
+            ffn_dim,
+            top_k,
+            init_std,
+        )
+        self.impl = self._build(expert_parallel_group)
+        self._register_state_dict_hook(_to_canonical)
+        self._register_load_state_dict_pre_hook(_from_canonical, with_module=True)
+
+    def _build(self, expert_parallel_group: Any) -> Any:
         from megablocks.layers.arguments import Arguments
         from megablocks.layers.dmoe import ParallelDroplessMLP
 
-        self.n_experts, self.dim, self.ffn_dim = n_experts, dim, ffn_dim
+        init = functools.partial(torch.nn.init.normal_, mean=0.0, std=self.init_std)
         args = Arguments(
-            hidden_size=dim,
-            ffn_hidden_size=ffn_dim,
-            moe_num_experts=n_experts,
-            moe_top_k=top_k,  # MegaBlocks maps pair index -> token as index // top_k
+            hidden_size=self.dim,
+            ffn_hidden_size=self.ffn_dim,
+            moe_num_experts=self.n_experts,
+            moe_top_k=self.top_k,  # MegaBlocks maps pair index -> token as index // top_k
             mlp_type="glu",
             mlp_impl="grouped",
             activation_fn=F.silu,
@@ -67,14 +80,23 @@ class MegaBlocksExperts(Experts):
             fp16=False,
             bf16=False,  # fp32 master weights; cast per call under autocast
             device=torch.cuda.current_device(),
-            init_method=functools.partial(torch.nn.init.normal_, mean=0.0, std=init_std),
-            output_layer_init_method=functools.partial(torch.nn.init.normal_, mean=0.0, std=init_std),
+            init_method=init,
+            output_layer_init_method=init,
             moe_expert_model_parallelism=expert_parallel_group is not None,
             expert_parallel_group=expert_parallel_group,
         )
-        self.impl = ParallelDroplessMLP(args)
-        self._register_state_dict_hook(_to_canonical)
-        self._register_load_state_dict_pre_hook(_from_canonical, with_module=True)
+        return ParallelDroplessMLP(args)
+
+    def shard_(self, shard: ExpertShard) -> None:
+        """MegaBlocks' own expert parallelism over ``shard.group``: it keeps experts
+        ``[first, first + n_local)`` (rows of its (E*F, D) weights) and runs the all-to-all."""
+        full = {name: p.detach() for name, p in self.impl.named_parameters()}
+        self.impl = self._build(shard.group)
+        with torch.no_grad():
+            for name, p in self.impl.named_parameters():
+                rows = p.shape[0]  # n_local * F of the E * F rows
+                p.copy_(full[name][shard.rank * rows : (shard.rank + 1) * rows])
+        self.shard = shard
 
     def forward(
         self, x_TD: torch.Tensor, top_idx_TK: torch.Tensor, top_weight_TK: torch.Tensor

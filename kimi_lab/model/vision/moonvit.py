@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kimi_lab.config.schema import VisionConfig
+from kimi_lab.model.sharding import scale_rows_
 
 
 def time_table(frames: int, dim: int) -> torch.Tensor:
@@ -100,10 +101,10 @@ class VisionAttention(nn.Module):
     @torch.no_grad()
     def clip_heads(self, gamma_H: torch.Tensor) -> None:
         """QK-Clip for standard attention: query and key projections (and biases) by sqrt(gamma)."""
-        root = gamma_H.sqrt()
+        root_R = gamma_H.sqrt().repeat_interleave(self.head_dim)  # one scale per output row
         for proj in (self.q_proj, self.k_proj):
-            proj.weight.view(self.n_heads, self.head_dim, -1).mul_(root[:, None, None].to(proj.weight.dtype))
-            proj.bias.view(self.n_heads, self.head_dim).mul_(root[:, None].to(proj.bias.dtype))
+            scale_rows_(proj.weight, root_R)
+            scale_rows_(proj.bias, root_R)
 
 
 @torch.no_grad()
