@@ -32,6 +32,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from kimi_lab.model.moe.experts import fused_gate_up
+
 # Up to this many tokens a forward without gradients takes this path (see MoELayer).
 DECODE_MAX_TOKENS = 64
 _LOOP_MAX_PAIRS = 8
@@ -129,8 +131,12 @@ def _dense(
 ) -> torch.Tensor:
     (T, D), (E, F_, _) = x.shape, w1.shape
     gate_TE = torch.zeros(T, E, dtype=x.dtype, device=x.device).scatter_(1, idx, w)
-    h1_TEF = F.linear(x, w1.view(E * F_, D)).view(T, E, F_)
-    h3_TEF = F.linear(x, w3.view(E * F_, D)).view(T, E, F_)
+    w13 = fused_gate_up(w1, w3)
+    if w13 is not None:  # experts stored fused: one product for gate and up
+        h1_TEF, h3_TEF = F.linear(x, w13.reshape(E * 2 * F_, D)).view(T, E, 2 * F_).split(F_, dim=-1)
+    else:
+        h1_TEF = F.linear(x, w1.reshape(E * F_, D)).view(T, E, F_)
+        h3_TEF = F.linear(x, w3.reshape(E * F_, D)).view(T, E, F_)
     a_TEF = F.silu(h1_TEF).mul_(h3_TEF).mul_(gate_TE[:, :, None])
     return torch.mm(a_TEF.view(T, E * F_), w2.view(E * F_, D))
 

@@ -79,7 +79,8 @@ class MoELayer(nn.Module):
                 routing.top_idx_TK.view(B, T, -1).detach(),
                 routing.top_weight_TK.view(B, T, -1).detach(),
             )
-        if B * T <= DECODE_MAX_TOKENS and not torch.is_grad_enabled() and self.decode_path:
+        decode = B * T <= DECODE_MAX_TOKENS and not torch.is_grad_enabled() and self.decode_path
+        if decode and self.experts.shard is None:  # (under expert parallelism tokens must travel)
             # A decode step: a handful of tokens, a fixed-shape path without sort or host sync.
             e = self.experts
             y_TD = decode_experts(x_TD, routing.top_idx_TK, routing.top_weight_TK, e.w1, e.w3, e.w2)
