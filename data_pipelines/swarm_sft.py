@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.common import ShardSink
+from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.data.schema import make_record, sample_key
 from kimi_lab.errors import DataError
 from kimi_lab.swarm.corpus import build_corpus
 from kimi_lab.swarm.environment import SearchEnvironment
-from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
+from kimi_lab.swarm.result import EpisodeResult
+from kimi_lab.swarm.runtime import run_episode
 from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SingleAgentPolicy
 from kimi_lab.swarm.tasks import TASK_KINDS, generate_tasks, score_swarm
 from kimi_lab.swarm.types import SwarmTask
@@ -35,7 +37,7 @@ BUILDER_VERSION = "swarm-sft/1"
 def play_scripted(task: SwarmTask, env: SearchEnvironment, fanout: bool) -> EpisodeResult:
     orchestrator = FanOutPolicy(task) if fanout else SingleAgentPolicy(task)
     # No critical-step budget: the serial demonstrations must run to their answer.
-    cfg = SwarmConfig(max_critical_steps=10_000, max_orchestrator_steps=10_000, max_env_calls_per_turn=1)
+    cfg = SwarmConfig(max_critical_steps=10_000, max_orchestrator_steps=10_000)
     return asyncio.run(run_episode(task, env, orchestrator, ScriptedSubagent(task), cfg))
 
 

@@ -244,7 +244,7 @@ def _cmd_swarm_run(args: argparse.Namespace) -> None:
         subagent=args.subagent,
         split=args.split,
         n=args.n,
-        max_critical_steps=args.max_critical_steps,
+        max_critical_steps=args.max_critical_steps or None,
         temperature=args.temperature,
         single_agent=args.single_agent,
     )

@@ -104,9 +104,10 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int) -> dict[str, Path]:
 # ------------------------------------------------------------------ evaluation
 def evaluate_orchestrator(ckpt: Path, tasks_dir: Path, n: int, max_new_tokens: int) -> dict[str, Any]:
     """Greedy episodes of a checkpoint orchestrator (scripted sub-agents) on held-out tasks."""
+    from kimi_lab.config.swarm import SwarmConfig
     from kimi_lab.swarm.environment import SearchEnvironment
     from kimi_lab.swarm.play import policy_factory
-    from kimi_lab.swarm.runtime import SwarmConfig, run_episode
+    from kimi_lab.swarm.runtime import run_episode
     from kimi_lab.swarm.scripted import ScriptedSubagent
     from kimi_lab.swarm.tasks import load_swarm_tasks, score_swarm
 
@@ -125,11 +126,7 @@ def evaluate_orchestrator(ckpt: Path, tasks_dir: Path, n: int, max_new_tokens: i
                         env,
                         policy,
                         ScriptedSubagent(t),
-                        SwarmConfig(
-                            max_critical_steps=int(t.data["budgets"]["critical_steps"]),
-                            max_orchestrator_steps=8,
-                            max_env_calls_per_turn=1,
-                        ),
+                        SwarmConfig(max_orchestrator_steps=8),
                     )
                     for t in tasks
                 )
@@ -166,9 +163,10 @@ def evaluate_orchestrator(ckpt: Path, tasks_dir: Path, n: int, max_new_tokens: i
 
 def width_sweep(widths: tuple[int, ...], seed: int) -> list[dict[str, Any]]:
     """Scripted single agent vs fan-out swarm: critical steps and score per task width (no budget)."""
+    from kimi_lab.config.swarm import SwarmConfig
     from kimi_lab.swarm.corpus import build_corpus
     from kimi_lab.swarm.environment import SearchEnvironment
-    from kimi_lab.swarm.runtime import SwarmConfig, run_episode
+    from kimi_lab.swarm.runtime import run_episode
     from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SingleAgentPolicy
     from kimi_lab.swarm.tasks import generate_tasks, score_swarm
 
@@ -178,9 +176,7 @@ def width_sweep(widths: tuple[int, ...], seed: int) -> list[dict[str, Any]]:
     for w in widths:
         tasks = generate_tasks(4, seed + w, ("wide",), (w, w), corpus, "train")
         for name, make in (("single", SingleAgentPolicy), ("swarm", FanOutPolicy)):
-            cfg = SwarmConfig(
-                max_critical_steps=10_000, max_orchestrator_steps=10_000, max_env_calls_per_turn=1
-            )
+            cfg = SwarmConfig(max_critical_steps=10_000, max_orchestrator_steps=10_000)
             res = [asyncio.run(run_episode(t, env, make(t), ScriptedSubagent(t), cfg)) for t in tasks]
             out.append(
                 {
@@ -218,7 +214,6 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
     )
     ckpts = {"sft": sft}
     for arm, a in ARMS.items():
-        anneal = max(1, round(scale.parl_steps * 0.75)) if a["anneal"] else 0
         ckpts[arm] = train_stage(
             out / arm,
             [
@@ -229,7 +224,7 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
                 f"phase.parl.tasks={data['tasks']}",
                 f"phase.parl.lambda1={a['lambda1']}",
                 f"phase.parl.lambda2={a['lambda2']}",
-                f"phase.parl.anneal_steps={anneal}",
+                f"phase.parl.anneal={str(a['anneal']).lower()}",
                 f"phase.parl.samples_per_prompt={scale.samples_per_prompt}",
                 f"phase.parl.prompts_per_step={scale.prompts_per_step}",
                 f"phase.parl.max_new_tokens={scale.max_new_tokens}",

@@ -41,8 +41,9 @@ from kimi_lab.phases.base import PhaseModule
 from kimi_lab.rl.loss import group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
-from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
-from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
+from kimi_lab.swarm.result import EpisodeResult
+from kimi_lab.swarm.reward import ParlWeights, lambdas, parl_reward
+from kimi_lab.swarm.runtime import run_episode
 from kimi_lab.swarm.types import Policy, SwarmTask
 
 
@@ -88,25 +89,8 @@ class PARLModule(PhaseModule):
             self.frozen = frozen.model  # not a submodule: never saved, never trained
 
     # --------------------------------------------------------------- episodes
-    def swarm_config(self, task: SwarmTask) -> SwarmConfig:
-        pc = self.cfg.phase.parl
-        budget = pc.max_critical_steps or int(task.data.get("budgets", {}).get("critical_steps", 64))
-        return SwarmConfig(
-            max_orchestrator_steps=pc.max_orchestrator_steps,
-            max_subagent_steps=pc.max_subagent_steps,
-            max_critical_steps=budget,
-            subagent_timeout_s=pc.subagent_timeout_s,
-            step_timeout_s=pc.subagent_timeout_s,
-            max_env_calls_per_turn=1,  # one look-up per step: the tasks' budgets assume it
-        )
-
     def weights(self) -> ParlWeights:
-        pc = self.cfg.phase.parl
-        step = self.global_step
-        return ParlWeights(
-            annealed(pc.lambda1, step, pc.anneal_steps, pc.anneal_hold_steps),
-            annealed(pc.lambda2, step, pc.anneal_steps, pc.anneal_hold_steps),
-        )
+        return lambdas(self.cfg.phase.parl, self.global_step, self.cfg.trainer.max_steps)
 
     def _subagent(self, task: SwarmTask) -> Policy:
         if self.frozen is None:
@@ -145,7 +129,7 @@ class PARLModule(PhaseModule):
                     self.env,
                     orchestrator,
                     self._subagent(task),
-                    self.swarm_config(task),
+                    pc.swarm,
                     trace=traces[i] if traces else None,
                     reward=reward,
                 )

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kimi_lab.chat import Message, ToolCall, extract_answer
-from kimi_lab.swarm.runtime import ASSIGN_TASK, CREATE_SUBAGENT
+from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
 from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
 
 Combine = Callable[[SwarmTask, list[str]], str]

@@ -14,8 +14,8 @@ import torch
 
 from kimi_lab.chat import Message, ToolCall
 from kimi_lab.openai_format import call_from_openai, from_openai, to_openai
+from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
-from kimi_lab.swarm.runtime import EpisodeResult
 from kimi_lab.swarm.types import SwarmTask
 from tests.conftest import REPO, run_cli
 
@@ -73,8 +73,10 @@ def test_parl_reward_components_and_annealing() -> None:
     assert late["perf"] == 0.0
     half = parl_reward(task, _result(final_text="Answer: a: 1", assignments=1, completed_assignments=1), w)
     assert half["perf"] == pytest.approx(2 / 3) and half["parallel"] == 0.5
-    assert annealed(0.5, 0, 10) == 0.5 and annealed(0.5, 5, 10) == 0.25 and annealed(0.5, 12, 10) == 0.0
-    assert annealed(0.5, 4, 10, hold_steps=5) == 0.5 and annealed(0.5, 99, 0) == 0.5
+    # held until start x max_steps, then linearly to 0 at end x max_steps
+    assert annealed(0.5, 0, 10, 0.0, 1.0) == 0.5 and annealed(0.5, 5, 10, 0.0, 1.0) == 0.25
+    assert annealed(0.5, 12, 10, 0.0, 1.0) == 0.0 and annealed(0.5, 8, 10) == 0.0  # default end 0.75
+    assert annealed(0.5, 2, 10, 0.2, 0.6) == 0.5 and annealed(0.5, 4, 10, 0.2, 0.6) == pytest.approx(0.25)
 
 
 # ------------------------------------------------------- the OpenAI wire format
@@ -152,10 +154,11 @@ def _free_port() -> int:
 def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) -> None:
     import urllib.request
 
+    from kimi_lab.config.swarm import SwarmConfig
     from kimi_lab.serve import make_server
     from kimi_lab.swarm.environment import SearchEnvironment
     from kimi_lab.swarm.openai_policy import OpenAIPolicy, PolicyServerError
-    from kimi_lab.swarm.runtime import SwarmConfig, run_episode
+    from kimi_lab.swarm.runtime import run_episode
     from kimi_lab.swarm.scripted import ScriptedSubagent
     from kimi_lab.swarm.tasks import load_swarm_tasks
 
@@ -181,7 +184,7 @@ def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) 
         res = asyncio.run(
             run_episode(
                 tasks[0], SearchEnvironment(corpus), policy, ScriptedSubagent(tasks[0]),
-                SwarmConfig(max_critical_steps=4, max_env_calls_per_turn=1),
+                SwarmConfig(max_critical_steps=4),
             )
         )  # fmt: skip
         assert res.failure is None and 1 <= res.critical_steps <= 4
@@ -245,10 +248,10 @@ def _parl(swarm_tasks: Path, tiny_tokenizer: Path, run: Path, *extra: str) -> li
         "phase.parl.prompts_per_step=2",
         "phase.parl.samples_per_prompt=2",
         "phase.parl.max_new_tokens=16",
-        "phase.parl.max_orchestrator_steps=3",
+        "phase.parl.swarm.max_orchestrator_steps=3",
         "phase.parl.eval_tasks=2",
         "phase.parl.traces_per_eval=2",
-        "phase.parl.anneal_steps=2",
+        "phase.parl.anneal_end=1.0",
         "trainer.max_steps=2",
         "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=2",
@@ -272,7 +275,7 @@ def test_parl_phase_trains_the_orchestrator_and_writes_traces(
     for key in ("parl/reward", "parl/r_perf", "parl/critical_steps", "parl/subagents", "parl/lambda1"):
         assert (m.key == key).any(), key
     lam = m[m.key == "parl/lambda1"].sort_values("step").value.tolist()
-    assert lam == [0.5, 0.25]  # annealed over anneal_steps=2
+    assert lam == [0.5, 0.25]  # annealed by default, here to 0 at the end of the 2 steps
     assert (m.key == "val/parl/score").any() and (m.key == "val/parl/critical_steps").any()
     traces = sorted((run / "swarm").glob("*.jsonl"))
     assert len(traces) == 2
