@@ -117,6 +117,7 @@ def _cmd_data_build(args: argparse.Namespace) -> None:
         kinds = tuple(args.kinds.split(",")) if args.kinds else ("wide", "deep")
         val = {"val_fraction": args.val_fraction} if args.val_fraction is not None else {}
         frac = {"fanout_fraction": args.fanout_fraction} if args.fanout_fraction is not None else {}
+        frac["overspawn_fraction"] = args.overspawn_fraction
         manifest = build_swarm_sft(out, n=args.n or 400, seed=args.seed, kinds=kinds, **val, **frac, **sizes)
     else:
         from data_pipelines.interleaved import build_interleaved
@@ -350,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="swarm-sft: share of delegating (fan-out) demonstrations; the rest are serial (default 0.5)",
+    )
+    b.add_argument(
+        "--overspawn-fraction",
+        type=float,
+        default=0.0,
+        help="swarm-sft: share of fan-outs that also spawn sub-agents with vague work (default 0)",
     )
     b.add_argument("--kinds", default=None, help="swarm-tasks: comma-separated, wide,deep (default: both)")
     b.add_argument(

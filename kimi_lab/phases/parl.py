@@ -22,6 +22,8 @@ import torch
 
 from kimi_lab.metrics import (
     PARL_CRITICAL_STEPS,
+    PARL_DELEGATED,
+    PARL_EXCESS,
     PARL_FINISH,
     PARL_KEPT_FRACTION,
     PARL_LAMBDA1,
@@ -47,8 +49,9 @@ from kimi_lab.swarm.runtime import run_episode
 from kimi_lab.swarm.types import Policy, SwarmTask
 
 
-def episode_stats(results: list[EpisodeResult]) -> dict[str, float]:
-    """Means over episodes of what PARL logs (reward components come from ``result.reward``)."""
+def episode_stats(results: list[EpisodeResult], widths: list[int]) -> dict[str, float]:
+    """Means over episodes of what PARL logs (reward components come from ``result.reward``);
+    ``widths[i]`` is episode i's task width."""
     n = max(1, len(results))
 
     def mean(f: Any) -> float:
@@ -64,6 +67,8 @@ def episode_stats(results: list[EpisodeResult]) -> dict[str, float]:
         "subagents": mean(lambda r: r.subagents_spawned),
         "parallelism": mean(lambda r: r.parallelism),
         "over_budget": mean(lambda r: r.budget_exceeded is not None),
+        "delegated": mean(lambda r: r.assignments > 0),
+        "excess_subagents": sum(max(0, r.subagents_spawned - w) for r, w in zip(results, widths)) / n,
     }
 
 
@@ -149,7 +154,7 @@ class PARLModule(PhaseModule):
         sc = rescore(self.model, self._orchestrator_rows(results, adv), self.tok.pad_id, self.banned_ids)
         pl = k25_policy_loss(sc.logp_new, sc.logp_old, sc.advantages, pc.alpha, pc.beta)
         self.count_step_tokens(sc.n_tokens)
-        self._log_episodes(results, pl.kept_fraction)
+        self._log_episodes(results, [t.width for t in batch for _ in range(K)], pl.kept_fraction)
         self.log(TRAIN_LOSS, pl.loss, on_step=True, on_epoch=False)
         if not pl.loss.requires_grad:
             return None  # the orchestrator sampled nothing this step
@@ -165,8 +170,8 @@ class PARLModule(PhaseModule):
             )
         ]
 
-    def _log_episodes(self, results: list[EpisodeResult], kept: float) -> None:
-        s = episode_stats(results)
+    def _log_episodes(self, results: list[EpisodeResult], widths: list[int], kept: float) -> None:
+        s = episode_stats(results, widths)
         w = self.weights()
         kw: dict[str, Any] = {"on_step": True, "on_epoch": False}
         self.log(PARL_REWARD, s["reward"], prog_bar=True, **kw)
@@ -180,11 +185,14 @@ class PARLModule(PhaseModule):
         self.log(PARL_SUBAGENTS, s["subagents"], **kw)
         self.log(PARL_PARALLELISM, s["parallelism"], **kw)
         self.log(PARL_OVER_BUDGET, s["over_budget"], **kw)
+        self.log(PARL_DELEGATED, s["delegated"], **kw)
+        self.log(PARL_EXCESS, s["excess_subagents"], **kw)
         self.log(PARL_KEPT_FRACTION, kept, **kw)
 
     # -------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val: list[EpisodeResult] = []
+        self._val_widths: list[int] = []
 
     def validation_step(self, batch: list[SwarmTask], batch_idx: int, dataloader_idx: int = 0) -> None:
         n_traces = self.cfg.phase.parl.traces_per_eval
@@ -198,12 +206,22 @@ class PARLModule(PhaseModule):
         if any(traces):
             folder.mkdir(parents=True, exist_ok=True)
         self._val.extend(self.play(batch, 1, 0.0, traces))
+        self._val_widths.extend(t.width for t in batch)
 
     def on_validation_epoch_end(self) -> None:
         if not getattr(self, "_val", None):
             return
-        s = episode_stats(self._val)
-        for key in ("perf", "critical_steps", "total_steps", "subagents", "parallelism", "over_budget"):
+        s = episode_stats(self._val, self._val_widths)
+        keys = (
+            "perf",
+            "critical_steps",
+            "total_steps",
+            "subagents",
+            "parallelism",
+            "over_budget",
+            "delegated",
+        )
+        for key in keys:
             name = "score" if key == "perf" else key
             self.log(VAL_PARL.format(key=name), s[key], on_step=False, on_epoch=True)
 

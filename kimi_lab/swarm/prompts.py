@@ -16,24 +16,23 @@ ORCHESTRATOR = M.SWARM_ORCHESTRATOR  # the orchestrator's lane in traces, and it
 CREATE_SUBAGENT = "create_subagent"
 ASSIGN_TASK = "assign_task"
 
+# Short on purpose: every prompt token is paid for in each episode and each demonstration.
 CREATE_SPEC = ToolSpec(
     CREATE_SUBAGENT,
-    "create a sub-agent with its own system prompt; give it work with assign_task",
+    "create a sub-agent (an empty system prompt: the default)",
     '{"name": NAME, "system_prompt": TEXT}',
 )
 ASSIGN_SPEC = ToolSpec(
     ASSIGN_TASK,
-    "run a task on a sub-agent; the assign_task calls of one turn run concurrently, "
-    "each returns only that sub-agent's final result",
+    "give a sub-agent a task; one turn's assignments run in parallel, each returns only its result",
     '{"agent": NAME, "prompt": TEXT}',
 )
 SWARM_TOOLS = (CREATE_SPEC, ASSIGN_SPEC)
 
 ORCHESTRATOR_PROMPT = (
-    "You are the orchestrator of a swarm of sub-agents. Split the task into independent "
-    "sub-tasks, create sub-agents and assign them the sub-tasks (assignments in one turn run "
-    "in parallel), or use the tools yourself. When you know the answer, reply without tool "
-    "calls and end with a line 'Answer: ...'."
+    "You lead a swarm of sub-agents. Split the task into independent sub-tasks and give them to "
+    "sub-agents, or use the tools yourself. When you know the answer, reply without tool calls, "
+    "ending with a line 'Answer: ...'."
 )
 SUBAGENT_PROMPT = "You are a sub-agent. Solve the assigned task with the tools; reply with only your result."
 SINGLE_AGENT_PROMPT = (

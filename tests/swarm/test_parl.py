@@ -296,28 +296,42 @@ def test_parl_config_errors_are_one_line(swarm_tasks: Path, tiny_tokenizer: Path
     assert res.returncode == 2 and "corpus.jsonl" in res.stderr
 
 
-def test_swarm_sft_builder_writes_right_demonstrations_of_both_styles(tmp_path: Path) -> None:
+def test_swarm_sft_builder_writes_right_demonstrations_of_every_style(
+    swarm_tasks: Path, tmp_path: Path
+) -> None:
     from kimi_lab.chat import conversation_from_list
     from kimi_lab.data.shards import iter_shard_samples, resolve_shards
+    from kimi_lab.swarm.corpus import Corpus
 
     out = tmp_path / "sft"
     res = run_cli(
-        "data", "build", "swarm-sft", "--out", str(out), "--n", "20", "--fanout-fraction", "0.5", cwd=REPO
-    )
+        "data", "build", "swarm-sft", "--out", str(out), "--n", "30", "--fanout-fraction", "0.4",
+        "--overspawn-fraction", "0.3", "--seed", "3", cwd=REPO,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
-    assert c["fanout"] > 0 and c["serial"] > 0 and c["fanout"] + c["serial"] == 20
+    assert c["fanout"] > 0 and c["serial"] > 0 and c["overspawn"] > 0
+    assert c["fanout"] + c["serial"] + c["overspawn"] == 30
     urls = resolve_shards(str(out), "train", "swarm sft")
     samples = [json.loads(s["json"]) for s in iter_shard_samples(iter(urls), lambda e: False)]
+    task_names = {d.title for d in Corpus.load(swarm_tasks / "corpus.jsonl").docs}  # same --seed
     for rec in samples:
         msgs = conversation_from_list(rec["messages"])  # a valid chat for phase sft
-        calls = [c.name for m in msgs for c in m.tool_calls]
-        if rec["swarm"]["style"] == "fanout":
-            assert "assign_task" in calls and "search" not in calls
+        calls = [c for m in msgs for c in m.tool_calls]
+        names = [c.name for c in calls]
+        width = len(msgs[1].content.splitlines()) - 2  # the numbered items of the question
+        if rec["swarm"]["style"] == "serial":
+            assert "assign_task" not in names and "search" in names
         else:
-            assert "assign_task" not in calls and "search" in calls
+            assert "search" not in names and names.count("assign_task") >= width
+            spawned = names.count("create_subagent")
+            assert spawned == width if rec["swarm"]["style"] == "fanout" else spawned > width
         assert msgs[-1].role == "assistant" and msgs[-1].content.startswith("Answer:")
+        # demonstrations come from a corpus of their own: no name a task uses, so only copying imitates them
+        prompts = [json.loads(c.input)["prompt"] for c in calls if c.name == "assign_task"]
+        searched = {p[len("For ") :].split(",")[0] for p in prompts if p.startswith("For ")}
+        assert not searched & task_names and (bool(searched) or rec["swarm"]["style"] == "serial")
     bad = run_cli(
         "data", "build", "swarm-sft", "--out", str(tmp_path / "b"), "--fanout-fraction", "2", cwd=REPO
     )

@@ -364,7 +364,7 @@ def test_subagent_step_and_count_budgets() -> None:
     tools = [m.content for m in res.messages if m.role == "tool"]
     assert res.subagents_spawned == 2 and res.stage_steps == [2]
     assert sum("sub-agents already" in t for t in tools) == 2
-    assert sum("no sub-agent 'worker" in t for t in tools) == 2
+    assert sum("no sub-agent 'w" in t for t in tools) == 2
     assert sum("used its 2 steps" in t for t in tools) == 2
     check_budgets(res, cfg)
 
@@ -627,9 +627,9 @@ def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> 
     # sub-agent events count critical steps: the stage began after the orchestrator's 2 turns
     fin = {e["agent"]: e for e in events if e["kind"] == "finish" and e["agent"] != ORCH}
     assert {a: (e["step"], e["detail"]["steps"]) for a, e in fin.items()} == {
-        "worker0": (2 + 2, 2),
-        "worker1": (2 + 4, 4),
-        "worker2": (2 + 3, 3),
+        "w1": (2 + 2, 2),
+        "w2": (2 + 4, 4),
+        "w3": (2 + 3, 3),
     }
 
     dash = _dashboard_functions()
@@ -637,8 +637,8 @@ def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> 
     assert bad == 0 and problem is None
     bars = dash["spans"](frame)
     subs = bars[bars["agent"] != ORCH].set_index("agent")
-    assert set(subs.index) == {"worker0", "worker1", "worker2"}
-    assert subs["critical"].to_dict() == {"worker0": False, "worker1": True, "worker2": False}
+    assert set(subs.index) == {"w1", "w2", "w3"}
+    assert subs["critical"].to_dict() == {"w1": False, "w2": True, "w3": False}
     assert (subs["end"] >= subs["start"]).all()
 
 
