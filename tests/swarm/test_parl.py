@@ -79,6 +79,22 @@ def test_parl_reward_components_and_annealing() -> None:
     assert annealed(0.5, 2, 10, 0.2, 0.6) == 0.5 and annealed(0.5, 4, 10, 0.2, 0.6) == pytest.approx(0.25)
 
 
+def test_parl_lambdas_anneal_to_zero_by_default() -> None:
+    """K2.5 anneals r_parallel's and r_finish's weights to 0; a config that says nothing does too."""
+    from kimi_lab.config import compose, to_run_config
+    from kimi_lab.swarm.reward import lambdas
+
+    pc = to_run_config(compose(["phase=parl"])).phase.parl
+    assert pc.anneal and 0 < pc.anneal_end < 1
+    start, end = lambdas(pc, 0, 100), lambdas(pc, round(100 * pc.anneal_end), 100)
+    assert start.lambda1 == pc.lambda1 > 0 and start.lambda2 == pc.lambda2 > 0
+    assert end.lambda1 == end.lambda2 == 0.0 and lambdas(pc, 99, 100).lambda1 == 0.0
+    mid = lambdas(pc, round(50 * pc.anneal_end), 100)
+    assert 0 < mid.lambda1 < pc.lambda1
+    pc.anneal = False  # the ablation holds them
+    assert lambdas(pc, 99, 100).lambda1 == pc.lambda1
+
+
 # ------------------------------------------------------- the OpenAI wire format
 def test_openai_format_round_trip() -> None:
     convo = [
