@@ -42,7 +42,7 @@ from kimi_lab.swarm.types import Policy, SwarmTask
 STYLES = ("fanout", "overspawn", "serial")
 DEMO_CORPUS_OFFSET = 1_000_003  # the demonstrations' corpus seed, away from any task corpus's
 
-BUILDER_VERSION = "swarm-sft/2"
+BUILDER_VERSION = "swarm-sft/3"
 
 
 def play_scripted(task: SwarmTask, env: SearchEnvironment, style: str, extra: int = 0) -> EpisodeResult:
@@ -50,7 +50,7 @@ def play_scripted(task: SwarmTask, env: SearchEnvironment, style: str, extra: in
     if style == "serial":
         orchestrator = SingleAgentPolicy(task)
     else:
-        orchestrator = FanOutPolicy(task, extra=extra if style == "overspawn" else 0)
+        orchestrator = FanOutPolicy(task, extra=extra if style == "overspawn" else 0, interleave=True)
     # No critical-step budget: the serial demonstrations must run to their answer.
     cfg = SwarmConfig(max_critical_steps=10_000, max_orchestrator_steps=10_000, max_subagent_steps=6)
     return asyncio.run(run_episode(task, env, orchestrator, ScriptedSubagent(task), cfg))

@@ -150,12 +150,20 @@ class FanOutPolicy:
     ``width`` defaults to ``task.width`` (every sub-task at once when that is 0). ``extra``
     more sub-agents are created and, in the first stage, given ``VAGUE_PROMPT``: spawning
     without a decomposition, which costs critical steps and returns nothing (the spurious
-    parallelism r_finish is meant to discourage). Asked to act as a sub-agent, it runs the
-    scripted sub-agent, so one instance can play both roles.
+    parallelism r_finish is meant to discourage). ``interleave``: one turn creates and assigns,
+    item by item (create w1, assign w1 item 1, create w2, ...), so a model imitating it walks
+    the question's numbered list once and stops at its end, instead of counting creations
+    first. Asked to act as a sub-agent, it runs the scripted sub-agent, so one instance can
+    play both roles.
     """
 
     def __init__(
-        self, task: SwarmTask, width: int | None = None, combine: Combine | None = None, extra: int = 0
+        self,
+        task: SwarmTask,
+        width: int | None = None,
+        combine: Combine | None = None,
+        extra: int = 0,
+        interleave: bool = False,
     ) -> None:
         self.name = "fan-out"
         self.task = task
@@ -167,11 +175,20 @@ class FanOutPolicy:
         self.agents = [f"w{i}" for i in range(1, self.width + 1)]
         self.extra = [f"w{i}" for i in range(self.width + 1, self.width + 1 + max(0, extra))]
         self.sub = ScriptedSubagent(task)
+        self.interleave = interleave
+
+    def _create(self, agent: str) -> ToolCall:
+        return ToolCall(CREATE_SUBAGENT, json.dumps({"name": agent, "system_prompt": ""}))
+
+    def _assign(self, agent: str, prompt: str) -> ToolCall:
+        return ToolCall(ASSIGN_TASK, json.dumps({"agent": agent, "prompt": prompt}))
 
     async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
         if role != "orchestrator":
             return await self.sub.act(messages, tools, role)
         k = _steps_taken(messages)
+        if self.interleave:
+            return self._act_interleaved(k, messages)
         if k == 0 and self.subtasks:
             return _turn(
                 calls=[
@@ -191,6 +208,23 @@ class FanOutPolicy:
                 ]
                 + [ToolCall(ASSIGN_TASK, json.dumps({"agent": a, "prompt": VAGUE_PROMPT})) for a in vague]
             )
+        return self._answer(messages)
+
+    def _act_interleaved(self, k: int, messages: list[Message]) -> Turn:
+        first = k * self.width
+        if 0 <= first < len(self.subtasks):
+            chunk = self.subtasks[first : first + self.width]
+            calls = [
+                c
+                for a, s in zip(self.agents, chunk)
+                for c in ((self._create(a),) if k == 0 else ()) + (self._assign(a, str(s.get("prompt", ""))),)
+            ]
+            if k == 0:
+                calls += [c for a in self.extra for c in (self._create(a), self._assign(a, VAGUE_PROMPT))]
+            return _turn(calls=calls)
+        return self._answer(messages)
+
+    def _answer(self, messages: list[Message]) -> Turn:
         answers = _results_of(messages, ASSIGN_TASK)
         if self.extra:  # drop the vague assignments' replies (the last ones of the first stage)
             n = min(self.width, len(self.subtasks))
