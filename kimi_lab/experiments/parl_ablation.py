@@ -5,7 +5,7 @@ The chain, each training stage an ordinary run folder under ``OUT`` (resumable):
 1. warm starts, by SFT on the scripted baselines' orchestrator episodes
    (``data_pipelines.swarm_sft``, names from a corpus of their own, so only copying
    from the context imitates them):
-   - ``sft``: mostly fan-outs (a sub-agent per item, all in one stage), from scratch;
+   - ``sft``: fan-outs only (a sub-agent per item, all in one stage), from scratch;
    - ``ws_serial``: ``sft`` tuned further on mostly serial episodes (under-uses parallelism);
    - ``ws_spawn``: ``sft`` tuned further on fan-outs that also spawn idle sub-agents (over-spawns).
 2. PARL arms (``ARMS``), same seed and tasks, scripted (frozen) sub-agents: r_perf only,
@@ -51,7 +51,7 @@ class Arm:
 
 
 WARM_STARTS = {
-    "sft": WarmStart(None, 0.85, 0.1),
+    "sft": WarmStart(None, 1.0, 0.0),  # the warm start to solve tasks: every step spent on fan-outs
     "ws_serial": WarmStart("sft", 0.2, 0.0),
     "ws_spawn": WarmStart("sft", 0.2, 0.8),
 }
@@ -94,7 +94,7 @@ class Scale:
 SCALES = {
     "small": Scale(
         model="small",
-        sft_steps=160,
+        sft_steps=240,
         tune_steps=20,
         parl_steps=12,
         n_tasks=240,

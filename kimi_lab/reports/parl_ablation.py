@@ -20,7 +20,7 @@ import pandas as pd
 from kimi_lab import metrics as M
 
 LABELS = {
-    "sft": "warm start: SFT, mostly fan-out demonstrations",
+    "sft": "warm start: SFT on fan-out demonstrations",
     "ws_serial": "warm start under-using parallelism (sft + serial demonstrations)",
     "ws_spawn": "warm start over-spawning (sft + idle-sub-agent demonstrations)",
     "perf": "PARL r_perf only, from ws_serial",
