@@ -28,11 +28,32 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(var / n)
 
 
+def items_assigned(task: SwarmTask, res: Any) -> float:
+    """Share of the task's items whose name some assignment of the orchestrator spelled out: how much
+    of the decomposition it wrote, whatever came back (0 when it never delegated)."""
+    import json
+
+    from kimi_lab.swarm.prompts import ASSIGN_TASK
+
+    prompts = []
+    for m in res.messages:
+        for c in m.tool_calls if m.role == "assistant" else ():
+            if c.name == ASSIGN_TASK:
+                try:
+                    prompts.append(str(json.loads(c.input).get("prompt", "")))
+                except (ValueError, AttributeError):
+                    continue
+    text = "\n".join(prompts).lower()
+    names = [str(s.get("entity", "")).lower() for s in task.data.get("subtasks", [])]
+    return sum(bool(n) and n in text for n in names) / max(1, len(names))
+
+
 def episode_row(task: SwarmTask, res: Any) -> dict[str, Any]:
     """One greedy episode, as the report tabulates it."""
     from kimi_lab.swarm.tasks import score_swarm
 
     return {
+        "items_assigned": items_assigned(task, res),
         "task": task.id,
         "width": task.width,
         "score": 0.0 if res.budget_exceeded else score_swarm(task, res.final_text),
@@ -54,6 +75,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
     for key in (
         "score",
+        "items_assigned",
         "critical_steps",
         "subagents",
         "excess_subagents",

@@ -104,10 +104,16 @@ def findings(
     sft = evals.get("sft")
     if sft:
         ok = sft["score"] >= 0.5
+        named = sft.get("items_assigned")
         out.append(
             f"Warm start: greedy held-out score {_pm(sft, 'score')} (item-F1 within the critical-step "
             f"budget, n={sft['n']} wide tasks), {'at or above' if ok else 'below'} the 0.5 target; it delegated "
-            f"in {sft['delegated']:.0%} of episodes with {sft['subagents']:.1f} sub-agents on average."
+            f"in {sft['delegated']:.0%} of episodes with {sft['subagents']:.1f} sub-agents on average"
+            + (
+                f"; its assignments spelled out {named:.0%} of the items' names."
+                if named is not None
+                else "."
+            )
         )
         verdicts["warm_start_score"] = sft["score"]
     arms = meta.get("arms", {})
@@ -246,14 +252,17 @@ def write(
         "n",
         "score",
         "score_se",
+        "items_assigned",
         "delegated",
         "subagents",
         "excess_subagents",
         "finish",
-        "critical_steps",
     )
     table = pd.DataFrame(
-        [{"model": name, **{k: e[k] for k in (*keys, "over_budget")}} for name, e in evals.items()]
+        [
+            {"model": name, **{k: e.get(k, float("nan")) for k in (*keys, "critical_steps", "over_budget")}}
+            for name, e in evals.items()
+        ]
     )
     scale = meta["scale"]
     load = meta.get("load_average")
