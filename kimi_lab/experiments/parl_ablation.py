@@ -215,7 +215,13 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
     ckpts: dict[str, Path] = {}
     for name, ws in WARM_STARTS.items():
         steps = scale.sft_steps if ws.parent is None else scale.tune_steps
-        tune = [] if ws.parent is None else [f"phase.init_from={ckpts[ws.parent]}", "phase.optim.lr=3e-4"]
+        tune = []
+        if ws.parent is not None:  # a short run: a short warmup, the schedule's decay still fits
+            tune = [
+                f"phase.init_from={ckpts[ws.parent]}",
+                "phase.optim.lr=3e-4",
+                "phase.schedule.warmup_steps=2",
+            ]
         ckpts[name] = train_stage(
             out / name,
             [
