@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kimi_lab.swarm.runtime import SwarmConfig, run_episode_sync
+from kimi_lab.config.swarm import SwarmConfig
+from kimi_lab.swarm.runtime import run_episode_sync
 from kimi_lab.swarm.scripted import SimulatedPolicy
 from kimi_lab.swarm.types import SwarmTask, ToolSpec
 

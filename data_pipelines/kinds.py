@@ -24,6 +24,7 @@ OPTIONS = (
     "kinds",
     "val_fraction",
     "fanout_fraction",
+    "overspawn_fraction",
 )
 
 
@@ -64,7 +65,7 @@ KINDS: dict[str, DataKind] = {
     ),
     "swarm-sft": DataKind(
         "data_pipelines.swarm_sft:build_swarm_sft",
-        "orchestrator demonstrations (fan-out and serial)",
-        ("kinds", "val_fraction", "fanout_fraction"),
+        "orchestrator demonstrations (fan-out, over-spawn and serial)",
+        ("kinds", "val_fraction", "fanout_fraction", "overspawn_fraction"),
     ),
 }

@@ -25,7 +25,7 @@ from kimi_lab.swarm.corpus import build_corpus
 from kimi_lab.swarm.tasks import CORPUS_FILE, TASK_KINDS, generate_tasks, task_messages, task_to_dict
 from kimi_lab.swarm.types import SwarmTask
 
-BUILDER_VERSION = "swarm-tasks/1"
+BUILDER_VERSION = "swarm-tasks/2"  # /2: numbered items, "For NAME, find ..." sub-tasks
 
 
 def task_sample(task: SwarmTask, **provenance: Any) -> dict[str, Any]:

@@ -228,7 +228,7 @@ def _cmd_swarm_run(args: argparse.Namespace) -> None:
         subagent=args.subagent,
         split=args.split,
         n=args.n,
-        max_critical_steps=args.max_critical_steps,
+        max_critical_steps=args.max_critical_steps or None,
         temperature=args.temperature,
         single_agent=args.single_agent,
     )
@@ -364,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="swarm-sft: share of delegating (fan-out) demonstrations; the rest are serial (default 0.5)",
+    )
+    b.add_argument(
+        "--overspawn-fraction",
+        type=float,
+        default=None,
+        help="swarm-sft: share of fan-outs that also spawn sub-agents with vague work (default 0)",
     )
     b.add_argument(
         "--kinds",

@@ -92,6 +92,8 @@ PARL_TOTAL_STEPS = "parl/total_steps"
 PARL_SUBAGENTS = "parl/subagents"  # sub-agents created
 PARL_PARALLELISM = "parl/parallelism"  # mean assignments per stage
 PARL_OVER_BUDGET = "parl/over_budget"  # share of episodes that ran out of a budget
+PARL_DELEGATED = "parl/delegated"  # share of episodes that assigned any work (0: serial collapse)
+PARL_EXCESS = "parl/excess_subagents"  # sub-agents beyond the task's width (spurious parallelism)
 PARL_KEPT_FRACTION = "parl/kept_fraction"
 VAL_PARL = "val/parl/{key}"  # greedy episodes on held-out tasks: score, critical_steps, ...
 

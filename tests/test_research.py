@@ -228,3 +228,49 @@ def test_per_frame_attention_changes_video_but_not_images() -> None:
     assert torch.allclose(img_j, img_f, atol=1e-6)  # one frame: nothing to attend across
     assert vid_j.shape == vid_f.shape  # the same number of tokens for the LM
     assert not torch.allclose(vid_j, vid_f, atol=1e-4)  # frames no longer see each other
+
+
+def test_parl_report_judges_curves_and_evaluations_against_their_standard_errors(tmp_path: Path) -> None:
+    """The PARL report's verdicts on synthetic numbers: a curve rising well past its spread, one flat."""
+    import pandas as pd
+
+    from kimi_lab import metrics as M
+    from kimi_lab.reports.parl_ablation import write
+
+    rows = []
+    for arm, slope in (("full", 0.05), ("perf", 0.0)):
+        for step in range(16):
+            noise = 0.01 * (-1) ** step
+            rows += [
+                {"step": step, "key": M.PARL_PERF, "value": 0.2 + slope * step + noise},
+                {"step": step, "key": M.PARL_DELEGATED, "value": 0.5 + noise},
+                {"step": step, "key": M.PARL_EXCESS, "value": 0.0},
+            ]
+        (tmp_path / arm).mkdir()
+        pd.DataFrame(rows[-48:]).to_parquet(tmp_path / arm / M.METRICS_FILE)
+
+    def ev(score: float, excess: float) -> dict:
+        e = {"n": 20, "score": score, "delegated": 0.5, "subagents": 3.0, "excess_subagents": excess}
+        e |= {"finish": 1.0, "critical_steps": 8.0, "over_budget": 0.0}
+        return e | {f"{k}_se": 0.02 for k in list(e) if k != "n"}
+
+    evals = {"sft": ev(0.6, 0.0), "ws_serial": ev(0.3, 0.0), "full": ev(0.5, 0.0), "perf": ev(0.31, 0.5)}
+    sweep = [
+        {"width": 4, "policy": p, "n": 4, "score": 1.0, "score_se": 0.0, "critical_steps": c,
+         "critical_steps_se": 0.0, "subagents": 4.0, "budget": 10.0}
+        for p, c in (("single", 17.0), ("fanout", 8.0), ("trained", 8.5))
+    ]  # fmt: skip
+    meta = {
+        "scale": {"model": "tiny"}, "seed": 0, "minutes": 1.0, "trained": "full",
+        "arms": {"full": {"start": "ws_serial"}, "perf": {"start": "ws_serial"}},
+    }  # fmt: skip
+    sub = ev(0.1, 0.0) | {"subagent": "ckpt:x"}
+    text = write(tmp_path, evals, sweep, sub, meta).read_text()
+    assert "scripted oracles" in text and "± 0.02" in text
+    report = json.loads((tmp_path / "report.json").read_text())
+    v = report["verdicts"]
+    assert v["full_curves"]["r_perf"]["diff"] > 2 * v["full_curves"]["r_perf"]["se"]  # rose beyond noise
+    assert abs(v["perf_curves"]["r_perf"]["diff"]) <= 2 * v["perf_curves"]["r_perf"]["se"]  # flat
+    assert v["spurious_parallelism"] == ["perf"] and v["serial_collapse"] == []
+    assert v["full"]["score_diff"] == pytest.approx(0.2)  # against its own warm start, ws_serial
+    assert "2.0x fewer" in text  # single / trained critical steps at width 4

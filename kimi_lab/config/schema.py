@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from kimi_lab.config.swarm import SwarmConfig
+
 
 class MoEBackend(str, Enum):
     auto = "auto"
@@ -297,18 +299,20 @@ class ParlConfig:
     tau: float = 1.0
     lambda1: float = 0.5  # r_parallel
     lambda2: float = 0.5  # r_finish
-    anneal_hold_steps: int = 0  # lambdas held at their start this long...
-    anneal_steps: int = 0  # ...then linearly to 0 over this many steps (0: never annealed)
+    # K2.5 anneals both lambdas to 0: held until anneal_start x trainer.max_steps, then
+    # linearly to 0 at anneal_end x trainer.max_steps; the rest of training optimises r_perf
+    # alone. anneal=false holds them for the whole run (an ablation).
+    anneal: bool = True
+    anneal_start: float = 0.0
+    anneal_end: float = 0.75
     parallel_form: str = "spawn"  # spawn | degree
     finish_form: str = "completed"  # completed | answered
     # "scripted": sub-agents follow the task's verified calls; else a checkpoint path whose
     # model runs every sub-agent, frozen.
     subagent: str = "scripted"
     subagent_temperature: float = 0.0
-    max_orchestrator_steps: int = 8
-    max_subagent_steps: int = 8
-    max_critical_steps: int = 0  # 0: each task's own budget (task.data["budgets"])
-    subagent_timeout_s: float = 300.0
+    # The episodes' limits (budgets in critical steps, timeouts): the runtime's own schema.
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
     eval_tasks: int = 16
     traces_per_eval: int = 4  # val episodes written to swarm/*.jsonl per validation
 

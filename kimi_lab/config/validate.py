@@ -156,7 +156,11 @@ def validate_parl(pc: ParlConfig) -> None:
     _require(pc.alpha < 0 < pc.beta, f"{p}: need alpha < 0 < beta (got alpha={pc.alpha}, beta={pc.beta})")
     _require(pc.tau > 0, f"{p}.tau={pc.tau} must be > 0")
     _require(pc.lambda1 >= 0 and pc.lambda2 >= 0, f"{p}: lambda1 and lambda2 must be >= 0")
-    _require(pc.anneal_steps >= 0 and pc.anneal_hold_steps >= 0, f"{p}: anneal steps must be >= 0")
+    _require(
+        0.0 <= pc.anneal_start < pc.anneal_end <= 1.0,
+        f"{p}: need 0 <= anneal_start < anneal_end <= 1 (fractions of trainer.max_steps; "
+        f"got {pc.anneal_start}, {pc.anneal_end})",
+    )
     _require(
         pc.parallel_form in PARALLEL_FORMS,
         f"{p}.parallel_form={pc.parallel_form!r}: choose from {', '.join(PARALLEL_FORMS)}",
@@ -164,10 +168,6 @@ def validate_parl(pc: ParlConfig) -> None:
     _require(
         pc.finish_form in FINISH_FORMS,
         f"{p}.finish_form={pc.finish_form!r}: choose from {', '.join(FINISH_FORMS)}",
-    )
-    _require(
-        pc.max_orchestrator_steps >= 1 and pc.max_subagent_steps >= 1 and pc.max_critical_steps >= 0,
-        f"{p}: step budgets must be >= 1 (max_critical_steps >= 0, 0 = the task's own)",
     )
 
 

@@ -2,26 +2,28 @@
 
 The chain, each training stage an ordinary run folder under ``OUT`` (resumable):
 
-1. ``sft``: an orchestrator that can write the swarm's tool calls, by SFT on the
-   scripted baselines' episodes, half delegating (fan-out), half serial.
-2. three PARL arms from that checkpoint, same seeds and tasks, scripted (frozen)
-   sub-agents:
-   - ``perf``: r = r_perf;
-   - ``perf_parallel``: r = r_perf + lambda1 r_parallel (lambda1 held);
-   - ``full``: r = r_perf + lambda1 r_parallel + lambda2 r_finish, both annealed to 0.
-3. greedy evaluation of the SFT model and of every arm on held-out tasks, and the
-   scripted single-agent and fan-out baselines on tasks of each width: critical
-   steps against width.
+1. warm starts, by SFT on the scripted baselines' orchestrator episodes
+   (``data_pipelines.swarm_sft``, names from a corpus of their own, so only copying
+   from the context imitates them):
+   - ``sft``: fan-outs only (a sub-agent per item, all in one stage), from scratch;
+   - ``ws_serial``: ``sft`` tuned further on mostly serial episodes (under-uses parallelism);
+   - ``ws_spawn``: ``sft`` tuned further on fan-outs that also spawn idle sub-agents (over-spawns).
+2. PARL arms (``ARMS``), same seed and tasks, scripted (frozen) sub-agents: r_perf only,
+   r_perf + r_parallel (held), the full reward annealed to 0 (K2.5), from ``ws_serial``;
+   r_perf only and the full reward from ``ws_spawn``.
+3. greedy evaluation of every warm start and arm on held-out wide tasks (item-F1 within
+   the critical-step budget); critical steps against width (4-12) for the trained
+   orchestrator, the scripted fan-out and the scripted single agent; the trained
+   orchestrator once more with a model (the ``sft`` checkpoint) as every sub-agent.
 
-``report.md`` / ``report.json`` / ``parl_ablation.png`` put the numbers beside
-the report's claims: critical steps grow with width for one agent and stay flat for
-the swarm, and the auxiliary rewards prevent serial collapse and spurious parallelism.
+``report.md`` / ``report.json`` / ``parl_ablation.png`` (``kimi_lab.reports.parl_ablation``)
+judge each claim against its standard error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,47 +33,106 @@ from kimi_lab.errors import KimiLabError
 from kimi_lab.experiments.stages import train_stage
 
 TAG = "parl_ablation"
-ARMS = {
-    "perf": {"lambda1": 0.0, "lambda2": 0.0, "anneal": False},
-    "perf_parallel": {"lambda1": 0.5, "lambda2": 0.0, "anneal": False},
-    "full": {"lambda1": 0.5, "lambda2": 0.5, "anneal": True},
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    parent: str | None  # tuned further from this warm start (None: from scratch)
+    fanout: float  # shares of the demonstration styles; the rest is serial
+    overspawn: float
+
+
+@dataclass(frozen=True)
+class Arm:
+    start: str  # the warm start it trains from
+    lambda1: float  # r_parallel
+    lambda2: float  # r_finish
+    anneal: bool  # lambdas annealed to 0 (K2.5) or held
+
+
+WARM_STARTS = {
+    "sft": WarmStart(None, 1.0, 0.0),  # the warm start to solve tasks: every step spent on fan-outs
+    "ws_serial": WarmStart("sft", 0.2, 0.0),
+    "ws_spawn": WarmStart("sft", 0.2, 0.8),
 }
+ARMS = {
+    "perf": Arm("ws_serial", 0.0, 0.0, False),
+    "perf_parallel": Arm("ws_serial", 0.5, 0.0, False),
+    "full": Arm("ws_serial", 0.5, 0.5, True),
+    "spawn_perf": Arm("ws_spawn", 0.0, 0.0, False),
+    "spawn_full": Arm("ws_spawn", 0.5, 0.5, True),
+}
+TRAINED = "full"  # the arm whose orchestrator the width sweep and the model sub-agents play
 
 
 @dataclass(frozen=True)
 class Scale:
     model: str
     sft_steps: int
+    tune_steps: int  # ws_serial / ws_spawn, from sft
     parl_steps: int
     n_tasks: int
-    n_sft: int
+    n_sft: int  # demonstrations for sft; each tuned warm start gets a third as many
+    sft_widths: tuple[int, int]
+    task_widths: tuple[int, int]  # PARL's training and held-out tasks
     eval_tasks: int
-    widths: tuple[int, ...]  # for the critical-steps-vs-width sweep of the scripted baselines
-    width_range: tuple[int, int]  # of the training and evaluation tasks
+    sweep_widths: tuple[int, ...]
+    sweep_tasks: int  # per width
+    model_subagent_tasks: int  # the extra evaluation with a model as every sub-agent
     samples_per_prompt: int
     prompts_per_step: int
-    max_new_tokens: int
+    max_new_tokens: int  # per orchestrator turn in PARL and at the training widths
+    sweep_max_new_tokens: int  # a wide turn at the sweep's widest task
+    parl_lr: float
+    # torch threads per process: on a 2-core machine shared with other jobs two threads spin-wait
+    # on each other (a training step measured 3x slower than with one); None: torch's choice
+    threads: int | None = None
+    arms: tuple[str, ...] = tuple(ARMS)
     extra: tuple[str, ...] = ()
 
 
 SCALES = {
-    # About 60 minutes on 2 CPU cores (a PARL step plays 4 episodes of up to 8 orchestrator turns).
     "small": Scale(
-        "small", 300, 16, 240, 600, 12, (2, 3, 4, 6, 8, 12), (2, 4), 4, 1, 160, ("data.batch_size=2",)
+        model="small",
+        sft_steps=240,
+        tune_steps=20,
+        parl_steps=12,
+        n_tasks=240,
+        n_sft=2400,
+        sft_widths=(2, 6),
+        task_widths=(2, 6),
+        eval_tasks=24,
+        sweep_widths=(4, 8, 12),
+        sweep_tasks=4,
+        model_subagent_tasks=4,
+        samples_per_prompt=4,
+        prompts_per_step=1,
+        max_new_tokens=384,
+        sweep_max_new_tokens=640,
+        parl_lr=1e-4,
+        threads=1,
+        extra=("data.batch_size=2",),
     ),
     "tiny": Scale(
-        "tiny",
-        4,
-        2,
-        24,
-        24,
-        2,
-        (2, 4),
-        (2, 3),
-        2,
-        1,
-        16,
-        (
+        model="tiny",
+        sft_steps=4,
+        tune_steps=1,
+        parl_steps=1,
+        n_tasks=24,
+        n_sft=24,
+        sft_widths=(2, 3),
+        task_widths=(2, 3),
+        eval_tasks=2,
+        sweep_widths=(2, 4),
+        sweep_tasks=1,
+        model_subagent_tasks=1,
+        samples_per_prompt=2,
+        prompts_per_step=1,
+        max_new_tokens=16,
+        sweep_max_new_tokens=16,
+        parl_lr=1e-4,
+        arms=("perf", "spawn_full"),  # one arm from each tuned warm start: the chain, in CI time
+        extra=(
             "trainer.precision=32-true",
             "trainer.limit_val_batches=1",
             "phase.schedule.warmup_steps=1",
@@ -84,120 +145,60 @@ SCALES = {
 
 # ----------------------------------------------------------------------- data
 def ensure_data(data_dir: Path, scale: Scale, seed: int) -> dict[str, Path]:
+    """Held-out-capable wide tasks, and one demonstration set per warm start (built once, kept)."""
     from data_pipelines.swarm_sft import build_swarm_sft
     from data_pipelines.swarm_tasks import build_swarm_tasks
 
-    paths = {"tasks": data_dir / "swarm-tasks", "sft": data_dir / "swarm-sft"}
+    paths = {"tasks": data_dir / "swarm-tasks"}
     if not (paths["tasks"] / "manifest.json").is_file():
         print(f"[{TAG}] building swarm tasks -> {paths['tasks']}", flush=True)
         build_swarm_tasks(
-            paths["tasks"], n=scale.n_tasks, seed=seed, val_fraction=0.25, width_range=scale.width_range
+            paths["tasks"],
+            n=scale.n_tasks,
+            seed=seed,
+            val_fraction=0.25,
+            kinds=("wide",),
+            width_range=scale.task_widths,
+            n_companies=96,
         )
-    if not (paths["sft"] / "manifest.json").is_file():
-        print(f"[{TAG}] building orchestrator demonstrations -> {paths['sft']}", flush=True)
+    for name, ws in WARM_STARTS.items():
+        paths[name] = data_dir / f"demos-{name}"
+        if (paths[name] / "manifest.json").is_file():
+            continue
+        n = scale.n_sft if ws.parent is None else max(8, scale.n_sft // 4)
+        print(f"[{TAG}] building {n} orchestrator demonstrations for {name} -> {paths[name]}", flush=True)
         build_swarm_sft(
-            paths["sft"], n=scale.n_sft, seed=seed, fanout_fraction=0.5, width_range=scale.width_range
+            paths[name],
+            n=n,
+            seed=seed + 17 * (1 + list(WARM_STARTS).index(name)),
+            fanout_fraction=ws.fanout,
+            overspawn_fraction=ws.overspawn,
+            kinds=("wide",),
+            # tuned warm starts at the tasks' widths (a serial episode of 7+ items outgrows a window)
+            width_range=scale.sft_widths if ws.parent is None else scale.task_widths,
         )
     return paths
 
 
-# ------------------------------------------------------------------ evaluation
-def evaluate_orchestrator(ckpt: Path, tasks_dir: Path, n: int, max_new_tokens: int) -> dict[str, Any]:
-    """Greedy episodes of a checkpoint orchestrator (scripted sub-agents) on held-out tasks."""
-    from kimi_lab.swarm.environment import SearchEnvironment
-    from kimi_lab.swarm.play import policy_factory
-    from kimi_lab.swarm.runtime import SwarmConfig, run_episode
-    from kimi_lab.swarm.scripted import ScriptedSubagent
-    from kimi_lab.swarm.tasks import load_swarm_tasks, score_swarm
-
-    tasks, corpus = load_swarm_tasks(tasks_dir, "val")
-    tasks = tasks[:n]
-    env = SearchEnvironment(corpus)
-    policy = policy_factory(f"ckpt:{ckpt}", "orchestrator", 0.0)(tasks[0])
-    policy.max_new_tokens = max_new_tokens
-
-    async def main() -> list[Any]:
-        return list(
-            await asyncio.gather(
-                *(
-                    run_episode(
-                        t,
-                        env,
-                        policy,
-                        ScriptedSubagent(t),
-                        SwarmConfig(
-                            max_critical_steps=int(t.data["budgets"]["critical_steps"]),
-                            max_orchestrator_steps=8,
-                            max_env_calls_per_turn=1,
-                        ),
-                    )
-                    for t in tasks
-                )
-            )
-        )
-
-    results = asyncio.run(main())
-    rows = [
-        {
-            "task": t.id,
-            "kind": t.kind,
-            "width": t.width,
-            "score": 0.0 if r.budget_exceeded else score_swarm(t, r.final_text),
-            "critical_steps": r.critical_steps,
-            "subagents": r.subagents_spawned,
-            "assignments": r.assignments,
-            "parallelism": r.parallelism,
-            "over_budget": r.budget_exceeded is not None,
-            "delegated": r.assignments > 0,
-        }
-        for t, r in zip(tasks, results, strict=True)
-    ]
-    k = max(1, len(rows))
-    return {
-        "n": len(rows),
-        "score": sum(r["score"] for r in rows) / k,
-        "delegated": sum(r["delegated"] for r in rows) / k,
-        "critical_steps": sum(r["critical_steps"] for r in rows) / k,
-        "subagents": sum(r["subagents"] for r in rows) / k,
-        "over_budget": sum(r["over_budget"] for r in rows) / k,
-        "rows": rows,
-    }
-
-
-def width_sweep(widths: tuple[int, ...], seed: int) -> list[dict[str, Any]]:
-    """Scripted single agent vs fan-out swarm: critical steps and score per task width (no budget)."""
-    from kimi_lab.swarm.corpus import build_corpus
-    from kimi_lab.swarm.environment import SearchEnvironment
-    from kimi_lab.swarm.runtime import SwarmConfig, run_episode
-    from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SingleAgentPolicy
-    from kimi_lab.swarm.tasks import generate_tasks, score_swarm
-
-    corpus = build_corpus(seed, n_companies=max(64, 4 * max(widths)))
-    env = SearchEnvironment(corpus)
-    out = []
-    for w in widths:
-        tasks = generate_tasks(4, seed + w, ("wide",), (w, w), corpus, "train")
-        for name, make in (("single", SingleAgentPolicy), ("swarm", FanOutPolicy)):
-            cfg = SwarmConfig(
-                max_critical_steps=10_000, max_orchestrator_steps=10_000, max_env_calls_per_turn=1
-            )
-            res = [asyncio.run(run_episode(t, env, make(t), ScriptedSubagent(t), cfg)) for t in tasks]
-            out.append(
-                {
-                    "width": w,
-                    "policy": name,
-                    "critical_steps": sum(r.critical_steps for r in res) / len(res),
-                    "total_steps": sum(r.total_steps for r in res) / len(res),
-                    "score": sum(score_swarm(t, r.final_text) for t, r in zip(tasks, res, strict=True))
-                    / len(res),
-                    "budget": sum(t.data["budgets"]["critical_steps"] for t in tasks) / len(tasks),
-                }
-            )
-    return out
-
-
 # ------------------------------------------------------------------------ run
+def _evaluate(out: Path, name: str, fn: Any, *args: Any, **kw: Any) -> Any:
+    """``fn(*args, **kw)``, cached as ``out/eval/<name>.json`` (a rerun keeps finished evaluations)."""
+    path = out / "eval" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    print(f"[{TAG}] evaluating {name}", flush=True)
+    t0 = time.time()
+    result = fn(*args, **kw)
+    if isinstance(result, dict):
+        result["seconds"] = time.time() - t0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed: int = 0) -> Path:
+    from kimi_lab.experiments.parl_eval import evaluate, width_sweep
+
     if scale_name not in SCALES:
         raise KimiLabError(f"--scale {scale_name}: choose one of {', '.join(SCALES)}")
     scale = SCALES[scale_name]
@@ -206,56 +207,94 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
     started = time.time()
     data = ensure_data(Path(data_dir or "data") / f"parl-{scale_name}", scale, seed)
     common = [f"model={scale.model}", f"seed={seed}", f"runs_dir={out}", "logger=csv", *scale.extra]
-    sft = train_stage(
-        out / "sft",
-        [
-            "experiment=parl_ablation/sft",
-            f"trainer.max_steps={scale.sft_steps}",
-            f"data.sources.sft.path={data['sft']}",
-            *common,
-        ],
-        TAG,
-    )
-    ckpts = {"sft": sft}
-    for arm, a in ARMS.items():
-        anneal = max(1, round(scale.parl_steps * 0.75)) if a["anneal"] else 0
+    if scale.threads:
+        import torch
+
+        torch.set_num_threads(scale.threads)  # this process's evaluations
+        common.append(f"trainer.num_threads={scale.threads}")
+    ckpts: dict[str, Path] = {}
+    for name, ws in WARM_STARTS.items():
+        steps = scale.sft_steps if ws.parent is None else scale.tune_steps
+        tune = []
+        if ws.parent is not None:  # a short run: a short warmup, the schedule's decay still fits
+            tune = [
+                f"phase.init_from={ckpts[ws.parent]}",
+                "phase.optim.lr=3e-4",
+                "phase.schedule.warmup_steps=2",
+            ]
+        ckpts[name] = train_stage(
+            out / name,
+            [
+                "experiment=parl_ablation/sft",
+                f"trainer.max_steps={steps}",
+                f"data.sources.sft.path={data[name]}",
+                *tune,
+                *common,
+            ],
+            TAG,
+        )
+    for arm in scale.arms:
+        a = ARMS[arm]
         ckpts[arm] = train_stage(
             out / arm,
             [
                 "experiment=parl_ablation/parl",
-                f"phase.init_from={sft}",
+                f"phase.init_from={ckpts[a.start]}",
                 f"trainer.max_steps={scale.parl_steps}",
                 f"trainer.val_check_interval={scale.parl_steps}",
+                "trainer.limit_val_batches=0",  # held-out evaluation is the experiment's own, below
+                f"phase.optim.lr={scale.parl_lr}",
                 f"phase.parl.tasks={data['tasks']}",
-                f"phase.parl.lambda1={a['lambda1']}",
-                f"phase.parl.lambda2={a['lambda2']}",
-                f"phase.parl.anneal_steps={anneal}",
+                f"phase.parl.lambda1={a.lambda1}",
+                f"phase.parl.lambda2={a.lambda2}",
+                f"phase.parl.anneal={str(a.anneal).lower()}",
                 f"phase.parl.samples_per_prompt={scale.samples_per_prompt}",
                 f"phase.parl.prompts_per_step={scale.prompts_per_step}",
                 f"phase.parl.max_new_tokens={scale.max_new_tokens}",
                 f"phase.parl.eval_tasks={scale.eval_tasks}",
-                *[o for o in common if not o.startswith("data.")],
+                *[o for o in common if not o.startswith(("data.", "trainer.limit_val_batches"))],
             ],
             TAG,
         )
-    evals: dict[str, Any] = {}
-    for name, ckpt in ckpts.items():
-        path = out / "eval" / f"{name}.json"
-        if path.is_file():
-            evals[name] = json.loads(path.read_text())
-            continue
-        print(f"[{TAG}] evaluating {name} on {scale.eval_tasks} held-out tasks", flush=True)
-        evals[name] = evaluate_orchestrator(ckpt, data["tasks"], scale.eval_tasks, scale.max_new_tokens)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(evals[name], indent=2))
-    sweep = width_sweep(scale.widths, seed)
+    evals = {
+        name: _evaluate(out, name, evaluate, ckpt, data["tasks"], scale.eval_tasks, scale.max_new_tokens)
+        for name, ckpt in ckpts.items()
+    }
+    trained = TRAINED if TRAINED in scale.arms else scale.arms[-1]
+    sweep = _evaluate(
+        out,
+        "width_sweep",
+        width_sweep,
+        ckpts[trained],
+        data["tasks"],
+        scale.sweep_widths,
+        scale.sweep_tasks,
+        seed,
+        scale.sweep_max_new_tokens,
+    )
+    model_sub = _evaluate(
+        out,
+        "model_subagents",
+        evaluate,
+        ckpts[trained],
+        data["tasks"],
+        scale.model_subagent_tasks,
+        scale.max_new_tokens,
+        subagent=f"ckpt:{ckpts['sft']}",
+    )
     from kimi_lab.reports.parl_ablation import write
 
-    report = write(
-        out,
-        evals,
-        sweep,
-        {"scale": asdict(scale), "seed": seed, "minutes": (time.time() - started) / 60, "arms": ARMS},
-    )
+    meta = {
+        "scale": asdict(scale),
+        "seed": seed,
+        "minutes": (time.time() - started) / 60,
+        "load_average": os.getloadavg()[0],  # the machine is often shared: times mean little without it
+        "cpus": os.cpu_count(),
+        "warm_starts": {k: asdict(v) for k, v in WARM_STARTS.items()},
+        "arms": {k: asdict(ARMS[k]) for k in scale.arms},
+        "trained": trained,
+        "model_subagent": "sft",
+    }
+    report = write(out, evals, sweep, model_sub, meta)
     print(f"[{TAG}] report: {report}", flush=True)
     return report

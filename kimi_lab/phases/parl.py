@@ -24,6 +24,8 @@ from kimi_lab.config.schema import RunConfig
 from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.metrics import (
     PARL_CRITICAL_STEPS,
+    PARL_DELEGATED,
+    PARL_EXCESS,
     PARL_FINISH,
     PARL_KEPT_FRACTION,
     PARL_LAMBDA1,
@@ -45,13 +47,15 @@ from kimi_lab.rl.loss import group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
 from kimi_lab.swarm.environment import SearchEnvironment
-from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
-from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
+from kimi_lab.swarm.result import EpisodeResult
+from kimi_lab.swarm.reward import ParlWeights, lambdas, parl_reward
+from kimi_lab.swarm.runtime import run_episode
 from kimi_lab.swarm.types import Policy, SwarmTask
 
 
-def episode_stats(results: list[EpisodeResult]) -> dict[str, float]:
-    """Means over episodes of what PARL logs (reward components come from ``result.reward``)."""
+def episode_stats(results: list[EpisodeResult], widths: list[int]) -> dict[str, float]:
+    """Means over episodes of what PARL logs (reward components come from ``result.reward``);
+    ``widths[i]`` is episode i's task width."""
     n = max(1, len(results))
 
     def mean(f: Any) -> float:
@@ -67,6 +71,8 @@ def episode_stats(results: list[EpisodeResult]) -> dict[str, float]:
         "subagents": mean(lambda r: r.subagents_spawned),
         "parallelism": mean(lambda r: r.parallelism),
         "over_budget": mean(lambda r: r.budget_exceeded is not None),
+        "delegated": mean(lambda r: r.assignments > 0),
+        "excess_subagents": sum(max(0, r.subagents_spawned - w) for r, w in zip(results, widths)) / n,
     }
 
 
@@ -81,6 +87,8 @@ class PARLModule(PhaseModule):
         self.sampler = torch.Generator().manual_seed(cfg.seed)
         self.frozen: torch.nn.Module | None = None  # the frozen sub-agent model, when not scripted
         self._val: list[EpisodeResult] = []  # this validation's episodes
+        self._val_widths: list[int] = []  # and their tasks' widths
+        self.clock = SamplingClock()
 
     def setup(self, stage: str) -> None:
         from kimi_lab.chat import ChatEncoder
@@ -98,28 +106,10 @@ class PARLModule(PhaseModule):
             for p in frozen.model.parameters():
                 p.requires_grad_(False)
             self.frozen = frozen.model  # not a submodule: never saved, never trained
-        self.clock = SamplingClock()
 
     # --------------------------------------------------------------- episodes
-    def swarm_config(self, task: SwarmTask) -> SwarmConfig:
-        pc = self.cfg.phase.parl
-        budget = pc.max_critical_steps or int(task.data.get("budgets", {}).get("critical_steps", 64))
-        return SwarmConfig(
-            max_orchestrator_steps=pc.max_orchestrator_steps,
-            max_subagent_steps=pc.max_subagent_steps,
-            max_critical_steps=budget,
-            subagent_timeout_s=pc.subagent_timeout_s,
-            step_timeout_s=pc.subagent_timeout_s,
-            max_env_calls_per_turn=1,  # one look-up per step: the tasks' budgets assume it
-        )
-
     def weights(self) -> ParlWeights:
-        pc = self.cfg.phase.parl
-        step = self.global_step
-        return ParlWeights(
-            annealed(pc.lambda1, step, pc.anneal_steps, pc.anneal_hold_steps),
-            annealed(pc.lambda2, step, pc.anneal_steps, pc.anneal_hold_steps),
-        )
+        return lambdas(self.cfg.phase.parl, self.global_step, self.cfg.trainer.max_steps)
 
     def _subagent(self, task: SwarmTask) -> Policy:
         if self.frozen is None:
@@ -158,7 +148,7 @@ class PARLModule(PhaseModule):
                     self.env,
                     orchestrator,
                     self._subagent(task),
-                    self.swarm_config(task),
+                    pc.swarm,
                     trace=traces[i] if traces else None,
                     reward=reward,
                 )
@@ -188,7 +178,7 @@ class PARLModule(PhaseModule):
         sc = rescore(self.model, self._orchestrator_rows(results, adv), self.tok.pad_id, self.banned_ids)
         pl = k25_policy_loss(sc.logp_new, sc.logp_old, sc.advantages, pc.alpha, pc.beta)
         self.count_step_tokens(sc.n_tokens)
-        self._log_episodes(results, pl.kept_fraction)
+        self._log_episodes(results, [t.width for t in batch for _ in range(K)], pl.kept_fraction)
         self.log(TRAIN_LOSS, pl.loss, on_step=True, on_epoch=False)
         if not pl.loss.requires_grad:
             return None  # the orchestrator sampled nothing this step
@@ -204,8 +194,8 @@ class PARLModule(PhaseModule):
             )
         ]
 
-    def _log_episodes(self, results: list[EpisodeResult], kept: float) -> None:
-        s = episode_stats(results)
+    def _log_episodes(self, results: list[EpisodeResult], widths: list[int], kept: float) -> None:
+        s = episode_stats(results, widths)
         w = self.weights()
         kw: dict[str, Any] = {"on_step": True, "on_epoch": False}
         self.log(PARL_REWARD, s["reward"], prog_bar=True, **kw)
@@ -219,11 +209,14 @@ class PARLModule(PhaseModule):
         self.log(PARL_SUBAGENTS, s["subagents"], **kw)
         self.log(PARL_PARALLELISM, s["parallelism"], **kw)
         self.log(PARL_OVER_BUDGET, s["over_budget"], **kw)
+        self.log(PARL_DELEGATED, s["delegated"], **kw)
+        self.log(PARL_EXCESS, s["excess_subagents"], **kw)
         self.log(PARL_KEPT_FRACTION, kept, **kw)
 
     # -------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        self._val_widths = []
 
     def validation_step(self, batch: list[SwarmTask], batch_idx: int, dataloader_idx: int = 0) -> None:
         n_traces = self.cfg.phase.parl.traces_per_eval
@@ -237,12 +230,22 @@ class PARLModule(PhaseModule):
         if any(traces):
             folder.mkdir(parents=True, exist_ok=True)
         self._val.extend(self.play(batch, 1, 0.0, traces))
+        self._val_widths.extend(t.width for t in batch)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        s = episode_stats(self._val)
-        for key in ("perf", "critical_steps", "total_steps", "subagents", "parallelism", "over_budget"):
+        s = episode_stats(self._val, self._val_widths)
+        keys = (
+            "perf",
+            "critical_steps",
+            "total_steps",
+            "subagents",
+            "parallelism",
+            "over_budget",
+            "delegated",
+        )
+        for key in keys:
             name = "score" if key == "perf" else key
             self.log(VAL_PARL.format(key=name), s[key], on_step=False, on_epoch=True)
 

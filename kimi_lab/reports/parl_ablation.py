@@ -1,11 +1,11 @@
 """Report of ``kimi-lab experiment parl_ablation`` (K2.5 section 7, Agent Swarm / PARL).
 
-Claims under test, from PAPER_NOTES: an orchestrator trained with PARL delegates to
+Claims under test, from PAPER_NOTES: PARL teaches an orchestrator to delegate to
 parallel sub-agents (3x-4.5x less wall time to a target score in K2.5); without the
-auxiliary rewards training can collapse to a serial single agent ("serial
-collapse") or spawn sub-agents that accomplish nothing ("spurious parallelism");
-r_parallel and r_finish, annealed to 0, prevent both. The report states what this
-run shows, with its sample sizes.
+auxiliary rewards training can collapse to a serial single agent ("serial collapse")
+or spawn sub-agents that accomplish nothing ("spurious parallelism"); r_parallel and
+r_finish, annealed to 0, prevent both. Every comparison is judged against two
+standard errors; the report says what this run shows, with its sample sizes.
 """
 
 from __future__ import annotations
@@ -17,27 +17,32 @@ from typing import Any
 
 import pandas as pd
 
-from kimi_lab.metrics import METRICS_FILE, PARL_CRITICAL_STEPS, PARL_PARALLELISM, PARL_PERF, PARL_SUBAGENTS
+from kimi_lab import metrics as M
 
-ARM_LABELS = {
-    "sft": "SFT orchestrator (before PARL)",
-    "perf": "PARL, r_perf only",
-    "perf_parallel": "PARL, r_perf + r_parallel",
-    "full": "PARL, full annealed reward",
+LABELS = {
+    "sft": "warm start: SFT on fan-out demonstrations",
+    "ws_serial": "warm start under-using parallelism (sft + serial demonstrations)",
+    "ws_spawn": "warm start over-spawning (sft + idle-sub-agent demonstrations)",
+    "perf": "PARL r_perf only, from ws_serial",
+    "perf_parallel": "PARL r_perf + r_parallel (held), from ws_serial",
+    "full": "PARL full reward, annealed, from ws_serial",
+    "spawn_perf": "PARL r_perf only, from ws_spawn",
+    "spawn_full": "PARL full reward, annealed, from ws_spawn",
 }
-CURVES = (PARL_PERF, PARL_PARALLELISM, PARL_SUBAGENTS, PARL_CRITICAL_STEPS)
+CURVES = (M.PARL_PERF, M.PARL_DELEGATED, M.PARL_EXCESS, M.PARL_FINISH, M.PARL_CRITICAL_STEPS, M.PARL_LAMBDA1)
+K25_SPEEDUP = (3.0, 4.5)  # wall time to a target score, single agent / swarm (K2.5)
 
 
-def _curves(out: Path) -> dict[str, pd.DataFrame]:
-    """Per arm: one column per key of CURVES (all NaN where the arm never logged it)."""
-    curves = {}
-    for arm in ("perf", "perf_parallel", "full"):
-        path = out / arm / METRICS_FILE
+def curves(out: Path, arms: list[str]) -> dict[str, pd.DataFrame]:
+    """Each arm's per-step training metrics (step x key)."""
+    found = {}
+    for arm in arms:
+        path = out / arm / M.METRICS_FILE
         if path.is_file():
             m = pd.read_parquet(path)
             wide = m[m.key.isin(CURVES)].pivot_table(index="step", columns="key", values="value")
-            curves[arm] = wide.reindex(columns=list(CURVES))
-    return curves
+            found[arm] = wide.reindex(columns=list(CURVES))  # a key the arm never logged: all NaN
+    return found
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -54,141 +59,240 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([head, rule, *body])
 
 
-def _stderr(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 1e-9) / max(n, 1))
+def verdict(diff: float, se: float, up: str = "higher", down: str = "lower") -> str:
+    """How a difference compares with two standard errors."""
+    if diff > 2 * se:
+        return f"{up} beyond two standard errors"
+    if diff < -2 * se:
+        return f"{down} beyond two standard errors"
+    return "within two standard errors (not distinguishable)"
 
 
-def _findings(
-    evals: dict[str, Any], sweep: list[dict[str, Any]], curves: dict[str, pd.DataFrame]
-) -> list[str]:
-    out = []
+def trend(series: pd.Series) -> dict[str, float]:
+    """First vs last quarter of a per-step curve: means, the difference and its standard error
+    (from the step-to-step spread inside each quarter)."""
+    s = series.dropna()
+    q = max(2, len(s) // 4)
+    first, last = s.iloc[:q], s.iloc[-q:]
+
+    def se(x: pd.Series) -> float:
+        return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+    return {
+        "steps": len(s),
+        "window": q,
+        "first": float(first.mean()),
+        "last": float(last.mean()),
+        "diff": float(last.mean() - first.mean()),
+        "se": math.sqrt(se(first) ** 2 + se(last) ** 2),
+    }
+
+
+def _pm(e: dict[str, Any], key: str, digits: int = 2) -> str:
+    return f"{e[key]:.{digits}f} ± {e[f'{key}_se']:.{digits}f}"
+
+
+def findings(
+    evals: dict[str, Any],
+    sweep: list[dict[str, Any]],
+    model_sub: dict[str, Any],
+    cur: dict[str, pd.DataFrame],
+    meta: dict[str, Any],
+) -> tuple[list[str], dict[str, Any]]:
+    """The report's sentences, and the verdicts as data for report.json."""
+    out: list[str] = []
+    verdicts: dict[str, Any] = {}
+    sft = evals.get("sft")
+    if sft:
+        ok = sft["score"] >= 0.5
+        named = sft.get("items_assigned")
+        out.append(
+            f"Warm start: greedy held-out score {_pm(sft, 'score')} (item-F1 within the critical-step "
+            f"budget, n={sft['n']} wide tasks), {'at or above' if ok else 'below'} the 0.5 target; it delegated "
+            f"in {sft['delegated']:.0%} of episodes with {sft['subagents']:.1f} sub-agents on average"
+            + (
+                f"; its assignments spelled out {named:.0%} of the items' names."
+                if named is not None
+                else "."
+            )
+        )
+        verdicts["warm_start_score"] = sft["score"]
+    arms = meta.get("arms", {})
+    for arm, a in arms.items():
+        e, base = evals.get(arm), evals.get(a["start"])
+        if not e or not base:
+            continue
+        diff = e["score"] - base["score"]
+        se = math.hypot(e["score_se"], base["score_se"])
+        d_del = e["delegated"] - base["delegated"]
+        d_exc = e["excess_subagents"] - base["excess_subagents"]
+        out.append(
+            f"{LABELS.get(arm, arm)}: held-out score {_pm(e, 'score')} vs {_pm(base, 'score')} at its warm start "
+            f"({diff:+.2f}, {verdict(diff, se)}); delegated {base['delegated']:.0%} -> {e['delegated']:.0%} "
+            f"({verdict(d_del, math.hypot(e['delegated_se'], base['delegated_se']))}); idle sub-agents beyond the "
+            f"task's width {base['excess_subagents']:.2f} -> {e['excess_subagents']:.2f} "
+            f"({verdict(d_exc, math.hypot(e['excess_subagents_se'], base['excess_subagents_se']))})."
+        )
+        verdicts[arm] = {"score_diff": diff, "score_se": se, "delegated_diff": d_del, "excess_diff": d_exc}
+    for arm, c in cur.items():
+        parts, window = [], 0
+        for key, name in (
+            (M.PARL_PERF, "r_perf"),
+            (M.PARL_DELEGATED, "delegation"),
+            (M.PARL_EXCESS, "excess"),
+        ):
+            if c[key].notna().sum() >= 4:
+                t = trend(c[key])
+                word = verdict(t["diff"], t["se"], "rose", "fell")
+                parts.append(f"{name} {t['first']:.2f} -> {t['last']:.2f} ({word})")
+                verdicts.setdefault(f"{arm}_curves", {})[name] = t
+                window = t["window"]
+        if missing := [key for key in CURVES if c[key].isna().all()]:
+            out.append(f"{LABELS.get(arm, arm)}: its run logged no {', '.join(missing)}.")
+        if parts:
+            out.append(
+                f"{LABELS.get(arm, arm)}, training (means of the first vs last {window} of {len(c)} steps, "
+                "sampled episodes, judged against their step-to-step spread): " + "; ".join(parts) + "."
+            )
+    collapse = [
+        arm
+        for arm in arms
+        if verdicts.get(f"{arm}_curves", {}).get("delegation", {}).get("diff", 0) < 0
+        and abs(verdicts[f"{arm}_curves"]["delegation"]["diff"])
+        > 2 * verdicts[f"{arm}_curves"]["delegation"]["se"]
+    ]
+    spurious = [
+        arm for arm in arms if (e := evals.get(arm)) and e["excess_subagents"] > 2 * e["excess_subagents_se"]
+    ]
+    out.append(
+        "Serial collapse (delegation falling during training beyond two standard errors) appears in: "
+        + (", ".join(collapse) or "no arm")
+        + ". Spurious parallelism (held-out episodes still spawning idle sub-agents beyond their width, more "
+        "than two standard errors above zero) appears in: "
+        + (", ".join(spurious) or "no arm")
+        + ". "
+        + (
+            "The full reward avoids both in this run."
+            if not {"full", "spawn_full"} & (set(collapse) | set(spurious))
+            else "The full reward does not avoid both in this run."
+        )
+    )
+    verdicts["serial_collapse"], verdicts["spurious_parallelism"] = collapse, spurious
     sw = pd.DataFrame(sweep)
     if not sw.empty:
         piv = sw.pivot_table(index="width", columns="policy", values="critical_steps")
-        ratios = (piv["single"] / piv["swarm"]).round(2)
-        in_band = [int(w) for w, r in ratios.items() if 3.0 <= r <= 4.5]
-        band = (
-            f"Single/swarm ratios of 3x-4.5x (the report's wall-time gain) appear at width(s) {in_band}"
-            if in_band
-            else "No width in this sweep gives a single/swarm ratio inside the report's 3x-4.5x"
-        )
+        score = sw.pivot_table(index="width", columns="policy", values="score")
+        lines = []
+        for w in piv.index:
+            row = f"width {w}: single {piv.loc[w, 'single']:.0f}, scripted fan-out {piv.loc[w, 'fanout']:.0f}"
+            if "trained" in piv:
+                r = piv.loc[w, "single"] / max(piv.loc[w, "trained"], 1e-9)
+                row += f", trained {piv.loc[w, 'trained']:.1f} (score {score.loc[w, 'trained']:.2f}; {r:.1f}x fewer)"
+            lines.append(row)
         out.append(
-            "Critical steps, scripted single agent vs fan-out swarm (no budget): "
-            + ", ".join(
-                f"width {w}: {piv.loc[w, 'single']:.0f} vs {piv.loc[w, 'swarm']:.0f} ({r}x)"
-                for w, r in ratios.items()
-            )
-            + f". {band}. Growth of the single agent's path with width: "
-            f"{piv['single'].iloc[-1] / piv['single'].iloc[0]:.2f}x from width {piv.index[0]} to "
-            f"{piv.index[-1]}; the swarm's: {piv['swarm'].iloc[-1] / piv['swarm'].iloc[0]:.2f}x."
+            "Critical steps on held-out tasks without a budget (" + "; ".join(lines) + f"). K2.5 reports "
+            f"{K25_SPEEDUP[0]:g}x-{K25_SPEEDUP[1]:g}x less wall time with the swarm; here the ratio is in critical "
+            "steps, with oracle sub-agents."
         )
-    base = evals.get("sft")
-    for arm in ("perf", "perf_parallel", "full"):
-        e = evals.get(arm)
-        if not e or not base:
-            continue
-        n = e["n"]
-        noise = 2 * math.sqrt(_stderr(min(base["score"], 1), n) ** 2 + _stderr(min(e["score"], 1), n) ** 2)
-        diff = e["score"] - base["score"]
-        verdict = (
-            "higher than" if diff > noise else "lower than" if diff < -noise else "not distinguishable from"
-        )
+    if model_sub:
+        scripted = evals.get(meta.get("trained", "full"))
+        vs = f" (with scripted sub-agents: {_pm(scripted, 'score')})" if scripted else ""
         out.append(
-            f"{ARM_LABELS[arm]}: held-out score {e['score']:.3f} vs {base['score']:.3f} before PARL "
-            f"({diff:+.3f}, {verdict} at two standard errors, n={n}); delegated in "
-            f"{e['delegated']:.0%} of episodes (before: {base['delegated']:.0%}), "
-            f"{e['subagents']:.1f} sub-agents and {e['critical_steps']:.1f} critical steps per episode, "
-            f"{e['over_budget']:.0%} over budget."
+            f"With a model (the `sft` checkpoint, `subagent=ckpt:...`) as every sub-agent, the trained "
+            f"orchestrator scores {_pm(model_sub, 'score')}{vs}, n={model_sub['n']}; "
+            f"{model_sub['finish']:.0%} of its assignments returned a result. The SFT demonstrations hold the "
+            "orchestrator's side only, so this model was never taught a sub-agent's job."
         )
-    for arm, c in curves.items():
-        if missing := [key for key in CURVES if c[key].isna().all()]:
-            out.append(f"{ARM_LABELS[arm]}: its run logged no {', '.join(missing)}.")
-        if len(c) and float(c[PARL_PERF].max()) == 0.0:
-            out.append(
-                f"{ARM_LABELS[arm]}: no training episode scored (r_perf = 0 at all {len(c)} steps), so r_perf gives "
-                "every sample the same reward and a zero advantage; only r_parallel / r_finish can move the policy."
-            )
-        if c[PARL_PARALLELISM].notna().sum() >= 8:
-            par = c[PARL_PARALLELISM].dropna()
-            q = max(2, len(par) // 4)
-            first, last = par.iloc[:q], par.iloc[-q:]
-            # noise: the step-to-step spread of the per-step means, over q steps per quarter
-            se = math.sqrt(first.var(ddof=1) / q + last.var(ddof=1) / q)
-            diff = last.mean() - first.mean()
-            if abs(diff) > 2 * se and diff > 0:
-                trend = "rose"
-            elif abs(diff) > 2 * se:
-                trend = "fell (toward serial work, the collapse the report warns of)"
-            else:
-                trend = "did not change beyond its step-to-step noise"
-            out.append(
-                f"{ARM_LABELS[arm]}: parallelism (assignments per stage) {trend}: {first.mean():.2f} in the first "
-                f"{q} steps, {last.mean():.2f} in the last {q} ({diff:+.2f}, two standard errors {2 * se:.2f})."
-            )
-    return out
+    return out, verdicts
 
 
-def _plot(out: Path, curves: dict[str, pd.DataFrame], sweep: list[dict[str, Any]]) -> Path:
+def plot(out: Path, cur: dict[str, pd.DataFrame], sweep: list[dict[str, Any]]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for arm, c in curves.items():
-        axes[0].plot(c.index, c[PARL_PERF].rolling(3, min_periods=1).mean(), label=ARM_LABELS[arm])
-        axes[1].plot(c.index, c[PARL_PARALLELISM].rolling(3, min_periods=1).mean(), label=ARM_LABELS[arm])
-    axes[0].set(title="task score (r_perf) during PARL", xlabel="step")
-    axes[1].set(title="parallelism (assignments per stage)", xlabel="step")
-    for ax in axes[:2]:
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    for arm, c in cur.items():
+        for ax, key in zip(axes[:3], (M.PARL_PERF, M.PARL_DELEGATED, M.PARL_EXCESS)):
+            s = c[key].dropna()
+            w = max(2, len(s) // 4)
+            mean, se = s.rolling(w, min_periods=2).mean(), s.rolling(w, min_periods=2).std() / math.sqrt(w)
+            (line,) = ax.plot(s.index, mean, label=LABELS.get(arm, arm))
+            ax.fill_between(s.index, mean - se, mean + se, color=line.get_color(), alpha=0.2)
+    axes[0].set(title="r_perf during PARL (rolling mean ± s.e.)", xlabel="step")
+    axes[1].set(title="share of episodes delegating", xlabel="step")
+    axes[2].set(title="sub-agents beyond the task's width", xlabel="step")
+    axes[0].legend(fontsize=6)
     sw = pd.DataFrame(sweep)
     if not sw.empty:
         for policy, g in sw.groupby("policy"):
-            axes[2].plot(g.width, g.critical_steps, marker="o", label=f"scripted {policy}")
+            axes[3].errorbar(g.width, g.critical_steps, yerr=g.critical_steps_se, marker="o", label=policy)
         budget = sw.groupby("width").budget.mean()
-        axes[2].plot(budget.index, budget.values, "k--", lw=1, label="task budget")
-        axes[2].set(title="critical steps vs task width", xlabel="width (independent sub-tasks)")
-        axes[2].legend(fontsize=7)
+        axes[3].plot(budget.index, budget.values, "k--", lw=1, label="task budget")
+        axes[3].set(title="critical steps vs width (held-out, no budget)", xlabel="width")
+        axes[3].legend(fontsize=7)
     fig.tight_layout()
     path = out / "parl_ablation.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def write(out: Path, evals: dict[str, Any], sweep: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    curves = _curves(out)
-    findings = _findings(evals, sweep, curves)
-    png = _plot(out, curves, sweep)
-    rows = [
-        {
-            "model": name,
-            "label": ARM_LABELS.get(name, name),
-            **{k: e[k] for k in ("n", "score", "delegated", "subagents", "critical_steps", "over_budget")},
-        }
-        for name, e in evals.items()
-    ]
-    table = pd.DataFrame(rows)
-    sweep_table = pd.DataFrame(sweep)
+def write(
+    out: Path,
+    evals: dict[str, Any],
+    sweep: list[dict[str, Any]],
+    model_sub: dict[str, Any],
+    meta: dict[str, Any],
+) -> Path:
+    cur = curves(out, list(meta.get("arms", {})))
+    lines_found, verdicts = findings(evals, sweep, model_sub, cur, meta)
+    png = plot(out, cur, sweep)
+    keys = (
+        "n",
+        "score",
+        "score_se",
+        "items_assigned",
+        "delegated",
+        "subagents",
+        "excess_subagents",
+        "finish",
+    )
+    table = pd.DataFrame(
+        [
+            {"model": name, **{k: e.get(k, float("nan")) for k in (*keys, "critical_steps", "over_budget")}}
+            for name, e in evals.items()
+        ]
+    )
+    scale = meta["scale"]
+    load = meta.get("load_average")
     lines = [
         "# PARL ablation (K2.5 Agent Swarm)",
         "",
-        f"Scale `{meta['scale']['model']}`, seed {meta['seed']}, {meta['minutes']:.0f} minutes. "
-        "Sub-agents are scripted (frozen): only the orchestrator learns. Held-out tasks come from "
-        "the corpus's val world; evaluation is greedy, one episode per task.",
+        f"Scale `{scale['model']}`, seed {meta['seed']}, {meta['minutes']:.0f} minutes in this invocation"
+        + (f" (load average at the end {load:.1f} on {meta.get('cpus')} CPUs)" if load is not None else "")
+        + ". Held-out tasks are wide searches over the corpus's val world (names no training task or "
+        "demonstration contains); evaluation is greedy, one episode per task, score = item-F1 within the "
+        "critical-step budget (0 past it). Means are given ± one standard error over episodes.",
+        "",
+        "**The sub-agents are scripted oracles**: a sub-agent whose assignment names one item's entity replays "
+        "that item's verified search/open calls and returns its answer; one given anything else searches until "
+        "its steps run out and returns no result. So the scores measure the orchestrator's decomposition (how "
+        "many sub-agents, what each is asked, combining their results), not a model's search. The last "
+        "evaluation puts a model in the sub-agents' place (`subagent=ckpt:...`).",
         "",
         "## What this run shows",
         "",
-        *[f"- {f}" for f in findings],
+        *[f"- {f}" for f in lines_found],
         "",
-        "## Held-out evaluation",
+        "## Held-out evaluation (greedy, scripted sub-agents)",
         "",
         markdown_table(table),
         "",
-        "## Critical steps vs width (scripted baselines)",
+        "## Critical steps vs width (held-out tasks, no budget)",
         "",
-        markdown_table(sweep_table, 2),
+        markdown_table(pd.DataFrame(sweep), 2),
         "",
         "## The report's figures",
         "",
@@ -206,7 +310,16 @@ def write(out: Path, evals: dict[str, Any], sweep: list[dict[str, Any]], meta: d
     md.write_text("\n".join(lines))
     (out / "report.json").write_text(
         json.dumps(
-            {"meta": meta, "evals": evals, "sweep": sweep, "findings": findings}, indent=2, default=str
+            {
+                "meta": meta,
+                "evals": evals,
+                "sweep": sweep,
+                "model_subagents": model_sub,
+                "findings": lines_found,
+                "verdicts": verdicts,
+            },
+            indent=2,
+            default=str,
         )
     )
     return md

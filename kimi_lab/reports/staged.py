@@ -19,7 +19,8 @@ def rewrite(root: Path) -> Path:
     if "sweep" in saved:  # parl_ablation
         from kimi_lab.reports.parl_ablation import write
 
-        return write(root, evals, saved["sweep"], meta)
+        sweep = evals.pop("width_sweep", saved["sweep"])
+        return write(root, evals, sweep, evals.pop("model_subagents", {}), meta)
     from kimi_lab.reports.zero_vision import VARIANTS, write
 
     missing = [v for v in VARIANTS if v not in evals]

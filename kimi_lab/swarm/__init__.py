@@ -1,14 +1,15 @@
-"""Agent swarm (K2.5): an orchestrator that runs sub-agents concurrently, its traces and baselines."""
+"""Agent swarm (K2.5): an orchestrator that runs sub-agents concurrently, its traces and baselines.
 
-from kimi_lab.swarm.runtime import (
-    ASSIGN_TASK,
-    CREATE_SUBAGENT,
-    EpisodeResult,
-    SwarmConfig,
-    render_tools,
-    run_episode,
-    run_episode_sync,
-)
+Modules: ``prompts`` (the swarm's tools and system prompts), ``calls`` (checking a
+policy's turn and tool arguments), ``result`` (``EpisodeResult``), ``runtime`` (the
+episode state machine), ``types`` (what policies, environments and tasks share);
+the limits are ``kimi_lab.config.swarm.SwarmConfig``.
+"""
+
+from kimi_lab.config.swarm import SwarmConfig
+from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT, render_tools
+from kimi_lab.swarm.result import EpisodeResult
+from kimi_lab.swarm.runtime import run_episode, run_episode_sync
 from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SimulatedPolicy, SingleAgentPolicy
 from kimi_lab.swarm.trace import TraceWriter
 from kimi_lab.swarm.types import Environment, Policy, SwarmTask, ToolSpec, Turn

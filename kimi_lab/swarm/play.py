@@ -23,9 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.metrics import STATUS_FILE, SWARM_DIR
-from kimi_lab.swarm.runtime import EpisodeResult, SwarmConfig, run_episode
+from kimi_lab.swarm.result import EpisodeResult
+from kimi_lab.swarm.runtime import run_episode
 from kimi_lab.swarm.types import Policy, SwarmTask
 
 EPISODES_FILE = "episodes.jsonl"
@@ -69,7 +71,7 @@ def play_tasks(
     orchestrator: Callable[[SwarmTask], Policy],
     subagent: Callable[[SwarmTask], Policy],
     out: Path,
-    cfg_for: Callable[[SwarmTask], SwarmConfig],
+    cfg: SwarmConfig,
     progress: Callable[[EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
     """Every task once, concurrently; a trace per episode under ``out/swarm``."""
@@ -86,7 +88,7 @@ def play_tasks(
             env,
             orchestrator(task),
             subagent(task),
-            cfg_for(task),
+            cfg,
             trace=out / SWARM_DIR / f"{task.id}.jsonl",
             reward=reward,
         )
@@ -107,7 +109,7 @@ def run_swarm(
     subagent: str = "scripted",
     split: str = "val",
     n: int = 1,
-    max_critical_steps: int = 0,
+    max_critical_steps: int | None = None,
     temperature: float = 0.0,
     single_agent: bool = False,
 ) -> dict[str, Any]:
@@ -123,14 +125,10 @@ def run_swarm(
     orch = policy_factory(orchestrator, "orchestrator", temperature)
     sub = policy_factory(subagent, "subagent", 0.0)
 
-    def cfg_for(task: SwarmTask) -> SwarmConfig:
-        budget = max_critical_steps or int(task.data.get("budgets", {}).get("critical_steps", 64))
-        # one look-up per step: the tasks' budgets assume it
-        return SwarmConfig(max_critical_steps=budget, single_agent=single_agent, max_env_calls_per_turn=1)
-
+    cfg = SwarmConfig(max_critical_steps=max_critical_steps, single_agent=single_agent)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results = play_tasks(tasks, env, orch, sub, out, cfg_for)
+    results = play_tasks(tasks, env, orch, sub, out, cfg)
     rows = []
     for task, res in zip(tasks, results, strict=True):
         rows.append(
@@ -140,7 +138,7 @@ def run_swarm(
                 "width": task.width,
                 "score": (res.reward or {}).get("perf", 0.0),
                 "critical_steps": res.critical_steps,
-                "budget": cfg_for(task).max_critical_steps,
+                "budget": res.budget,
                 "total_steps": res.total_steps,
                 "subagents": res.subagents_spawned,
                 "parallelism": res.parallelism,

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kimi_lab.swarm.runtime import EpisodeResult
+from kimi_lab.config.schema import ParlConfig
+from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.types import SwarmTask
 
 PARALLEL_FORMS = ("spawn", "degree")
@@ -34,11 +35,24 @@ class ParlWeights:
     lambda2: float  # r_finish
 
 
-def annealed(start: float, step: int, anneal_steps: int, hold_steps: int = 0) -> float:
-    """``start`` held for ``hold_steps``, then linearly to 0 over ``anneal_steps`` (0: never annealed)."""
-    if anneal_steps <= 0 or step < hold_steps:
-        return start
-    return start * max(0.0, 1.0 - (step - hold_steps) / anneal_steps)
+def annealed(value: float, step: int, max_steps: int, start: float = 0.0, end: float = 0.75) -> float:
+    """``value`` until ``start`` x ``max_steps``, then linearly to 0 at ``end`` x ``max_steps`` (fractions)."""
+    t0, t1 = start * max_steps, end * max_steps
+    if step <= t0:
+        return value
+    if step >= t1:
+        return 0.0
+    return value * (1.0 - (step - t0) / (t1 - t0))
+
+
+def lambdas(pc: ParlConfig, step: int, max_steps: int) -> ParlWeights:
+    """Phase parl's lambda1, lambda2 at ``step`` of ``max_steps``: annealed to 0 unless ``pc.anneal`` is off."""
+    if not pc.anneal:
+        return ParlWeights(pc.lambda1, pc.lambda2)
+    return ParlWeights(
+        annealed(pc.lambda1, step, max_steps, pc.anneal_start, pc.anneal_end),
+        annealed(pc.lambda2, step, max_steps, pc.anneal_start, pc.anneal_end),
+    )
 
 
 def r_parallel(task: SwarmTask, res: EpisodeResult, form: str = "spawn") -> float:

@@ -1,175 +1,54 @@
-"""The agent-swarm runtime: an orchestrator that creates sub-agents and runs them concurrently.
+"""The agent-swarm runtime: one episode's state machine, an orchestrator running sub-agents concurrently.
 
 One episode is one asyncio coroutine. The orchestrator sees the task's question and
-its tools: ``create_subagent`` (``{"name", "system_prompt"}``), ``assign_task``
-(``{"agent", "prompt"}``) and the environment's own tools. Every ``assign_task`` of
-one orchestrator turn runs concurrently as one *stage*; each returns one tool message
-holding only that sub-agent's final text ("context sharding"). The orchestrator ends
-the episode with a turn without tool calls (its ``Answer: ...`` line is the answer).
+its tools (``kimi_lab.swarm.prompts``): ``create_subagent``, ``assign_task`` and the
+environment's own tools. Every ``assign_task`` of one orchestrator turn runs
+concurrently as one *stage*; each returns one tool message holding only that
+sub-agent's final text ("context sharding"). The orchestrator ends the episode with
+a turn without tool calls (its ``Answer: ...`` line is the answer).
 
 Sub-agents are stateless workers: each assignment starts from the sub-agent's system
 prompt and the assigned prompt, runs its own loop over the environment's tools with a
 bounded context (old tool results are cut first) and a bounded number of steps.
 
 Step accounting (K2.5's critical steps): each orchestrator turn costs 1; a turn that
-launched a stage costs 1 + the most steps any of its sub-agents took. Budgets are
-counted in critical steps; the runtime reserves one step after each stage for the
-orchestrator to answer. Every fault of a sub-agent (its policy raised, hung past a
-timeout, returned something that is not a Turn, used up its steps) and every
-malformed orchestrator call becomes an ``error: ...`` tool message and an ``error``
-trace event; a fault of the orchestrator's own policy ends the episode
-(``EpisodeResult.failure``). Nothing waits forever: every policy call is bounded.
+launched a stage costs 1 + the most steps any of its sub-agents took. Budgets
+(``kimi_lab.config.swarm.SwarmConfig``) are counted in critical steps; the runtime
+reserves one step after each stage for the orchestrator to answer. Every fault of a
+sub-agent (its policy raised, hung past a timeout, returned something that is not a
+Turn, used up its steps) and every malformed orchestrator call becomes an ``error:
+...`` tool message and an ``error`` trace event; a fault of the orchestrator's own
+policy ends the episode (``EpisodeResult.failure``). Nothing waits forever: every
+policy call is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kimi_lab import metrics as M
-from kimi_lab.chat import CALL_BEGIN, CALL_END, Message, ToolCall, extract_answer
-from kimi_lab.swarm.trace import TraceWriter, preview
-from kimi_lab.swarm.types import Environment, Policy, SwarmTask, ToolSpec, Turn
-
-ORCHESTRATOR = M.SWARM_ORCHESTRATOR
-CREATE_SUBAGENT = "create_subagent"
-ASSIGN_TASK = "assign_task"
-
-CREATE_SPEC = ToolSpec(
-    CREATE_SUBAGENT,
-    "create a sub-agent with its own system prompt; give it work with assign_task",
-    '{"name": NAME, "system_prompt": TEXT}',
-)
-ASSIGN_SPEC = ToolSpec(
+from kimi_lab.chat import Message, ToolCall, extract_answer
+from kimi_lab.config.swarm import SwarmConfig
+from kimi_lab.swarm.calls import AGENT_NAME, Fault, bound_context, check_turn, json_args
+from kimi_lab.swarm.prompts import (
     ASSIGN_TASK,
-    "run a task on a sub-agent; the assign_task calls of one turn run concurrently, "
-    "each returns only that sub-agent's final result",
-    '{"agent": NAME, "prompt": TEXT}',
+    CREATE_SUBAGENT,
+    ORCHESTRATOR,
+    SWARM_TOOLS,
+    orchestrator_system,
+    subagent_system,
 )
-SWARM_TOOLS = (CREATE_SPEC, ASSIGN_SPEC)
+from kimi_lab.swarm.result import EpisodeResult
+from kimi_lab.swarm.trace import TraceWriter, preview
+from kimi_lab.swarm.types import Environment, Policy, SwarmTask, Turn
 
-ORCHESTRATOR_PROMPT = (
-    "You are the orchestrator of a swarm of sub-agents. Split the task into independent "
-    "sub-tasks, create sub-agents and assign them the sub-tasks (assignments in one turn run "
-    "in parallel), or use the tools yourself. When you know the answer, reply without tool "
-    "calls and end with a line 'Answer: ...'."
-)
-SUBAGENT_PROMPT = "You are a sub-agent. Solve the assigned task with the tools; reply with only your result."
-SINGLE_AGENT_PROMPT = (
-    "Solve the task with the tools. When you know the answer, reply without tool calls and "
-    "end with a line 'Answer: ...'."
-)
-
-# Sub-agent names are trace lanes and tool arguments: short identifiers.
-_AGENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _CANCEL_GRACE_S = 1.0  # how long a cancelled policy call may take to unwind before it is left behind
 
 T = TypeVar("T")
-
-
-def render_tools(tools: list[ToolSpec] | tuple[ToolSpec, ...]) -> str:
-    """The tool list of a system prompt."""
-    lines = [f"Call a tool as {CALL_BEGIN}NAME\\nINPUT{CALL_END}. Tools:"]
-    lines += [f"- {t.name}: {t.description}. Input: {t.input_format}" for t in tools]
-    return "\n".join(lines)
-
-
-@dataclass
-class SwarmConfig:
-    max_orchestrator_steps: int = 32
-    max_subagent_steps: int = 16  # per assignment
-    max_critical_steps: int = 64
-    max_subagents: int = 100  # create_subagent calls that succeed, per episode
-    max_concurrency: int = 100  # sub-agents running at once (the rest of a stage waits)
-    subagent_timeout_s: float = 600.0  # one assignment, wall clock
-    step_timeout_s: float = 120.0  # one policy call, any agent
-    subagent_context_chars: int = 32_000  # a sub-agent's context; older tool results are cut past it
-    result_chars: int = 4_000  # a sub-agent's result as the orchestrator reads it
-    max_episode_s: float | None = None  # wall clock for the whole episode
-    single_agent: bool = False  # no create_subagent / assign_task: the orchestrator works alone
-    # Environment calls one turn may make (None: any); the rest are refused with an error.
-    # Budgets that count one call per step (swarm/tasks.py) only bind with 1.
-    max_env_calls_per_turn: int | None = None
-    # env.call in a worker thread: for environments that block (disk, network). In-memory
-    # environments are faster called inline, and then a slow call delays the event loop.
-    env_in_thread: bool = False
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_orchestrator_steps",
-            "max_subagent_steps",
-            "max_critical_steps",
-            "max_concurrency",
-            "subagent_context_chars",
-            "result_chars",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SwarmConfig.{name} must be >= 1 (got {getattr(self, name)})")
-        if self.max_subagents < 0:
-            raise ValueError(f"SwarmConfig.max_subagents must be >= 0 (got {self.max_subagents})")
-        for name in ("subagent_timeout_s", "step_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"SwarmConfig.{name} must be > 0 (got {getattr(self, name)})")
-        if self.max_env_calls_per_turn is not None and self.max_env_calls_per_turn < 1:
-            raise ValueError(
-                f"SwarmConfig.max_env_calls_per_turn must be >= 1 or None (got {self.max_env_calls_per_turn})"
-            )
-        if self.max_episode_s is not None and not self.max_episode_s > 0:
-            raise ValueError(f"SwarmConfig.max_episode_s must be > 0 or None (got {self.max_episode_s})")
-
-
-@dataclass(repr=False)
-class EpisodeResult:
-    task_id: str
-    final_text: str = ""  # the orchestrator's final turn ("" when it never gave one)
-    answer: str | None = None  # its Answer: line
-    finished: bool = False  # the orchestrator ended the episode itself
-    critical_steps: int = 0
-    total_steps: int = 0  # every agent's steps
-    orchestrator_steps: int = 0
-    subagent_steps: int = 0
-    subagents_spawned: int = 0
-    assignments: int = 0  # sub-agent runs launched
-    completed_assignments: int = 0  # ... that returned a result (not an error)
-    stages: int = 0
-    stage_widths: list[int] = field(default_factory=list)  # assignments per stage
-    stage_steps: list[int] = field(default_factory=list)  # the most sub-agent steps per stage
-    parallelism: float = 0.0  # mean assignments per stage
-    max_parallelism: int = 0
-    tool_calls: int = 0  # environment tool calls, all agents
-    errors: int = 0  # error observations, all agents, and orchestrator faults
-    budget_exceeded: str | None = None  # "orchestrator_steps" | "critical_steps" | "time"
-    failure: str | None = None  # the orchestrator's policy failed (raised, timed out, garbage)
-    truncated: bool = False  # the orchestrator's last turn was cut by its token budget
-    wall_s: float = 0.0
-    reward: dict[str, float] | None = None
-    # For training the orchestrator: its turns (tokens, logprobs for trainable policies) and
-    # the messages each was sampled after. Sub-agents' turns are observations, never kept.
-    orchestrator_turns: list[Turn] = field(default_factory=list)
-    orchestrator_contexts: list[list[Message]] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)  # the orchestrator's whole conversation
-
-    def summary(self) -> dict[str, Any]:
-        """The scalar fields, for logs and JSON."""
-        skip = {"orchestrator_turns", "orchestrator_contexts", "messages"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
-
-    def __repr__(self) -> str:
-        # short: asyncio formats a finished task's result into some messages, and a
-        # swarm's full conversation can be megabytes
-        keys = ("task_id", "answer", "critical_steps", "total_steps", "stages", "budget_exceeded", "failure")
-        return "EpisodeResult(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in keys) + ")"
-
-
-class _Fault(Exception):
-    """A sub-agent's failure, told to the orchestrator as its result."""
 
 
 async def _bounded(aw: Awaitable[T], timeout: float) -> T:
@@ -201,51 +80,6 @@ async def _within(aw: Awaitable[T], timeout: float) -> T:
     return await asyncio.wait_for(aw, timeout)
 
 
-def _check_turn(raw: Any) -> Turn:
-    """``raw`` if it is a well-formed assistant Turn, else _Fault."""
-    if not isinstance(raw, Turn):
-        raise _Fault(f"the policy returned {type(raw).__name__}, not a Turn")
-    m = raw.message
-    if not isinstance(m, Message) or m.role != "assistant" or not isinstance(m.content, str):
-        raise _Fault(f"the policy's turn holds no assistant message ({preview(repr(m), 80)})")
-    if not isinstance(m.tool_calls, list) or not all(
-        isinstance(c, ToolCall) and isinstance(c.name, str) and isinstance(c.input, str) for c in m.tool_calls
-    ):
-        raise _Fault("the policy's turn holds malformed tool calls")
-    if not isinstance(raw.errors, list):
-        raise _Fault("the policy's turn holds malformed errors")
-    return raw
-
-
-def _json_object(text: str, keys: tuple[str, ...], tool: str) -> dict[str, str] | str:
-    """The call's JSON object with string ``keys``, or the error text."""
-    want = "{" + ", ".join(f'"{k}": ...' for k in keys) + "}"
-    try:
-        d = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return f"{tool} takes a JSON object {want} (got {preview(text, 80)!r})"
-    if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in keys):
-        return f"{tool} takes a JSON object {want} with text values (got {preview(text, 80)!r})"
-    return d
-
-
-def _bound_context(messages: list[Message], limit: int, first: int = 2) -> None:
-    """Cut the oldest tool results (from index ``first``) until the context holds <= ``limit`` chars.
-
-    Cut messages are replaced, never edited: contexts handed to a policy earlier keep theirs.
-    """
-    total = sum(len(m.content) + sum(len(c.input) for c in m.tool_calls) for m in messages)
-    for i in range(first, len(messages)):
-        if total <= limit:
-            return
-        m = messages[i]
-        if m.role != "tool" or m.content.startswith("[cut:"):
-            continue
-        note = f"[cut: an older tool result of {len(m.content)} chars]"
-        total += len(note) - len(m.content)
-        messages[i] = Message("tool", note)
-
-
 class _Episode:
     def __init__(
         self,
@@ -264,7 +98,7 @@ class _Episode:
             cfg,
             trace,
         )
-        self.r = EpisodeResult(task.id)
+        self.r = EpisodeResult(task.id, budget=cfg.critical_budget(task))
         self.env_tools = list(env.tools)
         self.env_names = {t.name for t in self.env_tools}
         self.agents: dict[str, str] = {}  # name -> system prompt
@@ -294,12 +128,33 @@ class _Episode:
             return float("inf")
         return self.cfg.max_episode_s - (time.perf_counter() - self.t0)
 
-    def env_call_refused(self, n: int) -> str | None:
-        """Why the turn's ``n``-th environment call (from 1) is refused, if it is."""
+    def tool_names(self, agent: str) -> set[str]:
+        """The tools ``agent`` may call: the environment's, and the swarm's for the orchestrator."""
+        if agent == ORCHESTRATOR and not self.cfg.single_agent:
+            return self.env_names | {CREATE_SUBAGENT, ASSIGN_TASK}
+        return self.env_names
+
+    def numbered(self, calls: list[ToolCall]) -> Iterator[tuple[int, ToolCall]]:
+        """A turn's calls, each with its index among the turn's environment calls (from 1; 0: not one)."""
+        n = 0
+        for c in calls:
+            n += c.name in self.env_names
+            yield (n if c.name in self.env_names else 0), c
+
+    async def env_tool(
+        self, agent: str, parent: str | None, call: ToolCall, nth: int, step: int | None
+    ) -> Message:
+        """Any agent's call of an environment tool (the ``nth`` of its turn), or of a tool it lacks."""
+        if nth == 0:
+            known = ", ".join(sorted(self.tool_names(agent)))
+            return self.error(
+                agent, f"unknown tool {preview(call.name, 40)!r} (tools: {known})", parent, step
+            )
         most = self.cfg.max_env_calls_per_turn
-        if most is not None and n > most:
-            return f"at most {most} environment tool call(s) per turn; this one was not run"
-        return None
+        if most is not None and nth > most:
+            text = f"at most {most} environment tool call(s) per turn; this one was not run"
+            return self.error(agent, text, parent, step)
+        return await self.env_call(agent, parent, call, step)
 
     async def env_call(self, agent: str, parent: str | None, call: ToolCall, step: int | None) -> Message:
         self.emit(agent, "tool_call", {"tool": call.name, "input": preview(call.input)}, parent, step)
@@ -320,9 +175,8 @@ class _Episode:
     async def run(self) -> None:
         cfg, r = self.cfg, self.r
         tools = self.env_tools + ([] if cfg.single_agent else list(SWARM_TOOLS))
-        intro = SINGLE_AGENT_PROMPT if cfg.single_agent else ORCHESTRATOR_PROMPT
         messages = [
-            Message("system", intro + "\n\n" + render_tools(tools)),
+            Message("system", orchestrator_system(self.env_tools, cfg.single_agent)),
             Message("user", self.task.question),
         ]
         r.messages = messages
@@ -331,7 +185,7 @@ class _Episode:
             if r.orchestrator_steps >= cfg.max_orchestrator_steps:
                 r.budget_exceeded = "orchestrator_steps"
                 return
-            if r.critical_steps + 1 > cfg.max_critical_steps:
+            if r.critical_steps + 1 > r.budget:
                 r.budget_exceeded = "critical_steps"
                 return
             left = self.remaining_s()
@@ -345,7 +199,7 @@ class _Episode:
                 raw = await _bounded(
                     self.orch.act(context, tools, ORCHESTRATOR), min(cfg.step_timeout_s, left)
                 )
-                turn = _check_turn(raw)
+                turn = check_turn(raw)
             except asyncio.TimeoutError:
                 if left < cfg.step_timeout_s:  # cut by the episode's clock, not the step's
                     r.budget_exceeded = "time"
@@ -353,7 +207,7 @@ class _Episode:
                 r.failure = f"the orchestrator's step {r.orchestrator_steps} timed out"
                 self.error(ORCHESTRATOR, r.failure)
                 return
-            except _Fault as exn:
+            except Fault as exn:
                 r.failure = f"orchestrator: {exn}"
                 self.error(ORCHESTRATOR, r.failure)
                 return
@@ -379,11 +233,11 @@ class _Episode:
             messages.extend(await self.orchestrator_tools(turn))
 
     def create(self, text: str) -> Message:
-        d = _json_object(text, ("name", "system_prompt"), CREATE_SUBAGENT)
+        d = json_args(text, ("name", "system_prompt"), CREATE_SUBAGENT)
         if isinstance(d, str):
             return self.error(ORCHESTRATOR, d)
         name = d["name"]
-        if not _AGENT_NAME.fullmatch(name) or name == ORCHESTRATOR:
+        if not AGENT_NAME.fullmatch(name) or name == ORCHESTRATOR:
             return self.error(
                 ORCHESTRATOR, f"bad sub-agent name {preview(name, 40)!r} (letters, digits, _ . -)"
             )
@@ -404,15 +258,15 @@ class _Episode:
         slots: list[Message | None] = [None] * len(calls)
         launches: list[tuple[int, str, str]] = []  # (slot, agent, prompt)
         launched: set[str] = set()
-        env_calls = 0
         base = r.critical_steps  # the orchestrator's turn included
         # one step is kept for the orchestrator's answer after the stage
-        limit = min(cfg.max_subagent_steps, cfg.max_critical_steps - base - 1)
-        for i, c in enumerate(calls):
-            if c.name == CREATE_SUBAGENT and not cfg.single_agent:
+        limit = min(cfg.max_subagent_steps, r.budget - base - 1)
+        swarm = not cfg.single_agent
+        for i, (nth, c) in enumerate(self.numbered(calls)):
+            if c.name == CREATE_SUBAGENT and swarm:
                 slots[i] = self.create(c.input)
-            elif c.name == ASSIGN_TASK and not cfg.single_agent:
-                d = _json_object(c.input, ("agent", "prompt"), ASSIGN_TASK)
+            elif c.name == ASSIGN_TASK and swarm:
+                d = json_args(c.input, ("agent", "prompt"), ASSIGN_TASK)
                 if isinstance(d, str):
                     slots[i] = self.error(ORCHESTRATOR, d)
                 elif d["agent"] not in self.agents:
@@ -425,18 +279,8 @@ class _Episode:
                 else:
                     launches.append((i, d["agent"], d["prompt"]))
                     launched.add(d["agent"])
-            elif c.name in self.env_names:
-                env_calls += 1
-                refused = self.env_call_refused(env_calls)
-                if refused:
-                    slots[i] = self.error(ORCHESTRATOR, refused)
-                else:
-                    slots[i] = await self.env_call(ORCHESTRATOR, None, c, None)
             else:
-                slots[i] = self.error(
-                    ORCHESTRATOR,
-                    f"unknown tool {preview(c.name, 40)!r} (tools: {', '.join(sorted(self._tool_names()))})",
-                )
+                slots[i] = await self.env_tool(ORCHESTRATOR, None, c, nth, None)
         if launches:
             stage = r.stages
             r.stages += 1
@@ -451,9 +295,6 @@ class _Episode:
             r.stage_widths.append(len(launches))
             r.stage_steps.append(most)
         return out + [m for m in slots if m is not None]
-
-    def _tool_names(self) -> set[str]:
-        return self.env_names | (set() if self.cfg.single_agent else {CREATE_SUBAGENT, ASSIGN_TASK})
 
     # ---------------------------------------------------------------- sub-agents
     async def subagent(
@@ -476,7 +317,7 @@ class _Episode:
             raise
         except asyncio.TimeoutError:
             fault = f"sub-agent {name} timed out after {timeout:g}s"
-        except _Fault as exn:
+        except Fault as exn:
             fault = f"sub-agent {name}: {exn}"
         except Exception as exn:
             fault = f"sub-agent {name} failed: {type(exn).__name__}: {exn}"
@@ -497,42 +338,28 @@ class _Episode:
 
     async def subagent_loop(self, name: str, prompt: str, base: int, limit: int, steps: list[int]) -> str:
         cfg, tools = self.cfg, self.env_tools
-        system = (self.agents[name] or SUBAGENT_PROMPT) + "\n\n" + render_tools(tools)
+        system = subagent_system(self.agents[name], tools)
         messages = [Message("system", system), Message("user", prompt)]
         while True:
             if steps[0] >= limit:
-                raise _Fault(f"used its {limit} steps without a final result")
+                raise Fault(f"used its {limit} steps without a final result")
             steps[0] += 1
             step = base + steps[0]
             try:
                 raw = await _within(self.sub.act(list(messages), tools, "subagent"), cfg.step_timeout_s)
             except asyncio.TimeoutError:
-                raise _Fault(f"step {steps[0]} timed out after {cfg.step_timeout_s:g}s") from None
-            turn = _check_turn(raw)
+                raise Fault(f"step {steps[0]} timed out after {cfg.step_timeout_s:g}s") from None
+            turn = check_turn(raw)
             messages.append(turn.message)
             if not turn.finished:
-                raise _Fault("its turn was cut off by the token budget")
+                raise Fault("its turn was cut off by the token budget")
             if not turn.message.tool_calls and not turn.errors:
                 return turn.message.content
             results = [self.error(name, e, ORCHESTRATOR, step) for e in turn.errors]
-            env_calls = 0
-            for c in turn.message.tool_calls:
-                if c.name in self.env_names:
-                    env_calls += 1
-                    refused = self.env_call_refused(env_calls)
-                    if refused:
-                        results.append(self.error(name, refused, ORCHESTRATOR, step))
-                    else:
-                        results.append(await self.env_call(name, ORCHESTRATOR, c, step))
-                else:
-                    known = ", ".join(sorted(self.env_names))
-                    results.append(
-                        self.error(
-                            name, f"unknown tool {preview(c.name, 40)!r} (tools: {known})", ORCHESTRATOR, step
-                        )
-                    )
+            for nth, c in self.numbered(turn.message.tool_calls):
+                results.append(await self.env_tool(name, ORCHESTRATOR, c, nth, step))
             messages.extend(results)
-            _bound_context(messages, cfg.subagent_context_chars)
+            bound_context(messages, cfg.subagent_context_chars)
 
     # ---------------------------------------------------------------- end
     def finish(self, reward: Callable[[SwarmTask, EpisodeResult], dict[str, float]] | None) -> None:

@@ -7,9 +7,12 @@ where it is from the messages it is given, so one instance can play many episode
 - ``SingleAgentPolicy``: one agent does every sub-task's calls itself, one tool call
   per step (critical steps grow with the task's width).
 - ``FanOutPolicy``: the orchestrator creates sub-agents in one turn, assigns the
-  sub-tasks ``width`` at a time, then combines the results (critical steps stay flat).
+  sub-tasks ``width`` at a time, then combines the results (critical steps stay flat);
+  with ``extra`` it also spawns sub-agents it gives vague work (spurious parallelism).
 - ``ScriptedSubagent``: a sub-agent that matches its assigned prompt to a sub-task and
-  runs that sub-task's calls, one per step.
+  runs that sub-task's verified calls, one per step: an oracle for any prompt that names
+  the sub-task's entity. A prompt it cannot match leaves it searching until its steps
+  run out, as a lost model sub-agent would (an error for the orchestrator, no result).
 - ``SimulatedPolicy``: fixed latency and step count, for benchmarks and fault tests.
 """
 
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kimi_lab.chat import Message, ToolCall, extract_answer
-from kimi_lab.swarm.runtime import ASSIGN_TASK, CREATE_SUBAGENT
+from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
 from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
 
 Combine = Callable[[SwarmTask, list[str]], str]
@@ -99,7 +102,9 @@ class ScriptedSubagent:
         self.subtasks = _subtasks(task)
 
     def match(self, prompt: str) -> dict[str, Any] | None:
-        """The sub-task of ``prompt``: the same prompt, else one contained in it, else the most shared words."""
+        """The sub-task of ``prompt``: the same prompt, else one contained in it, else the one sub-task
+        whose entity it names (none when it names several), else (tasks without entities) the most
+        shared words."""
         prompt = prompt.strip()
         for s in self.subtasks:
             if str(s.get("prompt", "")).strip() == prompt:
@@ -107,6 +112,10 @@ class ScriptedSubagent:
         for s in self.subtasks:
             if s.get("prompt") and str(s["prompt"]).strip() in prompt:
                 return s
+        if any(s.get("entity") for s in self.subtasks):
+            low = prompt.lower()
+            named = [s for s in self.subtasks if s.get("entity") and str(s["entity"]).lower() in low]
+            return named[0] if len(named) == 1 else None
         words = set(prompt.lower().split())
         best = max(
             self.subtasks,
@@ -120,8 +129,11 @@ class ScriptedSubagent:
     async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
         prompt = next((m.content for m in messages if m.role == "user"), "")
         sub = self.match(prompt)
-        if sub is None:
-            return _turn("I could not match this assignment to a sub-task.")
+        if sub is None:  # lost: keeps searching for the prompt, until the runtime stops it
+            tool = next((t.name for t in tools if t.name == "search"), tools[0].name if tools else None)
+            if tool is None:
+                return _turn("I could not match this assignment to a sub-task.")
+            return _turn(calls=[_call(tool, " ".join(prompt.split()[:12]))])
         calls = sub.get("calls", [])
         k = _steps_taken(messages)
         if k < len(calls):
@@ -129,46 +141,95 @@ class ScriptedSubagent:
         return _turn(str(sub.get("answer", "")))
 
 
+VAGUE_PROMPT = "Look for anything else useful about these items."  # the work an extra sub-agent gets
+
+
 class FanOutPolicy:
     """Orchestrator: create ``width`` sub-agents, assign the sub-tasks ``width`` per turn, combine.
 
-    ``width`` defaults to ``task.width`` (every sub-task at once when that is 0). Asked to
-    act as a sub-agent, it runs the scripted sub-agent, so one instance can play both roles.
+    ``width`` defaults to ``task.width`` (every sub-task at once when that is 0). ``extra``
+    more sub-agents are created and, in the first stage, given ``VAGUE_PROMPT``: spawning
+    without a decomposition, which costs critical steps and returns nothing (the spurious
+    parallelism r_finish is meant to discourage). ``interleave``: one turn creates and assigns,
+    item by item (create w1, assign w1 item 1, create w2, ...), so a model imitating it walks
+    the question's numbered list once and stops at its end, instead of counting creations
+    first. Asked to act as a sub-agent, it runs the scripted sub-agent, so one instance can
+    play both roles.
     """
 
-    def __init__(self, task: SwarmTask, width: int | None = None, combine: Combine | None = None) -> None:
+    def __init__(
+        self,
+        task: SwarmTask,
+        width: int | None = None,
+        combine: Combine | None = None,
+        extra: int = 0,
+        interleave: bool = False,
+    ) -> None:
         self.name = "fan-out"
         self.task = task
         self.combine = combine
         self.subtasks = _subtasks(task)
         w = width or task.width or len(self.subtasks)
         self.width = max(1, min(w, len(self.subtasks) or 1))
-        self.agents = [f"worker{i}" for i in range(self.width)]
+        # numbered from 1, like the items of a question: sub-agent w3 gets item 3
+        self.agents = [f"w{i}" for i in range(1, self.width + 1)]
+        self.extra = [f"w{i}" for i in range(self.width + 1, self.width + 1 + max(0, extra))]
         self.sub = ScriptedSubagent(task)
+        self.interleave = interleave
+
+    def _create(self, agent: str) -> ToolCall:
+        return ToolCall(CREATE_SUBAGENT, json.dumps({"name": agent, "system_prompt": ""}))
+
+    def _assign(self, agent: str, prompt: str) -> ToolCall:
+        return ToolCall(ASSIGN_TASK, json.dumps({"agent": agent, "prompt": prompt}))
 
     async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
         if role != "orchestrator":
             return await self.sub.act(messages, tools, role)
         k = _steps_taken(messages)
+        if self.interleave:
+            return self._act_interleaved(k, messages)
         if k == 0 and self.subtasks:
-            prompt = "You are a search sub-agent: run the searches of your task and reply with the result."
             return _turn(
                 calls=[
-                    ToolCall(CREATE_SUBAGENT, json.dumps({"name": a, "system_prompt": prompt}))
-                    for a in self.agents
+                    ToolCall(CREATE_SUBAGENT, json.dumps({"name": a, "system_prompt": ""}))
+                    for a in self.agents + self.extra
                 ]
             )
         batch = k - 1
         first = batch * self.width
         if 0 <= first < len(self.subtasks):
             chunk = self.subtasks[first : first + self.width]
+            vague = self.extra if batch == 0 else []
             return _turn(
                 calls=[
                     ToolCall(ASSIGN_TASK, json.dumps({"agent": a, "prompt": str(s.get("prompt", ""))}))
                     for a, s in zip(self.agents, chunk)
                 ]
+                + [ToolCall(ASSIGN_TASK, json.dumps({"agent": a, "prompt": VAGUE_PROMPT})) for a in vague]
             )
-        answers = [_answer_of(r) for r in _results_of(messages, ASSIGN_TASK)]
+        return self._answer(messages)
+
+    def _act_interleaved(self, k: int, messages: list[Message]) -> Turn:
+        first = k * self.width
+        if 0 <= first < len(self.subtasks):
+            chunk = self.subtasks[first : first + self.width]
+            calls = [
+                c
+                for a, s in zip(self.agents, chunk)
+                for c in ((self._create(a),) if k == 0 else ()) + (self._assign(a, str(s.get("prompt", ""))),)
+            ]
+            if k == 0:
+                calls += [c for a in self.extra for c in (self._create(a), self._assign(a, VAGUE_PROMPT))]
+            return _turn(calls=calls)
+        return self._answer(messages)
+
+    def _answer(self, messages: list[Message]) -> Turn:
+        answers = _results_of(messages, ASSIGN_TASK)
+        if self.extra:  # drop the vague assignments' replies (the last ones of the first stage)
+            n = min(self.width, len(self.subtasks))
+            answers = answers[:n] + answers[n + len(self.extra) :]
+        answers = [_answer_of(r) for r in answers]
         answers += [""] * (len(self.subtasks) - len(answers))
         return _turn(_combine(self.task, answers[: len(self.subtasks)], self.combine))
 

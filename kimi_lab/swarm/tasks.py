@@ -91,14 +91,25 @@ def step_budgets(calls: list[int], slack: int = SLACK_STEPS) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ generation
+def subtask_prompt(rel: Relation, name: str) -> str:
+    """One item's sub-task in the words of the wide question ("For X, find ..."): what a
+    decomposition writes by copying the item's name and the question's phrase."""
+    return f"For {name}, find {rel.each}."
+
+
 def _subtask(corpus: Corpus, rel: Relation, root: Doc) -> dict[str, Any]:
     hop = corpus.by_id[root.attrs[rel.link]]
     return {
-        "prompt": rel.ask.format(x=root.title) + " End with a final line `Answer: ...`.",
+        "prompt": subtask_prompt(rel, root.title),
         "calls": [["search", root.title], ["open", root.id], ["search", hop.title], ["open", hop.id]],
         "answer": corpus.value(hop, rel.attr),
         "entity": root.title,
     }
+
+
+def _numbered(names: list[str]) -> str:
+    """The items of a question, one numbered line each, so a decomposition can keep its place."""
+    return "\n".join(f"{i}. {name}" for i, name in enumerate(names, 1))
 
 
 def _wide(rng: random.Random, corpus: Corpus, world: str, width: int) -> tuple[Any, ...] | None:
@@ -110,7 +121,7 @@ def _wide(rng: random.Random, corpus: Corpus, world: str, width: int) -> tuple[A
     subs = [_subtask(corpus, rel, e) for e in chosen]
     keys = [e.title for e in chosen]
     question = (
-        f"For each of these {width} {_PLURAL[rel.root]}, find {rel.each}: {', '.join(keys)}. "
+        f"For each of these {width} {_PLURAL[rel.root]}, find {rel.each}:\n{_numbered(keys)}\n"
         "End with one final line `Answer: NAME: VALUE; NAME: VALUE; ...`, one item per name."
     )
     answer = [f"{k}: {s['answer']}" for k, s in zip(keys, subs)]
@@ -136,7 +147,7 @@ def _deep(rng: random.Random, corpus: Corpus, world: str, width: int) -> tuple[A
     winner = pick(chosen, key=lambda ve: ve[0])[1]
     keys = [e.title for _, e in chosen]
     question = (
-        f"Which of these {width} {_PLURAL[rel.root]} {rel.most[op == 'argmin']}: {', '.join(keys)}? "
+        f"Which of these {width} {_PLURAL[rel.root]} {rel.most[op == 'argmin']}?\n{_numbered(keys)}\n"
         "End with one final line `Answer: NAME`."
     )
     subs = [_subtask(corpus, rel, e) for _, e in chosen]

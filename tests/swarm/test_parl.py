@@ -14,8 +14,8 @@ import torch
 
 from kimi_lab.chat import Message, ToolCall
 from kimi_lab.openai_format import call_from_openai, from_openai, to_openai
+from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
-from kimi_lab.swarm.runtime import EpisodeResult
 from kimi_lab.swarm.types import SwarmTask
 from tests.conftest import REPO, run_cli
 
@@ -73,8 +73,26 @@ def test_parl_reward_components_and_annealing() -> None:
     assert late["perf"] == 0.0
     half = parl_reward(task, _result(final_text="Answer: a: 1", assignments=1, completed_assignments=1), w)
     assert half["perf"] == pytest.approx(2 / 3) and half["parallel"] == 0.5
-    assert annealed(0.5, 0, 10) == 0.5 and annealed(0.5, 5, 10) == 0.25 and annealed(0.5, 12, 10) == 0.0
-    assert annealed(0.5, 4, 10, hold_steps=5) == 0.5 and annealed(0.5, 99, 0) == 0.5
+    # held until start x max_steps, then linearly to 0 at end x max_steps
+    assert annealed(0.5, 0, 10, 0.0, 1.0) == 0.5 and annealed(0.5, 5, 10, 0.0, 1.0) == 0.25
+    assert annealed(0.5, 12, 10, 0.0, 1.0) == 0.0 and annealed(0.5, 8, 10) == 0.0  # default end 0.75
+    assert annealed(0.5, 2, 10, 0.2, 0.6) == 0.5 and annealed(0.5, 4, 10, 0.2, 0.6) == pytest.approx(0.25)
+
+
+def test_parl_lambdas_anneal_to_zero_by_default() -> None:
+    """K2.5 anneals r_parallel's and r_finish's weights to 0; a config that says nothing does too."""
+    from kimi_lab.config import compose, to_run_config
+    from kimi_lab.swarm.reward import lambdas
+
+    pc = to_run_config(compose(["phase=parl"])).phase.parl
+    assert pc.anneal and 0 < pc.anneal_end < 1
+    start, end = lambdas(pc, 0, 100), lambdas(pc, round(100 * pc.anneal_end), 100)
+    assert start.lambda1 == pc.lambda1 > 0 and start.lambda2 == pc.lambda2 > 0
+    assert end.lambda1 == end.lambda2 == 0.0 and lambdas(pc, 99, 100).lambda1 == 0.0
+    mid = lambdas(pc, round(50 * pc.anneal_end), 100)
+    assert 0 < mid.lambda1 < pc.lambda1
+    pc.anneal = False  # the ablation holds them
+    assert lambdas(pc, 99, 100).lambda1 == pc.lambda1
 
 
 # ------------------------------------------------------- the OpenAI wire format
@@ -152,10 +170,11 @@ def _free_port() -> int:
 def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) -> None:
     import urllib.request
 
+    from kimi_lab.config.swarm import SwarmConfig
     from kimi_lab.serve import make_server
     from kimi_lab.swarm.environment import SearchEnvironment
     from kimi_lab.swarm.openai_policy import OpenAIPolicy, PolicyServerError
-    from kimi_lab.swarm.runtime import SwarmConfig, run_episode
+    from kimi_lab.swarm.runtime import run_episode
     from kimi_lab.swarm.scripted import ScriptedSubagent
     from kimi_lab.swarm.tasks import load_swarm_tasks
 
@@ -181,7 +200,7 @@ def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) 
         res = asyncio.run(
             run_episode(
                 tasks[0], SearchEnvironment(corpus), policy, ScriptedSubagent(tasks[0]),
-                SwarmConfig(max_critical_steps=4, max_env_calls_per_turn=1),
+                SwarmConfig(max_critical_steps=4),
             )
         )  # fmt: skip
         assert res.failure is None and 1 <= res.critical_steps <= 4
@@ -245,10 +264,10 @@ def _parl(swarm_tasks: Path, tiny_tokenizer: Path, run: Path, *extra: str) -> li
         "phase.parl.prompts_per_step=2",
         "phase.parl.samples_per_prompt=2",
         "phase.parl.max_new_tokens=16",
-        "phase.parl.max_orchestrator_steps=3",
+        "phase.parl.swarm.max_orchestrator_steps=3",
         "phase.parl.eval_tasks=2",
         "phase.parl.traces_per_eval=2",
-        "phase.parl.anneal_steps=2",
+        "phase.parl.anneal_end=1.0",
         "trainer.max_steps=2",
         "trainer.log_every_n_steps=1",
         "trainer.val_check_interval=2",
@@ -274,7 +293,7 @@ def test_parl_phase_trains_the_orchestrator_and_writes_traces(
     assert (m[m.key == "rl/rollout_tokens_per_s"].value > 0).all()
     assert m[m.key == "rl/sampling_fraction"].value.between(0, 1, inclusive="right").all()
     lam = m[m.key == "parl/lambda1"].sort_values("step").value.tolist()
-    assert lam == [0.5, 0.25]  # annealed over anneal_steps=2
+    assert lam == [0.5, 0.25]  # annealed by default, here to 0 at the end of the 2 steps
     assert (m.key == "val/parl/score").any() and (m.key == "val/parl/critical_steps").any()
     traces = sorted((run / "swarm").glob("*.jsonl"))
     assert len(traces) == 2
@@ -295,28 +314,42 @@ def test_parl_config_errors_are_one_line(swarm_tasks: Path, tiny_tokenizer: Path
     assert res.returncode == 2 and "corpus.jsonl" in res.stderr
 
 
-def test_swarm_sft_builder_writes_right_demonstrations_of_both_styles(tmp_path: Path) -> None:
+def test_swarm_sft_builder_writes_right_demonstrations_of_every_style(
+    swarm_tasks: Path, tmp_path: Path
+) -> None:
     from kimi_lab.chat import conversation_from_list
     from kimi_lab.data.shards import iter_shard_samples, resolve_shards
+    from kimi_lab.swarm.corpus import Corpus
 
     out = tmp_path / "sft"
     res = run_cli(
-        "data", "build", "swarm-sft", "--out", str(out), "--n", "20", "--fanout-fraction", "0.5", cwd=REPO
-    )
+        "data", "build", "swarm-sft", "--out", str(out), "--n", "30", "--fanout-fraction", "0.4",
+        "--overspawn-fraction", "0.3", "--seed", "3", cwd=REPO,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
-    assert c["fanout"] > 0 and c["serial"] > 0 and c["fanout"] + c["serial"] == 20
+    assert c["fanout"] > 0 and c["serial"] > 0 and c["overspawn"] > 0
+    assert c["fanout"] + c["serial"] + c["overspawn"] == 30
     urls = resolve_shards(str(out), "train", "swarm sft")
     samples = [json.loads(s["json"]) for s in iter_shard_samples(iter(urls), lambda e: False)]
+    task_names = {d.title for d in Corpus.load(swarm_tasks / "corpus.jsonl").docs}  # same --seed
     for rec in samples:
         msgs = conversation_from_list(rec["messages"])  # a valid chat for phase sft
-        calls = [c.name for m in msgs for c in m.tool_calls]
-        if rec["swarm"]["style"] == "fanout":
-            assert "assign_task" in calls and "search" not in calls
+        calls = [c for m in msgs for c in m.tool_calls]
+        names = [c.name for c in calls]
+        width = len(msgs[1].content.splitlines()) - 2  # the numbered items of the question
+        if rec["swarm"]["style"] == "serial":
+            assert "assign_task" not in names and "search" in names
         else:
-            assert "assign_task" not in calls and "search" in calls
+            assert "search" not in names and names.count("assign_task") >= width
+            spawned = names.count("create_subagent")
+            assert spawned == width if rec["swarm"]["style"] == "fanout" else spawned > width
         assert msgs[-1].role == "assistant" and msgs[-1].content.startswith("Answer:")
+        # demonstrations come from a corpus of their own: no name a task uses, so only copying imitates them
+        prompts = [json.loads(c.input)["prompt"] for c in calls if c.name == "assign_task"]
+        searched = {p[len("For ") :].split(",")[0] for p in prompts if p.startswith("For ")}
+        assert not searched & task_names and (bool(searched) or rec["swarm"]["style"] == "serial")
     bad = run_cli(
         "data", "build", "swarm-sft", "--out", str(tmp_path / "b"), "--fanout-fraction", "2", cwd=REPO
     )

@@ -20,15 +20,12 @@ import pytest
 
 from kimi_lab import metrics as M
 from kimi_lab.chat import Message, ToolCall
+from kimi_lab.config.swarm import SwarmConfig
+from kimi_lab.errors import ConfigError
 from kimi_lab.swarm import runtime
-from kimi_lab.swarm.runtime import (
-    ASSIGN_TASK,
-    CREATE_SUBAGENT,
-    EpisodeResult,
-    SwarmConfig,
-    run_episode,
-    run_episode_sync,
-)
+from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
+from kimi_lab.swarm.result import EpisodeResult
+from kimi_lab.swarm.runtime import run_episode, run_episode_sync
 from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SimulatedPolicy, SingleAgentPolicy
 from kimi_lab.swarm.trace import TraceWriter
 from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
@@ -127,7 +124,7 @@ def check_trace(path: Path, res: EpisodeResult, cfg: SwarmConfig) -> list[dict[s
     assert (last["agent"], last["kind"]) == (ORCH, "finish"), last
     assert sum(e["agent"] == ORCH and e["kind"] == "finish" for e in events) == 1
     assert all(a["t"] <= b["t"] for a, b in itertools.pairwise(events))
-    assert max(e["step"] for e in events) <= cfg.max_critical_steps
+    assert max(e["step"] for e in events) <= res.budget
     assert last["detail"]["critical_steps"] == res.critical_steps
     # every assignment ends with the sub-agent's finish, its steps inside the budget
     subs = [e for e in events if e["agent"] != ORCH]
@@ -144,7 +141,7 @@ def check_trace(path: Path, res: EpisodeResult, cfg: SwarmConfig) -> list[dict[s
 
 
 def check_budgets(res: EpisodeResult, cfg: SwarmConfig) -> None:
-    assert res.critical_steps <= cfg.max_critical_steps
+    assert res.critical_steps <= res.budget
     assert res.orchestrator_steps <= cfg.max_orchestrator_steps
     assert res.subagents_spawned <= cfg.max_subagents
     assert res.critical_steps == res.orchestrator_steps + sum(res.stage_steps)
@@ -240,6 +237,44 @@ def test_single_agent_mode_has_no_swarm_tools() -> None:
     assert res.subagents_spawned == 0 and "create_subagent" not in res.messages[0].content
 
 
+def test_orchestrator_and_subagents_see_the_same_environment_dispatch() -> None:
+    """One dispatch for every agent: the same calls give the same observations, whoever makes them."""
+    calls = [("search", "x"), ("open", "crash"), ("fly", "away")]
+    sub = Scripted([turn(calls=calls)])
+    orch = Scripted([turn(calls=[*calls, create("w")]), turn(calls=[assign("w", "go")])])
+    run_episode_sync(make_task([1]), FakeEnv(), orch, sub, SwarmConfig(max_env_calls_per_turn=None))
+    by_orch = [m.content for m in orch.seen[1][-4:-1]]
+    by_sub = [m.content for m in sub.seen[1][-3:]]
+    assert by_orch[0] == by_sub[0] == "search(x)"
+    assert by_orch[1] == by_sub[1] and by_orch[1].startswith("error: open failed: OSError: disk gone")
+    # an unknown tool is an error either way; each agent is told the tools it has
+    assert by_orch[2].startswith("error: unknown tool 'fly'") and by_sub[2].startswith(
+        "error: unknown tool 'fly'"
+    )
+    assert "assign_task" in by_orch[2] and "assign_task" not in by_sub[2]
+
+
+def test_one_swarm_schema_from_yaml_to_runtime() -> None:
+    """phase.parl.swarm is the runtime's SwarmConfig: every field reaches it as set, none is mapped by hand."""
+    from hydra.errors import ConfigCompositionException
+
+    from kimi_lab.config import compose, to_run_config
+
+    cfg = to_run_config(compose(["phase=parl", "phase.parl.swarm.step_timeout_s=7"]))
+    sw = cfg.phase.parl.swarm
+    assert isinstance(sw, SwarmConfig)
+    assert sw.step_timeout_s == 7.0 and sw.subagent_timeout_s != 7.0  # no longer one reusing the other
+    assert sw.max_critical_steps is None  # each task's own budget
+    task = make_task([1, 1])
+    task.data["budgets"] = {"critical_steps": 9}
+    assert sw.critical_budget(task) == 9 and SwarmConfig(max_critical_steps=5).critical_budget(task) == 5
+    assert SwarmConfig().critical_budget(make_task([1])) == 64  # a task without a budget
+    with pytest.raises(ConfigCompositionException, match=r"phase\.parl\.swarm\.nonsense"):
+        compose(["phase=parl", "phase.parl.swarm.nonsense=1"])
+    with pytest.raises(ConfigError, match=r"swarm\.max_subagent_steps=0"):
+        to_run_config(compose(["phase=parl", "phase.parl.swarm.max_subagent_steps=0"]))
+
+
 # ----------------------------------------------------------------------- concurrency
 class Probe:
     """A sub-agent that sleeps and records how many of its kind run at once."""
@@ -329,7 +364,7 @@ def test_subagent_step_and_count_budgets() -> None:
     tools = [m.content for m in res.messages if m.role == "tool"]
     assert res.subagents_spawned == 2 and res.stage_steps == [2]
     assert sum("sub-agents already" in t for t in tools) == 2
-    assert sum("no sub-agent 'worker" in t for t in tools) == 2
+    assert sum("no sub-agent 'w" in t for t in tools) == 2
     assert sum("used its 2 steps" in t for t in tools) == 2
     check_budgets(res, cfg)
 
@@ -592,9 +627,9 @@ def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> 
     # sub-agent events count critical steps: the stage began after the orchestrator's 2 turns
     fin = {e["agent"]: e for e in events if e["kind"] == "finish" and e["agent"] != ORCH}
     assert {a: (e["step"], e["detail"]["steps"]) for a, e in fin.items()} == {
-        "worker0": (2 + 2, 2),
-        "worker1": (2 + 4, 4),
-        "worker2": (2 + 3, 3),
+        "w1": (2 + 2, 2),
+        "w2": (2 + 4, 4),
+        "w3": (2 + 3, 3),
     }
 
     dash = _dashboard_functions()
@@ -602,8 +637,8 @@ def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> 
     assert bad == 0 and problem is None
     bars = dash["spans"](frame)
     subs = bars[bars["agent"] != ORCH].set_index("agent")
-    assert set(subs.index) == {"worker0", "worker1", "worker2"}
-    assert subs["critical"].to_dict() == {"worker0": False, "worker1": True, "worker2": False}
+    assert set(subs.index) == {"w1", "w2", "w3"}
+    assert subs["critical"].to_dict() == {"w1": False, "w2": True, "w3": False}
     assert (subs["end"] >= subs["start"]).all()
 
 
@@ -619,9 +654,9 @@ def test_trace_writer_closes_an_unfinished_trace(tmp_path: Path) -> None:
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(ValueError, match="max_critical_steps"):
+    with pytest.raises(ConfigError, match="max_critical_steps"):
         SwarmConfig(max_critical_steps=0)
-    with pytest.raises(ValueError, match="subagent_timeout_s"):
+    with pytest.raises(ConfigError, match="subagent_timeout_s"):
         SwarmConfig(subagent_timeout_s=0)
 
 

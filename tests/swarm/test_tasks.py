@@ -155,6 +155,65 @@ def test_wide_and_deep_shapes(tasks: list, corpus: Corpus) -> None:
             assert len(set(values)) == len(values)  # one right answer
 
 
+def test_questions_number_their_items_and_subtasks_use_the_questions_words(tasks: list) -> None:
+    for task in tasks:
+        keys = task.data["combine"]["keys"]
+        lines = task.question.splitlines()
+        assert [f"{i}. {k}" for i, k in enumerate(keys, 1)] == lines[1 : 1 + len(keys)]
+        if task.kind == "wide":  # a sub-task copies the item's name and the question's phrase
+            for sub in task.data["subtasks"]:
+                phrase = sub["prompt"].split(", find ", 1)[1].split(".")[0]
+                assert sub["prompt"].startswith(f"For {sub['entity']}, find ") and phrase in task.question
+
+
+def test_scripted_subagent_is_an_oracle_only_for_a_prompt_naming_one_entity(
+    tasks: list, env: SearchEnvironment
+) -> None:
+    from kimi_lab.config.swarm import SwarmConfig
+    from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
+    from kimi_lab.swarm.runtime import run_episode_sync
+    from kimi_lab.swarm.scripted import ScriptedSubagent
+    from kimi_lab.swarm.types import Turn
+
+    task = next(t for t in tasks if t.kind == "wide" and t.width >= 3)
+    subs = task.data["subtasks"]
+    oracle = ScriptedSubagent(task)
+    assert oracle.match(f"Tell me about {subs[1]['entity']} please") is subs[1]  # any words naming it
+    assert oracle.match(f"{subs[0]['entity']} and {subs[1]['entity']}") is None  # two items: not one sub-task
+    assert oracle.match("Look for anything useful.") is None
+    prompts = [f"About {subs[0]['entity']}: do it.", "Look for anything useful.", task.question]
+
+    class Orchestrator:
+        name = "fixed"
+
+        async def act(self, messages, tools, role):
+            from kimi_lab.chat import Message, ToolCall
+
+            k = sum(m.role == "assistant" for m in messages)
+            make = [
+                ToolCall(CREATE_SUBAGENT, json.dumps({"name": f"w{i}", "system_prompt": ""}))
+                for i in range(3)
+            ]
+            go = [
+                ToolCall(ASSIGN_TASK, json.dumps({"agent": f"w{i}", "prompt": p}))
+                for i, p in enumerate(prompts)
+            ]
+            return (
+                Turn(Message("assistant", "", [make, go][k]))
+                if k < 2
+                else Turn(Message("assistant", "Answer: x"))
+            )
+
+    res = run_episode_sync(
+        task, env, Orchestrator(), oracle, SwarmConfig(max_critical_steps=30, max_subagent_steps=6)
+    )
+    results = [m.content for m in res.messages if m.role == "tool"][-3:]
+    assert results[0] == subs[0]["answer"]
+    # a lost sub-agent searches until its steps run out, and that is an error, not a result
+    assert all(r.startswith("error:") and "steps" in r for r in results[1:])
+    assert res.assignments == 3 and res.completed_assignments == 1 and max(res.stage_steps) == 6
+
+
 def test_train_and_val_tasks_share_no_entity(tasks: list, corpus: Corpus) -> None:
     titles = {d.title: d for d in corpus.docs}
     for task in tasks:
