@@ -201,7 +201,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         if not sep or not name or not path:
             raise KimiLabError(f"--tasks {item}: expected NAME=FOLDER, e.g. vision=data/visual-tasks")
         tasks[name] = path
-    result = evaluate_checkpoint(args.checkpoint, tasks, args.n)
+
+    def progress(done: int, total: int) -> None:
+        print(f"eval: {done}/{total} episodes", file=sys.stderr, flush=True)
+
+    result = evaluate_checkpoint(
+        args.checkpoint, tasks, args.n, batch_size=args.batch_size, progress=progress
+    )
     if args.out:
         from pathlib import Path
 
@@ -406,8 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="task shards from kimi-lab data build visual-tasks (repeatable)",
     )
     p.add_argument("--n", type=int, default=32, help="prompts per task folder (its val split)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="episodes decoded side by side (prompts of similar length)"
+    )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--out", help="also write the JSON result (with example transcripts) here")
+    p.add_argument("--out", help="also write the JSON result (with per-prompt rewards and transcripts) here")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(

@@ -16,13 +16,20 @@ def test_zero_vision_chain_runs_end_to_end_and_resumes(sandbox: None, tmp_path: 
     report = json.loads((out / "report.json").read_text())
     assert [r["variant"] for r in report["rows"]] == ["pretrain", "sft_text", "sft_visual", "rl"]
     assert all(0 <= r["vision_reward"] <= 1 and 0 <= r["text_reward"] <= 1 for r in report["rows"])
-    assert len(report["findings"]) == 4 and "n=2" in report["findings"][0]
+    assert len(report["findings"]) == 5 and "n=2" in report["findings"][0]
+    assert (
+        "images blanked" in report["findings"][4] and "paired over the same prompts" in report["findings"][4]
+    )
+    assert [c["status"] for c in report["claims"]] and (out / "eval" / "sft_text_blank.json").is_file()
+    episodes = json.loads((out / "eval" / "sft_text.json").read_text())["episodes"]
+    assert sorted(e["source"] for e in episodes) == ["text", "text", "vision", "vision"]
     assert (out / "zero_vision.png").stat().st_size > 0
     text = (out / "report.md").read_text()
     assert "## What this run shows" in text and "text-only SFT" in text
     # a second call keeps every finished stage and evaluation
     again = run_cli(*args, cwd=REPO, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 4
+    assert "evaluating" not in again.stdout  # every evaluation, the control included, was kept
 
 
 def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
@@ -53,6 +60,7 @@ def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     assert (out / "parl_ablation.png").stat().st_size > 0
     again = run_cli(*args, cwd=REPO, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 4
+    assert "evaluating" not in again.stdout  # every evaluation, the control included, was kept
     # kimi-lab report rebuilds the report from the saved evaluations
     (out / "report.md").unlink()
     res = run_cli("report", str(out), cwd=REPO)
