@@ -15,7 +15,7 @@
   kimi-lab consolidate SHARDED_CKPT OUT.ckpt    an FSDP2 checkpoint folder as one file (weights)
   kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
-  kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm  ratios against peers measured in the same run ([--json])
+  kimi-lab bench moe|step|sparsity|data|qkclip|gpu|swarm|eval  ratios against peers measured in the same run ([--json])
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -296,7 +296,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     serve(args.checkpoint, args.host, args.port)
 
 
-_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu", "swarm")
+_BENCHES = ("moe", "step", "sparsity", "data", "qkclip", "gpu", "swarm", "eval")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
