@@ -213,7 +213,7 @@ def plot(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> None:
         ax3.axhline(0, color="k", lw=0.8)
         ax3.set_xscale("log")
     ax3.set(
-        title="sparsest minus densest arm (below 0: more experts win)",
+        title="sparsest minus densest arm (< 0: more experts win)",
         xlabel="tokens seen per routed expert of the sparsest arm",
         ylabel="val loss difference",
     )
