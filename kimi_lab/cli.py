@@ -16,7 +16,7 @@
   kimi-lab generate CKPT --prompt TEXT [...]    continue a prompt, tokens printed as they are sampled
   kimi-lab chat CKPT [--tools python]           talk to a checkpoint (tool calls run in the sandbox)
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
-  kimi-lab bench moe|step|sparsity|ep|data|qkclip|gpu|swarm|generate  ratios against peers measured in the same run ([--json])
+  kimi-lab bench moe|step|sparsity|ep|data|qkclip|gpu|swarm|generate|eval  ratios against peers measured in the same run ([--json])
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -185,7 +185,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         if not sep or not name or not path:
             raise KimiLabError(f"--tasks {item}: expected NAME=FOLDER, e.g. vision=data/visual-tasks")
         tasks[name] = path
-    result = evaluate_checkpoint(args.checkpoint, tasks, args.n)
+
+    def progress(done: int, total: int) -> None:
+        print(f"eval: {done}/{total} episodes", file=sys.stderr, flush=True)
+
+    result = evaluate_checkpoint(
+        args.checkpoint, tasks, args.n, batch_size=args.batch_size, progress=progress
+    )
     if args.out:
         from pathlib import Path
 
@@ -291,7 +297,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
 
 
-_BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate")
+_BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate", "eval")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -438,8 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="task shards from kimi-lab data build visual-tasks (repeatable)",
     )
     p.add_argument("--n", type=int, default=32, help="prompts per task folder (its val split)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="episodes decoded side by side (prompts of similar length)"
+    )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--out", help="also write the JSON result (with example transcripts) here")
+    p.add_argument("--out", help="also write the JSON result (with per-prompt rewards and transcripts) here")
     p.set_defaults(func=_cmd_eval)
 
     from kimi_lab.experiments import EXPERIMENTS

@@ -122,3 +122,17 @@ def test_bench_ep_times_both_layouts_in_two_processes(tmp_path: Path) -> None:
     assert set(tps) == {"ep1", "ep2"} and all(t > 0 for t in tps.values())
     assert out["ep_over_dp_tokens_per_s"] == pytest.approx(tps["ep2"] / tps["ep1"])
     assert 0 < out["all_to_all_share"] < 1 and out["cpu"]
+
+
+def test_bench_eval_plays_the_same_prompts_both_ways(
+    task_shards: Path, tiny_tokenizer: Path, tmp_path: Path
+) -> None:
+    res = run_cli(
+        "bench", "eval", "--json", "--tasks", str(task_shards), "--n", "3", "--batch", "3", "--old-batch", "2",
+        "--max-new-tokens", "4", "--model", "tiny-vl", "--tokenizer", str(tiny_tokenizer), cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["prompts"] == 3 and out["per_batch_s"] > 0 and out["batched_s"] > 0
+    assert out["speedup"] == pytest.approx(out["per_batch_s"] / out["batched_s"])
+    assert 0 <= out["same_reward"] <= 3 and "load_average" in out

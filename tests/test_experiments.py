@@ -16,13 +16,20 @@ def test_zero_vision_chain_runs_end_to_end_and_resumes(sandbox: None, tmp_path: 
     report = json.loads((out / "report.json").read_text())
     assert [r["variant"] for r in report["rows"]] == ["pretrain", "sft_text", "sft_visual", "rl"]
     assert all(0 <= r["vision_reward"] <= 1 and 0 <= r["text_reward"] <= 1 for r in report["rows"])
-    assert len(report["findings"]) == 4 and "n=2" in report["findings"][0]
+    assert len(report["findings"]) == 5 and "n=2" in report["findings"][0]
+    assert (
+        "images blanked" in report["findings"][4] and "paired over the same prompts" in report["findings"][4]
+    )
+    assert [c["status"] for c in report["claims"]] and (out / "eval" / "sft_text_blank.json").is_file()
+    episodes = json.loads((out / "eval" / "sft_text.json").read_text())["episodes"]
+    assert sorted(e["source"] for e in episodes) == ["text", "text", "vision", "vision"]
     assert (out / "zero_vision.png").stat().st_size > 0
     text = (out / "report.md").read_text()
     assert "## What this run shows" in text and "text-only SFT" in text
     # a second call keeps every finished stage and evaluation
     again = run_cli(*args, cwd=REPO, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 4
+    assert "evaluating" not in again.stdout  # every evaluation, the control included, was kept
 
 
 def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
@@ -67,3 +74,40 @@ def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     (out / "report.md").unlink()
     res = run_cli("report", str(out), cwd=REPO)
     assert res.returncode == 0 and (out / "report.md").is_file()
+
+
+def _eval(rewards: dict[str, list[float]]) -> dict:
+    episodes = [
+        {"id": f"{src}{i}", "source": src, "reward": r}
+        for src, rs in rewards.items()
+        for i, r in enumerate(rs)
+    ]
+    summary = {f"source/{s}": {"n": len(rs), "reward": sum(rs) / len(rs)} for s, rs in rewards.items()}
+    return {"summary": summary, "episodes": episodes}
+
+
+def test_zero_vision_differences_are_paired_over_prompts_and_judge_the_claims() -> None:
+    from kimi_lab.reports.zero_vision import claims, difference
+
+    # b beats a by 0.1 on every prompt: the prompts' own spread (0 to 0.9) is no noise for the pair
+    a = [i / 10 for i in range(10)] * 20
+    b = [r + 0.1 for r in a]
+    d = difference({"a": _eval({"vision": a}), "b": _eval({"vision": b})}, "a", "b", "vision")
+    assert d.paired and d.n == 200 and d.se < 1e-9 and abs(d.diff - 0.1) < 1e-9 and d.verdict == "higher"
+    # the same means as two unrelated samples: the unpaired error is far larger
+    old = {
+        k: {"summary": v["summary"]}
+        for k, v in {"a": _eval({"vision": a}), "b": _eval({"vision": b})}.items()
+    }
+    u = difference(old, "a", "b", "vision")
+    assert not u.paired and u.se > 0.04 and u.verdict == "higher"
+    # a difference inside two standard errors is not judged; each claim reads its own direction
+    noisy = [0.0, 1.0] * 100
+    flipped = [1.0, 0.0] * 99 + [0.0, 1.0]
+    n = difference({"a": _eval({"vision": noisy}), "b": _eval({"vision": flipped})}, "a", "b", "vision")
+    assert n.verdict == "not distinguishable"
+    lower = difference({"a": _eval({"vision": b}), "b": _eval({"vision": a})}, "a", "b", "vision")
+    table = claims({"transfer": d, "traces": d, "rl_vision": d, "rl_text": lower})
+    assert [c["status"] for c in table] == ["confirmed", "contradicted", "contradicted"]
+    table = claims({"transfer": n, "traces": lower, "rl_vision": d, "rl_text": n})
+    assert [c["status"] for c in table] == ["not judged", "confirmed", "partly confirmed"]

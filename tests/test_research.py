@@ -47,7 +47,10 @@ def test_sparsity_scaling_sweeps_experts_and_reports(tiny_overrides: list[str], 
     folder = _sweep(tiny_overrides, tmp_path, "sparsity_scaling", "model.moe.n_routed_experts=4,8")
     report = json.loads((folder / "report.json").read_text())
     assert [a["experts"] for a in report["arms"]] == [4, 8]
-    assert all(a["sparsity"] == a["experts"] / 2 for a in report["arms"])
+    assert all(a["sparsity"] == a["experts"] / 4 for a in report["arms"])  # the experiment's top-4
+    # the gap curve: one point per common evaluation, tokens per expert of the 8-expert arm
+    curve = report["gap_curve"]
+    assert [c["step"] for c in curve] == [4, 9] and curve[-1]["tokens_per_expert"] == 10 * 4 * 32 * 4 / 8
     target = report["target_val_loss"]
     assert target == max(a["final_val_loss"] for a in report["arms"])
     assert all(a["steps_to_target"] <= 10 for a in report["arms"])  # every arm reaches the common target
@@ -274,3 +277,33 @@ def test_parl_report_judges_curves_and_evaluations_against_their_standard_errors
     assert v["spurious_parallelism"] == ["perf"] and v["serial_collapse"] == []
     assert v["full"]["score_diff"] == pytest.approx(0.2)  # against its own warm start, ws_serial
     assert "2.0x fewer" in text  # single / trained critical steps at width 4
+
+
+def test_gap_curve_finds_where_more_experts_start_to_win(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from kimi_lab.reports.runs import Run
+    from kimi_lab.reports.sparsity_scaling import gap_curve, turning_point
+
+    def run(experts: int, seed: int, losses: list[float]) -> Run:
+        steps = [9, 19, 29, 39]
+        rows = [(s, "val/loss", v) for s, v in zip(steps, losses, strict=True)]
+        rows += [(s, "train/tokens", (s + 1) * 100.0) for s in steps]
+        config = {
+            "seed": seed,
+            "model": {
+                "hidden_size": 10,
+                "moe": {"n_routed_experts": experts, "top_k": 2, "expert_ffn_dim": 5},
+            },
+        }
+        return Run(tmp_path, config, pd.DataFrame(rows, columns=["step", "key", "value"]))
+
+    dense = [run(4, s, [5.0, 4.0, 3.5, 3.2]) for s in (0, 1)]
+    sparse = [run(16, s, [5.2, 4.05, 3.4, 3.0 + 0.01 * s]) for s in (0, 1)]
+    curve = gap_curve(dense + sparse)
+    assert [round(c["gap"], 3) for c in curve] == [0.2, 0.05, -0.1, -0.195]
+    # 40 steps x 100 tokens x top-2 over 16 experts; 3 x 10 x 5 parameters per expert
+    assert curve[-1]["tokens_per_expert"] == 500 and curve[-1]["tokens_per_expert_param"] == 500 / 150
+    assert "overtakes the densest at step 29" in turning_point(curve) and "375 tokens" in turning_point(curve)
+    behind = gap_curve(dense + [run(16, s, [5.2, 4.2, 3.6, 3.25]) for s in (0, 1)])
+    assert "stays behind" in turning_point(behind) and "(closing)" in turning_point(behind)

@@ -16,7 +16,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from kimi_lab.metrics import TRAIN_LOSS, VAL_LOSS
+from kimi_lab.metrics import TRAIN_LOSS, TRAIN_TOKENS, VAL_LOSS
 from kimi_lab.reports.runs import Run
 from kimi_lab.reports.seeds import compare, describe, group, seeds_note
 
@@ -34,6 +34,77 @@ def steps_to_reach(val: Any, target: float) -> float:
             return float(prev_step + frac * (step - prev_step))
         prev_step, prev_loss = step, loss
     return math.nan
+
+
+def tokens_per_step(run: Run) -> float:
+    """Training tokens per optimizer step: from the logged cumulative count, else the config."""
+    tokens = run.series(TRAIN_TOKENS)
+    if len(tokens) and tokens.index[-1] >= 0 and tokens.iloc[-1] > 0:
+        return float(tokens.iloc[-1]) / (float(tokens.index[-1]) + 1)
+    return float(run.get("data.batch_size") or 0) * float(run.get("data.seq_len") or 0)
+
+
+def gap_curve(runs: list[Run]) -> list[dict[str, float]]:
+    """The sparsest arm's validation loss minus the densest arm's at every common evaluation step
+    (mean over the seeds both arms have), against the tokens each routed expert of the sparsest
+    arm has seen by then: tokens x top_k / experts, per MoE layer. Negative: more experts win."""
+    by_arm: dict[int, dict[Any, Run]] = {}
+    for run in runs:
+        by_arm.setdefault(int(run.get("model.moe.n_routed_experts")), {})[run.get("seed")] = run
+    if len(by_arm) < 2:
+        return []
+    lo, hi = min(by_arm), max(by_arm)
+    seeds = sorted(set(by_arm[lo]) & set(by_arm[hi]), key=lambda x: (x is None, x))
+    if not seeds:
+        return []
+    sparse0 = by_arm[hi][seeds[0]]
+    top_k = int(sparse0.get("model.moe.top_k"))
+    expert_params = 3 * int(sparse0.get("model.hidden_size")) * int(sparse0.get("model.moe.expert_ffn_dim"))
+    per_step = tokens_per_step(sparse0)
+    gaps: dict[float, list[float]] = {}
+    for seed in seeds:
+        dense, sparse = by_arm[lo][seed].series(VAL_LOSS), by_arm[hi][seed].series(VAL_LOSS)
+        for step in sorted(set(dense.index) & set(sparse.index)):
+            gaps.setdefault(float(step), []).append(float(sparse[step]) - float(dense[step]))
+    out = []
+    for step, g in sorted(gaps.items()):
+        per_expert = (step + 1) * per_step * top_k / hi
+        out.append(
+            {
+                "step": step,
+                "gap": sum(g) / len(g),
+                "gap_lo": min(g),
+                "gap_hi": max(g),
+                "tokens_per_expert": per_expert,
+                "tokens_per_expert_param": per_expert / expert_params,
+            }
+        )
+    return out
+
+
+def turning_point(curve: list[dict[str, float]]) -> str:
+    """Where the sparsest arm starts to win for good, or how far it is from doing so."""
+    if len(curve) < 3:
+        return ""
+    for i, point in enumerate(curve):
+        if all(p["gap"] < 0 for p in curve[i:]):
+            if i == 0:
+                return "The sparsest arm is ahead of the densest at every evaluation."
+            return (
+                f"The sparsest arm overtakes the densest at step {point['step']:.0f}, once each of its routed "
+                f"experts has seen about {point['tokens_per_expert']:,.0f} tokens "
+                f"({point['tokens_per_expert_param']:.1f} per expert parameter), and stays ahead."
+            )
+    half = len(curve) // 2
+    early = sum(p["gap"] for p in curve[:half]) / half
+    late = sum(p["gap"] for p in curve[half:]) / (len(curve) - half)
+    last = curve[-1]
+    trend = "closing" if late < early else "not closing"
+    return (
+        f"The sparsest arm stays behind the densest: mean gap {early:+.3f} in the first half of the evaluations, "
+        f"{late:+.3f} in the second ({trend}); at the end each of its routed experts has seen "
+        f"{last['tokens_per_expert']:,.0f} tokens ({last['tokens_per_expert_param']:.1f} per expert parameter)."
+    )
 
 
 def summarise(runs: list[Run]) -> tuple[list[dict[str, Any]], float]:
@@ -64,7 +135,9 @@ def _by_experts(rows: list[dict[str, Any]], key: str) -> dict[int, float]:
     return {e: v.mean for e, v in group(rows, "experts", key).items()}
 
 
-def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
+def findings(
+    rows: list[dict[str, Any]], target: float, curve: list[dict[str, float]] | None = None
+) -> list[str]:
     loss = group(rows, "experts", "final_val_loss")
     steps = _by_experts(rows, "steps_to_target")
     experts = sorted(loss)
@@ -78,8 +151,8 @@ def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
         elif rising:
             shape = (
                 " — the mean rises monotonically as experts are added, the opposite of K2's direction: with the "
-                "same tokens, each of N experts sees about top_k/N of them; a likely reason is that at this short "
-                "budget the extra capacity is undertrained (K2's law is measured far closer to convergence)."
+                "same tokens, each of N experts sees top_k/N of them, so the sparser arms' experts are the "
+                "less trained (the gap against tokens per expert is below)."
             )
         else:
             shape = " — not monotonic at this scale."
@@ -103,6 +176,9 @@ def findings(rows: list[dict[str, Any]], target: float) -> list[str]:
                 f"the sparsest arm against the others: {'; '.join(ratios)}. K2 (sparsity 48 vs 8 / 16 / 32): "
                 "1.69x / 1.39x / 1.15x."
             )
+    turn = turning_point(curve or [])
+    if turn:
+        out.append(turn)
     out.append(seeds_note(rows))
     return out
 
@@ -113,7 +189,7 @@ def plot(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
     for run in runs:
         v = run.series(VAL_LOSS)
         ax1.plot(
@@ -129,7 +205,19 @@ def plot(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> None:
     ax2.set(
         title="final val loss vs total routed experts", xlabel="routed experts (active fixed)", ylabel="loss"
     )
-    for ax in (ax1, ax2):
+    curve = gap_curve(runs)
+    if curve:
+        xs3 = [c["tokens_per_expert"] for c in curve]
+        ax3.plot(xs3, [c["gap"] for c in curve], marker=".")
+        ax3.fill_between(xs3, [c["gap_lo"] for c in curve], [c["gap_hi"] for c in curve], alpha=0.25)
+        ax3.axhline(0, color="k", lw=0.8)
+        ax3.set_xscale("log")
+    ax3.set(
+        title="sparsest minus densest arm (< 0: more experts win)",
+        xlabel="tokens seen per routed expert of the sparsest arm",
+        ylabel="val loss difference",
+    )
+    for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=7)
     fig.tight_layout()
@@ -153,7 +241,8 @@ def write(runs: list[Run], folder: Path) -> Path:
             f"| {r['experts']} | {r['sparsity']:g} | {r['seed']} | {r['final_val_loss']:.3f} | "
             f"{r['final_train_loss']:.3f} | {r['steps_to_target']:.0f} |"
         )
-    found = findings(rows, target)
+    curve = gap_curve(runs)
+    found = findings(rows, target, curve)
     lines += ["", "![val loss](sparsity_scaling.png)", "", "## What this run shows", ""]
     lines += [f"- {f}" for f in found]
     lines += [
@@ -167,7 +256,13 @@ def write(runs: list[Run], folder: Path) -> Path:
     out.write_text("\n".join(lines) + "\n")
     (folder / "report.json").write_text(
         json.dumps(
-            {"experiment": "sparsity_scaling", "target_val_loss": target, "arms": rows, "findings": found},
+            {
+                "experiment": "sparsity_scaling",
+                "target_val_loss": target,
+                "arms": rows,
+                "gap_curve": curve,
+                "findings": found,
+            },
             indent=2,
         )
     )

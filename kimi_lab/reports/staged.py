@@ -21,9 +21,9 @@ def rewrite(root: Path) -> Path:
 
         sweep = evals.pop("width_sweep", saved["sweep"])
         return write(root, evals, sweep, evals.pop("model_subagents", {}), meta)
-    from kimi_lab.reports.zero_vision import VARIANTS, write
+    from kimi_lab.reports.zero_vision import BLANK, VARIANTS, write
 
     missing = [v for v in VARIANTS if v not in evals]
     if missing:
         raise ConfigError(f"{root}: evaluations missing for {', '.join(missing)} (rerun the experiment)")
-    return write(root, {v: evals[v] for v in VARIANTS}, meta)
+    return write(root, {v: evals[v] for v in (*VARIANTS, BLANK) if v in evals}, meta)

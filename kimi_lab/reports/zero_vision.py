@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 VARIANTS = ("pretrain", "sft_text", "sft_visual", "rl")
+BLANK = "sft_text_blank"  # the control: text-only SFT on the visual prompts with the images blanked
 LABELS = {
     "pretrain": "pre-trained, no SFT",
     "sft_text": "text-only SFT (zero-vision)",
     "sft_visual": "SFT + visual traces",
     "rl": "text-only SFT + joint RL",
+    BLANK: "text-only SFT, images blanked",
 }
 
 
@@ -26,21 +29,119 @@ def _cell(results: dict[str, Any], variant: str, source: str, key: str) -> float
     return float(results[variant]["summary"].get(f"source/{source}", {}).get(key, math.nan))
 
 
-def _stderr(p: float, n: int) -> float:
+@dataclass(frozen=True)
+class Diff:
+    """Model b minus model a on one source's prompts, with the standard error of the difference."""
+
+    a: float
+    b: float
+    n: int
+    se: float
+    paired: bool  # per-prompt differences (same prompts for both); else two independent samples
+
+    @property
+    def diff(self) -> float:
+        return self.b - self.a
+
+    @property
+    def verdict(self) -> str:
+        if self.n < 2 or math.isnan(self.diff):
+            return "not judged"
+        if self.diff > 2 * self.se:
+            return "higher"
+        if self.diff < -2 * self.se:
+            return "lower"
+        return "not distinguishable"
+
+
+def _rewards(results: dict[str, Any], variant: str, source: str) -> dict[str, float]:
+    """Per-prompt rewards by task id (evaluations saved before per-prompt records: empty)."""
+    return {
+        e["id"]: float(e["reward"]) for e in results[variant].get("episodes", []) if e["source"] == source
+    }
+
+
+def _se(results: dict[str, Any], variant: str, source: str) -> float:
+    """Standard error of one model's mean reward on one source (per-prompt rewards when saved)."""
+    rs = list(_rewards(results, variant, source).values())
+    if len(rs) >= 2:
+        mean = sum(rs) / len(rs)
+        return math.sqrt(sum((r - mean) ** 2 for r in rs) / (len(rs) - 1) / len(rs))
+    n = int(results[variant]["summary"].get(f"source/{source}", {}).get("n", 0))
+    return _binomial_se(_cell(results, variant, source, "reward"), n)
+
+
+def _binomial_se(p: float, n: int) -> float:
+    # rewards lie in [0, 1], so p (1 - p) bounds their variance
+    p = min(max(p, 0.0), 1.0)
     return math.sqrt(max(p * (1 - p), 1e-9) / max(n, 1))
 
 
-def _compare(results: dict[str, Any], a: str, b: str, source: str) -> str:
-    """One sentence: does b beat a on this source, beyond the binomial noise of the sample?"""
-    ra, rb = _cell(results, a, source, "reward"), _cell(results, b, source, "reward")
+def difference(results: dict[str, Any], a: str, b: str, source: str) -> Diff:
+    """b - a on ``source``: paired over the prompts both models answered (every model sees the
+    same first-n val prompts), which removes the prompts' own spread of difficulty from the noise."""
+    ra, rb = _rewards(results, a, source), _rewards(results, b, source)
+    common = sorted(set(ra) & set(rb))
+    if len(common) >= 2:
+        d = [rb[i] - ra[i] for i in common]
+        n = len(d)
+        mean = sum(d) / n
+        var = sum((x - mean) ** 2 for x in d) / (n - 1)
+        ma = sum(ra[i] for i in common) / n
+        return Diff(ma, ma + mean, n, math.sqrt(var / n), True)
+    va, vb = _cell(results, a, source, "reward"), _cell(results, b, source, "reward")
     n = int(results[a]["summary"].get(f"source/{source}", {}).get("n", 0))
-    noise = 2 * math.sqrt(_stderr(min(max(ra, 0), 1), n) ** 2 + _stderr(min(max(rb, 0), 1), n) ** 2)
-    diff = rb - ra
-    verdict = "higher" if diff > noise else "lower" if diff < -noise else "not distinguishable from"
+    return Diff(va, vb, n, math.sqrt(_binomial_se(va, n) ** 2 + _binomial_se(vb, n) ** 2), False)
+
+
+def _compare(results: dict[str, Any], a: str, b: str, source: str) -> tuple[str, Diff]:
+    """One sentence: does b beat a on this source, beyond two standard errors?"""
+    d = difference(results, a, b, source)
+    verdict = {
+        "higher": "higher",
+        "lower": "lower",
+        "not distinguishable": "not distinguishable from",
+        "not judged": "not judged against",
+    }[d.verdict]
+    how = "paired over the same prompts" if d.paired else "two independent samples"
     return (
-        f"{LABELS[b]} scores {rb:.3f} on {source} tasks vs {ra:.3f} for {LABELS[a]} "
-        f"({diff:+.3f}; {verdict} at two standard errors, n={n})"
-    )
+        f"{LABELS[b]} scores {d.b:.3f} on {source} tasks vs {d.a:.3f} for {LABELS[a]} "
+        f"({d.diff:+.3f} +- {d.se:.3f} s.e.; {verdict} at two standard errors, n={d.n}, {how})"
+    ), d
+
+
+def claims(diffs: dict[str, Diff]) -> list[dict[str, str]]:
+    """K2.5's three claims, each confirmed, contradicted or not judged (within two standard errors)."""
+
+    def status(d: Diff, want: str) -> str:
+        if d.verdict in ("not distinguishable", "not judged"):
+            return "not judged"
+        return "confirmed" if d.verdict == want else "contradicted"
+
+    transfer = status(diffs["transfer"], "higher")
+    if "transfer_control" in diffs:  # beating the pre-trained model could be the answer format alone
+        control = status(diffs["transfer_control"], "higher")
+        if "contradicted" in (transfer, control):
+            transfer = "contradicted"
+        elif transfer == "confirmed" and control != "confirmed":
+            transfer = "partly confirmed (the format transfers; reading the image is not shown)"
+        elif transfer != "confirmed" or control != "confirmed":
+            transfer = "not judged"
+    traces = status(diffs["traces"], "lower")
+    rl_v, rl_t = status(diffs["rl_vision"], "higher"), status(diffs["rl_text"], "higher")
+    if "contradicted" in (rl_v, rl_t):
+        rl = "contradicted"
+    elif rl_v == rl_t == "confirmed":
+        rl = "confirmed"
+    elif "confirmed" in (rl_v, rl_t):
+        rl = "partly confirmed"
+    else:
+        rl = "not judged"
+    return [
+        {"claim": "text-only SFT transfers to vision", "status": transfer},
+        {"claim": "visual traces hurt", "status": traces},
+        {"claim": f"joint RL helps both (vision: {rl_v}, text: {rl_t})", "status": rl},
+    ]
 
 
 def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -52,8 +153,10 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
                 "variant": v,
                 "label": LABELS[v],
                 "vision_reward": _cell(results, v, "vision", "reward"),
+                "vision_se": _se(results, v, "vision"),
                 "vision_accuracy": _cell(results, v, "vision", "accuracy"),
                 "text_reward": _cell(results, v, "text", "reward"),
+                "text_se": _se(results, v, "text"),
                 "text_accuracy": _cell(results, v, "text", "accuracy"),
                 "tool_calls_per_episode": s.get("tool_calls_per_episode", math.nan),
                 "tool_error_rate": s.get("tool_error_rate", math.nan),
@@ -65,14 +168,43 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
                 },
             }
         )
-    findings = [
-        "Transfer (K2.5: text-only SFT teaches visual tool use): "
-        + _compare(results, "pretrain", "sft_text", "vision"),
-        "Visual traces (K2.5: they hurt): " + _compare(results, "sft_text", "sft_visual", "vision"),
-        "Joint RL, vision: " + _compare(results, "sft_text", "rl", "vision"),
-        "Joint RL, text: " + _compare(results, "sft_text", "rl", "text"),
-    ]
-    (out / "report.json").write_text(json.dumps({"meta": meta, "rows": rows, "findings": findings}, indent=2))
+    compared = {
+        "transfer": (
+            "Transfer (K2.5: text-only SFT teaches visual tool use): ",
+            "pretrain",
+            "sft_text",
+            "vision",
+        ),
+        "traces": ("Visual traces (K2.5: they hurt): ", "sft_text", "sft_visual", "vision"),
+        "rl_vision": ("Joint RL, vision: ", "sft_text", "rl", "vision"),
+        "rl_text": ("Joint RL, text: ", "sft_text", "rl", "text"),
+    }
+    if BLANK in results:
+        compared["transfer_control"] = (
+            "Transfer, against the same model with every image blanked (does its code read the pixels?): ",
+            BLANK,
+            "sft_text",
+            "vision",
+        )
+    findings, diffs = [], {}
+    for key, (lead, a, b, source) in compared.items():
+        sentence, diffs[key] = _compare(results, a, b, source)
+        findings.append(lead + sentence)
+    verdicts = claims(diffs)
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "rows": rows,
+                "findings": findings,
+                "claims": verdicts,
+                "differences": {
+                    k: {**asdict(d), "diff": d.diff, "verdict": d.verdict} for k, d in diffs.items()
+                },
+            },
+            indent=2,
+        )
+    )
     lines = [
         "# zero_vision: text-only tool-use SFT, visual traces, joint RL",
         "",
@@ -90,6 +222,22 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
             f"| {r['text_accuracy']:.2f} | {r['tool_calls_per_episode']:.2f} | {r['tool_error_rate']:.2f} "
             f"| {r['response_tokens']:.0f} |"
         )
+    if BLANK in results:
+        lines += [
+            "",
+            f"Control: {LABELS[BLANK]}: vision reward {_cell(results, BLANK, 'vision', 'reward'):.3f} "
+            f"(accuracy {_cell(results, BLANK, 'vision', 'accuracy'):.2f}, tool calls / ep. "
+            f"{results[BLANK]['summary'].get('tool_calls_per_episode', math.nan):.2f}): what the answer "
+            "format and the prompt alone score, with nothing to see.",
+        ]
+    lines += [
+        "",
+        "Standard errors of the mean rewards (vision / text): "
+        + "; ".join(f"{r['label']} {r['vision_se']:.3f} / {r['text_se']:.3f}" for r in rows)
+        + ". Evaluation time per model: "
+        + ", ".join(f"{v} {results[v]['seconds'] / 60:.1f} min" for v in results if "seconds" in results[v])
+        + ".",
+    ]
     families = sorted({f for r in rows for f in r["families"]})
     lines += ["", "Reward per task family:", "", "| model | " + " | ".join(families) + " |"]
     lines.append("|---|" + "---|" * len(families))
@@ -99,6 +247,14 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
             + " | ".join(f"{r['families'].get(f, math.nan):.2f}" for f in families)
             + " |"
         )
+    lines += ["", "## K2.5's claims at this scale", "", "| claim | status |", "|---|---|"]
+    lines += [f"| {c['claim']} | {c['status']} |" for c in verdicts]
+    lines += [
+        "",
+        "A claim is confirmed or contradicted only where the difference is beyond two standard errors "
+        "of the per-prompt differences (the same held-out prompts for every model); the errors cover "
+        f"the prompts, not the training runs (one seed, {meta['seed']}).",
+    ]
     lines += ["", "## What this run shows", ""] + [f"- {f}" for f in findings]
     example = next((e for e in results["sft_text"].get("examples", []) if e["source"] == "vision"), None)
     if example:
@@ -122,8 +278,15 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["vision_reward"] for r in rows], 0.4, label="vision tasks")
-    ax.bar([i + 0.2 for i in x], [r["text_reward"] for r in rows], 0.4, label="text tasks")
+    for shift, src in ((-0.2, "vision"), (0.2, "text")):
+        ax.bar(
+            [i + shift for i in x],
+            [r[f"{src}_reward"] for r in rows],
+            0.4,
+            yerr=[2 * r[f"{src}_se"] for r in rows],
+            capsize=3,
+            label=f"{src} tasks (+- 2 s.e.)",
+        )
     ax.set_xticks(list(x), [r["label"] for r in rows], fontsize=7)
     ax.set_ylabel("mean reward")
     ax.legend(fontsize=8)

@@ -1,13 +1,15 @@
-"""Scoring episodes and evaluating a model on task prompts (greedy, one sample each)."""
+"""Scoring episodes and evaluating a model on task prompts (greedy, one sample each, batched)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from kimi_lab.data.tasks import TaskInput
+from kimi_lab.errors import KimiLabError
 from kimi_lab.rl.rollout import Episode, RolloutRunner
 
 CORRECT = 0.999  # a reward at or above this counts as a correct answer
@@ -42,15 +44,65 @@ def summarize(episodes: list[Episode], rewards: list[float]) -> dict[str, Any]:
     return out
 
 
+def prompt_size(task: TaskInput) -> int:
+    """About how many tokens a task's prompt takes (3 characters a token, 28 x 28 pixels per
+    merged vision token): enough to put prompts of similar length in one batch."""
+    chars = sum(len(m.content) for m in task.messages)
+    pixels = sum(int(a.shape[0]) * int(a.shape[1]) for a in task.images.values())
+    return chars // 3 + pixels // 784
+
+
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, runner: RolloutRunner, tasks: list[TaskInput], batch_size: int = 8
+    model: torch.nn.Module,
+    runner: RolloutRunner,
+    tasks: list[TaskInput],
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], list[Episode], list[float]]:
-    episodes: list[Episode] = []
-    for i in range(0, len(tasks), batch_size):
-        episodes.extend(runner.run(model, tasks[i : i + batch_size], 1, temperature=0.0))
+    """Greedy episodes of ``tasks`` in batches of ``batch_size``; episodes come back in the tasks' order.
+
+    Prompts are batched by length: a batch pads to its longest prompt and decodes until its
+    last episode stops, so like with like wastes the least. ``progress(done, total)`` after
+    each batch.
+    """
+    order = sorted(range(len(tasks)), key=lambda i: prompt_size(tasks[i]))
+    by_task: dict[int, Episode] = {}
+    for start in range(0, len(order), max(1, batch_size)):
+        idx = order[start : start + max(1, batch_size)]
+        for i, ep in zip(idx, runner.run(model, [tasks[i] for i in idx], 1, temperature=0.0), strict=True):
+            by_task[i] = ep
+        if progress is not None:
+            progress(len(by_task), len(tasks))
+    episodes = [by_task[i] for i in range(len(tasks))]
     rewards = [score_episode(ep) for ep in episodes]
     return summarize(episodes, rewards), episodes, rewards
+
+
+def blanked(task: TaskInput) -> TaskInput:
+    """The task with every image replaced by its most common colour (its background), same size:
+    a control that keeps the prompt and the answer format but removes what there is to see."""
+    import numpy as np
+
+    images = {}
+    for name, rgb in task.images.items():
+        colours, counts = np.unique(rgb.reshape(-1, rgb.shape[-1]), axis=0, return_counts=True)
+        images[name] = np.broadcast_to(colours[counts.argmax()], rgb.shape).copy()
+    return TaskInput(task.messages, images, task.files, task.task, task.source)
+
+
+def episode_record(ep: Episode, reward: float) -> dict[str, Any]:
+    """One line per prompt in an evaluation's result: what paired comparisons of two models need."""
+    return {
+        "id": str(ep.task.task.get("id")),
+        "source": ep.task.source,
+        "family": ep.task.task.get("family"),
+        "reward": reward,
+        "tool_calls": ep.tool_calls,
+        "tool_errors": ep.tool_errors,
+        "sampled_tokens": ep.n_sampled,
+        "truncated": ep.truncated,
+    }
 
 
 def load_policy(
@@ -79,18 +131,32 @@ def evaluate_checkpoint(
     ckpt_path: str,
     task_dirs: dict[str, str],
     n: int,
-    batch_size: int = 16,
+    batch_size: int = 64,
     max_new_tokens: int | None = None,
     max_turns: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    require_n: bool = False,
+    blank_images: bool = False,
 ) -> dict[str, Any]:
-    """Greedy evaluation of a checkpoint on the first ``n`` val prompts of each task folder."""
+    """Greedy evaluation of a checkpoint on the first ``n`` val prompts of each task folder.
+
+    ``require_n``: a folder with fewer than ``n`` val prompts is an error (an experiment whose
+    statistics were sized for ``n``), not a smaller sample. ``blank_images``: every image
+    replaced by its background colour (see ``blanked``).
+    """
     from kimi_lab.data.tasks import EvalTasks, task_urls
 
-    _, model, runner = load_policy(ckpt_path, max_new_tokens, max_turns)
     tasks: list[TaskInput] = []
     for name, path in task_dirs.items():
-        tasks.extend(EvalTasks(name, task_urls(name, path, "val"), n))
-    summary, episodes, rewards = evaluate(model, runner, tasks, batch_size)
+        got = list(EvalTasks(name, task_urls(name, path, "val"), n))
+        if require_n and len(got) < n:
+            raise KimiLabError(
+                f"{path}: {len(got)} usable val prompts, {n} needed; rebuild it with more tasks "
+                f"(kimi-lab data build visual-tasks --n ...) or remove it so it is rebuilt"
+            )
+        tasks.extend([blanked(t) for t in got] if blank_images else got)
+    _, model, runner = load_policy(ckpt_path, max_new_tokens, max_turns)
+    summary, episodes, rewards = evaluate(model, runner, tasks, batch_size, progress)
     examples = [
         {
             "source": ep.task.source,
@@ -101,4 +167,9 @@ def evaluate_checkpoint(
         }
         for ep, r in list(zip(episodes, rewards, strict=True))[:6]
     ]
-    return {"checkpoint": str(ckpt_path), "summary": summary, "examples": examples}
+    return {
+        "checkpoint": str(ckpt_path),
+        "summary": summary,
+        "examples": examples,
+        "episodes": [episode_record(ep, r) for ep, r in zip(episodes, rewards, strict=True)],
+    }

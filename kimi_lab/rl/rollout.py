@@ -81,6 +81,7 @@ class RolloutRunner:
         max_turns: int,
         max_seq_len: int,
         run_tool: Callable[..., Any] | None = None,
+        tool_workers: int = 4,
     ) -> None:
         self.enc = ChatEncoder(tokenizer)
         self.tok = tokenizer
@@ -89,6 +90,7 @@ class RolloutRunner:
         self.max_new_tokens = max_new_tokens
         self.max_turns = max_turns
         self.max_seq_len = max_seq_len
+        self.tool_workers = tool_workers  # sandboxes run at once across a batch's episodes
         if run_tool is None:
             from kimi_lab.tools import run_python
 
@@ -150,7 +152,7 @@ class RolloutRunner:
                 autocast=autocast,
                 banned_ids=self.enc.banned_ids,
             )
-            calls: list[tuple[Episode, list[Message], dict[str, np.ndarray]]] = []
+            pending: list[tuple[Episode, Message, list[str]]] = []
             for ep, gen in zip(active, gens, strict=True):
                 ep.turns += 1
                 ep.tokens.extend(gen.tokens)
@@ -163,18 +165,30 @@ class RolloutRunner:
                     ep.truncated = True
                     continue
                 if parsed.message.tool_calls or parsed.errors:
-                    calls.append((ep, *self._tool_messages(ep, parsed.message, parsed.errors)))
+                    pending.append((ep, parsed.message, parsed.errors))
             active = []
-            for ep, results, images in calls:
+            for ep, results, images in self._run_tools(pending):
                 self._append(ep, results, images, prompt=True)
                 ep.messages.extend(results)
                 active.append(ep)
         return episodes
 
+    def _run_tools(
+        self, pending: list[tuple[Episode, Message, list[str]]]
+    ) -> list[tuple[Episode, list[Message], dict[str, np.ndarray]]]:
+        """Every episode's tool calls of this turn, the episodes side by side: each call is a sandboxed
+        process whose start-up is mostly waiting, so a large evaluation batch would otherwise spend
+        minutes running them one after another. Results keep the episodes' order."""
+        if len(pending) <= 1 or self.tool_workers <= 1:
+            return [(ep, *self._tool_messages(ep, msg, errs)) for ep, msg, errs in pending]
+        with ThreadPoolExecutor(max_workers=min(self.tool_workers, len(pending))) as pool:
+            done = list(pool.map(lambda item: self._tool_messages(*item), pending))
+        return [(ep, results, images) for (ep, _, _), (results, images) in zip(pending, done, strict=True)]
+
     def _tool_messages(
         self, ep: Episode, message: Message, errors: list[str]
     ) -> tuple[list[Message], dict[str, np.ndarray]]:
-        """Run the turn's tool calls (in parallel): one tool message each, and the images they saved."""
+        """Run one episode's tool calls (in parallel): one tool message each, and the images they saved."""
         out: list[Message] = [Message("tool", f"error: {e}") for e in errors]
         saved: dict[str, np.ndarray] = {}
         ep.tool_errors += len(errors)

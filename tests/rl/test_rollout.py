@@ -106,3 +106,46 @@ def test_turn_budget_ends_the_episode(tok: Tokenizer, monkeypatch: pytest.Monkey
     runner = rollout.RolloutRunner(tok, None, ToolConfig(), 64, 2, 4096, run_tool=lambda *a: FakeResult("1"))
     episodes = runner.run(None, [_task()], 3)  # type: ignore[arg-type]
     assert len(episodes) == 3 and all(ep.turns == 2 and ep.tool_calls == 2 for ep in episodes)
+
+
+def test_tool_calls_of_a_batch_run_side_by_side_and_stay_with_their_episodes(
+    tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    def per_task_turns(model: Any, prompts: list[Any], budget: int, *a: Any, **kw: Any) -> list[Generation]:
+        out = []
+        for p in prompts:
+            text = tok.decode(p.tokens)
+            if "<|tool_result_begin|>" in text:  # second turn: answer with what the tool printed
+                seen = text.rsplit("<|tool_result_begin|>", 1)[1].split("<|tool_result_end|>", 1)[0]
+                reply = f"Answer: {seen.strip()}"
+            else:  # first turn: a program that prints the task's number
+                n = text.rsplit("task ", 1)[1].split("?", 1)[0]
+                reply = f"<|tool_call_begin|>python\nprint({n})<|tool_call_end|>"
+            ids = [*tok.encode(reply), tok.token_id("<|im_end|>")]
+            out.append(Generation(ids, [-0.1] * len(ids), True))
+        return out
+
+    monkeypatch.setattr(rollout, "generate", per_task_turns)
+    lock, running, most = threading.Lock(), [0], [0]
+    gate = threading.Barrier(3, timeout=5)  # only passes when three calls run at the same time
+
+    def run_tool(code: str, images: Any, files: Any, limits: Any) -> FakeResult:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        gate.wait()
+        with lock:
+            running[0] -= 1
+        return FakeResult(code.removeprefix("print(").removesuffix(")") + "\n")
+
+    tasks = []
+    for i in range(6):
+        t = _task()
+        tasks.append(TaskInput([t.messages[0], Message("user", f"task {i}?")], {}, {}, t.task))
+    runner = rollout.RolloutRunner(tok, None, ToolConfig(), 64, 3, 4096, run_tool=run_tool, tool_workers=3)
+    episodes = runner.run(None, tasks, 1)  # type: ignore[arg-type]
+    assert most[0] == 3  # the barrier would have timed out had the calls run one after another
+    assert [ep.final_text for ep in episodes] == [f"Answer: {i}" for i in range(6)]
+    assert all(ep.tool_calls == 1 and ep.tool_errors == 0 for ep in episodes)
