@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,5 +41,22 @@ def run_ranks(
     """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rendezvous").unlink(missing_ok=True)
-    mp.spawn(_entry, args=(fn, world, str(folder), backend, threads, args), nprocs=world, join=True)
+    with _bare_main(fn):
+        mp.spawn(_entry, args=(fn, world, str(folder), backend, threads, args), nprocs=world, join=True)
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+@contextlib.contextmanager
+def _bare_main(fn: Callable[..., Any]) -> Iterator[None]:
+    """Spawned processes re-run the parent's ``__main__`` file before anything else. When ``fn``
+    lives elsewhere, hide that file from them: the parent's main may be a script that must not
+    run twice (a Streamlit page executed in-process, a notebook, a test runner's)."""
+    if fn.__module__ == "__main__":
+        yield
+        return
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main

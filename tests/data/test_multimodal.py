@@ -174,7 +174,9 @@ def test_vision_blocks_are_packed_with_their_grids(
     assert seen["image"] > 0 and seen["video"] > 0
 
 
-@pytest.mark.parametrize("ratio", [0.1, 0.5])
+@pytest.mark.parametrize(
+    "ratio", [0.1, pytest.param(0.5, marks=pytest.mark.slow)]
+)  # 0.5: 21 s, same code path
 def test_fusion_ratio_holds_within_two_percent(
     ratio, tiny_shards, image_code_shards, video_shards, interleaved_shards, tiny_tokenizer
 ) -> None:
