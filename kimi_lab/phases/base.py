@@ -164,17 +164,9 @@ class PhaseModule(L.LightningModule):
         mesh = getattr(self, "device_mesh", None)
         if mesh is None or self._sharded:
             return
-        from torch.distributed.fsdp import fully_shard
+        from kimi_lab.parallel.fsdp import shard_model
 
-        from kimi_lab.model.moe.experts import TorchExperts
-
-        for m in self.model.modules():
-            if isinstance(m, TorchExperts):
-                m.unfuse_()  # FSDP2 shards contiguous parameters only
-        dp = mesh["data_parallel"]
-        for layer in self.model.language_model.layers:
-            fully_shard(layer, mesh=dp)
-        fully_shard(self.model, mesh=dp)
+        shard_model(self.model, mesh["data_parallel"])
         self._sharded = True
 
     def on_train_start(self) -> None:

@@ -16,16 +16,14 @@ pytest.importorskip("transformers")
 RANK = """
 import sys, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from kimi_lab.loading import build_model, load_weights, read_checkpoint, read_config
+from kimi_lab.parallel.fsdp import shard_model
 
 ckpt, port, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
 mesh = init_device_mesh("cpu", (2,))
 model = build_model(read_config(ckpt))
-for layer in model.language_model.layers:
-    fully_shard(layer, mesh=mesh)
-fully_shard(model, mesh=mesh)
+shard_model(model, mesh)
 with torch.no_grad():
     for p in model.parameters():
         p.zero_()
