@@ -25,17 +25,8 @@ from kimi_lab.errors import ConfigError
 from kimi_lab.hf.config import HFConfig
 from kimi_lab.hf.dcp_stream import Chunk
 from kimi_lab.hf.source import Source
+from kimi_lab.model.hf import ATTN_NAMES as ATTN  # kimi_lab name -> DeepSeek-V3 name under self_attn.
 
-ATTN = {  # kimi_lab name -> DeepSeek-V3 name under self_attn.
-    "q_proj": "q_proj",
-    "q_a_proj": "q_a_proj",
-    "q_a_norm": "q_a_layernorm",
-    "q_b_proj": "q_b_proj",
-    "kv_a_proj": "kv_a_proj_with_mqa",
-    "kv_a_norm": "kv_a_layernorm",
-    "kv_b_proj": "kv_b_proj",
-    "o_proj": "o_proj",
-}
 # released K2.5 ViT block names (vision_tower.encoder.blocks.N.<theirs>) -> kimi_lab's
 # (vision_tower.layers.N.<ours>)
 VIT_BLOCK = {"norm0": "norm1", "norm1": "norm2", "wo": "attn.proj", "mlp.fc0": "fc1", "mlp.fc1": "fc2"}

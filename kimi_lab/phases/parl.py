@@ -41,8 +41,7 @@ from kimi_lab.metrics import (
     TRAIN_LOSS,
     VAL_PARL,
 )
-from kimi_lab.phases.base import PhaseModule
-from kimi_lab.phases.sampling import SamplingClock
+from kimi_lab.phases.sampling import SamplingPhase
 from kimi_lab.rl.loss import group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
@@ -76,7 +75,7 @@ def episode_stats(results: list[EpisodeResult], widths: list[int]) -> dict[str, 
     }
 
 
-class PARLModule(PhaseModule):
+class PARLModule(SamplingPhase):
     # Built in setup(): they need the tokenizer (made by prepare_data) and the datamodule's corpus.
     tok: Tokenizer
     banned_ids: tuple[int, ...]
@@ -88,7 +87,6 @@ class PARLModule(PhaseModule):
         self.frozen: torch.nn.Module | None = None  # the frozen sub-agent model, when not scripted
         self._val: list[EpisodeResult] = []  # this validation's episodes
         self._val_widths: list[int] = []  # and their tasks' widths
-        self.clock = SamplingClock()
 
     def setup(self, stage: str) -> None:
         from kimi_lab.chat import ChatEncoder
@@ -159,14 +157,6 @@ class PARLModule(PhaseModule):
         return asyncio.run(main())
 
     # ------------------------------------------------------------------ train
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        self.clock.start_step()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        self.log_dict(self.clock.metrics(), on_step=True, on_epoch=False)
-
     def training_step(self, batch: list[SwarmTask], batch_idx: int) -> torch.Tensor | None:
         pc = self.cfg.phase.parl
         K = pc.samples_per_prompt

@@ -33,15 +33,14 @@ from kimi_lab.metrics import (
     VAL_SOURCE_ACCURACY,
     VAL_SOURCE_REWARD,
 )
-from kimi_lab.phases.base import PhaseModule
-from kimi_lab.phases.sampling import SamplingClock
+from kimi_lab.phases.sampling import SamplingPhase
 from kimi_lab.rl.evaluate import CORRECT, score_episode, summarize
 from kimi_lab.rl.loss import Toggle, group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore
 from kimi_lab.rl.rollout import Episode, RolloutRunner
 
 
-class RLModule(PhaseModule):
+class RLModule(SamplingPhase):
     runner: RolloutRunner  # built in setup(): it needs the tokenizer, which prepare_data makes
 
     def __init__(self, cfg: RunConfig) -> None:
@@ -49,7 +48,6 @@ class RLModule(PhaseModule):
         rl = cfg.phase.rl
         self.toggle = Toggle(rl.toggle_every, rl.toggle_lambda, rl.toggle_rho)
         self.sampler = torch.Generator().manual_seed(cfg.seed)
-        self.clock = SamplingClock()
         self._val: dict[str, tuple[list[Episode], list[float]]] = {}  # per val source: episodes, rewards
 
     def setup(self, stage: str) -> None:
@@ -65,14 +63,6 @@ class RLModule(PhaseModule):
         )
 
     # ------------------------------------------------------------------- train
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        self.clock.start_step()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        self.log_dict(self.clock.metrics(), on_step=True, on_epoch=False)
-
     def training_step(self, batch: list[TaskInput], batch_idx: int) -> torch.Tensor | None:
         rl = self.cfg.phase.rl
         K = rl.samples_per_prompt

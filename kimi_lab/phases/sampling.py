@@ -12,8 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from kimi_lab.config.schema import RunConfig
 from kimi_lab.metrics import RL_ROLLOUT_TOKENS_PER_S, RL_SAMPLING_FRACTION
+from kimi_lab.phases.base import PhaseModule
 
 
 class SamplingClock:
@@ -44,3 +47,21 @@ class SamplingClock:
             RL_ROLLOUT_TOKENS_PER_S: self.tokens / self.seconds,
             RL_SAMPLING_FRACTION: min(1.0, self.seconds / max(step, 1e-9)),
         }
+
+
+class SamplingPhase(PhaseModule):
+    """A phase that samples its own training data (rl, parl): its ``clock`` is restarted at
+    every batch and its figures logged at the batch's end; ``training_step`` times the
+    sampling with ``clock.sampling()`` and adds the sampled tokens to ``clock.tokens``."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        self.clock = SamplingClock()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        self.clock.start_step()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self.log_dict(self.clock.metrics(), on_step=True, on_epoch=False)
