@@ -10,6 +10,7 @@ import torch
 from kimi_lab.config import compose, to_run_config
 from kimi_lab.hf.adapter import deinterleave_rows, interleave_rows, released_layout, transformers_layout
 from kimi_lab.hf.config import export_config, parse_config
+from kimi_lab.hf.export_tensors import CheckpointReader, export_tensors
 from kimi_lab.hf.in_memory import from_hf_state_dict, to_hf_state_dict
 from kimi_lab.model.multimodal import KimiK25
 
@@ -37,6 +38,8 @@ def test_each_layout_round_trips_every_tensor_exactly(layout: str, model: str, t
         hf_layout = released_layout(cfg)
     else:  # transformers' in-memory model, rotate-half rows as ours
         hf_layout, hf_config = transformers_layout(cfg), replace(hf_config, rope_interleave=False)
+    written = [t.name for t in export_tensors(cfg, hf_layout, CheckpointReader(state), torch.float32)]
+    assert len(written) == len(set(written))  # each HF tensor written once
     hf = to_hf_state_dict(state, cfg, hf_layout)
     assert ("lm_head.weight" in hf or "language_model.lm_head.weight" in hf) != tied
     back = from_hf_state_dict(hf, hf_config, {k: tuple(v.shape) for k, v in state.items()})
