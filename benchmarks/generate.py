@@ -118,7 +118,7 @@ def contenders(model: Any, prompts: list[Any], pad_id: int) -> dict[str, Any]:
         ) from None
 
     from kimi_lab.generation import generate
-    from kimi_lab.model.hf import to_transformers
+    from kimi_lab.hf.in_memory import to_transformers
 
     # A -vl model must not sample its vision placeholders (a placeholder in the continuation
     # means different things to the two implementations): both suppress them.

@@ -66,7 +66,7 @@ def _child(
         model: Any = ours.train()
         forward = lambda ids: model(ids).logits  # noqa: E731
     else:
-        from kimi_lab.model.hf import to_transformers
+        from kimi_lab.hf.in_memory import to_transformers
 
         model = to_transformers(ours).train()
         del ours

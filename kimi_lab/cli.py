@@ -112,7 +112,7 @@ def _print_hf_plan(hf_dir: str, as_json: bool, file_mb: int = 1024) -> None:
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
-    from kimi_lab.hf_io import export_hf
+    from kimi_lab.hf.exporter import export_hf
 
     out = export_hf(
         args.ckpt,
@@ -126,7 +126,7 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
 
 
 def _cmd_import_hf(args: argparse.Namespace) -> None:
-    from kimi_lab.hf_io import import_hf
+    from kimi_lab.hf.importer import import_hf
 
     if args.dry_run or args.out_ckpt is None:
         _print_hf_plan(args.hf_dir, args.json, args.file_mb)

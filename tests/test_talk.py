@@ -87,7 +87,8 @@ def test_generate_command_streams_to_stdout(chat_ckpt: Path, tmp_path: Path) -> 
 
 def test_generate_from_an_import_hf_checkpoint(chat_ckpt: Path, tmp_path: Path) -> None:
     pytest.importorskip("transformers")  # the dev extra installs it; `.[hf]` for users
-    from kimi_lab.hf_io import export_hf, import_hf
+    from kimi_lab.hf.exporter import export_hf
+    from kimi_lab.hf.importer import import_hf
 
     hf_dir = export_hf(str(chat_ckpt), str(tmp_path / "hf"))
     imported, _ = import_hf(str(hf_dir), str(tmp_path / "imported.ckpt"))

@@ -1,8 +1,9 @@
 """``kimi-lab import-hf``: a Hugging Face K2 / K2.5 folder -> a sharded kimi_lab checkpoint, streamed.
 
 Reads config.json and the index, plans every kimi_lab tensor as chunks of HF
-tensors (``layout``), and writes them with torch.distributed.checkpoint one chunk
-at a time (``dcp_stream``), dequantizing FP8 and INT4 weights on the way. Peak
+tensors (``import_chunks``, over the adapter's map), and writes them with
+torch.distributed.checkpoint one chunk at a time (``dcp_stream``), dequantizing
+FP8 and INT4 weights on the way. Peak
 memory is one output file's worth of chunks (``file_bytes``) plus the chunk being
 made, whatever the model's size. The folder is written under a temporary name and
 renamed when complete: a killed import leaves no checkpoint that looks whole.
@@ -101,7 +102,7 @@ def import_hf(
 ) -> tuple[Path, ModelConfig]:
     """Convert ``hf_dir`` into the sharded checkpoint folder ``out`` (which must not exist)."""
     from kimi_lab.hf.dcp_stream import write_chunks
-    from kimi_lab.hf.layout import import_chunks
+    from kimi_lab.hf.import_chunks import import_chunks
 
     hf_dir, out = Path(hf_dir), Path(out)
     if dtype not in DTYPES:

@@ -26,7 +26,7 @@ CHUNK_COPIES = 4
 
 def describe(hf_dir: str | Path, file_bytes: int = 1 << 30) -> dict[str, Any]:
     """The plan of importing ``hf_dir`` as a dict (bytes as integers)."""
-    from kimi_lab.hf.layout import import_chunks
+    from kimi_lab.hf.import_chunks import import_chunks
     from kimi_lab.model.params import count_params
 
     hf_dir = Path(hf_dir)

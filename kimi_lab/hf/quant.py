@@ -78,25 +78,16 @@ def int4_scheme(quantization: dict[str, Any] | None = None) -> Any:
         raise ConfigError(
             f"INT4 checkpoints need compressed-tensors: pip install -e '.[hf]' ({exn})"
         ) from None
-    weights: dict[str, Any] = {
-        "num_bits": 4,
-        "type": "int",
-        "symmetric": True,
-        "strategy": "group",
-        "group_size": INT4_GROUP,
-    }
-    if quantization is not None:
-        fmt = quantization.get("format")
-        if fmt != "pack-quantized":
-            raise ConfigError(f"compressed-tensors format={fmt!r} is not supported (pack-quantized, as K2.5)")
-        groups = [g for g in (quantization.get("config_groups") or {}).values() if g.get("weights")]
-        if len(groups) != 1:
-            raise ConfigError(
-                f"expected one compressed-tensors config group with weights, found {len(groups)}"
-            )
-        weights = {k: v for k, v in groups[0]["weights"].items() if v is not None}
-        if weights.get("type", "int") != "int" or not weights.get("symmetric", True):
-            raise ConfigError("only symmetric integer pack-quantized weights are supported (as K2.5 ships)")
+    quantization = quantization or int4_quantization_config()
+    fmt = quantization.get("format")
+    if fmt != "pack-quantized":
+        raise ConfigError(f"compressed-tensors format={fmt!r} is not supported (pack-quantized, as K2.5)")
+    groups = [g for g in (quantization.get("config_groups") or {}).values() if g.get("weights")]
+    if len(groups) != 1:
+        raise ConfigError(f"expected one compressed-tensors config group with weights, found {len(groups)}")
+    weights = {k: v for k, v in groups[0]["weights"].items() if v is not None}
+    if weights.get("type", "int") != "int" or not weights.get("symmetric", True):
+        raise ConfigError("only symmetric integer pack-quantized weights are supported (as K2.5 ships)")
     return QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**weights))
 
 
@@ -147,4 +138,41 @@ def int4_quantize(w: torch.Tensor, scheme: Any = None) -> dict[str, torch.Tensor
         "weight_packed": out["weight_packed"],
         "weight_scale": scale,
         "weight_shape": torch.tensor([rows, cols], dtype=torch.int32),
+    }
+
+
+def int4_quantization_config() -> dict[str, Any]:
+    """K2.5's quantization_config: INT4 routed experts, everything else as is."""
+    return {
+        "config_groups": {
+            "group_0": {
+                "input_activations": None,
+                "output_activations": None,
+                "targets": ["Linear"],
+                "weights": {
+                    "actorder": None,
+                    "block_structure": None,
+                    "dynamic": False,
+                    "group_size": INT4_GROUP,
+                    "num_bits": 4,
+                    "observer": "minmax",
+                    "observer_kwargs": {},
+                    "strategy": "group",
+                    "symmetric": True,
+                    "type": "int",
+                },
+            }
+        },
+        "format": "pack-quantized",
+        "ignore": [
+            "lm_head",
+            "re:.*self_attn.*",
+            "re:.*shared_experts.*",
+            r"re:.*mlp\.(gate|up|gate_up|down)_proj.*",
+            "re:.*vision_tower.*",
+            "re:.*mm_projector.*",
+        ],
+        "kv_cache_scheme": None,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
     }

@@ -12,6 +12,7 @@ tensor, never a shard or the model. Quantized weights come back dequantized: FP8
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,23 @@ def _header(path: Path) -> dict[str, Any]:
 
 
 class Source:
-    """Read-only access to an HF folder's tensors by name, dequantized on request."""
+    """Read-only access to an HF checkpoint's tensors by name, dequantized on request: a folder's
+    shards, or (``tensors``) a state dict in memory, which the in-memory conversion reads through
+    the same plan as the streamed import."""
 
-    def __init__(self, hf_dir: str | Path, quantization: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        hf_dir: str | Path,
+        quantization: dict[str, Any] | None = None,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         self.dir = Path(hf_dir)
-        self.weight_map, self.total_bytes = read_index(self.dir)
+        self.tensors = tensors
+        if tensors is None:
+            self.weight_map, self.total_bytes = read_index(self.dir)
+        else:
+            self.weight_map = dict.fromkeys(tensors, "")
+            self.total_bytes = sum(t.nbytes for t in tensors.values())
         method = (quantization or {}).get("quant_method")
         self.fp8_block = quant.fp8_block(quantization if method == "fp8" else None)
         self.int4_scheme = quant.int4_scheme(quantization) if method == "compressed-tensors" else None
@@ -96,11 +109,20 @@ class Source:
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor as stored (a copy: it outlives the shard's mapping)."""
+        return self.read_rows(name, None, None)
+
+    def read_rows(self, name: str, start: int | None, stop: int | None) -> torch.Tensor:
+        """Rows [start, stop) of a tensor (all with None), reading only those bytes (big embeddings in slabs)."""
         file = self.weight_map.get(name)
         if file is None:
             raise ConfigError(f"{self.dir}: the checkpoint has no tensor {name}")
+        stored = self.stored_name.get(name, name)
+        if self.tensors is not None:
+            tensor = self.tensors[stored]
+            return tensor if start is None else tensor[start:stop]
         try:
-            tensor = self._handle(file).get_tensor(self.stored_name.get(name, name))
+            f = self._handle(file)
+            tensor = f.get_tensor(stored) if start is None else f.get_slice(stored)[start:stop]
         except ConfigError:
             raise
         except Exception as exn:  # truncated shard, corrupt header entry
@@ -110,69 +132,73 @@ class Source:
         self.reads += 1
         return tensor
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of a tensor, reading only those bytes (big embeddings in slabs)."""
-        file = self.weight_map.get(name)
-        if file is None:
-            raise ConfigError(f"{self.dir}: the checkpoint has no tensor {name}")
-        try:
-            tensor = self._handle(file).get_slice(self.stored_name.get(name, name))[start:stop]
-        except ConfigError:
-            raise
-        except Exception as exn:
-            raise ConfigError(
-                f"{self.dir / file}: cannot read {name} ({type(exn).__name__}: {exn})"
-            ) from None
-        self.reads += 1
-        return tensor
-
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's shape from its shard's header (no data read)."""
         stored = self.stored_name.get(name, name)
+        if self.tensors is not None:
+            return tuple(self.tensors[stored].shape)
         return tuple(self._handle(self.weight_map[name]).get_slice(stored).get_shape())
 
-    def is_quantized(self, base: str) -> bool:
-        return f"{base}.weight_packed" in self or f"{base}.weight_scale_inv" in self
+    # A name ending in ``.weight`` may be stored quantized: as ``weight`` + ``weight_scale_inv``
+    # (FP8) or as ``weight_packed`` + ``weight_scale`` + ``weight_shape`` (INT4, no ``weight``).
+    def holds(self, name: str) -> bool:
+        """Whether the checkpoint has ``name``, plain or quantized."""
+        return name in self or _stem(name) + "weight_packed" in self
 
-    def has_weight(self, base: str) -> bool:
-        return f"{base}.weight" in self or f"{base}.weight_packed" in self
+    def is_packed(self, name: str) -> bool:
+        """An INT4 weight: unpacked whole, never in slabs of rows."""
+        return _stem(name) + "weight_packed" in self
 
-    def files_of(self, base: str) -> tuple[str, ...]:
-        """The shard(s) a weight's tensors live in (for ordering reads shard by shard)."""
-        names = (f"{base}.weight", f"{base}.weight_packed", f"{base}.weight_scale_inv", base)
-        return tuple(sorted({self.weight_map[n] for n in names if n in self.weight_map}))
+    def parts(self, name: str) -> list[str]:
+        """The stored tensors that make ``name`` (itself, and its scales or packed parts if quantized)."""
+        stem = _stem(name)
+        extra = [stem + p for p in QUANT_PARTS] if stem != name else []
+        return [n for n in (name, *extra) if n in self]
 
-    def weight(self, base: str) -> torch.Tensor:
-        """``base.weight`` as float32, dequantized when the checkpoint stores it quantized."""
-        if f"{base}.weight_packed" in self:
+    def files_of(self, name: str) -> tuple[str, ...]:
+        """The shard(s) a tensor's parts live in (for ordering reads shard by shard)."""
+        return tuple(sorted({self.weight_map[n] for n in self.parts(name)}))
+
+    def get(self, name: str) -> torch.Tensor:
+        """A tensor as float32; a weight dequantized when the checkpoint stores it quantized."""
+        stem = _stem(name)
+        if stem + "weight_packed" in self:
             return quant.int4_dequantize(
-                self.read(f"{base}.weight_packed"),
-                self.read(f"{base}.weight_scale"),
-                self.read(f"{base}.weight_shape") if f"{base}.weight_shape" in self else None,
+                self.read(stem + "weight_packed"),
+                self.read(stem + "weight_scale"),
+                self.read(stem + "weight_shape") if stem + "weight_shape" in self else None,
                 self.int4_scheme,
-                where=f"{self.dir}: {base}",
+                where=f"{self.dir}: {stem[:-1]}",
             )
-        w = self.read(f"{base}.weight")
-        if f"{base}.weight_scale_inv" in self:
-            scale = self.read(f"{base}.weight_scale_inv")
-            return quant.fp8_dequantize(w, scale, self.fp8_block, where=f"{self.dir}: {base}")
+        w = self.read(name)
+        if stem + "weight_scale_inv" in self:
+            scale = self.read(stem + "weight_scale_inv")
+            return quant.fp8_dequantize(w, scale, self.fp8_block, where=f"{self.dir}: {stem[:-1]}")
         if w.dtype in quant.FP8_DTYPES:
-            raise ConfigError(f"{self.dir}: {base}.weight is FP8 but has no weight_scale_inv")
+            raise ConfigError(f"{self.dir}: {name} is FP8 but has no weight_scale_inv")
         return w.float()
 
-    def weight_rows(self, base: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) of ``base.weight`` as float32, reading only those rows (and, for FP8,
-        their blocks' scales): big matrices are converted a slab at a time. FP8 slabs must start
-        on a block boundary."""
-        w = self.read_rows(f"{base}.weight", start, stop)
-        if f"{base}.weight_scale_inv" not in self:
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor as float32, reading only those rows (and, for FP8, their
+        blocks' scales): big matrices are converted a slab at a time. FP8 slabs must start on a
+        block boundary."""
+        w = self.read_rows(name, start, stop)
+        stem = _stem(name)
+        if stem + "weight_scale_inv" not in self:
             return w.float()
         bo = self.fp8_block[0]
         if start % bo:
-            raise ConfigError(f"{base}: an FP8 slab must start on a {bo}-row block boundary, not row {start}")
-        scale = self.read_rows(f"{base}.weight_scale_inv", start // bo, -(-stop // bo))
-        return quant.fp8_dequantize(w, scale, self.fp8_block, where=f"{self.dir}: {base}")
+            raise ConfigError(
+                f"{stem[:-1]}: an FP8 slab must start on a {bo}-row block boundary, not row {start}"
+            )
+        scale = self.read_rows(stem + "weight_scale_inv", start // bo, -(-stop // bo))
+        return quant.fp8_dequantize(w, scale, self.fp8_block, where=f"{self.dir}: {stem[:-1]}")
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """A tensor that is never quantized (norms, biases, embeddings, router biases) as float32."""
-        return self.read(name).float()
+
+# the stored parts of a quantized weight besides ``weight``
+QUANT_PARTS = ("weight_scale_inv", "weight_packed", "weight_scale", "weight_shape")
+
+
+def _stem(name: str) -> str:
+    """``x.weight`` -> ``x.`` (where a quantized weight's parts sit); any other name stays itself."""
+    return name[: -len("weight")] if name.endswith(".weight") else name

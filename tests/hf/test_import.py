@@ -35,7 +35,7 @@ def k25_folder(tmp_path: Path) -> tuple[Path, torch.nn.Module, dict]:
     from transformers import Kimi_K25Config, Kimi_K25ForConditionalGeneration
 
     from kimi_lab.config import compose, to_run_config
-    from kimi_lab.model.hf import kimi_k25_config_kwargs
+    from kimi_lab.hf.config import kimi_k25_config_kwargs
 
     vocab = S.write_tiktoken(tmp_path / "k25")  # K2.5 ships its tokenizer beside the weights
     media_pad = vocab - 256 + 21  # <|media_pad|>: the image placeholder
@@ -75,7 +75,7 @@ def test_fp8_k2_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Pat
     assert (unquantized - theirs).abs().max() > 1e-3
 
     # big matrices go in slabs of rows (FP8 ones in whole blocks of rows): the same checkpoint
-    from kimi_lab.hf_io import import_hf
+    from kimi_lab.hf.importer import import_hf
     from kimi_lab.loading import read_checkpoint
 
     import_hf(folder, tmp_path / "slabs", slab_bytes=2000)
@@ -198,7 +198,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_checkpoint(
     k2_source: Path, tmp_path: Path, damage: str, message: str
 ) -> None:
     from kimi_lab.errors import KimiLabError
-    from kimi_lab.hf_io import import_hf
+    from kimi_lab.hf.importer import import_hf
 
     folder = damaged(k2_source, tmp_path, damage)
     with pytest.raises(KimiLabError, match=re.escape(message)):
@@ -215,7 +215,7 @@ def test_the_command_says_one_line_exits_2_and_never_overwrites(k2_source: Path,
     (tmp_path / "ours").mkdir()
     (tmp_path / "ours" / "keep.txt").write_text("mine")
     from kimi_lab.errors import KimiLabError
-    from kimi_lab.hf_io import import_hf
+    from kimi_lab.hf.importer import import_hf
 
     with pytest.raises(KimiLabError, match="never overwrites"):
         import_hf(k2_source, tmp_path / "ours")

@@ -34,7 +34,7 @@ BIG = {  # a K2-shaped FP8 checkpoint of about 90 MB, about 340 MB once imported
 MEASURE = """
 import json, resource, sys
 from kimi_lab.hf.importer import import_hf, model_shapes, resolve_config
-import kimi_lab.hf.dcp_stream, kimi_lab.hf.layout, torch.distributed.checkpoint
+import kimi_lab.hf.dcp_stream, kimi_lab.hf.import_chunks, torch.distributed.checkpoint
 model_shapes(resolve_config(__import__("pathlib").Path(sys.argv[1])).model)  # the plan's own setup
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 import_hf(sys.argv[1], sys.argv[2], file_bytes=int(sys.argv[3]) << 20)

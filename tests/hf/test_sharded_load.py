@@ -45,7 +45,7 @@ dist.destroy_process_group()
 def test_an_imported_checkpoint_loads_into_fsdp2_shards(tmp_path: Path) -> None:
     from transformers import DeepseekV3ForCausalLM
 
-    from kimi_lab.hf_io import import_hf
+    from kimi_lab.hf.importer import import_hf
 
     k2 = R.k2_text_config()
     hf = R.randomise(DeepseekV3ForCausalLM(R.transformers_text_config(k2)), 0)

@@ -56,7 +56,7 @@ PARITY_CASES = {
 def test_logits_match_transformers_deepseek_v3(case: str) -> None:
     """fp32, same weights: our MLA + MoE decoder equals transformers' reference implementation."""
     pytest.importorskip("transformers")
-    from kimi_lab.model.hf import to_transformers
+    from kimi_lab.hf.in_memory import to_transformers
 
     opts = PARITY_CASES[case]
     cfg = tiny(n_layers=3)
@@ -91,7 +91,7 @@ def test_logits_match_transformers_deepseek_v3(case: str) -> None:
 
 def test_padding_mask_matches_transformers() -> None:
     pytest.importorskip("transformers")
-    from kimi_lab.model.hf import to_transformers
+    from kimi_lab.hf.in_memory import to_transformers
 
     torch.manual_seed(0)
     model = KimiK25(tiny()).eval()

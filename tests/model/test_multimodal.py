@@ -74,7 +74,7 @@ def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], hf: bool = Fa
 
 @pytest.mark.parametrize("case", ["text", "two_images", "video_8_frames"])
 def test_logits_match_transformers_kimi_k25(case: str) -> None:
-    from kimi_lab.model.hf import from_transformers, to_transformers
+    from kimi_lab.hf.in_memory import from_transformers, to_transformers
 
     model = tiny_vl()
     images, videos = cases()[case]
@@ -123,7 +123,7 @@ def test_export_and_import_through_the_cli(tmp_path: Path) -> None:
     res = run_cli("import-hf", "hf_out", "back.ckpt", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "phase.init_from=" in res.stdout
-    from kimi_lab.hf_io import read_checkpoint
+    from kimi_lab.loading import read_checkpoint
 
     cfg, state, _ = read_checkpoint(tmp_path / "back.ckpt")
     back = KimiK25(cfg.model)
@@ -135,8 +135,9 @@ def test_import_of_a_random_transformers_checkpoint_with_interleaved_rope(tmp_pa
     """A checkpoint made by transformers itself, with DeepSeek's interleaved RoPE layout."""
     from transformers import Kimi_K25Config, Kimi_K25ForConditionalGeneration
 
-    from kimi_lab.hf_io import import_hf, read_checkpoint
-    from kimi_lab.model.hf import kimi_k25_config_kwargs
+    from kimi_lab.hf.config import kimi_k25_config_kwargs
+    from kimi_lab.hf.importer import import_hf
+    from kimi_lab.loading import read_checkpoint
 
     cfg = to_run_config(compose(["model=tiny-vl"])).model
     kwargs = kimi_k25_config_kwargs(cfg)

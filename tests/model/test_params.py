@@ -39,7 +39,7 @@ def test_k2_counts_equal_transformers_on_meta() -> None:
     pytest.importorskip("transformers")
     from transformers import Kimi_K25Config, Kimi_K25ForConditionalGeneration
 
-    from kimi_lab.model.hf import kimi_k25_config_kwargs
+    from kimi_lab.hf.config import kimi_k25_config_kwargs
 
     cfg = to_run_config(compose(["model=k2"])).model
     with torch.device("meta"):

@@ -51,7 +51,7 @@ def test_k2_preset_is_what_importing_the_released_config_gives() -> None:
     """Every field config.json states (YaRN included) reaches the preset unchanged through import-hf's
     own conversion; only the training-side keys (init, balancing, backend) are the preset's."""
     transformers = pytest.importorskip("transformers")
-    from kimi_lab.model.hf import model_config_from_hf
+    from kimi_lab.hf.config import model_config_from_hf
 
     imported, _ = model_config_from_hf(transformers.DeepseekV3Config(**RELEASED_K25_TEXT_CONFIG))
     preset = to_run_config(compose(["model=k2"])).model
@@ -83,7 +83,7 @@ def test_yarn_as_k2_instruct_sets_it_validates_and_matches_transformers() -> Non
     """Kimi-K2-Instruct and -0905 ship beta_fast == beta_slow == 1: a valid config whose logits
     equal transformers' DeepSeek-V3 with the same rope parameters."""
     pytest.importorskip("transformers")
-    from kimi_lab.model.hf import to_transformers
+    from kimi_lab.hf.in_memory import to_transformers
     from kimi_lab.model.multimodal import KimiK25
 
     cfg = _tiny_yarn(beta_fast=1.0, beta_slow=1.0)

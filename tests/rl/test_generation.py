@@ -102,7 +102,7 @@ def _hf_greedy(hf: torch.nn.Module, prompts: list[Prompt], new: int, pad: int) -
 
 def test_greedy_tokens_equal_transformers_generate_for_left_padded_prompts() -> None:
     pytest.importorskip("transformers")
-    from kimi_lab.model.hf import to_transformers
+    from kimi_lab.hf.in_memory import to_transformers
 
     m = _model()
     torch.manual_seed(3)
@@ -117,7 +117,7 @@ def test_greedy_tokens_equal_transformers_generate_with_images() -> None:
 
     from kimi_lab.config.schema import VisionDataConfig
     from kimi_lab.data.vision import image_block
-    from kimi_lab.model.hf import to_transformers
+    from kimi_lab.hf.in_memory import to_transformers
 
     torch.manual_seed(0)
     m = KimiK25(to_run_config(compose(["model=tiny-vl"])).model).eval()
