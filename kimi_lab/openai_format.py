@@ -186,7 +186,8 @@ def call_from_openai(call: Any) -> ToolCall:
         parsed = args
     if isinstance(parsed, dict) and set(parsed) == {"input"} and isinstance(parsed["input"], str):
         return ToolCall(name, parsed["input"])
-    return ToolCall(name, json.dumps(parsed))
+    # As the chat template's ``tojson`` writes it: the model sees the characters themselves.
+    return ToolCall(name, json.dumps(parsed, ensure_ascii=False))
 
 
 def from_openai(items: Any, on_image: Callable[[Any], str] | None = None) -> list[Message]:
