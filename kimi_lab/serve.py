@@ -1,6 +1,6 @@
 """``kimi-lab serve CKPT``: a kimi_lab checkpoint behind an OpenAI-compatible HTTP endpoint.
 
-``POST /v1/chat/completions`` (messages, tools, temperature, top_p, max_tokens, seed,
+``POST /v1/chat/completions`` (messages, tools, temperature, top_p, max_tokens, seed, stop,
 stream, stream_options.include_usage, and vLLM's ``ignore_eos``) and ``GET /v1/models``,
 from the standard library's threaded HTTP server. With ``stream=true`` the answer comes
 as server-sent events in the chat-completion chunk format, tokens as they are sampled
@@ -13,7 +13,7 @@ does not decode, or an image sent to a text-only model is a 400 that says why.
 
 Concurrent requests decode together (``kimi_lab.batching``): a request joins the running
 batch at the next step and leaves when it is done, each with its own sampling parameters,
-seed and token budget; its greedy answer is the one it gets alone. A client that goes
+seed, stop strings and token budget; its greedy answer is the one it gets alone. A client that goes
 away (mid-stream, or before a whole answer is ready) frees its row; the server carries
 on. Bound to 127.0.0.1 by default: it has no authentication.
 """
@@ -60,6 +60,7 @@ class Sampling:
     prompt: list[int]
     blocks: list[VisionBlock]  # the images, in the order of their placeholder runs in the prompt
     stop_ids: tuple[int, ...]
+    stop: tuple[str, ...]  # the request's stop strings
     max_new_tokens: int
     temperature: float
     top_p: float | None
@@ -138,6 +139,10 @@ class ChatService:
             raise BadRequest("max_tokens must be a positive integer")
         if req.get("n", 1) != 1:
             raise BadRequest("n must be 1 (one choice per request)")
+        stop = req.get("stop")
+        stop = [stop] if isinstance(stop, str) else (stop or [])
+        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) for x in stop):
+            raise BadRequest("stop must be a string or a list of at most 4 strings")
         stream_options = req.get("stream_options") or {}
         if not isinstance(stream_options, dict):
             raise BadRequest("stream_options must be an object")
@@ -157,6 +162,7 @@ class ChatService:
             prompt=prompt,
             blocks=[images[name] for _, name in encoded.media],
             stop_ids=() if req.get("ignore_eos") is True else self.enc.stop_ids,
+            stop=tuple(stop),
             max_new_tokens=min(max_tokens, room),
             temperature=float(temperature),
             top_p=None if top_p is None else float(top_p),
@@ -189,17 +195,23 @@ class ChatService:
     ) -> Answer:
         """Sample the turn in the shared batch; ``on_events`` sees the deltas as they come and
         stops the generation by raising ``ClientGone``, as does ``client_left()`` turning True."""
-        stream = AssistantStream(self.tok)
+        stream = AssistantStream(self.tok, s.stop)
         stops = set(s.stop_ids)
         ticket = self.batcher.submit(
             Prompt(s.prompt, s.blocks),
             SamplingParams(s.max_new_tokens, s.stop_ids, s.temperature, s.top_p, seed=s.seed),
         )
+        used = 0  # tokens that count: up to a stop token or the token that completed a stop string
         try:
             for t, _ in ticket.tokens():
+                if stream.stopped:
+                    continue  # sampled before the engine saw the cancel: not part of the answer
+                used += 1
                 if t in stops:
                     continue
                 events = stream.push(t)
+                if stream.stopped:
+                    ticket.cancel()  # a stop string: the row leaves the batch at the next step
                 if on_events is not None:
                     on_events(events)
                 elif client_left is not None and client_left():
@@ -209,7 +221,8 @@ class ChatService:
             raise
         g = ticket.result
         assert g is not None
-        last, parsed = stream.finish(g.finished)
+        finished = g.finished or stream.stopped
+        last, parsed = stream.finish(finished)
         if on_events is not None:
             on_events(last)
         content = parsed.message.content
@@ -218,11 +231,11 @@ class ChatService:
             content += extra
             if on_events is not None:
                 on_events(StreamEvents(content=extra))
-        finish = "length" if not g.finished else ("tool_calls" if parsed.message.tool_calls else "stop")
+        finish = "length" if not finished else ("tool_calls" if parsed.message.tool_calls else "stop")
         usage = {
             "prompt_tokens": len(s.prompt),
-            "completion_tokens": len(g.tokens),
-            "total_tokens": len(s.prompt) + len(g.tokens),
+            "completion_tokens": used,
+            "total_tokens": len(s.prompt) + used,
         }
         return Answer(finish, parsed, content, usage)
 

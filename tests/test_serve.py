@@ -294,3 +294,45 @@ def test_a_gone_client_stops_its_generation_and_frees_the_model(chat_ckpt: Path)
         service.run(service.parse({"messages": _ask("next"), "max_tokens": 3})).usage["completion_tokens"]
         == 3
     )
+
+
+def test_stop_strings_end_the_answer_in_both_modes(server: str) -> None:
+    client = _client(server)
+    model = client.models.list().data[0].id
+    whole = client.chat.completions.create(model=model, messages=_ask("hello"), temperature=0, max_tokens=24)
+    text = whole.choices[0].message.content
+    assert len(text) > 6
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = client.chat.completions.create(
+        model=model, messages=_ask("hello"), temperature=0, max_tokens=24, stop=[stop, "never"]
+    )
+    assert cut.choices[0].message.content == text[: text.find(stop)].strip()
+    assert (
+        cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < whole.usage.completion_tokens
+    )
+    streamed, _, finish, (usage, _) = _streamed(
+        client,
+        model,
+        _ask("hello"),
+        temperature=0,
+        max_tokens=24,
+        stop=stop,
+        stream_options={"include_usage": True},
+    )
+    assert (streamed, finish) == (cut.choices[0].message.content, "stop")
+    assert usage.model_dump() == cut.usage.model_dump()
+    with pytest.raises(BadRequestError, match="stop must be"):
+        client.chat.completions.create(model=model, messages=_ask("x"), stop=["a", "b", "c", "d", "e"])
+
+
+def test_a_closed_connection_is_noticed_between_tokens() -> None:
+    from kimi_lab.serve import _client_left
+
+    a, b = socket.socketpair()
+    with a:
+        assert not _client_left(a)
+        b.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a goodbye
+        assert not _client_left(a)
+        b.close()
+        a.recv(64)
+        assert _client_left(a)
