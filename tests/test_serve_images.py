@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import BadRequestError
@@ -13,7 +16,7 @@ from openai import BadRequestError
 from kimi_lab.chat import ChatFormatError
 from kimi_lab.openai_format import image_from_url
 from tests.conftest import save_tiny_checkpoint
-from tests.test_serve import PYTHON_TOOL, _client, _serve, _streamed
+from tests.test_serve import PYTHON_TOOL, _client, _streamed
 
 
 def _data_url(fmt: str = "PNG", color: tuple[int, int, int] = (200, 30, 30), size: tuple = (40, 28)) -> str:
@@ -37,8 +40,28 @@ def vl_ckpt(tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def vl_server(vl_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _serve(vl_ckpt, tmp_path_factory.mktemp("serve_vl"))
+def vl_loaded(vl_ckpt: Path) -> Any:
+    from kimi_lab.loading import load_model
+
+    return load_model(vl_ckpt)
+
+
+@pytest.fixture(scope="module")
+def vl_server(vl_loaded: Any) -> Iterator[str]:
+    """The real handler and service on 127.0.0.1, in this process (the model is loaded once)."""
+    from kimi_lab.serve import ChatService, make_handler
+
+    cfg = vl_loaded.config
+    service = ChatService(vl_loaded.model, vl_loaded.tokenizer, "kimi_lab/vl", 2048, cfg.data.vision)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(service))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        service.batcher.close()
 
 
 def test_png_jpeg_and_webp_data_urls_decode_and_nothing_else_does() -> None:
@@ -58,22 +81,28 @@ def test_png_jpeg_and_webp_data_urls_decode_and_nothing_else_does() -> None:
             image_from_url(url)
 
 
-def test_an_image_goes_to_the_vision_tower_where_it_appears(vl_ckpt: Path) -> None:
-    from kimi_lab.loading import load_model
+def test_an_image_goes_to_the_vision_tower_where_it_appears(vl_loaded: Any) -> None:
     from kimi_lab.serve import ChatService
 
-    loaded = load_model(vl_ckpt)
     seen: list[int] = []
-    loaded.model.vision_tower.register_forward_hook(lambda m, args, out: seen.append(int(args[0].shape[0])))
-    service = ChatService(loaded.model, loaded.tokenizer, "m", 2048, loaded.config.data.vision, max_batch=4)
-    tok, enc = loaded.tokenizer, service.enc
+    hook = vl_loaded.model.vision_tower.register_forward_hook(
+        lambda m, args, out: seen.append(int(args[0].shape[0]))
+    )
+    service = ChatService(vl_loaded.model, vl_loaded.tokenizer, "m", 2048, vl_loaded.config.data.vision)
+    tok, enc = vl_loaded.tokenizer, service.enc
     parts = [{"type": "text", "text": "left"}, _image_part(_data_url()), {"type": "text", "text": "right"}]
-    s = service.parse({"messages": [{"role": "user", "content": parts}], "max_tokens": 3, "temperature": 0})
-    (block,) = s.blocks
-    run = [enc.media_start, *[enc.image_pad] * block.n_tokens, enc.media_end]
-    body = tok.encode("left") + run + tok.encode("right")
-    assert s.prompt == [*enc.header("user"), *body, enc.ids["<|im_end|>"], *enc.header("assistant")]
-    service.run(s)
+    try:
+        s = service.parse(
+            {"messages": [{"role": "user", "content": parts}], "max_tokens": 3, "temperature": 0}
+        )
+        (block,) = s.blocks
+        run = [enc.media_start, *[enc.image_pad] * block.n_tokens, enc.media_end]
+        body = tok.encode("left") + run + tok.encode("right")
+        assert s.prompt == [*enc.header("user"), *body, enc.ids["<|im_end|>"], *enc.header("assistant")]
+        service.run(s)
+    finally:
+        hook.remove()
+        service.batcher.close()
     assert seen == [block.pixel_values.shape[0]]  # its patches went through the tower, once
 
 
