@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ from kimi_lab import metrics as M
 from kimi_lab.errors import ConfigError
 
 MODEL_NAME = "kimi_lab"  # what lm-eval knows the model class as (``--model kimi_lab``)
-log = logging.getLogger(__name__)
 
 
 def _lm_eval() -> Any:
@@ -51,7 +49,9 @@ def _lm_eval() -> Any:
 class Scorer:
     """A loaded checkpoint answering token-level requests (no lm-eval types: testable alone)."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", batch_size: int = 16) -> None:
+    def __init__(
+        self, checkpoint: str | Path, device: str = "cpu", batch_size: int = 16, progress: bool = True
+    ) -> None:
         from kimi_lab.loading import load_model
 
         if batch_size < 1:
@@ -62,6 +62,12 @@ class Scorer:
         self.loaded, self.model, self.tok = loaded, loaded.model, loaded.tokenizer
         self.max_length = loaded.config.model.max_seq_len
         self.batch_size = batch_size
+        self.progress = progress
+
+    def _bar(self, total: int, what: str) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"kimi_lab {what}", disable=not self.progress, file=sys.stderr)
 
     def loglikelihoods(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """Per (context, continuation) tokens: log p(continuation | context), and whether the
@@ -70,6 +76,7 @@ class Scorer:
 
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        bar = self._bar(len(pairs), "log-likelihoods")
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             rows = []
@@ -90,6 +97,8 @@ class Scorer:
                 n = sum(row.sampled)
                 out[i] = (float(logp[at : at + n].sum()), bool(greedy[at : at + n].all()))
                 at += n
+            bar.update(len(chunk))
+        bar.close()
         return out
 
     def generate_until(
@@ -112,6 +121,7 @@ class Scorer:
             raise ConfigError(f"max_gen_toks={max_new_tokens} leaves no context in {self.max_length} tokens")
         stops = [s for s in until if s]
         texts: list[str] = []
+        bar = self._bar(len(contexts), "generations")
         for start in range(0, len(contexts), self.batch_size):
             batch = [c[-room:] or [self.tok.eos_id] for c in contexts[start : start + self.batch_size]]
             sampled: list[list[int]] = [[] for _ in batch]
@@ -140,6 +150,8 @@ class Scorer:
                 for s in stops:
                     text = text.split(s)[0]
                 texts.append(text)
+            bar.update(len(batch))
+        bar.close()
         return texts
 
     @functools.cached_property

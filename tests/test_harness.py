@@ -101,8 +101,6 @@ def test_evaluate_agrees_with_lm_evals_hf_model_on_the_export(
 
 
 def test_evaluate_says_what_is_wrong_in_one_line(chat_ckpt: Path, tmp_path: Path, offline: None) -> None:
-    res = run_cli("evaluate", str(tmp_path / "missing.ckpt"), "--tasks", TASKS[0], cwd=tmp_path)
-    assert res.returncode == 2 and "no such checkpoint" in res.stderr.strip().splitlines()[-1]
     res = run_cli("evaluate", str(chat_ckpt), "--tasks", TASKS[0], "--include-path", "nowhere", cwd=tmp_path)
     assert (
         res.returncode == 2
