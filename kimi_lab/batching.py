@@ -17,7 +17,6 @@ them into text and writes them, so a slow client never holds up the others.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -150,20 +149,13 @@ class Batcher:
         cache: LatentCache | None = None
         logits = pos = None
         while True:
-            newcomers = self._take(block=not rows)
+            newcomers = self._take(self.max_batch - len(rows), block=not rows)
             if newcomers is None:  # closed
                 for r in rows:
                     r.ticket._queue.put(RuntimeError("the server is shutting down"))
                 return
             if newcomers:
-                try:
-                    joined = self._admit(newcomers, rows, cache, logits, pos)
-                except Exception as exn:  # e.g. an image the vision tower refuses: those requests fail
-                    log.exception("prefill failed")
-                    for t in newcomers:
-                        t._queue.put(exn)
-                else:
-                    rows, cache, logits, pos = joined
+                rows, cache, logits, pos = self._admit(newcomers, rows, cache, logits, pos)
             self.running = len(rows)
             if not rows:
                 cache = logits = pos = None
@@ -178,20 +170,13 @@ class Batcher:
                 rows, cache, logits, pos = [], None, None, None
             self.running = len(rows)
 
-    def _take(self, block: bool) -> list[Ticket] | None:
-        """The requests waiting now (at least one when ``block``), as many as the batch has room for."""
+    def _take(self, room: int, block: bool) -> list[Ticket] | None:
+        """Up to ``room`` requests waiting now, in order of arrival (block for the first when
+        ``block``); None once the batcher is closed."""
         out: list[Ticket] = []
-        room = self.max_batch
-        try:
-            first = self._waiting.get(block=block)
-        except queue.Empty:
-            return out
-        if first is None:
-            return None
-        out.append(first)
         while len(out) < room:
             try:
-                t = self._waiting.get_nowait()
+                t = self._waiting.get(block=block and not out)
             except queue.Empty:
                 break
             if t is None:
@@ -206,39 +191,33 @@ class Batcher:
         cache: LatentCache | None,
         logits: torch.Tensor | None,
         pos: torch.Tensor | None,
-    ) -> tuple[list[_Row], LatentCache, torch.Tensor, torch.Tensor]:
+    ) -> tuple[list[_Row], LatentCache | None, torch.Tensor | None, torch.Tensor | None]:
+        """Prefill the newcomers and stack them onto the running batch; a newcomer that cannot
+        be prefilled (e.g. an image the vision tower refuses) gets the error, the batch goes on."""
         for t in newcomers:
             if t.cancelled.is_set():  # gone before it started
                 t._queue.put(Generation([], [], False))
         newcomers = [t for t in newcomers if not t.cancelled.is_set()]
-        # More than the batch has room for: the rest wait (at the front) for rows to leave.
-        room = self.max_batch - len(rows)
-        if len(newcomers) > room:
-            later, newcomers = newcomers[room:], newcomers[:room]
-            self._requeue(later)
         if not newcomers:
-            assert cache is not None and logits is not None and pos is not None
             return rows, cache, logits, pos
         budget = max(t.params.max_new_tokens for t in newcomers)
-        new_logits, new_pos, new_cache = prefill(
-            self.model, [t.prompt for t in newcomers], budget, self.pad_id, self.autocast
-        )
+        try:
+            new_logits, new_pos, new_cache = prefill(
+                self.model, [t.prompt for t in newcomers], budget, self.pad_id, self.autocast
+            )
+        except Exception as exn:
+            log.exception("prefill failed")
+            for t in newcomers:
+                t._queue.put(exn)
+            return rows, cache, logits, pos
         new_rows = [_Row(t, self._generator(t.params.seed)) for t in newcomers]
         if cache is None or not rows:
             return new_rows, new_cache, new_logits, new_pos
         assert logits is not None and pos is not None
         # Enough free slots for what every row may still sample.
-        room_needed = max(r.ticket.params.max_new_tokens - len(r.tokens) for r in rows + new_rows)
-        stacked = LatentCache.stack([cache, new_cache], room_needed)
+        room = max(r.ticket.params.max_new_tokens - len(r.tokens) for r in rows + new_rows)
+        stacked = LatentCache.stack([cache, new_cache], room)
         return rows + new_rows, stacked, torch.cat([logits, new_logits]), torch.cat([pos, new_pos])
-
-    def _requeue(self, tickets: list[Ticket]) -> None:
-        rest = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                rest.append(self._waiting.get_nowait())
-        for t in [*tickets, *rest]:
-            self._waiting.put(t)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:

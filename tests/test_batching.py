@@ -108,13 +108,18 @@ def test_a_cancelled_row_leaves_and_the_others_are_unchanged(model: KimiK25) -> 
 
 
 def test_a_failing_request_gets_the_error_and_the_engine_goes_on(model: KimiK25) -> None:
+    prompt = _prompts(1)[0]
+    greedy = SamplingParams(8, (), temperature=0)
+    alone = _alone(model, prompt, greedy)
     batcher = Batcher(model, PAD)
+    bad: list[Ticket] = []
     try:
-        bad = batcher.submit(Prompt([10_000]), SamplingParams(3, ()))  # outside the vocabulary
+        with _at_decode_step(model, 2, lambda: bad.append(batcher.submit(Prompt([10_000]), greedy))):
+            good = batcher.submit(prompt, greedy)  # running when the bad one (outside the vocabulary) arrives
+            assert good.wait().tokens == alone
         with pytest.raises(IndexError):
-            bad.wait()
-        ok = batcher.submit(_prompts(1)[0], SamplingParams(3, (), temperature=0))
-        assert len(ok.wait().tokens) == 3
+            bad[0].wait()
+        assert len(batcher.submit(prompt, SamplingParams(3, ())).wait().tokens) == 3
     finally:
         batcher.close()
 
