@@ -281,17 +281,17 @@ def evaluate(
     device: str = "cpu",
 ) -> tuple[dict[str, Any], Path]:
     """Run lm-eval's evaluator on ``checkpoint``; (its results, the results file it wrote)."""
+    from kimi_lab.loading import read_config
+
+    checkpoint = Path(checkpoint)
+    read_config(checkpoint)  # a bad checkpoint is a one-line error before lm-eval starts
+    if include_path is not None and not Path(include_path).is_dir():
+        raise ConfigError(f"--include-path {include_path}: no such folder")
     _lm_eval()
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    checkpoint = Path(checkpoint)
-    from kimi_lab.loading import read_config
-
-    read_config(checkpoint)  # a bad checkpoint is a one-line error before lm-eval starts
-    if include_path is not None and not Path(include_path).is_dir():
-        raise ConfigError(f"--include-path {include_path}: no such folder")
     # Indexing lm-eval's own thousands of task files takes a while: not when the local
     # folder has every task asked for.
     manager = None

@@ -100,12 +100,14 @@ def test_evaluate_agrees_with_lm_evals_hf_model_on_the_export(
                     assert str(ra[0][1]) == str(rb[0][1])  # is_greedy
 
 
-def test_evaluate_says_what_is_wrong_in_one_line(chat_ckpt: Path, tmp_path: Path, offline: None) -> None:
-    res = run_cli("evaluate", str(chat_ckpt), "--tasks", TASKS[0], "--include-path", "nowhere", cwd=tmp_path)
-    assert (
-        res.returncode == 2
-        and res.stderr.strip().splitlines()[-1] == "error: --include-path nowhere: no such folder"
-    )
+def test_bad_arguments_are_one_line_errors_before_lm_eval_runs(chat_ckpt: Path, tmp_path: Path) -> None:
+    from kimi_lab.errors import ConfigError
+    from kimi_lab.harness import evaluate
+
+    with pytest.raises(ConfigError, match="--include-path nowhere: no such folder"):
+        evaluate(chat_ckpt, [TASKS[0]], include_path="nowhere")
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        evaluate(tmp_path / "missing.ckpt", [TASKS[0]])
 
 
 def test_default_output_is_the_runs_lm_eval_folder(tmp_path: Path) -> None:
