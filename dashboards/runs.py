@@ -156,6 +156,51 @@ def find_runs(root: Path) -> list[RunInfo]:
     return infos
 
 
+@st.cache_data(show_spinner=False)
+def _read_json(path: str, mtime: float) -> tuple[Any, str | None]:
+    try:
+        return json.loads(Path(path).read_text()), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exn:
+        return None, f"{Path(path).name} is unreadable ({type(exn).__name__})"
+
+
+def read_harness_results(run: Path) -> tuple[pd.DataFrame, list[str]]:
+    """``kimi-lab evaluate``'s results in this run (lm-eval's JSON under ``lm_eval/``): one row
+    per checkpoint, task and metric, newest evaluation first; unreadable files are problems."""
+    rows, problems = [], []
+    files = sorted((run / M.HARNESS_DIR).glob(f"*/{M.HARNESS_RESULTS_GLOB}"), key=_mtime, reverse=True)
+    for path in files:
+        data, problem = _read_json(str(path), _mtime(path))
+        if problem or not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+            problems.append(f"{path.relative_to(run)}: {problem or 'not lm-eval results'}")
+            continue
+        model_args = (data.get("config") or {}).get("model_args") or {}
+        checkpoint = model_args.get("pretrained") if isinstance(model_args, dict) else None
+        n_samples = data.get("n-samples") or {}
+        for task, values in data["results"].items():
+            if not isinstance(values, dict):
+                continue
+            for key, value in values.items():
+                metric, _, flt = key.partition(",")
+                if metric.endswith("_stderr") or metric in ("alias", "name", "sample_len"):
+                    continue
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    continue
+                stderr = values.get(f"{metric}_stderr,{flt}")
+                rows.append(
+                    {
+                        "checkpoint": Path(str(checkpoint or data.get("model_name") or "?")).name,
+                        "task": task,
+                        "metric": metric if flt in ("", "none") else f"{metric} ({flt})",
+                        "value": float(value),
+                        "stderr": float(stderr) if isinstance(stderr, int | float) else None,
+                        "n": (n_samples.get(task) or {}).get("effective"),
+                        "evaluated": path.stem.removeprefix("results_"),
+                    }
+                )
+    return pd.DataFrame(rows), problems
+
+
 def series(metrics: pd.DataFrame, key: str) -> pd.Series:
     m = metrics[metrics["key"] == key]
     return m.set_index("step")["value"].sort_index()

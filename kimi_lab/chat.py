@@ -31,6 +31,7 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CALL_BEGIN, CALL_END = "<|tool_call_begin|>", "<|tool_call_end|>"
 RESULT_BEGIN, RESULT_END = "<|tool_result_begin|>", "<|tool_result_end|>"
 MEDIA_START, MEDIA_END, IMAGE_PAD = "<|media_start|>", "<|media_end|>", "<|image_pad|>"
+TOOLS_HEADER = "Tools:"  # opens the description of the tools a caller declares (``with_tools``)
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _ANSWER = re.compile(r"(?im)^\s*answer\s*:\s*(.+?)\s*$")
 
@@ -118,14 +119,52 @@ def validate(messages: list[Message], require_assistant: bool = True) -> None:
         raise ChatFormatError("the conversation has no assistant message")
 
 
+def tools_block(tools: list[tuple[str, str]]) -> str:
+    """How the tools a caller declares (name, description) are described to the model."""
+    return TOOLS_HEADER + "\n" + "\n".join(f"- {name}: {description}" for name, description in tools)
+
+
+def with_tools(messages: list[Message], tools: list[tuple[str, str]]) -> list[Message]:
+    """The conversation with its tools described at the end of the system message (one is
+    added first when there is none), unless a system message already holds that description."""
+    if not tools:
+        return messages
+    block = tools_block(tools)
+    if any(block in m.content for m in messages if m.role == "system"):
+        return messages  # the caller already described them
+    if messages and messages[0].role == "system":
+        return [Message("system", messages[0].content + "\n\n" + block), *messages[1:]]
+    return [Message("system", block), *messages]
+
+
 # ----------------------------------------------------------------------- rendering
+def image_marker(name: str) -> str:
+    """An image's text form; in a message's content it also marks where the image goes."""
+    return f"<image:{name}>"
+
+
+def content_pieces(m: Message) -> list[tuple[str, str | None]]:
+    """The message's content as (text, None) and (marker, image name) pieces in order: an image
+    whose marker is in the content goes there (the first occurrence), the others after it."""
+    pieces: list[tuple[str, str | None]] = []
+    text = m.content
+    placed = [n for n in m.images if image_marker(n) in text]
+    while placed:
+        name = min(placed, key=lambda n: text.index(image_marker(n)))
+        before, _, text = text.partition(image_marker(name))
+        pieces += [(before, None), (image_marker(name), name)]
+        placed = [n for n in placed if n != name and image_marker(n) in text]
+    pieces.append((text, None))
+    inline = {n for _, n in pieces if n is not None}
+    pieces += [(image_marker(n), n) for n in m.images if n not in inline]
+    return [(t, n) for t, n in pieces if t]
+
+
 def render_text(m: Message) -> str:
     """The message's body (between its header and <|im_end|>) as text, images as ``<image:NAME>``."""
-    body = m.content
+    body = "".join(t for t, _ in content_pieces(m))
     if m.role == "tool":
-        body = RESULT_BEGIN + body + "".join(f"<image:{n}>" for n in m.images) + RESULT_END
-    else:
-        body += "".join(f"<image:{n}>" for n in m.images)
+        body = RESULT_BEGIN + body + RESULT_END
     for c in m.tool_calls:
         body += f"{CALL_BEGIN}{c.name}\n{c.input}{CALL_END}"
     return body
@@ -178,28 +217,30 @@ class ChatEncoder:
         out.tokens.extend(ids)
         out.train.extend([trained] * len(ids))
 
-    def _images(self, out: EncodedChat, names: list[str], image_tokens: Callable[[str], int] | None) -> None:
-        for name in names:
-            if image_tokens is None:
-                self._extend(out, self.tok.encode(f"<image:{name}>"), False)
-                continue
-            out.media.append((len(out.tokens), name))
-            self._extend(
-                out, [self.media_start, *[self.image_pad] * image_tokens(name), self.media_end], False
-            )
+    def _content(
+        self, out: EncodedChat, m: Message, trained: bool, image_tokens: Callable[[str], int] | None
+    ) -> None:
+        """Text and images in the order ``content_pieces`` gives."""
+        for text, name in content_pieces(m):
+            if name is None:
+                self._extend(out, self.tok.encode(text), trained)
+            elif image_tokens is None:
+                self._extend(out, self.tok.encode(text), False)
+            else:
+                out.media.append((len(out.tokens), name))
+                self._extend(
+                    out, [self.media_start, *[self.image_pad] * image_tokens(name), self.media_end], False
+                )
 
     def _body(
         self, out: EncodedChat, m: Message, trained: bool, image_tokens: Callable[[str], int] | None
     ) -> None:
         if m.role == "tool":
             self._extend(out, [self.ids[RESULT_BEGIN]], False)
-            self._extend(out, self.tok.encode(m.content), False)
-            self._images(out, m.images, image_tokens)
+            self._content(out, m, False, image_tokens)
             self._extend(out, [self.ids[RESULT_END]], False)
             return
-        if m.content:
-            self._extend(out, self.tok.encode(m.content), trained)
-        self._images(out, m.images, image_tokens)
+        self._content(out, m, trained, image_tokens)
         for c in m.tool_calls:
             self._extend(out, [self.ids[CALL_BEGIN]], trained)
             self._extend(out, self.tok.encode(f"{c.name}\n{c.input}"), trained)

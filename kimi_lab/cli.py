@@ -9,14 +9,16 @@
   kimi-lab import-hf HF_DIR OUT_CKPT [--dry-run] and back, streamed: K2 (FP8), K2.5 (INT4), transformers
   kimi-lab report MULTIRUN_DIR [--also DIR...]  an experiment's report (markdown, JSON, PNG)
   kimi-lab eval CKPT --tasks NAME=DIR [--n N]   a checkpoint's score on task prompts (the sandboxed tool)
+  kimi-lab evaluate CKPT --tasks T1,T2 [...]    lm-evaluation-harness tasks on a checkpoint (lm-eval's JSON)
   kimi-lab experiment NAME [--scale S]          a multi-stage experiment of kimi_lab/experiments (a table)
   kimi-lab swarm run --tasks DIR [--policy P]   agent-swarm episodes with traces (fanout, single, ckpt:, openai:)
   kimi-lab consolidate SHARDED_CKPT OUT.ckpt    an FSDP2 checkpoint folder as one file (weights)
-  kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint (streams)
+  kimi-lab serve CKPT [--port P]                a checkpoint as an OpenAI-compatible chat endpoint
+                                                (streams, batches concurrent clients, takes images)
   kimi-lab generate CKPT --prompt TEXT [...]    continue a prompt, tokens printed as they are sampled
   kimi-lab chat CKPT [--tools python]           talk to a checkpoint (tool calls run in the sandbox)
   kimi-lab dashboard [RUNS_DIR] [--port P]      the Streamlit dashboard (bound to 127.0.0.1)
-  kimi-lab bench moe|step|sparsity|ep|data|qkclip|gpu|swarm|generate|eval  ratios against peers measured in the same run ([--json])
+  kimi-lab bench moe|step|sparsity|ep|data|qkclip|gpu|swarm|generate|eval|serve  ratios against peers measured in the same run ([--json])
 
 User errors (bad config, missing data) print one line and exit with status 2.
 """
@@ -210,6 +212,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from kimi_lab.harness import evaluate_command
+
+    evaluate_command(args)
+
+
 def _cmd_experiment(args: argparse.Namespace) -> None:
     import importlib
     import time
@@ -273,7 +281,7 @@ def _cmd_consolidate(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from kimi_lab.serve import serve  # the loader says what is wrong with a checkpoint, in one line
 
-    serve(args.checkpoint, args.host, args.port)
+    serve(args.checkpoint, args.host, args.port, args.max_batch)
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
@@ -297,7 +305,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
 
 
-_BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate", "eval")
+_BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate", "eval", "serve")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -451,6 +459,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON result (with per-prompt rewards and transcripts) here")
     p.set_defaults(func=_cmd_eval)
 
+    p = sub.add_parser(
+        "evaluate",
+        help="lm-evaluation-harness tasks on a checkpoint (pip install -e '.[eval]')",
+        description="Scores a checkpoint with lm-eval's evaluator; results in lm-eval's JSON format.",
+    )
+    p.add_argument("checkpoint", help="a kimi_lab checkpoint (a run's .ckpt, a sharded folder, import-hf's)")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task (or group) names")
+    p.add_argument("--num-fewshot", type=int, default=None, help="default: each task's own")
+    p.add_argument("--limit", type=float, default=None, help="documents per task (a fraction when < 1)")
+    p.add_argument("--batch-size", type=int, default=16, help="requests per forward / decode batch")
+    p.add_argument("--include-path", default=None, help="a folder of your own task YAMLs (local data)")
+    p.add_argument(
+        "--output-path",
+        default=None,
+        help="where lm-eval writes its JSON (default: the run's lm_eval/ folder, or one beside the checkpoint)",
+    )
+    p.add_argument(
+        "--log-samples", action="store_true", help="also write every document's requests and answers"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=_cmd_evaluate)
+
     from kimi_lab.experiments import EXPERIMENTS
 
     p = sub.add_parser(
@@ -493,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="bind address (no authentication: keep it local)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--max-batch", type=int, default=16, help="requests decoded together; more wait for a free row"
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("generate", help="continue a prompt, printing tokens as they are sampled")

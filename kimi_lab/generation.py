@@ -1,7 +1,9 @@
 """Sampling from a KimiK25 with a KV cache: a batch of prompts (text, images) -> continuations.
 
-The one decode path of kimi_lab: RL and PARL rollouts, evaluation, swarm checkpoint
-policies and ``kimi-lab serve`` all sample here. Prompts of different lengths are
+The one decode path of kimi_lab: RL and PARL rollouts, evaluation (``kimi-lab eval``,
+lm-eval's generation tasks), swarm checkpoint policies and ``kimi-lab serve`` all sample
+here; the server's continuous batching (``kimi_lab.batching``) runs the same ``prefill``
+and ``decode_step`` with requests joining and leaving between steps. Prompts of different lengths are
 left-padded into one batch (positions count real tokens only, the attention mask hides
 padding); identical prompts are encoded once. The prompt fills MLA's latent cache
 (``kimi_lab.model.kv_cache``), then each new token costs one cached step with the
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kimi_lab.data.vision import VisionBlock
+from kimi_lab.model.kv_cache import LatentCache
 
 
 @dataclass
@@ -192,51 +195,24 @@ def _decode(
     rows were still running (a row's stop token is its last live one). No host sync inside."""
     if not prompts or max_new_tokens <= 0:
         return
-    if any(not p.tokens for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     B = len(prompts)
-    # Identical prompts (RL's K samples of one task) are encoded once; their cache rows are
-    # copied after the prompt, so each row still samples on its own.
-    unique, row_of = _unique_prompts(prompts)
-    L = max(len(p.tokens) for p in unique)
-    ids = torch.full((len(unique), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(unique), L, dtype=torch.long)
-    for i, p in enumerate(unique):
-        ids[i, L - len(p.tokens) :] = torch.tensor(p.tokens)
-        mask[i, L - len(p.tokens) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    vision = {k: v.to(device) for k, v in vision_inputs([b for p in unique for b in p.blocks]).items()}
     lm = model.language_model
-    cache = lm.new_cache(L + max_new_tokens)
+    banned = banned_mask(lm.cfg.vocab_size, banned_ids, device)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    banned = torch.zeros(lm.cfg.vocab_size, dtype=torch.bool, device=device)
-    if banned_ids:
-        banned[torch.tensor(banned_ids, device=device)] = True
     check_every = _STOP_CHECK_EVERY.get(device.type, _STOP_CHECK_DEFAULT)
     # The batch shrinks as rows stop: ``live`` holds the original row of every row still
     # decoded, and rows that stopped are dropped from the cache at the next stop check.
     live = torch.arange(B, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     try:
-        # The grad and autocast modes are entered around each forward, never across a yield,
-        # so the caller's code between steps runs in its own modes.
-        with torch.inference_mode(), _autocast(device, autocast):
-            logits = model(
-                ids, attention_mask=mask, positions=positions, cache=cache, logits_to_keep=1, **vision
-            ).logits[:, -1]
-        pos = positions[:, -1:] + 1
-        if len(unique) < B:
-            rows = torch.tensor(row_of, device=device)
-            cache.select(rows)
-            logits, pos = logits[rows], pos[rows]
+        logits, pos, cache = prefill(model, prompts, max_new_tokens, pad_id, autocast)
         for step in range(max_new_tokens):
             with torch.inference_mode():
-                logp = torch.log_softmax(logits.float().masked_fill(banned, float("-inf")), dim=-1)
-                tok = torch.where(done, pad_id, _sample(logp, temperature, top_k, generator, top_p))
+                logp = step_logprobs(logits, banned)
+                tok = torch.where(done, pad_id, sample_tokens(logp, temperature, top_k, generator, top_p))
                 chosen = logp.gather(1, tok[:, None]).squeeze(1)
                 alive = ~done
                 done = done | torch.isin(tok, stops)
@@ -259,13 +235,78 @@ def _decode(
                     cache.select(keep)
                     live, tok, pos, done = live[keep], tok[keep], pos[keep], done[keep]
             # Stopped rows not dropped yet keep feeding padding, which only they themselves attend to.
-            with torch.inference_mode(), _autocast(device, autocast):
-                logits = lm(input_ids=tok[:, None], positions=pos, cache=cache, logits_to_keep=1).logits[
-                    :, -1
-                ]
-                pos = pos + 1
+            logits = decode_step(lm, tok, pos, cache, autocast)
+            pos = pos + 1
     finally:
         model.train(was_training)
+
+
+def prefill(
+    model: torch.nn.Module,
+    prompts: list[Prompt],
+    room: int,
+    pad_id: int,
+    autocast: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, LatentCache]:
+    """Encode ``prompts`` (left-padded into one batch, images through the vision tower) into a
+    new cache with ``room`` free slots per row after them.
+
+    Returns the logits of each prompt's next token (B, V), each row's next position (B, 1)
+    and the cache. Identical prompts (RL's K samples of one task) are encoded once and their
+    cache rows copied, so each row still samples on its own. The batched server prefills
+    its newcomers here too, then stacks their cache onto the running batch's.
+    """
+    if any(not p.tokens for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    device = next(model.parameters()).device
+    unique, row_of = _unique_prompts(prompts)
+    L = max(len(p.tokens) for p in unique)
+    ids = torch.full((len(unique), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(unique), L, dtype=torch.long)
+    for i, p in enumerate(unique):
+        ids[i, L - len(p.tokens) :] = torch.tensor(p.tokens)
+        mask[i, L - len(p.tokens) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    vision = {k: v.to(device) for k, v in vision_inputs([b for p in unique for b in p.blocks]).items()}
+    cache = model.language_model.new_cache(L + room)
+    with torch.inference_mode(), _autocast(device, autocast):
+        logits = model(
+            ids, attention_mask=mask, positions=positions, cache=cache, logits_to_keep=1, **vision
+        ).logits[:, -1]
+    pos = positions[:, -1:] + 1
+    if len(unique) < len(prompts):
+        rows = torch.tensor(row_of, device=device)
+        cache.select(rows)
+        logits, pos = logits[rows], pos[rows]
+    return logits, pos, cache
+
+
+def decode_step(
+    lm: torch.nn.Module,
+    tok_B: torch.Tensor,
+    pos_B1: torch.Tensor,
+    cache: LatentCache,
+    autocast: torch.dtype | None = None,
+) -> torch.Tensor:
+    """One cached step: every row's last token in, the logits of its next token out (B, V)."""
+    # The grad and autocast modes are entered around each forward, never across a caller's
+    # code, so what runs between steps keeps its own modes.
+    with torch.inference_mode(), _autocast(tok_B.device, autocast):
+        return lm(input_ids=tok_B[:, None], positions=pos_B1, cache=cache, logits_to_keep=1).logits[:, -1]
+
+
+def banned_mask(vocab_size: int, banned_ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(V,) True at the tokens never sampled."""
+    banned = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    if banned_ids:
+        banned[torch.tensor(banned_ids, device=device)] = True
+    return banned
+
+
+def step_logprobs(logits_BV: torch.Tensor, banned_V: torch.Tensor) -> torch.Tensor:
+    """The sampling distribution of a step (fp32 log-probs, temperature 1, banned tokens at -inf)."""
+    return torch.log_softmax(logits_BV.float().masked_fill(banned_V, float("-inf")), dim=-1)
 
 
 def _unique_prompts(prompts: list[Prompt]) -> tuple[list[Prompt], list[int]]:
@@ -302,7 +343,7 @@ def policy_logprobs(logits: torch.Tensor, banned_ids: tuple[int, ...] = ()) -> t
     return torch.log_softmax(logits, dim=-1)
 
 
-def _sample(
+def sample_tokens(
     logp: torch.Tensor,
     temperature: float,
     top_k: int | None,

@@ -20,6 +20,10 @@ WANDB_ID_FILE = "wandb_run_id"  # the wandb run id, reused when the run resumes
 STATUS_FILE = "status.json"  # {"status": running|finished|failed|interrupted, "step", "final": {...}}
 CHECKPOINT_COUNTERS = "kimi_lab_counters"  # a checkpoint's running totals (tokens, skipped steps, ...)
 LOG_FILE = "train.log"  # the run's log (Hydra names it after the job, kimi_lab.train)
+# kimi-lab evaluate (lm-evaluation-harness): <run>/lm_eval/<checkpoint path, sanitised>/results_<time>.json
+# (lm-eval's own format) and samples_<task>_<time>.jsonl with --log-samples
+HARNESS_DIR = "lm_eval"
+HARNESS_RESULTS_GLOB = "results_*.json"
 
 METRICS_COLUMNS = ("step", "key", "value")
 MOE_LOAD_COLUMNS = ("step", "layer", "expert", "tokens", "bias")

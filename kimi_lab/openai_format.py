@@ -8,13 +8,19 @@ matched to calls by ``tool_call_id``; kimi_lab keeps them in call order.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kimi_lab.chat import ChatFormatError, Message, ToolCall
+import numpy as np
+
+from kimi_lab.chat import ChatFormatError, Message, ToolCall, image_marker
 
 
 def tool_schema(name: str, description: str, input_format: str) -> dict[str, Any]:
@@ -91,14 +97,76 @@ def to_openai(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
-def _content_text(content: Any) -> str:
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_IMAGE_PIXELS = 50_000_000  # a larger image is refused before it is decoded (a decompression bomb)
+
+
+def image_from_url(url: Any) -> np.ndarray:
+    """An ``image_url`` part's image as uint8 RGB (H, W, 3); only ``data:`` URLs (base64 PNG,
+    JPEG or WebP) are taken: the server fetches nothing. Anything else is a ChatFormatError
+    that says why."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(url, dict):  # {"url": ..., "detail": ...}
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        raise ChatFormatError("an image_url part needs a url")
+    if url.startswith(("http://", "https://")):
+        raise ChatFormatError(
+            "remote image URLs are not fetched (the server has no network access): "
+            "send the image inline as a data: URL (data:image/png;base64,...)"
+        )
+    header, comma, payload = url.partition(",")
+    if not url.startswith("data:") or not comma or not header.endswith(";base64"):
+        raise ChatFormatError(
+            f"an image must be a base64 data: URL (data:image/png;base64,...), got {url!r:.40}"
+        )
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ChatFormatError("the image's data: URL is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            fmt, (w, h) = im.format, im.size
+            if fmt in IMAGE_FORMATS and w * h <= MAX_IMAGE_PIXELS:
+                return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exn:
+        raise ChatFormatError(
+            f"the image does not decode as PNG, JPEG or WebP ({type(exn).__name__}: {exn})"
+        ) from None
+    if fmt not in IMAGE_FORMATS:
+        raise ChatFormatError(f"image format {fmt} is not supported: send PNG, JPEG or WebP")
+    raise ChatFormatError(f"the image is {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS:,} taken")
+
+
+def _content(content: Any, on_image: Callable[[Any], str] | None, role: str) -> tuple[str, list[str]]:
+    """A wire message's content as kimi_lab text and image names: text parts in order, each
+    image (named by ``on_image``, which decodes it) marked where it appears."""
     if content is None:
-        return ""
+        return "", []
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise ChatFormatError(f"message content must be text (got {type(content).__name__})")
+        return content, []
+    if not isinstance(content, list):
+        raise ChatFormatError(
+            f"message content must be text or a list of parts (got {type(content).__name__})"
+        )
+    text, names = "", []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text += str(part.get("text", ""))
+        elif kind == "image_url":
+            if on_image is None or role not in ("user", "tool"):
+                raise ChatFormatError(f"a {role} message cannot hold images here")
+            try:
+                name = on_image(part.get("image_url"))
+            except ChatFormatError as exn:
+                raise ChatFormatError(f"image {len(names) + 1}: {exn}") from None
+            names.append(name)
+            text += image_marker(name)
+        else:
+            raise ChatFormatError(f"content part type {kind!r} is not supported (text, image_url)")
+    return text, names
 
 
 def call_from_openai(call: Any) -> ToolCall:
@@ -118,10 +186,13 @@ def call_from_openai(call: Any) -> ToolCall:
         parsed = args
     if isinstance(parsed, dict) and set(parsed) == {"input"} and isinstance(parsed["input"], str):
         return ToolCall(name, parsed["input"])
-    return ToolCall(name, json.dumps(parsed))
+    # As the chat template's ``tojson`` writes it: the model sees the characters themselves.
+    return ToolCall(name, json.dumps(parsed, ensure_ascii=False))
 
 
-def from_openai(items: Any) -> list[Message]:
+def from_openai(items: Any, on_image: Callable[[Any], str] | None = None) -> list[Message]:
+    """Wire messages -> kimi_lab messages. ``on_image`` takes each ``image_url`` part's value
+    (decoding it, e.g. with ``image_from_url``) and names the image; without it images are refused."""
     if not isinstance(items, list) or not items:
         raise ChatFormatError("messages must be a non-empty list")
     out: list[Message] = []
@@ -134,7 +205,11 @@ def from_openai(items: Any) -> list[Message]:
         if role not in ("system", "user", "assistant", "tool"):
             raise ChatFormatError(f"unsupported role {role!r}")
         calls = [call_from_openai(c) for c in d.get("tool_calls") or []] if role == "assistant" else []
-        out.append(Message(role, _content_text(d.get("content")), calls))
+        try:
+            text, images = _content(d.get("content"), on_image, role)
+        except ChatFormatError as exn:
+            raise ChatFormatError(f"message {len(out)}: {exn}") from None
+        out.append(Message(role, text, calls, images))
     return out
 
 

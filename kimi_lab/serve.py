@@ -1,23 +1,29 @@
 """``kimi-lab serve CKPT``: a kimi_lab checkpoint behind an OpenAI-compatible HTTP endpoint.
 
-``POST /v1/chat/completions`` (messages, tools, temperature, top_p, max_tokens, seed,
-stream, stream_options.include_usage) and ``GET /v1/models``, from the standard
-library's threaded HTTP server. With ``stream=true`` the answer comes as server-sent
-events in the chat-completion chunk format, tokens as they are sampled
+``POST /v1/chat/completions`` (messages, tools, temperature, top_p, max_tokens, seed, stop,
+stream, stream_options.include_usage, and vLLM's ``ignore_eos``) and ``GET /v1/models``,
+from the standard library's threaded HTTP server. With ``stream=true`` the answer comes
+as server-sent events in the chat-completion chunk format, tokens as they are sampled
 (``kimi_lab.streaming``); streamed and non-streamed greedy answers are the same text.
 Tool calls come back as OpenAI ``tool_calls`` in both modes.
 
-Requests are queued and answered one at a time (the model and its KV cache are not
-re-entrant), so concurrent clients wait their turn and never share a generation. A
-client that goes away mid-stream stops its generation; the server carries on. Bound
-to 127.0.0.1 by default: it has no authentication.
+A ``-vl`` model takes ``image_url`` parts given as ``data:`` URLs (PNG, JPEG, WebP): each
+goes to the vision tower at the place it has in the message. A remote URL, an image that
+does not decode, or an image sent to a text-only model is a 400 that says why.
+
+Concurrent requests decode together (``kimi_lab.batching``): a request joins the running
+batch at the next step and leaves when it is done, each with its own sampling parameters,
+seed, stop strings and token budget; its greedy answer is the one it gets alone. A client that goes
+away (mid-stream, or before a whole answer is ready) frees its row; the server carries
+on. Bound to 127.0.0.1 by default: it has no authentication.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import threading
+import select
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,12 +31,15 @@ from typing import Any
 
 import torch
 
-from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate
-from kimi_lab.generation import Prompt, Step, generate
-from kimi_lab.openai_format import ChunkStream, completion, from_openai, wire_tool_call
+from kimi_lab.batching import Batcher, SamplingParams
+from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate, with_tools
+from kimi_lab.config.schema import VisionDataConfig
+from kimi_lab.data.vision import VisionBlock, image_block
+from kimi_lab.generation import Prompt
+from kimi_lab.openai_format import ChunkStream, completion, from_openai, image_from_url, wire_tool_call
 from kimi_lab.streaming import AssistantStream, StreamEvents
 
-MAX_BODY_BYTES = 4 << 20
+MAX_BODY_BYTES = 32 << 20  # room for a few inline (base64) images
 CLIENT_TIMEOUT_S = 60  # a client that stops reading for this long loses its stream (and the queue moves on)
 
 
@@ -49,6 +58,9 @@ class Sampling:
     messages: list[Message]
     tools: list[dict[str, Any]]
     prompt: list[int]
+    blocks: list[VisionBlock]  # the images, in the order of their placeholder runs in the prompt
+    stop_ids: tuple[int, ...]
+    stop: tuple[str, ...]  # the request's stop strings
     max_new_tokens: int
     temperature: float
     top_p: float | None
@@ -66,22 +78,44 @@ class Answer:
 
 
 class ChatService:
-    """Turns a chat-completions request into one sampled assistant turn."""
+    """Turns a chat-completions request into one sampled assistant turn.
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str, max_seq_len: int) -> None:
-        self.model = model
+    ``vision`` is the image preprocessing of a ``-vl`` model (None: text only). All
+    requests share one ``Batcher``, which owns the model."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        name: str,
+        max_seq_len: int,
+        vision: VisionDataConfig | None = None,
+        max_batch: int = 16,
+    ) -> None:
         self.tok = tokenizer
         self.enc = ChatEncoder(tokenizer)
         self.name = name
         self.max_seq_len = max_seq_len
-        self.lock = threading.Lock()
+        self.vision = vision
+        self.batcher = Batcher(model, tokenizer.pad_id, self.enc.banned_ids, max_batch=max_batch)
 
     # --------------------------------------------------------------- requests
     def parse(self, req: Any) -> Sampling:
         if not isinstance(req, dict):
             raise BadRequest("the request body must be a JSON object")
+        images: dict[str, VisionBlock] = {}
+
+        def on_image(url: Any) -> str:
+            if self.vision is None:
+                raise ChatFormatError(
+                    f"model {self.name} has no vision tower and cannot take images (serve a -vl checkpoint)"
+                )
+            name = f"image_{len(images)}"
+            images[name] = image_block(image_from_url(url), self.vision)
+            return name
+
         try:
-            messages = from_openai(req.get("messages"))
+            messages = from_openai(req.get("messages"), on_image)
             validate(messages, require_assistant=False)
         except ChatFormatError as e:
             raise BadRequest(str(e)) from None
@@ -105,10 +139,19 @@ class ChatService:
             raise BadRequest("max_tokens must be a positive integer")
         if req.get("n", 1) != 1:
             raise BadRequest("n must be 1 (one choice per request)")
+        stop = req.get("stop")
+        stop = [stop] if isinstance(stop, str) else (stop or [])
+        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) for x in stop):
+            raise BadRequest("stop must be a string or a list of at most 4 strings")
         stream_options = req.get("stream_options") or {}
         if not isinstance(stream_options, dict):
             raise BadRequest("stream_options must be an object")
-        prompt = self.enc.encode(messages, add_generation_prompt=True).tokens
+        encoded = self.enc.encode(
+            messages,
+            (lambda n: images[n].n_tokens) if self.vision is not None else None,
+            add_generation_prompt=True,
+        )
+        prompt = encoded.tokens
         room = self.max_seq_len - len(prompt)
         if room <= 0:
             raise BadRequest(f"the prompt is {len(prompt)} tokens; the model's context is {self.max_seq_len}")
@@ -117,6 +160,9 @@ class ChatService:
             messages=messages,
             tools=tools,
             prompt=prompt,
+            blocks=[images[name] for _, name in encoded.media],
+            stop_ids=() if req.get("ignore_eos") is True else self.enc.stop_ids,
+            stop=tuple(stop),
             max_new_tokens=min(max_tokens, room),
             temperature=float(temperature),
             top_p=None if top_p is None else float(top_p),
@@ -132,60 +178,51 @@ class ChatService:
             return messages
         if not isinstance(tools, list):
             raise BadRequest("tools must be a list")
-        lines = []
+        described = []
         for t in tools:
             fn = t.get("function") if isinstance(t, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise BadRequest(f"bad tool {t!r:.80}")
-            lines.append(f"- {fn['name']}: {fn.get('description', '')}")
-        block = "Tools:\n" + "\n".join(lines)
-        if any(block in m.content for m in messages if m.role == "system"):
-            return messages  # the caller already described them
-        if messages[0].role == "system":
-            first = Message("system", messages[0].content + "\n\n" + block)
-            return [first, *messages[1:]]
-        return [Message("system", block), *messages]
+            described.append((fn["name"], str(fn.get("description") or "")))
+        return with_tools(messages, described)
 
     # ------------------------------------------------------------- sampling
-    def run(self, s: Sampling, on_events: Callable[[StreamEvents], None] | None = None) -> Answer:
-        """Sample the turn (one request at a time); ``on_events`` sees the deltas as they come,
-        and stops the generation by raising ``ClientGone``."""
-        stream = AssistantStream(self.tok)
-        stops = set(self.enc.stop_ids)
-        gone = False
-
-        def on_step(step: Step) -> bool:
-            nonlocal gone
-            t = step.tokens[0]
-            if t is None or t in stops or on_events is None:
-                return False
-            try:
-                on_events(stream.push(t))
-            except ClientGone:
-                gone = True
-            return gone
-
-        gen = torch.Generator().manual_seed(s.seed) if s.seed is not None else None
-        with self.lock:
-            (g,) = generate(
-                self.model,
-                [Prompt(s.prompt)],
-                s.max_new_tokens,
-                self.enc.stop_ids,
-                self.tok.pad_id,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                generator=gen,
-                banned_ids=self.enc.banned_ids,
-                on_token=on_step,
-            )
-        if gone:
-            raise ClientGone()
-        sampled = g.tokens[:-1] if g.finished else g.tokens  # the stop token is not text
-        if on_events is None:  # not streamed: the whole turn at once
-            for t in sampled:
-                stream.push(t)
-        last, parsed = stream.finish(g.finished)
+    def run(
+        self,
+        s: Sampling,
+        on_events: Callable[[StreamEvents], None] | None = None,
+        client_left: Callable[[], bool] | None = None,
+    ) -> Answer:
+        """Sample the turn in the shared batch; ``on_events`` sees the deltas as they come and
+        stops the generation by raising ``ClientGone``, as does ``client_left()`` turning True."""
+        stream = AssistantStream(self.tok, s.stop)
+        stops = set(s.stop_ids)
+        ticket = self.batcher.submit(
+            Prompt(s.prompt, s.blocks),
+            SamplingParams(s.max_new_tokens, s.stop_ids, s.temperature, s.top_p, seed=s.seed),
+        )
+        used = 0  # tokens that count: up to a stop token or the token that completed a stop string
+        try:
+            for t, _ in ticket.tokens():
+                if stream.stopped:
+                    continue  # sampled before the engine saw the cancel: not part of the answer
+                used += 1
+                if t in stops:
+                    continue
+                events = stream.push(t)
+                if stream.stopped:
+                    ticket.cancel()  # a stop string: the row leaves the batch at the next step
+                if on_events is not None:
+                    on_events(events)
+                elif client_left is not None and client_left():
+                    raise ClientGone()
+        except ClientGone:
+            ticket.cancel()  # its row leaves the batch at the next step
+            raise
+        g = ticket.result
+        assert g is not None
+        finished = g.finished or stream.stopped
+        last, parsed = stream.finish(finished)
         if on_events is not None:
             on_events(last)
         content = parsed.message.content
@@ -194,18 +231,18 @@ class ChatService:
             content += extra
             if on_events is not None:
                 on_events(StreamEvents(content=extra))
-        finish = "length" if not g.finished else ("tool_calls" if parsed.message.tool_calls else "stop")
+        finish = "length" if not finished else ("tool_calls" if parsed.message.tool_calls else "stop")
         usage = {
             "prompt_tokens": len(s.prompt),
-            "completion_tokens": len(g.tokens),
-            "total_tokens": len(s.prompt) + len(g.tokens),
+            "completion_tokens": used,
+            "total_tokens": len(s.prompt) + used,
         }
         return Answer(finish, parsed, content, usage)
 
-    def complete(self, req: Any) -> dict[str, Any]:
+    def complete(self, req: Any, client_left: Callable[[], bool] | None = None) -> dict[str, Any]:
         """A chat-completions request answered at once (``stream`` is ignored here)."""
         s = self.parse(req)
-        a = self.run(s)
+        a = self.run(s, client_left=client_left)
         msg: dict[str, Any] = {"role": "assistant", "content": a.content}
         if a.parsed.message.tool_calls:
             msg["tool_calls"] = [
@@ -278,7 +315,9 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 n = -1
             if not 0 < n <= MAX_BODY_BYTES:
-                self._error(400 if n <= 0 else 413, "a JSON body of at most 4 MiB is required")
+                self._error(
+                    400 if n <= 0 else 413, f"a JSON body of at most {MAX_BODY_BYTES >> 20} MiB is required"
+                )
                 return
             try:
                 req = json.loads(self.rfile.read(n))
@@ -289,7 +328,7 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                 if isinstance(req, dict) and req.get("stream"):
                     self._stream(req)
                 else:
-                    self._send(200, service.complete(req))
+                    self._send(200, service.complete(req, lambda: _client_left(self.connection)))
             except BadRequest as e:
                 self._error(400, str(e))
             except ClientGone:
@@ -330,7 +369,18 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def make_server(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+def _client_left(conn: socket.socket) -> bool:
+    """Whether the client of a request still being answered closed its connection (EOF)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def make_server(
+    ckpt_path: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 16
+) -> ThreadingHTTPServer:
     from pathlib import Path
 
     from kimi_lab.loading import load_model
@@ -338,14 +388,17 @@ def make_server(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> Th
     loaded = load_model(ckpt_path)
     cfg = loaded.config
     name = f"kimi_lab/{cfg.experiment}/{Path(ckpt_path).stem}"
-    service = ChatService(loaded.model, loaded.tokenizer, name, cfg.model.max_seq_len)
+    vision = cfg.data.vision if cfg.model.vision is not None else None
+    service = ChatService(
+        loaded.model, loaded.tokenizer, name, cfg.model.max_seq_len, vision, max_batch=max_batch
+    )
     server = ThreadingHTTPServer((host, port), make_handler(service))
     server.daemon_threads = True
     return server
 
 
-def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    server = make_server(ckpt_path, host, port)
+def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 16) -> None:
+    server = make_server(ckpt_path, host, port, max_batch)
     h, p = server.server_address[:2]
     print(f"serving {ckpt_path} at http://{h}:{p}/v1 (OpenAI chat completions); Ctrl-C stops", flush=True)
     try:

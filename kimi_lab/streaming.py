@@ -43,10 +43,10 @@ class IncrementalDecoder:
         return text
 
 
-def _held_suffix(text: str) -> int:
+def _held_suffix(text: str, markers: tuple[str, ...] = _MARKERS) -> int:
     """Length of the longest tail of ``text`` that is a proper prefix of a marker."""
-    for n in range(min(len(text), max(map(len, _MARKERS)) - 1), 0, -1):
-        if any(m.startswith(text[-n:]) for m in _MARKERS):
+    for n in range(min(len(text), max(map(len, markers)) - 1), 0, -1):
+        if any(m.startswith(text[-n:]) for m in markers):
             return n
     return 0
 
@@ -58,27 +58,42 @@ class StreamEvents:
 
 
 class AssistantStream:
-    """Feed the sampled tokens of one assistant turn (stop tokens excluded), read the deltas."""
+    """Feed the sampled tokens of one assistant turn (stop tokens excluded), read the deltas.
 
-    def __init__(self, tokenizer: Any) -> None:
+    ``stop`` strings (the OpenAI ``stop`` parameter) end the turn where the first of them
+    begins: nothing from there on is handed out, and ``stopped`` turns True."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()) -> None:
         self.decoder = IncrementalDecoder(tokenizer)
         self.text = ""
         self.sent = ""  # content handed out so far
         self.calls_sent = 0
+        self.stop = tuple(s for s in stop if s)
+        self.markers = _MARKERS + self.stop
+
+    @property
+    def stopped(self) -> bool:
+        return any(s in self.text for s in self.stop)
+
+    def _turn_text(self) -> str:
+        """The text up to the first stop string."""
+        cut = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        return self.text if cut < 0 else self.text[:cut]
 
     def _content_so_far(self, final: bool) -> str:
-        cut = min((i for i in (self.text.find(m) for m in _MARKERS) if i >= 0), default=-1)
+        cut = min((i for i in (self.text.find(m) for m in self.markers) if i >= 0), default=-1)
         if cut >= 0:
             return self.text[:cut].strip()
         if final:
             return self.text.strip()
-        visible = self.text[: len(self.text) - _held_suffix(self.text)]
+        visible = self.text[: len(self.text) - _held_suffix(self.text, self.markers)]
         return visible.strip()  # trailing whitespace waits: it may end the content
 
     def _new_calls(self, final: bool) -> list[ToolCall]:
-        if CALL_BEGIN not in self.text:
+        text = self._turn_text()
+        if CALL_BEGIN not in text:
             return []
-        calls = parse_assistant(self.text, finished=final).message.tool_calls
+        calls = parse_assistant(text, finished=final or self.stopped).message.tool_calls
         new, self.calls_sent = calls[self.calls_sent :], len(calls)
         return new
 
@@ -96,4 +111,4 @@ class AssistantStream:
         """The last deltas, and the whole turn parsed (its content equals what was streamed)."""
         self.text += self.decoder.flush()
         events = self._events(final=True)
-        return events, parse_assistant(self.text, finished)
+        return events, parse_assistant(self._turn_text(), finished or self.stopped)

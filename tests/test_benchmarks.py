@@ -136,3 +136,18 @@ def test_bench_eval_plays_the_same_prompts_both_ways(
     assert out["prompts"] == 3 and out["per_batch_s"] > 0 and out["batched_s"] > 0
     assert out["speedup"] == pytest.approx(out["per_batch_s"] / out["batched_s"])
     assert 0 <= out["same_reward"] <= 3 and "load_average" in out
+
+
+def test_bench_serve_measures_both_engines_and_the_target_ratio(chat_ckpt: Path) -> None:
+    from benchmarks.serve import run
+
+    out = run(str(chat_ckpt), clients=(1, 3), requests=1, max_tokens=4, target_clients=2, rounds=1)
+    assert set(out["concurrency"]) == {"1", "3"} and out["same_answers"]
+    for row in out["concurrency"].values():
+        b, o = row["batched"], row["one_at_a_time"]
+        assert min(b["tokens_per_s"], o["tokens_per_s"]) > 0
+        assert row["speedup"] == pytest.approx(b["tokens_per_s"] / o["tokens_per_s"])
+        assert b["tokens_per_s"] == pytest.approx(
+            4 * b["requests_per_s"]
+        )  # ignore_eos: every answer is 4 tokens
+    assert out["concurrent_over_one"] == pytest.approx(out["2_concurrent_s"] / out["one_request_s"])

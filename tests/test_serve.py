@@ -263,6 +263,10 @@ def test_bad_requests_are_400s_before_any_event(server: str) -> None:
         client.chat.completions.create(model=model, messages=_ask("x"), top_p=0)
     with pytest.raises(BadRequestError, match="n must be 1"):
         client.chat.completions.create(model=model, messages=_ask("x"), n=2)
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png}}]}]
+    with pytest.raises(BadRequestError, match="no vision tower"):  # a text-only model
+        client.chat.completions.create(model=model, messages=image)
 
 
 def test_a_gone_client_stops_its_generation_and_frees_the_model(chat_ckpt: Path) -> None:
@@ -282,8 +286,53 @@ def test_a_gone_client_stops_its_generation_and_frees_the_model(chat_ckpt: Path)
     with pytest.raises(ClientGone):
         service.run(s, leave_after_two)
     assert len(seen) == 2  # no token was sampled for it after it left
-    assert not service.lock.locked()
+    deadline = time.time() + 60
+    while service.batcher.running and time.time() < deadline:  # its row leaves at the next step
+        time.sleep(0.01)
+    assert service.batcher.running == 0
     assert (
         service.run(service.parse({"messages": _ask("next"), "max_tokens": 3})).usage["completion_tokens"]
         == 3
     )
+
+
+def test_stop_strings_end_the_answer_in_both_modes(server: str) -> None:
+    client = _client(server)
+    model = client.models.list().data[0].id
+    whole = client.chat.completions.create(model=model, messages=_ask("hello"), temperature=0, max_tokens=24)
+    text = whole.choices[0].message.content
+    assert len(text) > 6
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = client.chat.completions.create(
+        model=model, messages=_ask("hello"), temperature=0, max_tokens=24, stop=[stop, "never"]
+    )
+    assert cut.choices[0].message.content == text[: text.find(stop)].strip()
+    assert (
+        cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < whole.usage.completion_tokens
+    )
+    streamed, _, finish, (usage, _) = _streamed(
+        client,
+        model,
+        _ask("hello"),
+        temperature=0,
+        max_tokens=24,
+        stop=stop,
+        stream_options={"include_usage": True},
+    )
+    assert (streamed, finish) == (cut.choices[0].message.content, "stop")
+    assert usage.model_dump() == cut.usage.model_dump()
+    with pytest.raises(BadRequestError, match="stop must be"):
+        client.chat.completions.create(model=model, messages=_ask("x"), stop=["a", "b", "c", "d", "e"])
+
+
+def test_a_closed_connection_is_noticed_between_tokens() -> None:
+    from kimi_lab.serve import _client_left
+
+    a, b = socket.socketpair()
+    with a:
+        assert not _client_left(a)
+        b.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request is not a goodbye
+        assert not _client_left(a)
+        b.close()
+        a.recv(64)
+        assert _client_left(a)

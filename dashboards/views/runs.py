@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboards.runs import ema, find_runs, flatten, read_table, runs_dir, series
+from dashboards.runs import ema, find_runs, flatten, read_harness_results, read_table, runs_dir, series
 from kimi_lab import metrics as M
 
 KEY_CONFIG = (
@@ -34,6 +34,19 @@ for r in runs:
         row[key] = r.final.get(key)
     rows.append(row)
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+st.subheader("Evaluations")
+evaluated = []
+for r in runs:
+    table, problems = read_harness_results(r.path)
+    for p in problems:
+        st.warning(f"{r.name}: {p}")
+    if not table.empty:
+        evaluated.append(table.assign(run=r.name))
+if evaluated:
+    st.dataframe(pd.concat(evaluated), hide_index=True, width="stretch")
+else:
+    st.caption("no lm-evaluation-harness results yet (kimi-lab evaluate CKPT --tasks ...)")
 
 st.subheader("Curves")
 names = [r.name for r in runs]

@@ -8,7 +8,9 @@ that carries both transformers' and the release's (``vt_*``) vision keys. With
 ``quantize="int4"`` the routed experts are written as K2.5 ships them
 (compressed-tensors pack-quantized, symmetric, groups of 32, bf16 scales) under
 K2.5's quantization_config, so engines that serve K2.5 serve the export the same
-way. Tensors are read from the checkpoint a slab at a time (a sharded folder
+way. The tokenizer goes with it, with the ``tokenizer_config.json`` (end-of-text, padding,
+kimi_lab's chat template) and ``generation_config.json`` (stop ids) that HF tools need
+(``tokenizer_files``). Tensors are read from the checkpoint a slab at a time (a sharded folder
 through torch.distributed.checkpoint, a file memory-mapped) and written into
 size-capped safetensors shards with an index.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -29,6 +32,7 @@ from kimi_lab.hf.adapter import released_layout
 from kimi_lab.hf.config import export_config
 from kimi_lab.hf.export_tensors import CheckpointReader, export_tensors
 from kimi_lab.hf.shards import write_shards
+from kimi_lab.hf.tokenizer_files import write_tokenizer_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -55,20 +59,6 @@ def _check(run: RunConfig, ckpt: Path, quantize: str | None) -> None:
             f"--quantize int4 groups {g} inputs: hidden_size={cfg.hidden_size} and "
             f"expert_ffn_dim={cfg.moe.expert_ffn_dim} must be multiples of {g}"
         )
-
-
-def _copy_tokenizer(run: RunConfig, ckpt: Path, out: Path) -> None:
-    from kimi_lab.loading import find_tokenizer
-
-    found = find_tokenizer(run, ckpt)
-    if found is None:
-        return
-    if found.name == "tiktoken.model" or found.suffix in (".model", ".tiktoken"):
-        shutil.copy(found, out / "tiktoken.model")
-        if (found.parent / "tokenizer_config.json").is_file():
-            shutil.copy(found.parent / "tokenizer_config.json", out / "tokenizer_config.json")
-    else:  # kimi_lab's byte-level BPE
-        shutil.copy(found, out / "tokenizer.json")
 
 
 def export_hf(
@@ -102,7 +92,12 @@ def export_hf(
         write_shards(tmp, tensors, shard_bytes, on_tensor=lambda t: bar.update(t.nbytes))
         bar.close()
         (tmp / "config.json").write_text(json.dumps(export_config(cfg, dtype, quantize), indent=2))
-        _copy_tokenizer(run, ckpt, tmp)
+        if not write_tokenizer_files(run, ckpt, tmp):
+            print(
+                f"export-hf: no tokenizer found for {ckpt} (data.tokenizer={run.data.tokenizer}): "
+                "the export has no tokenizer, tokenizer_config.json or generation_config.json",
+                file=sys.stderr,
+            )
         (tmp / "kimi_lab.json").write_text(
             json.dumps({"exported_from": str(ckpt), "model": cfg.name, "quantize": quantize}, indent=2)
         )

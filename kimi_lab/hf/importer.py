@@ -8,7 +8,9 @@ memory is one output file's worth of chunks (``file_bytes``) plus the chunk bein
 made, whatever the model's size. The folder is written under a temporary name and
 renamed when complete: a killed import leaves no checkpoint that looks whole.
 The HF folder's tokenizer (``tiktoken.model`` + ``tokenizer_config.json``, or a
-``tokenizer.json``) is copied in, where ``loading.load_tokenizer`` finds it.
+``tokenizer.json``) and its ``generation_config.json`` are copied in, where
+``loading.load_tokenizer`` finds them; what the two configs say (eos, pad, stop ids, chat
+template) is checked against kimi_lab's reading of the tokenizer and kept in ``meta.pt``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from kimi_lab.config.schema import ModelConfig, MoEBackend, RunConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.hf.config import HFConfig, read_hf_config, with_video_token
 from kimi_lab.hf.source import Source
+from kimi_lab.hf.tokenizer_files import TOKENIZER_FILES, read_tokenizer_files
 from kimi_lab.loading import PREFIX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-TOKENIZER_FILES = ("tiktoken.model", "tokenizer_config.json", "tokenizer.json")
 STATE = "state_dict." + PREFIX  # a sharded checkpoint's names: state_dict.model.<KimiK25 name>
 
 
@@ -112,6 +114,7 @@ def import_hf(
             f"{out} exists; import-hf never overwrites a checkpoint (remove it or pick another path)"
         )
     hf = resolve_config(hf_dir)
+    tokenizer = read_tokenizer_files(hf_dir, folder_tokenizer(hf_dir))
     src = Source(hf_dir, hf.quantization)
     chunks, unused = import_chunks(hf, src, model_shapes(hf.model), DTYPES[dtype], STATE, slab_bytes)
     if unused:  # counted and said, never silently dropped
@@ -127,7 +130,7 @@ def import_hf(
     try:
         write_chunks(tmp, chunks, file_bytes, on_chunk=lambda c: bar.update(c.nbytes))
         bar.close()
-        _write_meta(tmp, out, hf, hf_dir, dtype)
+        _write_meta(tmp, out, hf, hf_dir, dtype, tokenizer)
         for name in TOKENIZER_FILES:
             if (hf_dir / name).is_file():
                 shutil.copy(hf_dir / name, tmp / name)
@@ -139,7 +142,9 @@ def import_hf(
     return out, hf.model
 
 
-def _write_meta(folder: Path, final: Path, hf: HFConfig, hf_dir: Path, dtype: str) -> None:
+def _write_meta(
+    folder: Path, final: Path, hf: HFConfig, hf_dir: Path, dtype: str, tokenizer: dict[str, Any]
+) -> None:
     """``meta.pt``: what Lightning keeps beside a sharded checkpoint (the run config), plus provenance."""
     run = replace(RunConfig(), model=hf.model)
     tok = folder_tokenizer(hf_dir)
@@ -152,6 +157,7 @@ def _write_meta(folder: Path, final: Path, hf: HFConfig, hf_dir: Path, dtype: st
             "model_type": hf.model_type,
             "quantization": (hf.quantization or {}).get("quant_method"),
             "dtype": dtype,
+            "tokenizer": tokenizer,
         },
     }
     torch.save(meta, folder / "meta.pt")

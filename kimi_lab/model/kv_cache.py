@@ -87,3 +87,42 @@ class LatentCache:
             self.kv_LBSk = self.kv_LBSk[:, rows]
         if self.bias_BS is not None:
             self.bias_BS = self.bias_BS[rows]
+
+    def first_real_slot(self) -> int:
+        """The first slot that holds a real token of some row (what all rows have as padding before it)."""
+        assert self.bias_BS is not None
+        real_BS = self.bias_BS[:, : self.length] == 0
+        return int(real_BS.any(0).float().argmax()) if self.length else 0
+
+    @staticmethod
+    def stack(caches: list[LatentCache], room: int) -> LatentCache:
+        """One cache holding the rows of ``caches`` in order, with ``room`` free slots after them.
+
+        Each cache's rows keep their tokens right-aligned at the new common length; the slots
+        in front of them are padding (masked), and leading slots that are padding in every
+        row of a cache are dropped. A row's attention reads the same latents and positions as
+        before, so its next logits do not change: this is how the batched server lets
+        newcomers (prefilled in their own cache) join the running batch between two steps.
+        """
+        first = caches[0]
+        kv = [c.kv_LBSk for c in caches]
+        if any(t is None for t in kv) or any(c.bias_BS is None for c in caches):
+            raise ValueError("only caches that hold tokens can be stacked")
+        starts = [c.first_real_slot() for c in caches]
+        L = max(c.length - s for c, s in zip(caches, starts, strict=True))
+        B = sum(c.bias_BS.shape[0] for c in caches)  # type: ignore[union-attr]
+        ref = kv[0]
+        assert ref is not None
+        out = LatentCache(first.n_layers, first.kv_rank, first.rope_dim, L + room)
+        out.kv_LBSk = ref.new_zeros(first.n_layers, B, L + room, first.values_per_token)
+        out.bias_BS = torch.zeros(B, L + room, dtype=torch.float32, device=ref.device)
+        out.bias_BS[:, :L] = float("-inf")
+        row = 0
+        for c, s in zip(caches, starts, strict=True):
+            assert c.kv_LBSk is not None and c.bias_BS is not None
+            n, b = c.length - s, c.bias_BS.shape[0]
+            out.kv_LBSk[:, row : row + b, L - n : L] = c.kv_LBSk[:, :, s : c.length]
+            out.bias_BS[row : row + b, L - n : L] = c.bias_BS[:, s : c.length]
+            row += b
+        out.length = L
+        return out

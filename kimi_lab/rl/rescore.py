@@ -5,7 +5,8 @@ row); phase ``parl`` scores each orchestrator turn in the context it was sampled
 Both reduce to rows of tokens with a per-token "sampled" flag, the sampler's log-probs
 and one advantage per row (``turn_rows`` folds an agent's turns into as few rows as
 its contexts allow): one forward pass over the padded rows, then log pi of the
-sampled tokens only (the LM head runs on those positions alone).
+sampled tokens only (the LM head runs on those positions alone). ``kimi-lab evaluate``
+scores lm-eval's continuations the same way (``kimi_lab.harness``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Rescored:
     advantages: torch.Tensor  # (N,) each token's row advantage
     aux_loss: torch.Tensor  # the forward's router losses
     n_tokens: int  # real (non-pad) tokens in the forward
+    greedy: torch.Tensor  # (N,) bool: the token is the most likely one (lm-eval's is_greedy)
 
 
 def rescore(
@@ -77,7 +79,7 @@ def rescore(
     device = next(model.parameters()).device
     if not rows:
         empty = torch.zeros(0, device=device)
-        return Rescored(empty, empty, empty, torch.zeros((), device=device), 0)
+        return Rescored(empty, empty, empty, torch.zeros((), device=device), 0, empty.bool())
     for r in rows:
         if not len(r.tokens) == len(r.sampled) == len(r.old_logprobs):
             raise ValueError("rescore: tokens, sampled and old_logprobs differ in length")
@@ -103,11 +105,13 @@ def rescore(
     target = sampled[:, 1:].to(device)
     logits = model.language_model.lm_head(out.hidden[target])
     tokens = ids[:, 1:].to(device)[target]
-    logp_new = policy_logprobs(logits, banned_ids).gather(1, tokens[:, None]).squeeze(1)
+    logp_all = policy_logprobs(logits, banned_ids)
+    logp_new = logp_all.gather(1, tokens[:, None]).squeeze(1)
     return Rescored(
         logp_new,
         old[:, 1:].to(device)[target],
         adv.to(device)[:, None].expand(B, T - 1)[target],
         out.aux_loss,
         int(mask.sum()),
+        logp_all.detach().argmax(-1) == tokens,
     )

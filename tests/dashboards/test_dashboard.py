@@ -82,7 +82,23 @@ def dash_root(tmp_path_factory, tiny_tokenizer, tiny_shards) -> Path:
     assert res.returncode == 0, res.stderr[-2000:]
     single = next(p for p in (work / "runs" / "quickstart").iterdir() if p.name != "multirun")
     _trace(single / M.SWARM_DIR / "episode-0000.jsonl")
+    _harness_results(single / M.HARNESS_DIR / "runs__last.ckpt" / "results_2026-01-01T00-00-00.json")
     return work / "runs"
+
+
+def _harness_results(path: Path) -> None:
+    """What ``kimi-lab evaluate`` writes (lm-eval's results JSON, the fields the page reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "kimi_lab_tiny_mc": {"alias": "kimi_lab_tiny_mc", "acc,none": 0.375, "acc_stderr,none": 0.18},
+        "kimi_lab_tiny_ppl": {"alias": "kimi_lab_tiny_ppl", "word_perplexity,none": 40.5},
+    }
+    data = {
+        "results": results,
+        "n-samples": {"kimi_lab_tiny_mc": {"original": 8, "effective": 8}},
+        "config": {"model": "kimi_lab", "model_args": {"pretrained": "runs/x/checkpoints/last.ckpt"}},
+    }
+    path.write_text(json.dumps(data))
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +118,8 @@ def odd_roots(tmp_path_factory, dash_root) -> dict[str, Path]:
         (corrupt / name).write_bytes(b"PAR1 this is not parquet")
     (corrupt / M.STATUS_FILE).write_text("{not json")
     (corrupt / M.SWARM_DIR / "episode-0000.jsonl").write_text('garbage\n{"v": 99}\n')
+    for results in (corrupt / M.HARNESS_DIR).rglob("results_*.json"):
+        results.write_text("{not json")
     return {"empty": base / "empty", "partial": base / "partial", "corrupt": corrupt_root}
 
 
@@ -125,6 +143,14 @@ def test_runs_page_shows_runs_curves_and_the_sweep(dash_root, monkeypatch) -> No
     assert len(table) == 3 and set(table["status"]) == {"finished"}
     assert charts(at) >= 3  # train loss, val loss, metric vs swept parameter
     assert any("n_routed_experts" in s.value for s in at.selectbox if isinstance(s.value, str))
+    evals = next(d.value for d in at.dataframe if "task" in d.value.columns)  # kimi-lab evaluate's results
+    row = evals[evals["metric"] == "acc"].iloc[0]
+    assert (row["task"], row["value"], row["checkpoint"], row["n"]) == (
+        "kimi_lab_tiny_mc",
+        0.375,
+        "last.ckpt",
+        8,
+    )
 
 
 def test_experts_page(dash_root, monkeypatch) -> None:

@@ -49,19 +49,19 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
 
 
 def test_top_p_samples_only_from_the_nucleus() -> None:
-    from kimi_lab.generation import _sample
+    from kimi_lab.generation import sample_tokens
 
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logp = probs.log().expand(4000, 4)
     g = torch.Generator().manual_seed(0)
     # top_p=0.7: 0.5 < 0.7 so the second token joins; 0.8 >= 0.7 closes the nucleus
-    counts = torch.bincount(_sample(logp, 1.0, None, g, top_p=0.7), minlength=4)
+    counts = torch.bincount(sample_tokens(logp, 1.0, None, g, top_p=0.7), minlength=4)
     assert counts[2] == counts[3] == 0
     assert abs(counts[0] / counts[:2].sum() - 0.5 / 0.8) < 0.03  # renormalised within the nucleus
-    assert set(_sample(logp, 1.0, None, g, top_p=0.01).tolist()) == {0}  # the top token always stays
-    everything = torch.bincount(_sample(logp, 1.0, None, g, top_p=1.0), minlength=4)
+    assert set(sample_tokens(logp, 1.0, None, g, top_p=0.01).tolist()) == {0}  # the top token always stays
+    everything = torch.bincount(sample_tokens(logp, 1.0, None, g, top_p=1.0), minlength=4)
     assert (everything > 0).all()  # top_p=1 changes nothing
-    sharp = torch.bincount(_sample(logp, 0.5, None, g, top_p=0.7), minlength=4)
+    sharp = torch.bincount(sample_tokens(logp, 0.5, None, g, top_p=0.7), minlength=4)
     assert sharp[2] == sharp[3] == 0 and sharp[1] > 0  # after temperature: [0.71, 0.26, ...]
 
 

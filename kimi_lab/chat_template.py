@@ -1,0 +1,117 @@
+"""kimi_lab's chat format as a Jinja chat template, for the tools that render prompts themselves.
+
+transformers' ``apply_chat_template``, vLLM, SGLang and llama.cpp render a conversation from
+the ``chat_template`` of ``tokenizer_config.json``. An export carries this one, generated
+from ``kimi_lab.chat``'s own markers and tools description (``TOOLS_HEADER``,
+``with_tools``, ``call_from_openai``'s reading of tool-call arguments), so it renders the
+tokens ``ChatEncoder`` encodes: roles, content, tool calls, tool results, the declared tools
+in the system message, and the generation prompt (a test holds them equal, tools included).
+
+Where a renderer sees what kimi_lab never does, the template picks:
+- a tool call's ``arguments`` as an object (how transformers and vLLM hand them over):
+  ``{"input": text}`` renders the text, any other object its JSON, as ``call_from_openai``
+  reads them; as a string (the OpenAI wire form, which ``call_from_openai`` parses first),
+  verbatim;
+- an image part renders ``<|media_start|><|image_pad|><|media_end|>``: one placeholder a
+  multimodal processor expands to the image's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from kimi_lab.chat import (
+    CALL_BEGIN,
+    CALL_END,
+    IM_END,
+    IM_START,
+    IMAGE_PAD,
+    MEDIA_END,
+    MEDIA_START,
+    RESULT_BEGIN,
+    RESULT_END,
+    ROLES,
+    TOOLS_HEADER,
+)
+
+# Jinja, with @NAME@ standing for a special token's text (a tokenizer may spell them its own way).
+_TEMPLATE = """\
+{%- macro text(content) -%}
+{%- if content is none -%}
+{%- elif content is string -%}{{ content }}
+{%- else -%}{%- for part in content -%}
+{%- if part.type == 'text' -%}{{ part.text }}
+{%- elif part.type in ['image', 'image_url'] -%}@MEDIA_START@@IMAGE_PAD@@MEDIA_END@
+{%- endif -%}{%- endfor -%}
+{%- endif -%}
+{%- endmacro -%}
+{%- set role_token = @ROLE_TOKENS@ -%}
+{%- set ns = namespace(block='', described=false) -%}
+{%- if tools -%}
+{%- for t in tools -%}
+{%- set fn = t.function if t.function is defined else t -%}
+{%- set ns.block = ns.block ~ '\\n- ' ~ fn.name ~ ': ' ~ (fn.description or '') -%}
+{%- endfor -%}
+{%- set ns.block = @TOOLS_HEADER@ ~ ns.block -%}
+{%- for m in messages -%}
+{%- if m.role in ['system', 'developer'] and ns.block in text(m.content) -%}{%- set ns.described = true -%}{%- endif -%}
+{%- endfor -%}
+{%- endif -%}
+{%- for m in messages -%}
+{%- set role = 'system' if m.role == 'developer' else m.role -%}
+{%- if role not in role_token -%}{{ raise_exception('unsupported role ' ~ m.role) }}{%- endif -%}
+{%- set body = text(m.content) -%}
+{%- if loop.first and ns.block and not ns.described -%}
+{%- if role == 'system' -%}{%- set body = body ~ '\\n\\n' ~ ns.block -%}
+{%- else -%}@IM_START@{{ role_token['system'] }}{{ ns.block }}@IM_END@
+{%- endif -%}
+{%- endif -%}
+@IM_START@{{ role_token[role] }}
+{%- if role == 'tool' -%}@RESULT_BEGIN@{{ body }}@RESULT_END@
+{%- else -%}{{ body }}
+{%- if role == 'assistant' and m.tool_calls -%}
+{%- for call in m.tool_calls -%}
+{%- set fn = call.function if call.function is defined else call -%}
+{%- set args = fn.arguments -%}
+{%- if args is not defined or (args is string and not args.strip()) -%}{%- set args_text = '{}' -%}
+{%- elif args is string -%}{%- set args_text = args -%}
+{%- elif args is mapping and args | length == 1 and args.input is defined and args.input is string -%}{%- set args_text = args.input -%}
+{%- else -%}{%- set args_text = args | tojson -%}
+{%- endif -%}
+@CALL_BEGIN@{{ fn.name ~ '\\n' ~ args_text }}@CALL_END@
+{%- endfor -%}
+{%- endif -%}
+{%- endif -%}
+@IM_END@
+{%- endfor -%}
+{%- if add_generation_prompt -%}@IM_START@{{ role_token['assistant'] }}{%- endif -%}
+"""
+
+
+def chat_template(spell: Callable[[str], str] = str) -> str:
+    """The Jinja chat template of kimi_lab's format; ``spell(token)`` is the text a tokenizer
+    gives kimi_lab's special token (``<|user|>`` is ``<|im_user|>`` in K2's tokenizer)."""
+    markers = {
+        "IM_START": IM_START,
+        "IM_END": IM_END,
+        "CALL_BEGIN": CALL_BEGIN,
+        "CALL_END": CALL_END,
+        "RESULT_BEGIN": RESULT_BEGIN,
+        "RESULT_END": RESULT_END,
+        "MEDIA_START": MEDIA_START,
+        "MEDIA_END": MEDIA_END,
+        "IMAGE_PAD": IMAGE_PAD,
+    }
+    out = _TEMPLATE
+    for name, token in markers.items():
+        out = out.replace(f"@{name}@", _literal_text(spell(token)))
+    roles = "{" + ", ".join(f"{json.dumps(r)}: {json.dumps(spell(f'<|{r}|>'))}" for r in ROLES) + "}"
+    return out.replace("@ROLE_TOKENS@", roles).replace("@TOOLS_HEADER@", json.dumps(TOOLS_HEADER))
+
+
+def _literal_text(s: str) -> str:
+    """``s`` as template text that renders as itself (Jinja's delimiters escaped)."""
+    if any(d in s for d in ("{{", "{%", "{#", "}}", "%}", "#}")):
+        return "{{ " + json.dumps(s) + " }}"
+    return s
