@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,11 @@ from kimi_lab.metrics import (
     MOE_IMBALANCE,
     MOE_IMBALANCE_MAX,
     MOE_LOAD_FILE,
+    STATUS_FAILED,
     STATUS_FILE,
+    STATUS_FINISHED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
 )
 from kimi_lab.tracking.contract import PhaseReport
 from kimi_lab.tracking.parquet_logger import ParquetMetricsLogger
@@ -59,7 +64,7 @@ class RunDirCallback(L.Callback):
         self.moe_load: ParquetTable | None = None
         self.attn_logits: ParquetTable | None = None
         self.started = time.time()
-        self.ended: str | None = None  # "finished" / "interrupted" once training has ended
+        self.ended: str | None = None  # STATUS_FINISHED / STATUS_INTERRUPTED once training has ended
         self._moe_logged_step = -1
 
     # ------------------------------------------------------------------ helpers
@@ -80,6 +85,9 @@ class RunDirCallback(L.Callback):
                 "max_steps": trainer.max_steps,
                 "started": self.started,
                 "updated": time.time(),
+                # who writes it: ckpt_path=auto leaves a run alone while its process lives
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
                 "final": final,
             },
         )
@@ -107,7 +115,7 @@ class RunDirCallback(L.Callback):
                     table.flush()
         for lg in self._parquet_loggers(trainer):
             lg.drop_after(step)
-        self._status(trainer, "running")
+        self._status(trainer, STATUS_RUNNING)
 
     def _logged(self, trainer: L.Trainer, step: int) -> bool:
         return is_logged_step(step, self.log_every, trainer.max_steps)
@@ -189,14 +197,14 @@ class RunDirCallback(L.Callback):
         for lg in self._parquet_loggers(trainer):
             lg.save()
         # The checkpoint saved at the end of training comes after on_train_end: keep its verdict.
-        self._status(trainer, self.ended or "running")
+        self._status(trainer, self.ended or STATUS_RUNNING)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush()
         interrupted = trainer.interrupted or (
             trainer.max_steps > 0 and trainer.global_step < trainer.max_steps and not trainer.fast_dev_run
         )
-        self.ended = "interrupted" if interrupted else "finished"
+        self.ended = STATUS_INTERRUPTED if interrupted else STATUS_FINISHED
         self._status(trainer, self.ended)
 
     def on_exception(
@@ -205,4 +213,6 @@ class RunDirCallback(L.Callback):
         self._flush()
         for lg in self._parquet_loggers(trainer):
             lg.save()
-        self._status(trainer, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
+        # A second Ctrl-C, or a scheduler's exit (SystemExit) while stopping, still reads as interrupted.
+        stopped = isinstance(exception, (KeyboardInterrupt, SystemExit))
+        self._status(trainer, STATUS_INTERRUPTED if stopped else STATUS_FAILED)
