@@ -322,19 +322,52 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     return float(val) if val is not None else None  # the sweep objective for Hydra plugins
 
 
-def _inject_resume_dir(argv: list[str]) -> list[str]:
-    """``ckpt_path=auto`` without an explicit run dir continues the newest run of the experiment."""
+# Hydra's command-line flags that take a value (``--cfg job``); ``--info`` may take one.
+_HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
+_HYDRA_VALUE_FLAGS |= {"--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _overrides_of(argv: list[str]) -> list[str]:
+    """The overrides of a Hydra command line, without its flags and their values."""
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a in _HYDRA_VALUE_FLAGS:
+            skip = True
+        elif a in ("--info", "-i"):
+            skip = i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS
+        elif not a.startswith("-"):
+            out.append(a)
+    return out
+
+
+def _check_config(argv: list[str]) -> DictConfig | None:
+    """Compose once before Hydra does: a bad override is one ``error:`` line and exit status 2
+    (for a sweep, its first job's overrides stand for all). The composed config, for a single run."""
+    from kimi_lab.config import compose
+    from kimi_lab.config.overrides import first_of_sweeps
+    from kimi_lab.config.store import check
+
+    sweep = any(a in ("-m", "--multirun") for a in argv)
+    try:
+        overrides = _overrides_of(argv)
+        if sweep:
+            check(overrides)  # every value of every sweep names a key or an option
+        composed = compose(first_of_sweeps(overrides) if sweep else overrides)
+    except KimiLabError as exn:
+        print(f"error: {one_line(exn)}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    return None if sweep else composed
+
+
+def _inject_resume_dir(argv: list[str], composed: DictConfig | None) -> list[str]:
+    """``ckpt_path=auto`` without an explicit run dir continues the newest unfinished run of the experiment."""
     if "ckpt_path=auto" not in argv or any(a.startswith("hydra.run.dir=") for a in argv):
         return argv
-    if any(a in ("-m", "--multirun") for a in argv):
+    if composed is None:
         return argv  # sweeps resume with hydra.sweep.dir=<the old sweep folder>
-    from kimi_lab.config import compose
-
-    overrides = [a for a in argv if not a.startswith("-")]
-    try:
-        composed = compose(overrides)
-    except Exception:
-        return argv  # let Hydra report the config problem itself
     from kimi_lab.tracking.resume import choose_run_to_resume
 
     choice = choose_run_to_resume(Path(composed.runs_dir) / str(composed.experiment))
@@ -379,9 +412,13 @@ def main(argv: list[str] | None = None) -> None:
     """Run training with Hydra overrides (``argv`` defaults to the command line)."""
     register_schemas()
     args = list(sys.argv[1:] if argv is None else argv)
-    if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in args):
-        _preflight_output(args)
-    args = _inject_resume_dir(args)
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc") for a in args):
+        composed = None
+    else:
+        composed = _check_config(args)
+        if not any(a in ("--cfg", "-c") for a in args):
+            _preflight_output(args)
+    args = _inject_resume_dir(args, composed)
     sys.argv = [str(Path(__file__).resolve()), *args]
     hydra_main()
 

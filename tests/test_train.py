@@ -184,8 +184,17 @@ def test_config_errors_are_one_line(tiny_overrides: list[str], tmp_path: Path) -
     assert res.stderr.strip().splitlines()[-1] == (
         "error: model.moe.top_k=99 must be between 1 and model.moe.n_routed_experts=8"
     )
-    res = run_cli("train", *tiny_overrides, "model.moe.top_kk=2", cwd=tmp_path)
-    assert res.returncode != 0 and "top_kk" in res.stderr and "Traceback" not in res.stderr
+    before = sorted((tmp_path / "runs").rglob("*"))
+    # a typo, and the + that Hydra would advise for it: refused before anything runs, with the fix
+    for typo, fix in (
+        ("experimnt=quickstart", "experiment=quickstart"),
+        ("+model.moe.top_kk=2", "model.moe.top_k=2"),
+    ):
+        res = run_cli("train", *tiny_overrides, typo, cwd=tmp_path)
+        assert res.returncode == 2
+        assert res.stderr.strip().splitlines() == [f"error: {typo}: " + res.stderr.split(": ", 2)[2].strip()]
+        assert res.stderr.strip().endswith(f"did you mean {fix}?")
+    assert sorted((tmp_path / "runs").rglob("*")) == before  # nothing trained, no run folder
 
 
 def test_missing_data_is_a_one_line_error(tiny_overrides: list[str], tmp_path: Path) -> None:
