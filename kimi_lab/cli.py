@@ -142,7 +142,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     import dashboards
+    from kimi_lab.ports import check_port_free
 
+    # before saying where it runs, and before Streamlit starts
+    check_port_free(args.address, args.port, host_option="--address")
     app = Path(dashboards.__file__).parent / "app.py"
     print(f"kimi_lab dashboard for {args.runs_dir}: http://{args.address}:{args.port}", flush=True)
     os.execv(
@@ -271,6 +274,9 @@ def _cmd_consolidate(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    from kimi_lab.ports import check_port_free
+
+    check_port_free(args.host, args.port)  # before the model loads
     from kimi_lab.serve import serve  # the loader says what is wrong with a checkpoint, in one line
 
     serve(args.checkpoint, args.host, args.port)

@@ -175,6 +175,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_busy_port_is_refused_before_streamlit_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli("dashboard", str(tmp_path), "--port", str(port), cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""  # no URL printed as if it had started
+    assert res.stderr == f"error: port {port} on 127.0.0.1 is already in use: choose another with --port N\n"
+
+
 def test_pages_render_in_a_real_browser(dash_root, tiny_shards) -> None:
     from playwright.sync_api import sync_playwright
 
