@@ -282,15 +282,23 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     serve(args.checkpoint, args.host, args.port)
 
 
+def _quiet_unless_verbose(args: argparse.Namespace) -> None:
+    # The terminal shows the sampled text: diagnostics (the experts backend, ...) only on --verbose.
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     from kimi_lab.talk import generate_command
 
+    _quiet_unless_verbose(args)
     generate_command(args)
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
     from kimi_lab.talk import chat_command
 
+    _quiet_unless_verbose(args)
     chat_command(args)
 
 
@@ -301,6 +309,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep this much probability")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
+    p.add_argument("--verbose", action="store_true", help="also log diagnostics (loading, experts backend)")
 
 
 _BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate", "eval")

@@ -102,7 +102,16 @@ def test_cli_run_writes_the_run_directory_contract(tiny_overrides: list[str], tm
         assert rows.tokens.sum() == 4 * 32 * 2  # batch x seq_len x top_k: dropless, every token routed
     assert sorted(load.step.unique()) == [0, 2, 5, 8, 11]
 
-    assert (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+    # the two newest step files, and last.ckpt a link to the newest: no second full copy
+    ckpts = run_dir / CHECKPOINT_DIR
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        LAST_CHECKPOINT,
+        "step-0000006.ckpt",
+        "step-0000012.ckpt",
+    ]
+    assert (ckpts / LAST_CHECKPOINT).is_symlink() and (
+        ckpts / LAST_CHECKPOINT
+    ).resolve().name == "step-0000012.ckpt"
     assert json.loads((run_dir / STATUS_FILE).read_text())["status"] == "finished"
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     run_id = (run_dir / WANDB_ID_FILE).read_text().strip()
