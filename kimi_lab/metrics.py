@@ -10,7 +10,7 @@ from __future__ import annotations
 CONFIG_FILE = ".hydra/config.yaml"  # the resolved config, written by Hydra
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 METRICS_FILE = "metrics.parquet"  # long format: step, key, value
-MOE_LOAD_FILE = "moe_load.parquet"  # step, layer, expert, tokens, bias
+MOE_LOAD_FILE = "moe_load.parquet"  # step, layer (the model's index: MoE layers only), expert, tokens, bias
 ATTN_LOGITS_FILE = "attn_logits.parquet"  # step, layer, head, max_logit, clipped, tower
 SWARM_DIR = "swarm"  # one JSONL trace per episode
 CHECKPOINT_DIR = "checkpoints"

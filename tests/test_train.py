@@ -97,6 +97,7 @@ def test_cli_run_writes_the_run_directory_contract(tiny_overrides: list[str], tm
     load = pd.read_parquet(run_dir / MOE_LOAD_FILE)
     assert list(load.columns) == ["step", "layer", "expert", "tokens", "bias"]
     n_moe_layers, n_experts = 1, 8  # tiny: 2 layers, the first dense
+    assert set(load.layer) == {1}  # the model's layer index, as attn_logits.parquet numbers layers
     for _step, rows in load.groupby("step"):
         assert len(rows) == n_moe_layers * n_experts
         assert rows.tokens.sum() == 4 * 32 * 2  # batch x seq_len x top_k: dropless, every token routed

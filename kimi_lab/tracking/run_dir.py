@@ -1,7 +1,8 @@
 """The run-directory callback: expert load per step, status, and consistent files on resume.
 
 - ``moe_load.parquet``: tokens and bias of every expert of every MoE layer at every
-  logged step (real tokens only, summed over data-parallel ranks).
+  logged step (real tokens only, summed over data-parallel ranks); ``layer`` is the model's
+  layer index, as in ``attn_logits.parquet``.
 - ``status.json``: running / finished / failed / interrupted, the step, final metrics.
 - On resume, rows logged after the checkpoint's step are dropped, so the curves
   continue from the checkpoint instead of repeating the replayed steps.
@@ -185,7 +186,7 @@ class RunDirCallback(L.Callback):
             self.moe_load.extend(
                 {
                     "step": [step] * (L_ * E),
-                    "layer": [layer for layer in range(L_) for _ in range(E)],
+                    "layer": [layer for layer in load.layers for _ in range(E)],  # the model's index
                     "expert": list(range(E)) * L_,
                     "tokens": tokens_LE.reshape(-1).long().tolist(),
                     "bias": bias_LE.reshape(-1).float().tolist(),
