@@ -105,21 +105,11 @@ def train(
     A stop signal (Ctrl-C, SIGTERM, a cluster's pre-emption) checkpoints the current step,
     prints the command that resumes it (``overrides``: the run's command-line overrides) and
     raises ``StoppedBySignal``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+    from kimi_lab.tracking.checkpoint_io import StepCheckpoint
     from kimi_lab.tracking.interrupt import StopOnSignal
 
     t = cfg.trainer
-    checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir / CHECKPOINT_DIR),
-        filename="step-{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=t.checkpoint_every_n_steps,
-        save_last="link",  # last.ckpt links to the newest step file: no second full copy
-        save_top_k=2,
-        monitor="step",
-        mode="max",
-    )
+    checkpoint = StepCheckpoint(run_dir / CHECKPOINT_DIR, t.checkpoint_every_n_steps)
     stopper = StopOnSignal(checkpoint)
     stopper.install()  # from here on, a stop signal ends the run at a step boundary
     try:

@@ -3,9 +3,9 @@
 Ctrl-C (SIGINT), SIGTERM, and the pre-emption signals of clusters (SIGUSR1, which
 Lightning's SLURM convention and ``sbatch --signal=USR1@90`` use; submitit's, SIGUSR2 unless
 ``SUBMITIT_PREEMPT_SIGNAL`` names another) ask the run to stop. The handler only raises a
-flag: the step being computed finishes, then the checkpoint callback saves that step the
-way its periodic saves do (a ``step-*.ckpt`` in its rotation, ``last.ckpt`` linked to it;
-under FSDP2 a sharded folder, every rank writing its shard), and training ends with status
+flag: the step being computed finishes, then ``StepCheckpoint`` saves that step the way
+its periodic saves do (a ``step-*.ckpt`` in its rotation, ``last.ckpt`` linked to it; under
+FSDP2 a sharded folder, every rank writing its shard), and training ends with status
 ``interrupted``. All ranks agree on the step (one all-reduce of a flag per step when there
 are several). A second Ctrl-C quits at once, without saving.
 
@@ -24,8 +24,9 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+
+from kimi_lab.tracking.checkpoint_io import StepCheckpoint
 
 log = logging.getLogger("kimi_lab.interrupt")
 
@@ -62,7 +63,7 @@ class StopOnSignal(L.Callback):
     starts, over the ones Lightning registers for the fit.
     """
 
-    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+    def __init__(self, checkpoint: StepCheckpoint) -> None:
         self.checkpoint = checkpoint
         self.signum: int | None = None  # the first stop signal received
         self.saved: str | None = None  # the checkpoint written for it (None: stopped before a step)
@@ -132,14 +133,7 @@ class StopOnSignal(L.Callback):
     def _save_and_stop(self, trainer: L.Trainer) -> None:
         if trainer.should_stop or trainer.sanity_checking or not self._requested(trainer):
             return
-        ckpt = self.checkpoint
-        if ckpt._last_global_step_saved != trainer.global_step:
-            # ModelCheckpoint's own periodic path (private in Lightning 2.x, as its hooks call it):
-            # the step file joins the top-k rotation and last.ckpt follows it, sharded or not.
-            candidates = ckpt._monitor_candidates(trainer)
-            ckpt._save_topk_checkpoint(trainer, candidates)
-            ckpt._save_last_checkpoint(trainer, candidates)
-        self.saved = ckpt.best_model_path or ckpt.last_model_path
+        self.saved = self.checkpoint.save_now(trainer)  # the path periodic saves take, sharded too
         trainer.should_stop = True
 
 
