@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +20,10 @@ from kimi_lab.config.schema import RunConfig, TrainerConfig
 from kimi_lab.errors import ConfigError, KimiLabError, one_line
 from kimi_lab.metrics import CHECKPOINT_DIR, TRAIN_LOSS, VAL_LOSS
 from kimi_lab.runtime import cpu_has_native_bf16
+
+if TYPE_CHECKING:
+    from kimi_lab.tracking.checkpoint_io import StepCheckpoint
+    from kimi_lab.tracking.interrupt import StopOnSignal
 
 log = logging.getLogger("kimi_lab.train")
 
@@ -122,8 +126,8 @@ def _fit(
     cfg: RunConfig,
     run_dir: Path,
     config_dict: dict[str, Any],
-    checkpoint: Any,
-    stopper: Any,
+    checkpoint: StepCheckpoint,
+    stopper: StopOnSignal,
     overrides: list[str] | None,
 ) -> dict[str, float]:
     import lightning as L
@@ -203,7 +207,7 @@ def _fit(
 
 
 def _say_how_to_resume(
-    stopped: Exception,
+    stopped: BaseException,
     saved: str | None,
     step: int,
     max_steps: int,
