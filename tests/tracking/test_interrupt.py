@@ -31,7 +31,8 @@ from kimi_lab.metrics import (
 from kimi_lab.phases.pretrain import PretrainModule
 from kimi_lab.tracking.interrupt import StopOnSignal, StoppedBySignal, resume_command
 from kimi_lab.tracking.resume import choose_run_to_resume
-from kimi_lab.train import _preflight_output, train
+from kimi_lab.train import train
+from kimi_lab.train_args import preflight_output
 from tests.conftest import run_cli
 
 STEPS = 12
@@ -198,13 +199,13 @@ def test_auto_resume_picks_the_newest_unfinished_run_with_a_checkpoint(tmp_path:
 def test_a_new_run_never_overwrites_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = _run_folder(tmp_path, "done", STATUS_FINISHED, True, 100)
     with pytest.raises(SystemExit) as exit_:
-        _preflight_output([f"hydra.run.dir={run}", "trainer.max_steps=10"])
+        preflight_output([f"hydra.run.dir={run}", "trainer.max_steps=10"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == (
         f"error: hydra.run.dir={run} already holds a run, {run} (finished at step 7 of 300): "
         "add ckpt_path=auto to continue it, or choose a new folder"
     )
-    _preflight_output([f"hydra.run.dir={run}", "ckpt_path=auto"])  # continuing it, named: allowed
+    preflight_output([f"hydra.run.dir={run}", "ckpt_path=auto"])  # continuing it, named: allowed
 
 
 def test_stop_signals_raise_a_flag_and_a_second_ctrl_c_quits(tmp_path: Path) -> None:
