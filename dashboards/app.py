@@ -3,6 +3,10 @@
 Pages: runs and sweeps, expert load, the routing inspector, attention logits,
 swarm traces, data shards. It reads run directories only through the names in
 ``kimi_lab.metrics`` and never imports torch unless you use the routing inspector.
+
+Every page lives at the root URL (``/?page=experts``), chosen in the sidebar: Streamlit
+probes ``<page path>/_stcore/health`` when a page is opened by its own path, and each probe
+is a 404 in the browser console (streamlit/streamlit#7074).
 """
 
 from __future__ import annotations
@@ -13,18 +17,23 @@ import streamlit as st
 
 from dashboards.runs import runs_dir
 
-PAGES = Path(__file__).parent / "views"  # not "pages": Streamlit would add its own navigation
+VIEWS = Path(__file__).parent / "views"  # not "pages": Streamlit would add its own navigation
+PAGES = {  # ?page= value -> title; the file is views/<value>.py
+    "runs": "Runs",
+    "experts": "Experts",
+    "routing": "Routing inspector",
+    "attention": "Attention logits",
+    "swarm": "Swarm traces",
+    "data": "Data",
+}
 
 st.set_page_config(page_title="kimi_lab", layout="wide")
-st.sidebar.caption(f"runs: `{runs_dir()}`")
-nav = st.navigation(
-    [
-        st.Page(PAGES / "runs.py", title="Runs", url_path="runs", default=True),
-        st.Page(PAGES / "experts.py", title="Experts", url_path="experts"),
-        st.Page(PAGES / "routing.py", title="Routing inspector", url_path="routing"),
-        st.Page(PAGES / "attention.py", title="Attention logits", url_path="attention"),
-        st.Page(PAGES / "swarm.py", title="Swarm traces", url_path="swarm"),
-        st.Page(PAGES / "data.py", title="Data", url_path="data"),
-    ]
+asked = st.query_params.get("page", "runs")
+current = asked if asked in PAGES else "runs"
+page = st.sidebar.radio(
+    "page", list(PAGES), index=list(PAGES).index(current), format_func=PAGES.get, label_visibility="collapsed"
 )
-nav.run()
+if st.query_params.get("page") != page:
+    st.query_params["page"] = page  # the address bar says where you are: reload or share it
+st.sidebar.caption(f"runs: `{runs_dir()}`")
+st.navigation([st.Page(VIEWS / f"{page}.py", title=PAGES[page], default=True)], position="hidden").run()

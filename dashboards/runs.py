@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,13 +212,47 @@ def ema(values: pd.Series, smoothing: float) -> pd.Series:
     return values.ewm(alpha=1 - smoothing, adjust=False).mean() if 0 < smoothing < 1 else values
 
 
+def default_run(runs: list[RunInfo]) -> RunInfo | None:
+    """What a page shows first: of the newest experiment's runs, the one that trained longest
+    (the newest of those), so a smoke run made after a real one is not what greets you."""
+    if not runs:
+        return None
+    newest = max(runs, key=lambda r: _mtime(r.path)).experiment
+    return max((r for r in runs if r.experiment == newest), key=lambda r: (r.step or 0, _mtime(r.path)))
+
+
+def short_labels(names: list[str]) -> dict[str, str]:
+    """Each run name cut to the part that tells it apart from the others: the path parts all
+    names share at the front go (``quickstart/2026-12-05_12-14-34`` -> ``12-14-34`` beside
+    ``12-15-41``); a bare job number keeps the part before it (``12-20-00/0``)."""
+    if len(names) < 2:
+        return {n: n for n in names}
+    parts = {n: re.findall(r"[^/_]+[/_]?", n) for n in names}
+    common = 0
+    while all(len(p) > common + 1 and p[common] == parts[names[0]][common] for p in parts.values()):
+        common += 1
+    labels = {}
+    for n, p in parts.items():
+        start = common - 1 if p[common:] and p[common].isdigit() and common > 0 else common
+        labels[n] = "".join(p[start:]).rstrip("/_")
+    return labels
+
+
+def layer_name(layer: int, first_k_dense: Any) -> str:
+    """A model layer as every page names it: its index in the model, MoE layers marked."""
+    if not isinstance(first_k_dense, int):
+        return str(layer)
+    return f"{layer} (MoE)" if layer >= first_k_dense else f"{layer} (dense)"
+
+
 def pick_run(
     runs: list[RunInfo], label: str = "run", key: str = "run", need: str | None = None
 ) -> RunInfo | None:
-    """A run selector (newest first); ``need`` lists only runs that have that file."""
+    """A run selector (newest first, ``default_run`` selected); ``need`` lists only runs that have that file."""
     candidates = [r for r in runs if need is None or (r.path / need).exists()]
     if not candidates:
         return None
     names = [r.name for r in candidates]
-    choice = st.selectbox(label, names, key=key)
+    first = default_run(candidates)
+    choice = st.selectbox(label, names, index=names.index(first.name) if first else 0, key=key)
     return candidates[names.index(choice)]

@@ -144,7 +144,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     import dashboards
+    from kimi_lab.ports import check_port_free
 
+    # before saying where it runs, and before Streamlit starts
+    check_port_free(args.address, args.port, host_option="--address")
     app = Path(dashboards.__file__).parent / "app.py"
     print(f"kimi_lab dashboard for {args.runs_dir}: http://{args.address}:{args.port}", flush=True)
     os.execv(
@@ -279,20 +282,31 @@ def _cmd_consolidate(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    from kimi_lab.ports import check_port_free
+
+    check_port_free(args.host, args.port)  # before the model loads
     from kimi_lab.serve import serve  # the loader says what is wrong with a checkpoint, in one line
 
     serve(args.checkpoint, args.host, args.port, args.max_batch)
 
 
+def _quiet_unless_verbose(args: argparse.Namespace) -> None:
+    # The terminal shows the sampled text: diagnostics (the experts backend, ...) only on --verbose.
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     from kimi_lab.talk import generate_command
 
+    _quiet_unless_verbose(args)
     generate_command(args)
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
     from kimi_lab.talk import chat_command
 
+    _quiet_unless_verbose(args)
     chat_command(args)
 
 
@@ -303,6 +317,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep this much probability")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
+    p.add_argument("--verbose", action="store_true", help="also log diagnostics (loading, experts backend)")
 
 
 _BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate", "eval", "serve")

@@ -10,14 +10,14 @@ from __future__ import annotations
 CONFIG_FILE = ".hydra/config.yaml"  # the resolved config, written by Hydra
 OVERRIDES_FILE = ".hydra/overrides.yaml"
 METRICS_FILE = "metrics.parquet"  # long format: step, key, value
-MOE_LOAD_FILE = "moe_load.parquet"  # step, layer, expert, tokens, bias
+MOE_LOAD_FILE = "moe_load.parquet"  # step, layer (the model's index: MoE layers only), expert, tokens, bias
 ATTN_LOGITS_FILE = "attn_logits.parquet"  # step, layer, head, max_logit, clipped, tower
 SWARM_DIR = "swarm"  # one JSONL trace per episode
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 WANDB_DIR = "wandb"
 WANDB_ID_FILE = "wandb_run_id"  # the wandb run id, reused when the run resumes
-STATUS_FILE = "status.json"  # {"status": running|finished|failed|interrupted, "step", "final": {...}}
+STATUS_FILE = "status.json"  # {"status": one of RUN_STATUSES, "step", "pid", "host", "final": {...}}
 CHECKPOINT_COUNTERS = "kimi_lab_counters"  # a checkpoint's running totals (tokens, skipped steps, ...)
 LOG_FILE = "train.log"  # the run's log (Hydra names it after the job, kimi_lab.train)
 # kimi-lab evaluate (lm-evaluation-harness): <run>/lm_eval/<checkpoint path, sanitised>/results_<time>.json
@@ -101,7 +101,12 @@ PARL_EXCESS = "parl/excess_subagents"  # sub-agents beyond the task's width (spu
 PARL_KEPT_FRACTION = "parl/kept_fraction"
 VAL_PARL = "val/parl/{key}"  # greedy episodes on held-out tasks: score, critical_steps, ...
 
-RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+# status.json's "status": a run killed outright (SIGKILL, power loss) stays "running" with a dead pid
+STATUS_RUNNING = "running"
+STATUS_FINISHED = "finished"  # reached trainer.max_steps
+STATUS_FAILED = "failed"  # an exception stopped it
+STATUS_INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM or a pre-emption signal: checkpointed, then stopped
+RUN_STATUSES = (STATUS_RUNNING, STATUS_FINISHED, STATUS_FAILED, STATUS_INTERRUPTED)
 
 # ------------------------------------------------------------------ swarm traces
 # One JSON object per line in <run>/swarm/<episode>.jsonl:

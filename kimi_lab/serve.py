@@ -5,7 +5,8 @@ stream, stream_options.include_usage, and vLLM's ``ignore_eos``) and ``GET /v1/m
 from the standard library's threaded HTTP server. With ``stream=true`` the answer comes
 as server-sent events in the chat-completion chunk format, tokens as they are sampled
 (``kimi_lab.streaming``); streamed and non-streamed greedy answers are the same text.
-Tool calls come back as OpenAI ``tool_calls`` in both modes.
+Tool calls come back as OpenAI ``tool_calls`` in both modes. A request naming another
+model than the served one (its id is in ``/v1/models``) is a 404 ``model_not_found``.
 
 A ``-vl`` model takes ``image_url`` parts given as ``data:`` URLs (PNG, JPEG, WebP): each
 goes to the vision tower at the place it has in the message. A remote URL, an image that
@@ -35,6 +36,7 @@ from kimi_lab.batching import Batcher, SamplingParams
 from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate, with_tools
 from kimi_lab.config.schema import VisionDataConfig
 from kimi_lab.data.vision import VisionBlock, image_block
+from kimi_lab.errors import KimiLabError
 from kimi_lab.generation import Prompt
 from kimi_lab.openai_format import ChunkStream, completion, from_openai, image_from_url, wire_tool_call
 from kimi_lab.streaming import AssistantStream, StreamEvents
@@ -287,8 +289,11 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _error(self, code: int, message: str) -> None:
-            self._send(code, {"error": {"message": message, "type": "invalid_request_error", "code": code}})
+        def _error(
+            self, status: int, message: str, code: str | None = None, param: str | None = None
+        ) -> None:
+            error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+            self._send(status, {"error": error})
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
@@ -323,6 +328,11 @@ def make_handler(service: ChatService) -> type[BaseHTTPRequestHandler]:
                 req = json.loads(self.rfile.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 self._error(400, "the body is not valid JSON")
+                return
+            model = req.get("model") if isinstance(req, dict) else None
+            if model and model != service.name:  # never answer for another model with this one
+                message = f"The model `{model}` does not exist; this server serves `{service.name}` (GET /v1/models)"
+                self._error(404, message, code="model_not_found", param="model")
                 return
             try:
                 if isinstance(req, dict) and req.get("stream"):
@@ -392,7 +402,10 @@ def make_server(
     service = ChatService(
         loaded.model, loaded.tokenizer, name, cfg.model.max_seq_len, vision, max_batch=max_batch
     )
-    server = ThreadingHTTPServer((host, port), make_handler(service))
+    try:
+        server = ThreadingHTTPServer((host, port), make_handler(service))
+    except OSError as exn:  # taken while the model loaded (the CLI checked it first)
+        raise KimiLabError(f"port {port} on {host}: {exn.strerror}: choose another with --port N") from None
     server.daemon_threads = True
     return server
 

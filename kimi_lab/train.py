@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +20,10 @@ from kimi_lab.config.schema import RunConfig, TrainerConfig
 from kimi_lab.errors import ConfigError, KimiLabError, one_line
 from kimi_lab.metrics import CHECKPOINT_DIR, TRAIN_LOSS, VAL_LOSS
 from kimi_lab.runtime import cpu_has_native_bf16
+
+if TYPE_CHECKING:
+    from kimi_lab.tracking.checkpoint_io import StepCheckpoint
+    from kimi_lab.tracking.interrupt import StopOnSignal
 
 log = logging.getLogger("kimi_lab.train")
 
@@ -40,9 +44,12 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
         return None
     if ckpt_path == "auto":
         from kimi_lab.tracking.checkpoint_io import latest_checkpoint
+        from kimi_lab.tracking.resume import describe, is_finished
 
         last = latest_checkpoint(run_dir / CHECKPOINT_DIR)
         if last is not None:
+            if is_finished(run_dir):  # named explicitly (hydra.run.dir): ckpt_path=auto alone never picks one
+                log.info("ckpt_path=auto: continuing the finished run %s in place", describe(run_dir))
             log.info("resuming from %s", last)
             return str(last)
         log.info("ckpt_path=auto: no checkpoint in %s yet, starting fresh", run_dir)
@@ -51,6 +58,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
     if not complete_checkpoint(Path(ckpt_path)):
         raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file (or sharded checkpoint folder)")
+    log.info("continuing from %s in a new run directory, %s", ckpt_path, run_dir)
     return ckpt_path
 
 
@@ -93,11 +101,37 @@ def build_strategy(t: TrainerConfig) -> Any:
 
 
 # ------------------------------------------------------------------------- the run
-def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[str, float]:
-    """Fit one run into ``run_dir``; returns the final scalar metrics."""
+def train(
+    cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any], overrides: list[str] | None = None
+) -> dict[str, float]:
+    """Fit one run into ``run_dir``; returns the final scalar metrics.
+
+    A stop signal (Ctrl-C, SIGTERM, a cluster's pre-emption) checkpoints the current step,
+    prints the command that resumes it (``overrides``: the run's command-line overrides) and
+    raises ``StoppedBySignal``."""
+    from kimi_lab.tracking.checkpoint_io import StepCheckpoint
+    from kimi_lab.tracking.interrupt import StopOnSignal
+
+    t = cfg.trainer
+    checkpoint = StepCheckpoint(run_dir / CHECKPOINT_DIR, t.checkpoint_every_n_steps)
+    stopper = StopOnSignal(checkpoint)
+    stopper.install()  # from here on, a stop signal ends the run at a step boundary
+    try:
+        return _fit(cfg, run_dir, config_dict, checkpoint, stopper, overrides)
+    finally:
+        stopper.restore()
+
+
+def _fit(
+    cfg: RunConfig,
+    run_dir: Path,
+    config_dict: dict[str, Any],
+    checkpoint: StepCheckpoint,
+    stopper: StopOnSignal,
+    overrides: list[str] | None,
+) -> dict[str, float]:
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from kimi_lab.phases import build_phase
     from kimi_lab.runtime import tune_cpu_allocator
@@ -125,20 +159,12 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{n_params:,}", precision)
     from kimi_lab.tracking.preflight import check_free_space
 
-    check_free_space(run_dir, n_params, checkpoints_kept=3)  # top-2 step files + last.ckpt
+    check_free_space(run_dir, n_params, checkpoints_kept=2)  # top-2 step files; last.ckpt is a link
 
     callbacks: list[L.Callback] = [
         RunDirCallback(run_dir, cfg.experiment, t.log_every_n_steps),
-        ModelCheckpoint(
-            dirpath=str(run_dir / CHECKPOINT_DIR),
-            filename="step-{step:07d}",
-            auto_insert_metric_name=False,
-            every_n_train_steps=t.checkpoint_every_n_steps,
-            save_last=True,
-            save_top_k=2,
-            monitor="step",
-            mode="max",
-        ),
+        checkpoint,
+        stopper,
     ]
     if t.progress_bar:
         callbacks.append(progress_callback(t.log_every_n_steps))  # a bar on a terminal, else lines
@@ -170,9 +196,38 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
         trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
     finally:
         finish_wandb()
+    stopped = stopper.stopped()
     if trainer.is_global_zero:
+        if stopped is not None:
+            _say_how_to_resume(stopped, stopper.saved, trainer.global_step, t.max_steps, run_dir, overrides)
         print(f"run directory: {run_dir}", flush=True)
+    if stopped is not None:
+        raise stopped
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def _say_how_to_resume(
+    stopped: BaseException,
+    saved: str | None,
+    step: int,
+    max_steps: int,
+    run_dir: Path,
+    overrides: list[str] | None,
+) -> None:
+    from kimi_lab.tracking.checkpoint_io import latest_checkpoint
+    from kimi_lab.tracking.interrupt import resume_command
+
+    if saved:
+        print(f"interrupted ({stopped}) at step {step} of {max_steps}: checkpoint {saved}", flush=True)
+    else:
+        print(
+            f"interrupted ({stopped}) at step {step} of {max_steps}, before a step ran: no new checkpoint",
+            flush=True,
+        )
+    if overrides is None:
+        return
+    if saved or latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None:
+        print(f"resume with: {resume_command(overrides, run_dir)}", flush=True)
 
 
 def _route_lightning_logs_through_hydra() -> None:
@@ -239,71 +294,34 @@ def adopt_init_model(cfg: RunConfig) -> RunConfig:
 def _run_from_hydra(dcfg: DictConfig) -> dict[str, float]:
     cfg = adopt_init_model(to_run_config(dcfg))
     validate_run(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return train(cfg, run_dir, OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    config = OmegaConf.to_container(dcfg, resolve=True)
+    return train(cfg, run_dir, config, list(hc.overrides.task))  # type: ignore[arg-type]
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def hydra_main(dcfg: DictConfig) -> float | None:
+    from kimi_lab.tracking.interrupt import StoppedBySignal
+
     try:
         metrics = _run_from_hydra(dcfg)
     except KimiLabError as exn:
         print(f"error: {one_line(exn)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except StoppedBySignal as stopped:  # checkpointed: hand the signal on (submitit requeues), then exit
+        stopped.hand_over()
+        raise SystemExit(stopped.exit_code) from None
     val = metrics.get(VAL_LOSS, metrics.get(TRAIN_LOSS))
     return float(val) if val is not None else None  # the sweep objective for Hydra plugins
 
 
-def _inject_resume_dir(argv: list[str]) -> list[str]:
-    """``ckpt_path=auto`` without an explicit run dir continues the newest run of the experiment."""
-    if "ckpt_path=auto" not in argv or any(a.startswith("hydra.run.dir=") for a in argv):
-        return argv
-    if any(a in ("-m", "--multirun") for a in argv):
-        return argv  # sweeps resume with hydra.sweep.dir=<the old sweep folder>
-    from kimi_lab.config import compose
-
-    overrides = [a for a in argv if not a.startswith("-")]
-    try:
-        composed = compose(overrides)
-    except Exception:
-        return argv  # let Hydra report the config problem itself
-    root = Path(composed.runs_dir) / str(composed.experiment)
-    from kimi_lab.tracking.checkpoint_io import latest_checkpoint
-
-    newest = {d: latest_checkpoint(d / CHECKPOINT_DIR) for d in root.glob("*/") if d.is_dir()}
-    candidates = sorted(
-        (d for d, c in newest.items() if c is not None), key=lambda d: newest[d].stat().st_mtime
-    )
-    if candidates:
-        print(f"ckpt_path=auto: resuming {candidates[-1]}", flush=True)
-        return [*argv, f"hydra.run.dir={candidates[-1]}"]
-    return argv
-
-
-def _preflight_output(argv: list[str]) -> None:
-    """Hydra writes into the run folder before our code runs: check the folder first."""
-    from kimi_lab.tracking.preflight import check_writable
-
-    explicit = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
-    if explicit:  # the last of a key wins, as in Hydra
-        target = Path(explicit[-1])
-    else:
-        runs = [a.split("=", 1)[1] for a in argv if a.startswith("runs_dir=")]
-        target = Path(runs[-1] if runs else "runs")
-    try:
-        check_writable(target, "output folder")
-    except KimiLabError as exn:
-        print(f"error: {one_line(exn)}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run training with Hydra overrides (``argv`` defaults to the command line)."""
+    from kimi_lab.train_args import prepare
+
     register_schemas()
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in args):
-        _preflight_output(args)
-    args = _inject_resume_dir(args)
+    args = prepare(list(sys.argv[1:] if argv is None else argv))
     sys.argv = [str(Path(__file__).resolve()), *args]
     hydra_main()
 

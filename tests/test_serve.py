@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import BadRequestError, NotFoundError, OpenAI
 
 from kimi_lab.openai_format import tool_call_arguments
 from tests.conftest import REPO
@@ -267,6 +267,38 @@ def test_bad_requests_are_400s_before_any_event(server: str) -> None:
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png}}]}]
     with pytest.raises(BadRequestError, match="no vision tower"):  # a text-only model
         client.chat.completions.create(model=model, messages=image)
+
+
+def test_a_request_for_another_model_is_a_404_in_openais_shape(server: str) -> None:
+    client = _client(server)
+    served = client.models.list().data[0].id
+    for stream in (False, True):
+        with pytest.raises(NotFoundError) as err:
+            client.chat.completions.create(model="gpt-4", messages=_ask("x"), max_tokens=2, stream=stream)
+        assert err.value.status_code == 404
+        assert err.value.body == {
+            "message": f"The model `gpt-4` does not exist; this server serves `{served}` (GET /v1/models)",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+
+
+def test_a_busy_port_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # no such checkpoint: the port is checked first, so that is not what it says
+        res = subprocess.run(
+            [sys.executable, "-m", "kimi_lab.cli", "serve", str(tmp_path / "none.ckpt"), "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == f"error: port {port} on 127.0.0.1 is already in use: choose another with --port N\n"
 
 
 def test_a_gone_client_stops_its_generation_and_frees_the_model(chat_ckpt: Path) -> None:

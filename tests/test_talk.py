@@ -76,7 +76,14 @@ def test_generate_command_streams_to_stdout(chat_ckpt: Path, tmp_path: Path) -> 
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout == _greedy_text(chat_ckpt, "The expert", 12) + "\n"
+    # nothing but the text and, at the end, its speed: diagnostics wait for --verbose
+    assert res.stderr.strip().splitlines() == [res.stderr.strip().splitlines()[-1]]
     assert "tokens/s" in res.stderr.strip().splitlines()[-1]
+    res = run_cli(
+        "generate", str(chat_ckpt), "--prompt", "The expert", "--temperature", "0", "--max-new-tokens", "1",
+        "--verbose", cwd=tmp_path,
+    )  # fmt: skip
+    assert "MoE experts backend: torch" in res.stderr
     res = run_cli(
         "generate", str(chat_ckpt), "--prompt", "x", "--image", str(tmp_path / "none.png"), cwd=tmp_path
     )

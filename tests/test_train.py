@@ -97,12 +97,22 @@ def test_cli_run_writes_the_run_directory_contract(tiny_overrides: list[str], tm
     load = pd.read_parquet(run_dir / MOE_LOAD_FILE)
     assert list(load.columns) == ["step", "layer", "expert", "tokens", "bias"]
     n_moe_layers, n_experts = 1, 8  # tiny: 2 layers, the first dense
+    assert set(load.layer) == {1}  # the model's layer index, as attn_logits.parquet numbers layers
     for _step, rows in load.groupby("step"):
         assert len(rows) == n_moe_layers * n_experts
         assert rows.tokens.sum() == 4 * 32 * 2  # batch x seq_len x top_k: dropless, every token routed
     assert sorted(load.step.unique()) == [0, 2, 5, 8, 11]
 
-    assert (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file()
+    # the two newest step files, and last.ckpt a link to the newest: no second full copy
+    ckpts = run_dir / CHECKPOINT_DIR
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        LAST_CHECKPOINT,
+        "step-0000006.ckpt",
+        "step-0000012.ckpt",
+    ]
+    assert (ckpts / LAST_CHECKPOINT).is_symlink() and (
+        ckpts / LAST_CHECKPOINT
+    ).resolve().name == "step-0000012.ckpt"
     assert json.loads((run_dir / STATUS_FILE).read_text())["status"] == "finished"
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     run_id = (run_dir / WANDB_ID_FILE).read_text().strip()
@@ -184,8 +194,17 @@ def test_config_errors_are_one_line(tiny_overrides: list[str], tmp_path: Path) -
     assert res.stderr.strip().splitlines()[-1] == (
         "error: model.moe.top_k=99 must be between 1 and model.moe.n_routed_experts=8"
     )
-    res = run_cli("train", *tiny_overrides, "model.moe.top_kk=2", cwd=tmp_path)
-    assert res.returncode != 0 and "top_kk" in res.stderr and "Traceback" not in res.stderr
+    before = sorted((tmp_path / "runs").rglob("*"))
+    # a typo, and the + that Hydra would advise for it: refused before anything runs, with the fix
+    for typo, fix in (
+        ("experimnt=quickstart", "experiment=quickstart"),
+        ("+model.moe.top_kk=2", "model.moe.top_k=2"),
+    ):
+        res = run_cli("train", *tiny_overrides, typo, cwd=tmp_path)
+        assert res.returncode == 2
+        assert res.stderr.strip().splitlines() == [f"error: {typo}: " + res.stderr.split(": ", 2)[2].strip()]
+        assert res.stderr.strip().endswith(f"did you mean {fix}?")
+    assert sorted((tmp_path / "runs").rglob("*")) == before  # nothing trained, no run folder
 
 
 def test_missing_data_is_a_one_line_error(tiny_overrides: list[str], tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from dashboards.runs import find_runs, pick_run, read_table, runs_dir
+from dashboards.runs import find_runs, flatten, layer_name, pick_run, read_table, runs_dir
 from kimi_lab import metrics as M
 
 st.title("Experts")
@@ -19,11 +19,17 @@ if problem or load is None or load.empty:
     st.warning(problem or "moe_load.parquet is empty")
     st.stop()
 
+first_k_dense = flatten(run.config).get("model.first_k_dense")
+if isinstance(first_k_dense, int) and load["layer"].min() < first_k_dense:
+    load = load.assign(layer=load["layer"] + first_k_dense)  # written before layers were the model's index
+st.caption("Layers are numbered as in the model (and on the Attention page); only MoE layers have experts.")
 load = load.assign(
     share=load["tokens"] / load.groupby(["step", "layer"])["tokens"].transform("sum").clip(lower=1)
 )
 steps = sorted(load["step"].unique())
 step = st.select_slider("step", options=steps, value=steps[-1])
+LAYER = alt.Y("layer:O", title="MoE layer (model layer index)")
+STEP_AXIS = alt.Axis(format="d", tickMinStep=1)
 at = load[load["step"] == step]
 
 st.subheader(f"Token share at step {step}")
@@ -32,7 +38,7 @@ heat = (
     .mark_rect()
     .encode(
         x=alt.X("expert:O"),
-        y=alt.Y("layer:O"),
+        y=LAYER,
         color=alt.Color("share:Q", scale=alt.Scale(scheme="viridis")),
         tooltip=[
             "layer",
@@ -52,14 +58,26 @@ imb = (
     .reset_index(name="imbalance")
 )
 st.altair_chart(
-    alt.Chart(imb).mark_line().encode(x="step:Q", y="imbalance:Q", color="layer:N"), width="stretch"
+    alt.Chart(imb)
+    .mark_line(point=True)
+    .encode(
+        x=alt.X("step:Q", axis=STEP_AXIS),
+        y="imbalance:Q",
+        color=alt.Color("layer:N", title="MoE layer"),
+        tooltip=["layer", "step", alt.Tooltip("imbalance:Q", format=".3f")],
+    ),
+    width="stretch",
 )
 
 st.subheader("Share over steps")
-layer = st.selectbox("layer", sorted(load["layer"].unique()))
+layer = st.selectbox(
+    "layer", sorted(load["layer"].unique()), format_func=lambda i: layer_name(i, first_k_dense)
+)
 evo = load[load["layer"] == layer]
 st.altair_chart(
-    alt.Chart(evo).mark_area().encode(x="step:Q", y=alt.Y("share:Q", stack="normalize"), color="expert:N"),
+    alt.Chart(evo)
+    .mark_area()
+    .encode(x=alt.X("step:Q", axis=STEP_AXIS), y=alt.Y("share:Q", stack="normalize"), color="expert:N"),
     width="stretch",
 )
 
@@ -77,7 +95,7 @@ st.altair_chart(
     .mark_rect()
     .encode(
         x="expert:O",
-        y="layer:O",
+        y=LAYER,
         color=alt.Color("bias:Q", scale=alt.Scale(scheme="redblue", domainMid=0)),
         tooltip=["layer", "expert", "bias"],
     ),

@@ -6,17 +6,29 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboards.runs import ema, find_runs, flatten, read_harness_results, read_table, runs_dir, series
+from dashboards.runs import (
+    default_run,
+    ema,
+    find_runs,
+    flatten,
+    read_harness_results,
+    read_table,
+    runs_dir,
+    series,
+    short_labels,
+)
 from kimi_lab import metrics as M
 
-KEY_CONFIG = (
-    "model.name",
-    "phase.optim.name",
-    "model.moe.n_routed_experts",
-    "model.moe.top_k",
-    "data.seq_len",
-    "seed",
-)
+# table column -> config key (the column names say what each is: "name" alone was ambiguous)
+KEY_CONFIG = {
+    "model": "model.name",
+    "optimizer": "phase.optim.name",
+    "experts": "model.moe.n_routed_experts",
+    "top_k": "model.moe.top_k",
+    "seq_len": "data.seq_len",
+    "seed": "seed",
+}
+STEP_AXIS = alt.Axis(format="d", tickMinStep=1)  # steps are whole numbers, however few
 
 st.title("Runs")
 root = runs_dir()
@@ -29,7 +41,7 @@ rows = []
 for r in runs:
     flat = flatten(r.config)
     row = {"run": r.name, "experiment": r.experiment, "status": r.status, "step": r.step}
-    row.update({k.split(".")[-1]: flat.get(k) for k in KEY_CONFIG})
+    row.update({column: flat.get(key) for column, key in KEY_CONFIG.items()})
     for key in (M.TRAIN_LOSS, M.VAL_LOSS):
         row[key] = r.final.get(key)
     rows.append(row)
@@ -50,7 +62,8 @@ else:
 
 st.subheader("Curves")
 names = [r.name for r in runs]
-chosen = st.multiselect("runs", names, default=names[:1])
+first = default_run(runs)
+chosen = st.multiselect("runs", names, default=[first.name] if first else [])
 frames, problems = [], []
 for r in runs:
     if r.name not in chosen:
@@ -68,19 +81,50 @@ if frames:
     keys = sorted(all_metrics["key"].unique())
     default = [k for k in (M.TRAIN_LOSS, M.VAL_LOSS) if k in keys] or keys[:1]
     picked = st.multiselect("metrics", keys, default=default)
-    smoothing = st.slider("smoothing", 0.0, 0.99, 0.6)
+    smoothing = st.slider(
+        "smoothing", 0.0, 0.99, 0.6, help="the smoothed line; the raw values stay drawn under it"
+    )
+    st.caption(
+        "Thin lines and the dots are the logged values (hover for them; the last dot is the table's); "
+        "the thick line is smoothed."
+    )
+    labels = short_labels(sorted(all_metrics["run"].unique()))
     for key in picked:
         parts = []
         for run, m in all_metrics.groupby("run"):
-            s = ema(series(m, key), smoothing)
-            parts.append(pd.DataFrame({"step": s.index, "value": s.values, "run": run}))
-        data = pd.concat(parts) if parts else pd.DataFrame(columns=["step", "value", "run"])
-        chart = (
-            alt.Chart(data, title=key)
-            .mark_line()
-            .encode(x="step:Q", y=alt.Y("value:Q", scale=alt.Scale(zero=False)), color="run:N")
+            raw = series(m, key)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "step": raw.index,
+                        "value": raw.values,
+                        "smoothed": ema(raw, smoothing).values,
+                        "run": labels[str(run)],
+                        "name": run,
+                    }
+                )
+            )
+        data = (
+            pd.concat(parts) if parts else pd.DataFrame(columns=["step", "value", "smoothed", "run", "name"])
         )
-        st.altair_chart(chart, width="stretch")
+        x = alt.X("step:Q", axis=STEP_AXIS)
+        color = alt.Color("run:N", legend=alt.Legend(labelLimit=0))
+        tooltip = ["name:N", "step:Q", alt.Tooltip("value:Q", format=".4f", title=key)]
+        base = alt.Chart(data, title=key).encode(x=x, color=color)
+        raw_line = base.mark_line(opacity=0.35, strokeWidth=1).encode(
+            y=alt.Y("value:Q", title=key, scale=alt.Scale(zero=False))
+        )
+        dots = base.mark_point(filled=True, size=30).encode(y="value:Q", tooltip=tooltip)
+        last = data.sort_values("step").groupby("run").tail(1)
+        final = (
+            alt.Chart(last)
+            .mark_point(filled=True, size=90, shape="diamond")
+            .encode(x=x, y="value:Q", color=color, tooltip=tooltip)
+        )
+        layers = [raw_line, dots, final]
+        if smoothing > 0:
+            layers.insert(1, base.mark_line(strokeWidth=2.5).encode(y=alt.Y("smoothed:Q", title=key)))
+        st.altair_chart(alt.layer(*layers), width="stretch")
 
 st.subheader("Config diff")
 if len(runs) >= 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,9 @@ def _conf_dir() -> Path:
     return CONF_DIR
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """Compose ``conf/config.yaml`` with command-line style overrides (for tools and tests)."""
-    from hydra import compose as hydra_compose
+@contextmanager
+def _initialized() -> Iterator[tuple[list[str], Callable[[str], list[str]]]]:
+    """Hydra initialised on ``conf/``; yields its config groups and a group's options."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -45,7 +47,49 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(_conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+        loader = GlobalHydra.instance().config_loader()
+
+        def options(group: str) -> list[str]:
+            found = list(loader.get_group_options(group))
+            for sub in loader.list_groups(group):
+                found += [f"{sub}/{o}" for o in options(f"{group}/{sub}")]
+            return found
+
+        yield [g for g in loader.list_groups("") if g != "hydra"], options
+
+
+def check(overrides: list[str]) -> None:
+    """Every override names a schema key or a config group option (sweeps too), or a
+    ``ConfigError`` names the closest valid one."""
+    from kimi_lab.config.overrides import check_overrides
+
+    with _initialized() as (groups, options):
+        check_overrides(list(overrides), groups, options)
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``conf/config.yaml`` with command-line style overrides (for tools and tests).
+
+    An override that names no key or group, or that Hydra cannot apply, is a ``ConfigError``
+    in one line that names the key (and the closest valid one)."""
+    from hydra import compose as hydra_compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from kimi_lab.config.overrides import check_overrides, one_line_hydra_error
+
+    overrides = list(overrides or [])
+    with _initialized() as (groups, options):
+        check_overrides(overrides, groups, options)
+        try:
+            return hydra_compose(config_name="config", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as exn:
+            raise ConfigError(one_line_hydra_error(exn)) from None
+        except AssertionError as exn:  # Hydra asserts on a key under a section that is null here
+            raise ConfigError(
+                f"{' '.join(overrides)}: {exn} (does an override set a key under a null section, "
+                "such as model.vision of a text-only model?)"
+            ) from None
 
 
 def to_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:

@@ -6,21 +6,14 @@ finished is kept, an interrupted one resumes from its newest checkpoint.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, STATUS_FILE
-
-
-def _finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / STATUS_FILE).read_text()).get("status") == "finished"
-    except (OSError, json.JSONDecodeError):
-        return False
+from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
+from kimi_lab.tracking.resume import is_finished
 
 
 def train_stage(run_dir: Path, overrides: list[str], tag: str | None = None) -> Path:
@@ -31,7 +24,7 @@ def train_stage(run_dir: Path, overrides: list[str], tag: str | None = None) -> 
         named = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
         tag = named[0].split("/")[0] if named else "experiment"
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
-    if _finished(run_dir) and last.is_file():
+    if is_finished(run_dir) and last.is_file():
         print(f"[{tag}] {run_dir.name}: finished earlier, kept", flush=True)
         return last
     cmd = [

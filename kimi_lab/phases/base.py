@@ -247,7 +247,8 @@ class PhaseModule(L.LightningModule):
         rate = 0.0 if frozen else self.cfg.model.moe.bias_update_rate
         load = update_router_biases(self.model, rate)
         if load is not None:
-            self.latest_moe_load = MoELoad(step, load[0].cpu(), load[1].cpu())
+            layers = tuple(i for i, layer in enumerate(self.model.language_model.layers) if layer.is_moe)
+            self.latest_moe_load = MoELoad(step, load[0].cpu(), load[1].cpu(), layers)
 
     def _accumulate_logits(self, report: LogitReport) -> None:
         """Max logit and clip events per head since the last logged step."""

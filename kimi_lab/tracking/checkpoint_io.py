@@ -1,4 +1,5 @@
-"""Checkpoints written atomically: a temp file in the same folder, fsync, then rename.
+"""Checkpoints written atomically (a temp file in the same folder, fsync, then rename), and
+the callback that decides when: every checkpoint a step file, ``last.ckpt`` a link to the newest.
 
 A run killed mid-save leaves the previous checkpoint intact and never a partial
 ``last.ckpt`` that a resume could read.
@@ -10,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from kimi_lab.metrics import LAST_CHECKPOINT
@@ -33,6 +36,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``step-NNNNNNN.ckpt`` every ``every_n_steps``, at the end of training and when asked
+    (``save_now``: a stop signal); the two newest kept; ``last.ckpt`` a link to the newest.
+
+    Every save is a step file, so ``last.ckpt`` is never written as a second full copy, and never
+    written through its link into a step file (a sharded FSDP2 checkpoint is a folder, and
+    saving to a link to a folder would fill that folder).
+    """
+
+    def __init__(self, dirpath: Path, every_n_steps: int) -> None:
+        super().__init__(
+            dirpath=str(dirpath),
+            filename="step-{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every_n_steps,
+            save_last="link",
+            save_top_k=2,
+            monitor="step",
+            mode="max",
+            enable_version_counter=False,  # a resumed run's last.ckpt stays last.ckpt, not last-v1.ckpt
+        )
+
+    def save_now(self, trainer: L.Trainer) -> str:
+        """Save this step (collective: every rank calls it) unless it is saved already; its path."""
+        if self._last_global_step_saved != trainer.global_step:
+            # ModelCheckpoint's own periodic path (private in Lightning 2.x, as its hooks call it):
+            # the step file joins the top-k rotation and last.ckpt follows it, sharded or not.
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        return self.best_model_path or self.last_model_path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.fast_dev_run and trainer.global_step > 0:
+            self.save_now(trainer)  # the final step as a step file, not as a full last.ckpt
+        super().on_train_end(trainer, pl_module)
 
 
 def is_sharded_checkpoint(path: Path) -> bool:

@@ -37,8 +37,9 @@ class MoELoad:
     """Tokens routed to each expert and the selection biases after one optimizer step."""
 
     step: int  # 0-based training step
-    tokens_LE: torch.Tensor  # (layers, experts), summed over micro-batches and ranks
-    bias_LE: torch.Tensor  # (layers, experts), after this step's update
+    tokens_LE: torch.Tensor  # (MoE layers, experts), summed over micro-batches and ranks
+    bias_LE: torch.Tensor  # (MoE layers, experts), after this step's update
+    layers: tuple[int, ...]  # the model's layer index of each row (the numbering attn_logits uses)
 
 
 @runtime_checkable

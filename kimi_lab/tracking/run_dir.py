@@ -1,7 +1,8 @@
 """The run-directory callback: expert load per step, status, and consistent files on resume.
 
 - ``moe_load.parquet``: tokens and bias of every expert of every MoE layer at every
-  logged step (real tokens only, summed over data-parallel ranks).
+  logged step (real tokens only, summed over data-parallel ranks); ``layer`` is the model's
+  layer index, as in ``attn_logits.parquet``.
 - ``status.json``: running / finished / failed / interrupted, the step, final metrics.
 - On resume, rows logged after the checkpoint's step are dropped, so the curves
   continue from the checkpoint instead of repeating the replayed steps.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,11 @@ from kimi_lab.metrics import (
     MOE_IMBALANCE,
     MOE_IMBALANCE_MAX,
     MOE_LOAD_FILE,
+    STATUS_FAILED,
     STATUS_FILE,
+    STATUS_FINISHED,
+    STATUS_INTERRUPTED,
+    STATUS_RUNNING,
 )
 from kimi_lab.tracking.contract import PhaseReport
 from kimi_lab.tracking.parquet_logger import ParquetMetricsLogger
@@ -59,7 +65,7 @@ class RunDirCallback(L.Callback):
         self.moe_load: ParquetTable | None = None
         self.attn_logits: ParquetTable | None = None
         self.started = time.time()
-        self.ended: str | None = None  # "finished" / "interrupted" once training has ended
+        self.ended: str | None = None  # STATUS_FINISHED / STATUS_INTERRUPTED once training has ended
         self._moe_logged_step = -1
 
     # ------------------------------------------------------------------ helpers
@@ -80,6 +86,9 @@ class RunDirCallback(L.Callback):
                 "max_steps": trainer.max_steps,
                 "started": self.started,
                 "updated": time.time(),
+                # who writes it: ckpt_path=auto leaves a run alone while its process lives
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
                 "final": final,
             },
         )
@@ -107,7 +116,7 @@ class RunDirCallback(L.Callback):
                     table.flush()
         for lg in self._parquet_loggers(trainer):
             lg.drop_after(step)
-        self._status(trainer, "running")
+        self._status(trainer, STATUS_RUNNING)
 
     def _logged(self, trainer: L.Trainer, step: int) -> bool:
         return is_logged_step(step, self.log_every, trainer.max_steps)
@@ -177,7 +186,7 @@ class RunDirCallback(L.Callback):
             self.moe_load.extend(
                 {
                     "step": [step] * (L_ * E),
-                    "layer": [layer for layer in range(L_) for _ in range(E)],
+                    "layer": [layer for layer in load.layers for _ in range(E)],  # the model's index
                     "expert": list(range(E)) * L_,
                     "tokens": tokens_LE.reshape(-1).long().tolist(),
                     "bias": bias_LE.reshape(-1).float().tolist(),
@@ -189,14 +198,14 @@ class RunDirCallback(L.Callback):
         for lg in self._parquet_loggers(trainer):
             lg.save()
         # The checkpoint saved at the end of training comes after on_train_end: keep its verdict.
-        self._status(trainer, self.ended or "running")
+        self._status(trainer, self.ended or STATUS_RUNNING)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush()
         interrupted = trainer.interrupted or (
             trainer.max_steps > 0 and trainer.global_step < trainer.max_steps and not trainer.fast_dev_run
         )
-        self.ended = "interrupted" if interrupted else "finished"
+        self.ended = STATUS_INTERRUPTED if interrupted else STATUS_FINISHED
         self._status(trainer, self.ended)
 
     def on_exception(
@@ -205,4 +214,6 @@ class RunDirCallback(L.Callback):
         self._flush()
         for lg in self._parquet_loggers(trainer):
             lg.save()
-        self._status(trainer, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
+        # A second Ctrl-C, or a scheduler's exit (SystemExit) while stopping, still reads as interrupted.
+        stopped = isinstance(exception, (KeyboardInterrupt, SystemExit))
+        self._status(trainer, STATUS_INTERRUPTED if stopped else STATUS_FAILED)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboards.runs import RunInfo, default_run, short_labels
 from kimi_lab import metrics as M
 from tests.conftest import REPO, run_cli
 
@@ -141,6 +142,8 @@ def test_runs_page_shows_runs_curves_and_the_sweep(dash_root, monkeypatch) -> No
     at = page("runs", dash_root, monkeypatch)
     table = at.dataframe[0].value
     assert len(table) == 3 and set(table["status"]) == {"finished"}
+    single = table[~table["run"].str.contains("multirun")].iloc[0]
+    assert (single["model"], single["optimizer"]) == ("tiny", "muonclip")  # each column says what it holds
     assert charts(at) >= 3  # train loss, val loss, metric vs swept parameter
     assert any("n_routed_experts" in s.value for s in at.selectbox if isinstance(s.value, str))
     evals = next(d.value for d in at.dataframe if "task" in d.value.columns)  # kimi-lab evaluate's results
@@ -153,15 +156,49 @@ def test_runs_page_shows_runs_curves_and_the_sweep(dash_root, monkeypatch) -> No
     )
 
 
+def _run(name: str, experiment: str, step: int | None, mtime: float, tmp: Path) -> RunInfo:
+    path = tmp / name
+    path.mkdir(parents=True)
+    os.utime(path, (mtime, mtime))
+    return RunInfo(path=path, name=name, experiment=experiment, status="finished", step=step, sweep=None)
+
+
+def test_default_run_is_the_longest_of_the_newest_experiment_not_a_smoke_run(tmp_path: Path) -> None:
+    real = _run("quickstart/2026-12-05_10-00-00", "quickstart", 300, 100, tmp_path)
+    smoke = _run("quickstart/2026-12-05_11-00-00", "quickstart", 2, 200, tmp_path)
+    older = _run("qk_clip/2026-12-01_10-00-00", "qk_clip", 5000, 50, tmp_path)
+    assert default_run([smoke, real, older]) is real
+    again = _run("quickstart/2026-12-05_12-00-00", "quickstart", 300, 300, tmp_path)
+    assert default_run([again, smoke, real, older]) is again  # as long: the newest
+    assert default_run([]) is None
+
+
+def test_legend_labels_are_the_shortest_that_tell_runs_apart() -> None:
+    assert short_labels(["quickstart/2026-12-05_12-14-34", "quickstart/2026-12-05_12-15-41"]) == {
+        "quickstart/2026-12-05_12-14-34": "12-14-34",
+        "quickstart/2026-12-05_12-15-41": "12-15-41",
+    }
+    jobs = ["quickstart/multirun/2026-12-05_12-20-00/0", "quickstart/multirun/2026-12-05_12-20-00/1"]
+    assert list(short_labels(jobs).values()) == ["12-20-00/0", "12-20-00/1"]  # a job number keeps its sweep
+    mixed = ["quickstart/2026-12-05_12-14-34", "qk_clip/2026-12-05_12-14-34"]
+    assert short_labels(mixed) == {n: n for n in mixed}
+    assert short_labels(["quickstart/2026-12-05_12-14-34"]) == {
+        "quickstart/2026-12-05_12-14-34": "quickstart/2026-12-05_12-14-34"
+    }
+
+
 def test_experts_page(dash_root, monkeypatch) -> None:
     at = page("experts", dash_root, monkeypatch)
     assert charts(at) == 4  # share heatmap, imbalance, share over steps, biases
+    assert at.selectbox[1].options == ["1 (MoE)"]  # the model's layer 1: tiny's only MoE layer
 
 
 def test_attention_page_shows_clips(dash_root, monkeypatch) -> None:
     at = page("attention", dash_root, monkeypatch)
     assert charts(at) >= 3  # per-layer, per-head, clip events
     assert len(at.dataframe) == 1  # the table of clipped heads
+    heads = next(s for s in at.selectbox if s.label == "layer of the heads")  # per-head lines, one layer's
+    assert heads.options == ["0 (dense)", "1 (MoE)"]  # numbered as on the Experts page
 
 
 def test_swarm_page_timeline_and_reward(dash_root, monkeypatch) -> None:
@@ -201,6 +238,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_busy_port_is_refused_before_streamlit_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli("dashboard", str(tmp_path), "--port", str(port), cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""  # no URL printed as if it had started
+    assert res.stderr == f"error: port {port} on 127.0.0.1 is already in use: choose another with --port N\n"
+
+
 def test_pages_render_in_a_real_browser(dash_root, tiny_shards) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -231,8 +278,16 @@ def test_pages_render_in_a_real_browser(dash_root, tiny_shards) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
             pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []  # the browser console's errors: a 404, a script error, a bad spec
+            pg.on(
+                "console",
+                lambda m: m.type == "error" and errors.append(f"{m.text} ({m.location.get('url')})"),
+            )
+            pg.on("pageerror", lambda e: errors.append(str(e)))
             for name in PAGES:
-                pg.goto(f"http://127.0.0.1:{port}/{name}")
+                pg.goto(
+                    f"http://127.0.0.1:{port}/?page={name}"
+                )  # the address a page has (a reload lands here)
                 pg.wait_for_selector("[data-testid='stMain'] h1", timeout=60_000)
                 if name in ("runs", "experts", "attention", "swarm"):
                     pg.wait_for_selector(
@@ -243,6 +298,7 @@ def test_pages_render_in_a_real_browser(dash_root, tiny_shards) -> None:
                     pg.wait_for_timeout(1500)
                 pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
                 assert pg.locator("[data-testid='stException']").count() == 0, f"{name} shows an exception"
+                assert not errors, f"{name}: console errors {errors}"
             browser.close()
     finally:
         os.killpg(server.pid, 15)
