@@ -111,3 +111,23 @@ def test_zero_vision_differences_are_paired_over_prompts_and_judge_the_claims() 
     assert [c["status"] for c in table] == ["confirmed", "contradicted", "contradicted"]
     table = claims({"transfer": n, "traces": lower, "rl_vision": d, "rl_text": n})
     assert [c["status"] for c in table] == ["not judged", "confirmed", "partly confirmed"]
+
+
+def test_zero_vision_budget_says_what_an_unjudged_difference_would_need() -> None:
+    import math
+
+    from kimi_lab.reports.zero_vision import budget, budget_sentence, difference
+
+    a = [0.0] * 200
+    b = [1.0 if i in (3, 70, 150) else 0.0 for i in range(200)]  # +0.015, inside two standard errors
+    d = difference({"a": _eval({"vision": a}), "b": _eval({"vision": b})}, "a", "b", "vision")
+    assert d.verdict == "not distinguishable"
+    need = budget(d, steps=100)
+    var = d.se**2 * d.n  # the paired differences' variance
+    # the fewest prompts at which the same difference clears two standard errors
+    assert 2 * math.sqrt(var / need["prompts"]) < 0.015 <= 2 * math.sqrt(var / (need["prompts"] - 1))
+    assert need["steps"] == math.ceil(100 * 2 * d.se / 0.015) and need["detectable"] == 2 * d.se
+    assert "264 prompts per source" in budget_sentence("traces", need, "sft")
+    # both models alike on every prompt: no number of prompts can tell them apart
+    same = budget(difference({"a": _eval({"vision": a}), "b": _eval({"vision": a})}, "a", "b", "vision"))
+    assert same["prompts"] is None and "training budget limits" in budget_sentence("rl_text", same, "rl")
