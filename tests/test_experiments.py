@@ -21,6 +21,10 @@ def test_zero_vision_chain_runs_end_to_end_and_resumes(sandbox: None, tmp_path: 
         "images blanked" in report["findings"][4] and "paired over the same prompts" in report["findings"][4]
     )
     assert [c["status"] for c in report["claims"]] and (out / "eval" / "sft_text_blank.json").is_file()
+    stages = report["meta"]["stages"]  # [minutes from the start, minutes]
+    assert {"data", "pretrain", "sft_text", "sft_visual", "rl", "eval_rl"} <= set(stages)
+    (t0, d0), (t1, _) = stages["sft_text"], stages["sft_visual"]
+    assert t1 < t0 + d0 and stages["pretrain"][0] + stages["pretrain"][1] <= min(t0, t1)  # SFTs side by side
     episodes = json.loads((out / "eval" / "sft_text.json").read_text())["episodes"]
     assert sorted(e["source"] for e in episodes) == ["text", "text", "vision", "vision"]
     assert (out / "zero_vision.png").stat().st_size > 0
@@ -131,3 +135,41 @@ def test_zero_vision_budget_says_what_an_unjudged_difference_would_need() -> Non
     # both models alike on every prompt: no number of prompts can tell them apart
     same = budget(difference({"a": _eval({"vision": a}), "b": _eval({"vision": a})}, "a", "b", "vision"))
     assert same["prompts"] is None and "training budget limits" in budget_sentence("rl_text", same, "rl")
+
+
+def test_run_jobs_runs_ready_jobs_side_by_side_and_stops_on_failure() -> None:
+    import threading
+    import time
+
+    import pytest
+
+    from kimi_lab.errors import KimiLabError
+    from kimi_lab.experiments.stages import Job, run_jobs
+
+    lock, running, peak, order = threading.Lock(), [0], [0], []
+
+    def job(name: str, fail: bool = False):
+        def work() -> str:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                order.append(name)
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            if fail:
+                raise RuntimeError(f"{name} failed")
+            return name.upper()
+
+        return work
+
+    jobs = [Job("a", job("a")), Job("b", job("b")), Job("c", job("c"), after=("a",)), Job("d", job("d"))]
+    assert run_jobs(jobs, slots=2) == {"a": "A", "b": "B", "c": "C", "d": "D"}
+    assert peak[0] == 2 and set(order[:2]) == {"a", "b"} and order.index("c") > order.index("a")
+    order.clear()
+    failing = [Job("a", job("a", fail=True)), Job("b", job("b")), Job("c", job("c"), after=("a",))]
+    with pytest.raises(RuntimeError, match="a failed"):
+        run_jobs(failing, slots=2)
+    assert "c" not in order  # nothing waiting on a failed job starts
+    with pytest.raises(KimiLabError, match="unknown or repeated"):
+        run_jobs([Job("a", job("a"), after=("x",))], slots=1)

@@ -268,6 +268,15 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
         f"evaluation: greedy, one sample per prompt, {meta['scale']['eval_prompts']} prompts per source; "
         f"seed {meta['seed']}; {meta['minutes']:.0f} minutes in all.",
         "",
+    ]
+    if meta.get("stages"):
+        lines += [
+            "Stages (wall minutes: start, duration; side by side after pre-training): "
+            + ", ".join(f"{k} {v[0]:.1f} + {v[1]:.1f}" for k, v in meta["stages"].items())
+            + ".",
+            "",
+        ]
+    lines += [
         "| model | vision reward | vision acc. | text reward | text acc. | tool calls / ep. | tool errors | tokens / ep. |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -311,11 +320,13 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
         for k in c["decided_by"]
         if diffs[k].verdict in ("not distinguishable", "not judged")
     ]
+    pools = ", ".join(f"{k} {v}" for k, v in (meta.get("held_out") or {}).items()) or "unknown"
     if needs:
         lines += [
             "",
             "What the differences within two standard errors would need, from their own paired variances "
-            f"(the held-out pools hold {meta.get('held_out', '?')} prompts per source):",
+            f"(held-out prompts available: {pools}; more need a larger task set, "
+            "kimi-lab data build visual-tasks --n N):",
             "",
         ] + [f"- {n}" for n in needs]
     lines += [
