@@ -119,6 +119,17 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
     from data_pipelines.zero_vision_sft import build_zero_vision_sft
 
     n = scale.n_text
+
+    def tasks(out: Path, modality: str) -> Any:
+        return build_visual_tasks(
+            out,
+            n=scale.n_tasks,
+            seed=seed + 1,
+            modality=modality,
+            val_fraction=scale.task_val_fraction,
+            progress=False,
+        )
+
     paths = {
         "text": data_dir / "text",
         "image_code": data_dir / "image_code",
@@ -139,22 +150,8 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
             out, n=scale.n_sft, seed=seed, with_visual_traces=True, progress=False
         ),
         # Held-out prompts (val) for evaluation, which never sees RL's training prompts.
-        "vision_tasks": lambda out: build_visual_tasks(
-            out,
-            n=scale.n_tasks,
-            seed=seed + 1,
-            modality="image",
-            val_fraction=scale.task_val_fraction,
-            progress=False,
-        ),
-        "text_tasks": lambda out: build_visual_tasks(
-            out,
-            n=scale.n_tasks,
-            seed=seed + 1,
-            modality="text",
-            val_fraction=scale.task_val_fraction,
-            progress=False,
-        ),
+        "vision_tasks": lambda out: tasks(out, "image"),
+        "text_tasks": lambda out: tasks(out, "text"),
     }
 
     def build(name: str) -> None:

@@ -166,7 +166,6 @@ def summarise(runs: list[Run]) -> tuple[list[dict[str, Any]], float]:
                 "sparsity": experts / top_k,
                 "final_val_loss": run.final(VAL_LOSS, last=2),
                 "final_train_loss": run.final(TRAIN_LOSS, last=10),
-                "last_step": int(run.series(VAL_LOSS).index.max()) if len(run.series(VAL_LOSS)) else None,
                 "val": run.series(VAL_LOSS),
             }
         )
@@ -218,12 +217,7 @@ def flop_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def findings(
-    rows: list[dict[str, Any]],
-    target: float,
-    curve: list[dict[str, float]] | None = None,
-    passes: list[dict[str, Any]] | None = None,
-) -> list[str]:
+def findings(rows: list[dict[str, Any]], target: float, passes: list[dict[str, Any]]) -> list[str]:
     loss = group(rows, "experts", "final_val_loss")
     experts = sorted(loss)
     out = []
@@ -278,13 +272,7 @@ def findings(
                 + "; ".join(k2_form)
                 + ". K2 (sparsity 48 vs 8 / 16 / 32, target loss 1.5): 1.69x / 1.39x / 1.15x."
             )
-    for p in passes or []:
-        if p["text"]:
-            out.append(p["text"])
-    if not passes:
-        turn = turning_point(curve or [])
-        if turn:
-            out.append(turn)
+    out += [p["text"] for p in passes if p["text"]]
     out.append(seeds_note(rows))
     return out
 
@@ -376,8 +364,7 @@ def write(runs: list[Run], folder: Path) -> Path:
                 f"{_num(r['this_over_sparsest'], 2, 'x')} | {_num(r['k2'], 2, 'x')} |"
             )
     passes = overtakes(runs)
-    curve = gap_curve(runs)
-    found = findings(rows, target, curve, passes)
+    found = findings(rows, target, passes)
     lines += ["", "![val loss](sparsity_scaling.png)", "", "## What this run shows", ""]
     lines += [f"- {f}" for f in found]
     lines += [
@@ -397,7 +384,7 @@ def write(runs: list[Run], folder: Path) -> Path:
                 "arms": rows,
                 "flop_ratios": ratios,
                 "overtakes": passes,
-                "gap_curve": curve,
+                "gap_curve": gap_curve(runs),
                 "findings": found,
             },
             indent=2,
