@@ -132,6 +132,9 @@ def test_zero_vision_budget_says_what_an_unjudged_difference_would_need() -> Non
     assert 2 * math.sqrt(var / need["prompts"]) < 0.015 <= 2 * math.sqrt(var / (need["prompts"] - 1))
     assert need["steps"] == math.ceil(100 * 2 * d.se / 0.015) and need["detectable"] == 2 * d.se
     assert "264 prompts per source" in budget_sentence("traces", need, "sft")
+    # +0.015 is against "visual traces hurt" (a lower reward), in the direction of "RL helps"
+    assert "(against the claim)" in budget_sentence("traces", need, "sft")
+    assert "(the claim's direction)" in budget_sentence("rl_vision", need, "rl")
     # both models alike on every prompt: no number of prompts can tell them apart
     same = budget(difference({"a": _eval({"vision": a}), "b": _eval({"vision": a})}, "a", "b", "vision"))
     assert same["prompts"] is None and "training budget limits" in budget_sentence("rl_text", same, "rl")

@@ -152,6 +152,8 @@ def claims(diffs: dict[str, Diff]) -> list[dict[str, str]]:
     ]
 
 
+# the sign each claim expects of its differences (b - a): transfer and RL raise rewards, traces lower them
+CLAIMED = {"transfer": 1, "transfer_control": 1, "traces": -1, "rl_vision": 1, "rl_text": 1}
 # the training stage whose length sets each difference (text-only SFT, the visual-trace SFT, RL)
 STAGE_STEPS = {
     "transfer": "sft_steps",
@@ -191,7 +193,11 @@ def budget_sentence(key: str, b: dict[str, Any], stage: str) -> str:
     lead = f"{key}: {b['diff']:+.3f} +- {b['se']:.3f} (n={b['n']}; at this n only a difference beyond {b['detectable']:.3f} is judged)"
     if b["prompts"] is None:
         return lead + "; no measured difference, so more prompts cannot judge it: the training budget limits."
-    text = f"{lead}; the measured difference would clear two standard errors at {b['prompts']:,} prompts per source"
+    side = "the claim's direction" if b["diff"] * CLAIMED.get(key, 1) > 0 else "against the claim"
+    text = (
+        f"{lead}; the measured difference ({side}) would clear two standard errors at {b['prompts']:,} "
+        "prompts per source"
+    )
     if b["steps"] is not None:
         text += f", or at {b['n']} prompts after about {b['steps']:,} {stage} steps if it grew in proportion to them"
     return text + "."
@@ -311,8 +317,19 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
             + " | ".join(f"{r['families'].get(f, math.nan):.2f}" for f in families)
             + " |"
         )
-    lines += ["", "## K2.5's claims at this scale", "", "| claim | status |", "|---|---|"]
-    lines += [f"| {c['claim']} | {c['status']} |" for c in verdicts]
+    lines += [
+        "",
+        "## K2.5's claims at this scale",
+        "",
+        "| claim | status | deciding differences (+- s.e.) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {c['claim']} | {c['status']} | "
+        + "; ".join(f"{k} {diffs[k].diff:+.3f} +- {diffs[k].se:.3f}" for k in c["decided_by"])
+        + " |"
+        for c in verdicts
+    ]
     needs = [
         budget_sentence(k, budgets[k], STAGE_STEPS[k].removesuffix("_steps"))
         for c in verdicts
