@@ -5,7 +5,12 @@ Each clip shows one coloured shape on a plain background doing one thing: moving
 counts and frame sizes vary from clip to clip. The labels (shape, colour, event,
 direction, frame of the event) are exact, so motion-aware encoders can be tested
 against encoders that see one frame at a time. A caption in plain words goes
-with each clip (``.txt``).
+with each clip (``.txt``); its record marks the words only motion can tell (the
+direction of a move, the frame of an event) as character spans,
+``loss_spans: {"motion": [[start, end], ...]}``, so training can report the loss on
+those tokens alone (``val/video/motion_loss``). A span starts at the space before
+its word, where a byte-level BPE splits words anyway, so encoding the caption span by
+span gives the same tokens as encoding it whole.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ import numpy as np
 
 from data_pipelines.common import ShardSink
 from data_pipelines.image_code import PALETTE
-from kimi_lab.data.schema import make_record, sample_key
+from kimi_lab.data.schema import LOSS_SPANS, make_record, sample_key
 
-BUILDER_VERSION = "video/1"
+BUILDER_VERSION = "video/2"  # /2: loss_spans mark the motion words of each caption
 EVENTS = ("move", "appear", "colour_change")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SHAPES = ("square", "circle", "triangle")
@@ -42,6 +47,19 @@ def _draw(frame: np.ndarray, shape: str, cx: float, cy: float, r: int, rgb: tupl
     else:  # triangle pointing up
         mask = (yy >= cy - r) & (yy <= cy + r) & (abs(xx - cx) <= (yy - (cy - r)) / 2)
     frame[mask] = rgb
+
+
+def caption(labels: dict[str, Any]) -> tuple[str, list[list[int]]]:
+    """The clip's caption and the character spans of its motion words (direction, event frame)."""
+    head = f"A {labels['colour']} {labels['shape']}"
+    event = labels["event"]
+    if event == "move":
+        lead, motion = f"{head} moves", f" {labels['direction']}"
+    elif event == "appear":
+        lead, motion = f"{head} appears at frame", f" {labels['event_frame']}"
+    else:
+        lead, motion = f"{head} turns {labels['new_colour']} at frame", f" {labels['event_frame']}"
+    return f"{lead}{motion}.", [[len(lead), len(lead) + len(motion)]]
 
 
 def make_clip(rng: random.Random) -> tuple[np.ndarray, dict[str, Any], str]:
@@ -82,12 +100,7 @@ def make_clip(rng: random.Random) -> tuple[np.ndarray, dict[str, Any], str]:
         if visible:
             _draw(frame, shape, x, y, r, rgb)
         frames.append(frame)
-    caption = {
-        "move": f"A {colour} {shape} moves {direction}.",
-        "appear": f"A {colour} {shape} appears at frame {event_frame}.",
-        "colour_change": f"A {colour} {shape} turns {other} at frame {event_frame}.",
-    }[event]
-    return np.stack(frames), labels, caption
+    return np.stack(frames), labels, caption(labels)[0]
 
 
 def encode_mp4(frames: np.ndarray, fps: int = FPS) -> bytes:
@@ -124,7 +137,7 @@ def build_video(
     sink = ShardSink(out, val_fraction, shard_bytes)
     try:
         for i in tqdm(range(n), desc="video", unit="clip", disable=not progress):
-            frames, labels, caption = make_clip(rng)
+            frames, labels, text = make_clip(rng)
             mp4 = encode_mp4(frames)
             record = make_record(
                 "video",
@@ -135,11 +148,12 @@ def build_video(
                 fps=FPS,
                 labels=labels,
             )
+            record[LOSS_SPANS] = {"motion": caption(labels)[1]}
             sink.write(
                 {
                     "__key__": sample_key("video-procedural", mp4),
                     "mp4": mp4,
-                    "txt": caption.encode(),
+                    "txt": text.encode(),
                     "json": json.dumps(record).encode(),
                 }
             )

@@ -117,3 +117,10 @@ SWARM_ORCHESTRATOR = "orchestrator"
 SWARM_EVENT_KINDS = ("spawn", "assign", "tool_call", "tool_result", "message", "finish", "error")
 # detail keys: "stage" (int) on assign/finish; "steps" (int) on a sub-agent's finish;
 # "reward" ({component: value}) on the orchestrator's finish
+
+# ------------------------------------------------------- loss on named token subsets
+# A sample's record may mark spans of its text as a named subset (kimi_lab.data.schema.LOSS_SPANS);
+# validation then also logs the loss on those tokens alone, per source. Bit i of a batch's
+# "loss_subsets" mask is LOSS_SUBSETS[i].
+LOSS_SUBSETS = ("motion",)  # motion: the caption words only motion shows (direction, event frame)
+VAL_SOURCE_SUBSET_LOSS = "val/{source}/{subset}_loss"  # e.g. val/video/motion_loss

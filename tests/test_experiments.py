@@ -21,6 +21,10 @@ def test_zero_vision_chain_runs_end_to_end_and_resumes(sandbox: None, tmp_path: 
         "images blanked" in report["findings"][4] and "paired over the same prompts" in report["findings"][4]
     )
     assert [c["status"] for c in report["claims"]] and (out / "eval" / "sft_text_blank.json").is_file()
+    stages = report["meta"]["stages"]  # [minutes from the start, minutes]
+    assert {"data", "pretrain", "sft_text", "sft_visual", "rl", "eval_rl"} <= set(stages)
+    (t0, d0), (t1, _) = stages["sft_text"], stages["sft_visual"]
+    assert t1 < t0 + d0 and stages["pretrain"][0] + stages["pretrain"][1] <= min(t0, t1)  # SFTs side by side
     episodes = json.loads((out / "eval" / "sft_text.json").read_text())["episodes"]
     assert sorted(e["source"] for e in episodes) == ["text", "text", "vision", "vision"]
     assert (out / "zero_vision.png").stat().st_size > 0
@@ -111,3 +115,64 @@ def test_zero_vision_differences_are_paired_over_prompts_and_judge_the_claims() 
     assert [c["status"] for c in table] == ["confirmed", "contradicted", "contradicted"]
     table = claims({"transfer": n, "traces": lower, "rl_vision": d, "rl_text": n})
     assert [c["status"] for c in table] == ["not judged", "confirmed", "partly confirmed"]
+
+
+def test_zero_vision_budget_says_what_an_unjudged_difference_would_need() -> None:
+    import math
+
+    from kimi_lab.reports.zero_vision import budget, budget_sentence, difference
+
+    a = [0.0] * 200
+    b = [1.0 if i in (3, 70, 150) else 0.0 for i in range(200)]  # +0.015, inside two standard errors
+    d = difference({"a": _eval({"vision": a}), "b": _eval({"vision": b})}, "a", "b", "vision")
+    assert d.verdict == "not distinguishable"
+    need = budget(d, steps=100)
+    var = d.se**2 * d.n  # the paired differences' variance
+    # the fewest prompts at which the same difference clears two standard errors
+    assert 2 * math.sqrt(var / need["prompts"]) < 0.015 <= 2 * math.sqrt(var / (need["prompts"] - 1))
+    assert need["steps"] == math.ceil(100 * 2 * d.se / 0.015) and need["detectable"] == 2 * d.se
+    assert "264 prompts per source" in budget_sentence("traces", need, "sft")
+    # +0.015 is against "visual traces hurt" (a lower reward), in the direction of "RL helps"
+    assert "(against the claim)" in budget_sentence("traces", need, "sft")
+    assert "(the claim's direction)" in budget_sentence("rl_vision", need, "rl")
+    # both models alike on every prompt: no number of prompts can tell them apart
+    same = budget(difference({"a": _eval({"vision": a}), "b": _eval({"vision": a})}, "a", "b", "vision"))
+    assert same["prompts"] is None and "training budget limits" in budget_sentence("rl_text", same, "rl")
+
+
+def test_run_jobs_runs_ready_jobs_side_by_side_and_stops_on_failure() -> None:
+    import threading
+    import time
+
+    import pytest
+
+    from kimi_lab.errors import KimiLabError
+    from kimi_lab.experiments.stages import Job, run_jobs
+
+    lock, running, peak, order = threading.Lock(), [0], [0], []
+
+    def job(name: str, fail: bool = False):
+        def work() -> str:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                order.append(name)
+            time.sleep(0.05)
+            with lock:
+                running[0] -= 1
+            if fail:
+                raise RuntimeError(f"{name} failed")
+            return name.upper()
+
+        return work
+
+    jobs = [Job("a", job("a")), Job("b", job("b")), Job("c", job("c"), after=("a",)), Job("d", job("d"))]
+    assert run_jobs(jobs, slots=2) == {"a": "A", "b": "B", "c": "C", "d": "D"}
+    assert peak[0] == 2 and set(order[:2]) == {"a", "b"} and order.index("c") > order.index("a")
+    order.clear()
+    failing = [Job("a", job("a", fail=True)), Job("b", job("b")), Job("c", job("c"), after=("a",))]
+    with pytest.raises(RuntimeError, match="a failed"):
+        run_jobs(failing, slots=2)
+    assert "c" not in order  # nothing waiting on a failed job starts
+    with pytest.raises(KimiLabError, match="unknown or repeated"):
+        run_jobs([Job("a", job("a"), after=("x",))], slots=1)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from kimi_lab.config.schema import VisionDataConfig
-from kimi_lab.data.schema import SCHEMA_VERSION
+from kimi_lab.data.schema import LOSS_SPANS, SCHEMA_VERSION
 from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.data.vision import VisionBlock, image_block, video_blocks
+from kimi_lab.metrics import LOSS_SUBSETS
 
 Segment = list[int] | VisionBlock
 
@@ -54,6 +56,9 @@ class Document:
     # n_tokens + 2), True where the token is a training target (the assistant's turns).
     # None: every text token is a target. Chat documents are also never split over windows.
     train_flags: list[bool] | None = None
+    # One int per token of the stream (vision runs included, as above): bit i set where the token
+    # belongs to the named subset LOSS_SUBSETS[i] (the record's ``loss_spans``). None: no subset.
+    marks: list[int] | None = None
 
 
 def _text(sample: dict[str, Any], ext: str) -> str:
@@ -190,6 +195,50 @@ def parse_sample(sample: dict[str, Any]) -> Parsed:
     return Parsed(str(sample.get("__key__")), str(sample.get("__url__")), modality, record, parts)
 
 
+def _loss_spans(parsed: Parsed) -> dict[int, list[tuple[int, int]]]:
+    """The record's ``loss_spans`` as {subset bit: sorted character spans} of its one text part."""
+    raw = parsed.record.get(LOSS_SPANS)
+    if raw is None:
+        return {}
+    texts = [v for kind, v in parsed.parts if kind == "text"]
+    if not isinstance(raw, dict) or len(texts) != 1:
+        raise SampleSkip("bad_json", f"{LOSS_SPANS} must map subset names to spans of the sample's one text")
+    out: dict[int, list[tuple[int, int]]] = {}
+    for name, spans in raw.items():
+        if name not in LOSS_SUBSETS:
+            raise SampleSkip(
+                "bad_json", f"{LOSS_SPANS}: unknown subset {name!r} (known: {', '.join(LOSS_SUBSETS)})"
+            )
+        ok = isinstance(spans, list) and all(
+            isinstance(sp, list) and len(sp) == 2 and all(isinstance(x, int) for x in sp) for sp in spans
+        )
+        pairs = sorted((int(a), int(b)) for a, b in spans) if ok else []
+        if not ok or any(not 0 <= a < b <= len(texts[0]) for a, b in pairs):
+            raise SampleSkip(
+                "bad_json", f"{LOSS_SPANS}[{name!r}]: expected [[start, end], ...] inside the text"
+            )
+        out[LOSS_SUBSETS.index(name)] = pairs
+    return out
+
+
+def _encode_marked(
+    tok: Tokenizer, text: str, spans: dict[int, list[tuple[int, int]]]
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` and, per token, the bits of the subsets whose spans hold it.
+
+    The text is encoded piece by piece, cut at every span edge, so each token lies in one
+    piece; the builder puts edges where the tokenizer splits anyway (before a word's space)."""
+    edges = sorted({0, len(text), *(x for pairs in spans.values() for sp in pairs for x in sp)})
+    ids: list[int] = []
+    bits: list[int] = []
+    for a, b in pairwise(edges):
+        piece = tok.encode(text[a:b])
+        bit = sum(1 << i for i, pairs in spans.items() if any(s <= a and b <= e for s, e in pairs))
+        ids.extend(piece)
+        bits.extend([bit] * len(piece))
+    return ids, bits
+
+
 class Decoder:
     """Turns WebDataset samples into documents for the packer: tokens and vision blocks."""
 
@@ -201,21 +250,26 @@ class Decoder:
         parsed = parse_sample(sample)
         if parsed.modality == "chat":
             return self._chat(parsed)
+        spans = _loss_spans(parsed)
         segments: list[Segment] = []
+        marks: list[int] | None = [] if spans else None
         p = self.vision.patch_size
         for kind, value in parsed.parts:
             if kind == "text":
-                segments.append(self.tok.encode(value))
+                ids, bits = _encode_marked(self.tok, value, spans) if spans else (self.tok.encode(value), [])
+                segments.append(ids)
+                if marks is not None:
+                    marks.extend(bits)
                 continue
             h, w = value.shape[-3:-1]
             if h < p or w < p:
                 reason = "bad_image" if kind == "image" else "bad_video"
                 raise SampleSkip(reason, f"{w}x{h} pixels is smaller than one {p}x{p} patch")
-            if kind == "image":
-                segments.append(image_block(value, self.vision))
-            else:
-                segments.extend(video_blocks(value, self.vision))
-        return Document(parsed.key, parsed.url, parsed.modality, segments)
+            new = [image_block(value, self.vision)] if kind == "image" else video_blocks(value, self.vision)
+            segments.extend(new)
+            if marks is not None:
+                marks.extend([0] * sum(b.n_tokens + 2 for b in new))
+        return Document(parsed.key, parsed.url, parsed.modality, segments, marks=marks)
 
     def _chat(self, parsed: Parsed) -> Document:
         from kimi_lab.chat import ChatEncoder

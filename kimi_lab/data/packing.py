@@ -8,6 +8,8 @@ next window's first, so no text token is lost at a boundary. Text may straddle
 windows; a placeholder run never does: if it does not fit in what is left of a
 window's inputs, the window is closed with ``<|pad|>`` and the run opens the next.
 Loss is on text targets only (placeholders, media markers and padding masked).
+Tokens a document marks as members of a named subset (``Document.marks``) keep their
+marks in the window, so validation can also score that subset alone.
 
 Chat documents (SFT) differ in two ways: only the tokens their ``train_flags``
 mark are targets (the assistant's turns), and a conversation is never split: if
@@ -59,6 +61,7 @@ class Window:
     blocks: list[VisionBlock]  # in order of their placeholder runs in the inputs
     keys: list[str] = field(default_factory=list)  # documents that start in this window
     vision_source_tokens: int = 0  # input tokens that came from documents of vision sources
+    marks: torch.Tensor | None = None  # (seq_len + 1,) int: subset bits per token (Document.marks)
 
 
 class Packer:
@@ -70,6 +73,7 @@ class Packer:
         self.ids = ids
         self.items: list[int] = []  # tokens from the current window's start on
         self.targets: list[bool] = []  # per item: a training target (chat: assistant tokens only)
+        self.marks: list[int] = []  # per item: bits of the named subsets it belongs to
         self.owner: list[tuple[int, int] | None] = []  # (doc serial, token index in doc); None = padding
         self.blocks: list[tuple[int, VisionBlock]] = []  # (offset in items, block)
         self.keys: list[tuple[int, str]] = []
@@ -119,6 +123,9 @@ class Packer:
                 self.targets.extend(
                     flags[index + start : index + len(seg)] if flags else [True] * (len(seg) - start)
                 )
+                self.marks.extend(
+                    doc.marks[index + start : index + len(seg)] if doc.marks else [0] * (len(seg) - start)
+                )
                 self.owner.extend((serial, index + i) for i in range(start, len(seg)))
                 index += len(seg)
                 self.cursor = (serial, index)
@@ -126,6 +133,7 @@ class Packer:
         if index >= skip:
             self.items.append(self.ids.eos)
             self.targets.append(flags is None)  # a conversation ends at the assistant's <|im_end|>
+            self.marks.append(0)
             self.owner.append((serial, index))
             self.cursor = None
             yield from self._emit()
@@ -146,12 +154,14 @@ class Packer:
         self.blocks.append((len(self.items), block))
         self.items.extend([self.ids.media_start, *([pad] * block.n_tokens), self.ids.media_end])
         self.targets.extend([False] * n)
+        self.marks.extend([0] * n)
         self.owner.extend((serial, index + i) for i in range(n))
         yield from self._emit()
 
     def _pad(self, n: int) -> None:
         self.items.extend([self.ids.pad] * n)
         self.targets.extend([False] * n)
+        self.marks.extend([0] * n)
         self.owner.extend([None] * n)
 
     def _emit(self, padded: bool = False) -> Iterator[Window]:
@@ -160,19 +170,20 @@ class Packer:
                 self._pad(1)
             tokens = torch.tensor(self.items[: self.L + 1], dtype=torch.long)
             targets = torch.tensor(self.targets[: self.L + 1], dtype=torch.bool)
+            marks = torch.tensor(self.marks[: self.L + 1], dtype=torch.int32)
             inside = [b for off, b in self.blocks if off < self.L]
             keys = [k for off, k in self.keys if off < self.L]
             from_vision = sum(1 for o in self.owner[: self.L] if o is not None and o[0] in self.vision_docs)
             # Normally the last token opens the next window; after padding, nothing is shared.
             step = self.L + 1 if padded else self.L
-            del self.items[:step], self.owner[:step], self.targets[:step]
+            del self.items[:step], self.owner[:step], self.targets[:step], self.marks[:step]
             self.blocks = [(off - step, b) for off, b in self.blocks if off >= self.L]
             self.keys = [(off - step, k) for off, k in self.keys if off >= self.L]
             padded = False
             first = self.resume_point()
             if first is not None:  # forget documents no pending token belongs to
                 self.vision_docs = {d for d in self.vision_docs if d >= first[0]}
-            yield Window(tokens, targets, inside, keys, from_vision)
+            yield Window(tokens, targets, inside, keys, from_vision, marks)
 
 
 def loss_mask(

@@ -7,6 +7,10 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 MODALITIES = ("text", "image", "video", "interleaved", "chat")
+# Optional record key: {subset name: [[start, end], ...]} character spans of the sample's text
+# (``.txt``) whose tokens form a named subset that validation scores on its own
+# (names: ``kimi_lab.metrics.LOSS_SUBSETS``).
+LOSS_SPANS = "loss_spans"
 
 
 def sample_key(source: str, content: bytes) -> str:

@@ -149,7 +149,7 @@ class ShuffleBuffer:
 
 
 class MixedStream(IterableDataset):
-    """Batches {"tokens", "loss_mask", "input_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+    """Batches {"tokens", "loss_mask", "loss_subsets", "input_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
     "video_grid_thw", "meta"}."""
 
     def __init__(
@@ -363,6 +363,8 @@ class _Worker:
         return {
             "tokens": tokens,
             "loss_mask": loss_mask(tokens, self.ids, torch.stack([w.targets for w in windows])),
+            # (B, L) bits of the named subsets (metrics.LOSS_SUBSETS) each target token belongs to
+            "loss_subsets": torch.stack([w.marks for w in windows])[:, 1:],
             "input_mask": inputs != self.ids.pad,  # (B, L) real input tokens: what the routers count
             # transformers' kimi_k25 input names: images and video chunks apart, each in order
             "pixel_values": _pixels(images, p),

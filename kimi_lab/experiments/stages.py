@@ -1,7 +1,8 @@
 """Stages that every multi-run experiment chains: a training run that resumes or is kept.
 
 ``kimi-lab experiment NAME`` reruns are cheap: a stage whose run folder already
-finished is kept, an interrupted one resumes from its newest checkpoint.
+finished is kept, an interrupted one resumes from its newest checkpoint. ``run_jobs``
+runs a chain's independent stages side by side, one per core.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kimi_lab.errors import KimiLabError
 from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
@@ -43,3 +48,52 @@ def train_stage(run_dir: Path, overrides: list[str], tag: str | None = None) -> 
         raise KimiLabError(f"{tag} stage {run_dir.name} failed (exit {res.returncode}); see {run_dir}")
     print(f"[{tag}] {run_dir.name}: done in {time.time() - t0:.0f}s", flush=True)
     return last
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stage of a chain: ``run()`` does it (a training subprocess, an evaluation); it starts once
+    every job named in ``after`` has finished."""
+
+    name: str
+    run: Callable[[], Any]
+    after: tuple[str, ...] = ()
+
+
+def run_jobs(jobs: list[Job], slots: int) -> dict[str, Any]:
+    """Run ``jobs``, at most ``slots`` at a time (one per core: each job runs one thread), a ready
+    job starting as soon as a slot frees, earlier jobs in the list first; returns each job's result.
+
+    A chain's stages are not a line: two SFTs from one pre-training, evaluations beside RL; on a
+    2-core machine two one-thread jobs side by side take the time of one. When a job fails, no
+    new job starts; the running ones finish (each keeps what it finished, so a rerun resumes)
+    and the error is raised."""
+    names = [j.name for j in jobs]
+    unknown = {a for j in jobs for a in j.after} - set(names)
+    if unknown or len(set(names)) != len(names):
+        raise KimiLabError(f"run_jobs: unknown or repeated job names ({', '.join(sorted(unknown)) or names})")
+    results: dict[str, Any] = {}
+    pending = list(jobs)
+    running: dict[Future[Any], str] = {}
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
+        while pending or running:
+            ready = [j for j in pending if all(a in results for a in j.after)]
+            while error is None and ready and len(running) < max(1, slots):
+                job = ready.pop(0)
+                pending.remove(job)
+                running[pool.submit(job.run)] = job.name
+            if not running:
+                if error is None:
+                    raise KimiLabError(f"run_jobs: {', '.join(j.name for j in pending)} wait on each other")
+                break  # what is left waits on a failed job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                try:
+                    results[name] = future.result()
+                except Exception as exn:  # the first failure stops the chain once running jobs end
+                    error = error or exn
+    if error is not None:
+        raise error
+    return results

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.experiments.stages import train_stage
+from kimi_lab.experiments.stages import Job, run_jobs, train_stage
 from kimi_lab.reports.zero_vision import BLANK, VARIANTS
 
 log = logging.getLogger(__name__)
@@ -42,30 +45,48 @@ class Scale:
     n_text: int  # documents / samples per pre-training source
     n_sft: int  # SFT trajectories
     n_tasks: int  # task prompts per modality
-    max_new_tokens: int  # per assistant turn, in RL and evaluation (a program is ~300-500 tokens)
+    # per assistant turn, in RL and evaluation: the reference programs take up to ~620 tokens
+    # (image tasks; text ones up to ~440), the answer after the tool's output up to ~40
+    max_new_tokens: int
     task_val_fraction: float = 0.25  # of n_tasks held out: at least eval_prompts of them are needed
     eval_batch: int = 64  # episodes decoded side by side in evaluation
+    slots: int = 2  # stages side by side after pre-training (SFTs, RL, evaluations), one thread each
     extra: tuple[str, ...] = ()  # overrides for every training stage
 
 
 SCALES = {
     # 200 held-out prompts per source (of about 300 held out): a reward difference of 0.1 is
-    # beyond two standard errors even unpaired. Minutes on 2 CPU cores: see the README.
-    "small": Scale("small-vl", 400, 500, 20, 200, 1500, 1200, 400, 768, 0.75, 64),
+    # beyond two standard errors even unpaired. Each SFT sees ~2,200 conversations (about two
+    # passes over 1,200) in 280 steps of four 2,048-token windows (two conversations a window,
+    # experiment=zero_vision/sft); the two SFTs run side by side, then RL beside the
+    # evaluations. Minutes: see the README.
+    "small": Scale(
+        "small-vl",
+        pretrain_steps=400,
+        sft_steps=280,
+        rl_steps=20,
+        eval_prompts=200,
+        n_text=1500,
+        n_sft=1200,
+        n_tasks=400,
+        max_new_tokens=640,
+        task_val_fraction=0.75,
+        eval_batch=64,
+    ),
     # Seconds per stage: checks the chain end to end (tests), measures nothing.
     "tiny": Scale(
         "tiny-vl",
-        6,
-        6,
-        2,
-        2,
-        60,
-        40,
-        24,
-        32,
-        0.25,
-        4,
-        (
+        pretrain_steps=6,
+        sft_steps=6,
+        rl_steps=2,
+        eval_prompts=2,
+        n_text=60,
+        n_sft=40,
+        n_tasks=24,
+        max_new_tokens=32,
+        task_val_fraction=0.25,
+        eval_batch=4,
+        extra=(
             "data.seq_len=2048",
             "data.batch_size=2",
             "data.vision.max_patches=64",
@@ -79,6 +100,14 @@ SCALES = {
 }
 
 
+def held_out(task_dir: Path) -> int | None:
+    """Held-out (val) prompts a task folder holds, from its manifest."""
+    try:
+        return int(json.loads((task_dir / "manifest.json").read_text())["counts"]["val"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # ----------------------------------------------------------------------- data
 def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
     """Build every dataset the chain needs that is not there yet; returns their folders."""
@@ -90,6 +119,17 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
     from data_pipelines.zero_vision_sft import build_zero_vision_sft
 
     n = scale.n_text
+
+    def tasks(out: Path, modality: str) -> Any:
+        return build_visual_tasks(
+            out,
+            n=scale.n_tasks,
+            seed=seed + 1,
+            modality=modality,
+            val_fraction=scale.task_val_fraction,
+            progress=False,
+        )
+
     paths = {
         "text": data_dir / "text",
         "image_code": data_dir / "image_code",
@@ -110,24 +150,34 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
             out, n=scale.n_sft, seed=seed, with_visual_traces=True, progress=False
         ),
         # Held-out prompts (val) for evaluation, which never sees RL's training prompts.
-        "vision_tasks": lambda out: build_visual_tasks(
-            out, n=scale.n_tasks, seed=seed + 1, modality="image", val_fraction=scale.task_val_fraction
-        ),
-        "text_tasks": lambda out: build_visual_tasks(
-            out, n=scale.n_tasks, seed=seed + 1, modality="text", val_fraction=scale.task_val_fraction
-        ),
+        "vision_tasks": lambda out: tasks(out, "image"),
+        "text_tasks": lambda out: tasks(out, "text"),
     }
-    for name, path in paths.items():
+
+    def build(name: str) -> None:
+        path = paths[name]
         if (path / "manifest.json").is_file():
-            continue
+            return
         t0 = time.time()
         print(f"[zero_vision] building {name} -> {path}", flush=True)
         builders[name](path)
         print(f"[zero_vision] built {name} in {time.time() - t0:.0f}s", flush=True)
+
+    # The pre-training sources first (one at a time: image_code drives a browser); then the
+    # trajectories and tasks, whose time is the sandbox verifying each one: two builders at once
+    # keep both cores busy.
+    for name in ("text", "image_code", "video", "interleaved"):
+        build(name)
+    with ThreadPoolExecutor(max_workers=max(1, scale.slots)) as pool:
+        list(pool.map(build, ("sft_text", "sft_visual", "vision_tasks", "text_tasks")))
     return paths
 
 
 # --------------------------------------------------------------------- stages
+def eval_path(out: Path, variant: str) -> Path:
+    return out / "eval" / f"{variant}.json"
+
+
 def eval_stage(
     out: Path, variant: str, ckpt: Path, tasks: dict[str, str], scale: Scale, blank_images: bool = False
 ) -> dict[str, Any]:
@@ -135,7 +185,7 @@ def eval_stage(
     (kept in ``eval/<variant>.json``; a rerun reuses it)."""
     from kimi_lab.rl.evaluate import evaluate_checkpoint
 
-    path = out / "eval" / f"{variant}.json"
+    path = eval_path(out, variant)
     if path.is_file():
         return json.loads(path.read_text())
     n = scale.eval_prompts
@@ -162,6 +212,12 @@ def eval_stage(
     return result
 
 
+def _eval_worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed: int = 0) -> Path:
     if scale_name not in SCALES:
         raise KimiLabError(f"--scale {scale_name}: choose one of {', '.join(SCALES)}")
@@ -169,7 +225,18 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    data = ensure_data(Path(data_dir or "data"), scale, seed)
+    stages: dict[str, list[float]] = {}  # stage -> [minutes from the start, its minutes]
+
+    def timed(name: str, work: Callable[[], Any]) -> Callable[[], Any]:
+        def run_timed() -> Any:
+            t0 = time.time()
+            result = work()
+            stages[name] = [round((t0 - started) / 60, 2), round((time.time() - t0) / 60, 2)]
+            return result
+
+        return run_timed
+
+    data = timed("data", lambda: ensure_data(Path(data_dir or "data"), scale, seed))()
     common = [
         f"model={scale.model}",  # also sets data.tokenizer's vocab size before init_from adopts the model
         f"seed={seed}",
@@ -177,54 +244,93 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
         "logger=csv",
         *scale.extra,
     ]
-    pre = train_stage(
-        out / "pretrain",
-        [
-            "experiment=zero_vision/pretrain",
-            f"trainer.max_steps={scale.pretrain_steps}",
-            f"data.sources.text.path={data['text']}",
-            f"data.sources.image_code.path={data['image_code']}",
-            f"data.sources.video.path={data['video']}",
-            f"data.sources.interleaved.path={data['interleaved']}",
-            *common,
-        ],
-    )
-    ckpts = {"pretrain": pre}
-    for variant, data_cfg in (("sft_text", "zero_vision_sft"), ("sft_visual", "zero_vision_sft_visual")):
+    # Pre-training runs alone, on every core; every later stage shares the cores one thread each.
+    pre = timed(
+        "pretrain",
+        lambda: train_stage(
+            out / "pretrain",
+            [
+                "experiment=zero_vision/pretrain",
+                f"trainer.max_steps={scale.pretrain_steps}",
+                f"data.sources.text.path={data['text']}",
+                f"data.sources.image_code.path={data['image_code']}",
+                f"data.sources.video.path={data['video']}",
+                f"data.sources.interleaved.path={data['interleaved']}",
+                *common,
+            ],
+        ),
+    )()
+    one_thread = [*common, "trainer.num_threads=1"] if scale.slots > 1 else common
+    ckpts: dict[str, Path] = {"pretrain": pre}
+
+    def sft(variant: str, data_cfg: str) -> Path:
         ckpts[variant] = train_stage(
             out / variant,
             [
                 "experiment=zero_vision/sft",
                 f"data={data_cfg}",
                 f"phase.init_from={pre}",
-                f"trainer.max_steps={scale.sft_steps}",
                 f"data.sources.sft.path={data[variant]}",
-                *common,
+                *one_thread,
+                f"trainer.max_steps={scale.sft_steps}",
             ],
         )
-    ckpts["rl"] = train_stage(
-        out / "rl",
-        [
-            "experiment=zero_vision/rl",
-            f"phase.init_from={ckpts['sft_text']}",
-            f"trainer.max_steps={scale.rl_steps}",
-            f"phase.rl.tasks.vision.path={data['vision_tasks']}",
-            f"phase.rl.tasks.text.path={data['text_tasks']}",
-            f"phase.rl.max_new_tokens={scale.max_new_tokens}",
-            *[o for o in common if not o.startswith("data.")],
-        ],
-    )
+        return ckpts[variant]
+
+    def rl() -> Path:
+        ckpts["rl"] = train_stage(
+            out / "rl",
+            [
+                "experiment=zero_vision/rl",
+                f"phase.init_from={ckpts['sft_text']}",
+                f"trainer.max_steps={scale.rl_steps}",
+                f"phase.rl.tasks.vision.path={data['vision_tasks']}",
+                f"phase.rl.tasks.text.path={data['text_tasks']}",
+                f"phase.rl.max_new_tokens={scale.max_new_tokens}",
+                *[o for o in one_thread if not o.startswith("data.")],
+            ],
+        )
+        return ckpts["rl"]
+
     tasks = {"vision": str(data["vision_tasks"]), "text": str(data["text_tasks"])}
-    results = {v: eval_stage(out, v, ckpts[v], tasks, scale) for v in VARIANTS}
-    # The control of transfer: the text-only SFT model on the same visual prompts with nothing to
-    # see (every image its background colour). Beating it means its programs read the pixels.
-    results[BLANK] = eval_stage(
-        out, BLANK, ckpts["sft_text"], {"vision": tasks["vision"]}, scale, blank_images=True
-    )
+    threads = 1 if scale.slots > 1 else 0
+    with ProcessPoolExecutor(
+        max_workers=scale.slots,
+        mp_context=multiprocessing.get_context("spawn"),  # no forked torch state in the workers
+        initializer=_eval_worker_init if threads else None,
+        initargs=(threads,) if threads else (),
+    ) as evaluator:
+
+        def evaluate(variant: str, model: str, blank: bool = False) -> dict[str, Any]:
+            only = {"vision": tasks["vision"]} if blank else tasks
+            if eval_path(out, variant).is_file():  # kept from an earlier call: read here, no worker
+                return eval_stage(out, variant, ckpts[model], only, scale, blank)
+            return evaluator.submit(eval_stage, out, variant, ckpts[model], only, scale, blank).result()
+
+        # The control of transfer (BLANK): the text-only SFT model on the same visual prompts with
+        # nothing to see (every image its background colour). Beating it means its programs read
+        # the pixels.
+        jobs = [
+            Job("sft_text", lambda: sft("sft_text", "zero_vision_sft")),
+            Job("sft_visual", lambda: sft("sft_visual", "zero_vision_sft_visual")),
+            Job("rl", rl, after=("sft_text",)),
+            Job("eval_pretrain", lambda: evaluate("pretrain", "pretrain")),
+            Job("eval_sft_text", lambda: evaluate("sft_text", "sft_text"), after=("sft_text",)),
+            Job("eval_sft_visual", lambda: evaluate("sft_visual", "sft_visual"), after=("sft_visual",)),
+            Job(f"eval_{BLANK}", lambda: evaluate(BLANK, "sft_text", blank=True), after=("sft_text",)),
+            Job("eval_rl", lambda: evaluate("rl", "rl"), after=("rl",)),
+        ]
+        done = run_jobs([Job(j.name, timed(j.name, j.run), j.after) for j in jobs], scale.slots)
+    results = {v: done[f"eval_{v}"] for v in (*VARIANTS, BLANK)}
     from kimi_lab.reports.zero_vision import write
 
-    report = write(
-        out, results, {"scale": asdict(scale), "seed": seed, "minutes": (time.time() - started) / 60}
-    )
+    meta = {
+        "scale": asdict(scale),
+        "seed": seed,
+        "minutes": (time.time() - started) / 60,
+        "stages": stages,  # this call's stages only: a rerun that kept a stage times the reading
+        "held_out": {name: held_out(Path(path)) for name, path in tasks.items()},
+    }
+    report = write(out, results, meta)
     print(f"[zero_vision] report: {report}", flush=True)
     return report

@@ -12,6 +12,7 @@ from kimi_lab.config.schema import RunConfig
 from kimi_lab.data.datamodule import KimiDataModule
 from kimi_lab.errors import ConfigError
 from kimi_lab.metrics import (
+    LOSS_SUBSETS,
     TRAIN_AUX,
     TRAIN_CE,
     TRAIN_LOSS,
@@ -21,6 +22,7 @@ from kimi_lab.metrics import (
     VAL_LOSS,
     VAL_PPL,
     VAL_SOURCE_LOSS,
+    VAL_SOURCE_SUBSET_LOSS,
 )
 from kimi_lab.model.multimodal import VisionInputError
 from kimi_lab.phases.base import PhaseModule
@@ -30,6 +32,8 @@ class PretrainModule(PhaseModule):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
         self._val_sums: dict[str, list[float]] = {}  # per val source: [sum of token losses, tokens]
+        # per (val source, named subset of its tokens): [sum of token losses, tokens]
+        self._val_subset_sums: dict[tuple[str, str], list[float]] = {}
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
@@ -85,11 +89,12 @@ class PretrainModule(PhaseModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {}
+        self._val_subset_sums = {}
 
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        ce, _ = self._lm_loss(batch)
+        ce, out = self._lm_loss(batch)
         dm = self.trainer.datamodule
         names = dm.val_names if isinstance(dm, KimiDataModule) else []
         name = names[dataloader_idx] if dataloader_idx < len(names) else str(dataloader_idx)
@@ -97,6 +102,17 @@ class PretrainModule(PhaseModule):
         sums = self._val_sums.setdefault(name, [0.0, 0.0])
         sums[0] += float(ce) * n
         sums[1] += n
+        subsets = batch.get("loss_subsets")
+        if subsets is None or not bool(subsets.any()):
+            return
+        labels = batch["tokens"][:, 1:]
+        for bit, subset in enumerate(LOSS_SUBSETS):
+            mask = ((subsets >> bit) & 1).bool() & batch["loss_mask"]
+            if bool(mask.any()):
+                loss = F.cross_entropy(out.logits[mask].float(), labels[mask], reduction="sum")
+                sub = self._val_subset_sums.setdefault((name, subset), [0.0, 0.0])
+                sub[0] += float(loss)
+                sub[1] += float(mask.sum())
 
     def on_validation_epoch_end(self) -> None:
         # Token-weighted means: one curve per source, and val/loss over all of them.
@@ -112,6 +128,11 @@ class PretrainModule(PhaseModule):
                     sync_dist=True,
                 )
             total, count = total + loss_sum, count + n
+        for (name, subset), (loss_sum, n) in self._val_subset_sums.items():
+            key = VAL_SOURCE_SUBSET_LOSS.format(source=name, subset=subset)
+            # Not synced: a rank whose val batches held no such token would leave the collective
+            # unmatched; under DDP the logged value is rank 0's tokens only.
+            self.log(key, loss_sum / n, on_step=False, on_epoch=True)
         if count:
             val = total / count
             self.log(VAL_LOSS, val, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)

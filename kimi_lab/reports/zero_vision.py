@@ -138,10 +138,69 @@ def claims(diffs: dict[str, Diff]) -> list[dict[str, str]]:
     else:
         rl = "not judged"
     return [
-        {"claim": "text-only SFT transfers to vision", "status": transfer},
-        {"claim": "visual traces hurt", "status": traces},
-        {"claim": f"joint RL helps both (vision: {rl_v}, text: {rl_t})", "status": rl},
+        {
+            "claim": "text-only SFT transfers to vision",
+            "status": transfer,
+            "decided_by": [k for k in ("transfer", "transfer_control") if k in diffs],
+        },
+        {"claim": "visual traces hurt", "status": traces, "decided_by": ["traces"]},
+        {
+            "claim": f"joint RL helps both (vision: {rl_v}, text: {rl_t})",
+            "status": rl,
+            "decided_by": ["rl_vision", "rl_text"],
+        },
     ]
+
+
+# the sign each claim expects of its differences (b - a): transfer and RL raise rewards, traces lower them
+CLAIMED = {"transfer": 1, "transfer_control": 1, "traces": -1, "rl_vision": 1, "rl_text": 1}
+# the training stage whose length sets each difference (text-only SFT, the visual-trace SFT, RL)
+STAGE_STEPS = {
+    "transfer": "sft_steps",
+    "transfer_control": "sft_steps",
+    "traces": "sft_steps",
+    "rl_vision": "rl_steps",
+    "rl_text": "rl_steps",
+}
+
+
+def budget(d: Diff, steps: int | None = None) -> dict[str, Any]:
+    """What a difference within two standard errors would need to be judged, from its own numbers.
+
+    The variance of the per-prompt differences is n x se^2; the measured difference clears two
+    standard errors once n > 4 var / diff^2 prompts. With the prompts fixed, and if the difference
+    grew in proportion to training steps (a first-order guess, stated as such), it would clear them
+    after steps x 2 se / |diff| steps. A difference of exactly 0 with no variance (both models score
+    alike on every prompt) cannot be judged by any number of prompts."""
+    var = d.se**2 * d.n
+    diff = abs(d.diff)
+    out: dict[str, Any] = {
+        "diff": d.diff,
+        "se": d.se,
+        "n": d.n,
+        "detectable": 2 * d.se,  # the smallest difference this many prompts can judge
+        "prompts": None,
+        "steps": None,
+    }
+    if diff > 0 and not math.isnan(diff):
+        out["prompts"] = math.floor(4 * var / diff**2) + 1
+        if steps:
+            out["steps"] = math.ceil(steps * 2 * d.se / diff)
+    return out
+
+
+def budget_sentence(key: str, b: dict[str, Any], stage: str) -> str:
+    lead = f"{key}: {b['diff']:+.3f} +- {b['se']:.3f} (n={b['n']}; at this n only a difference beyond {b['detectable']:.3f} is judged)"
+    if b["prompts"] is None:
+        return lead + "; no measured difference, so more prompts cannot judge it: the training budget limits."
+    side = "the claim's direction" if b["diff"] * CLAIMED.get(key, 1) > 0 else "against the claim"
+    text = (
+        f"{lead}; the measured difference ({side}) would clear two standard errors at {b['prompts']:,} "
+        "prompts per source"
+    )
+    if b["steps"] is not None:
+        text += f", or at {b['n']} prompts after about {b['steps']:,} {stage} steps if it grew in proportion to them"
+    return text + "."
 
 
 def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -191,6 +250,7 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
         sentence, diffs[key] = _compare(results, a, b, source)
         findings.append(lead + sentence)
     verdicts = claims(diffs)
+    budgets = {k: budget(d, meta.get("scale", {}).get(STAGE_STEPS[k])) for k, d in diffs.items()}
     (out / "report.json").write_text(
         json.dumps(
             {
@@ -199,7 +259,8 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
                 "findings": findings,
                 "claims": verdicts,
                 "differences": {
-                    k: {**asdict(d), "diff": d.diff, "verdict": d.verdict} for k, d in diffs.items()
+                    k: {**asdict(d), "diff": d.diff, "verdict": d.verdict, "budget": budgets[k]}
+                    for k, d in diffs.items()
                 },
             },
             indent=2,
@@ -213,6 +274,15 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
         f"evaluation: greedy, one sample per prompt, {meta['scale']['eval_prompts']} prompts per source; "
         f"seed {meta['seed']}; {meta['minutes']:.0f} minutes in all.",
         "",
+    ]
+    if meta.get("stages"):
+        lines += [
+            "Stages (wall minutes: start, duration; side by side after pre-training): "
+            + ", ".join(f"{k} {v[0]:.1f} + {v[1]:.1f}" for k, v in meta["stages"].items())
+            + ".",
+            "",
+        ]
+    lines += [
         "| model | vision reward | vision acc. | text reward | text acc. | tool calls / ep. | tool errors | tokens / ep. |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -247,8 +317,35 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
             + " | ".join(f"{r['families'].get(f, math.nan):.2f}" for f in families)
             + " |"
         )
-    lines += ["", "## K2.5's claims at this scale", "", "| claim | status |", "|---|---|"]
-    lines += [f"| {c['claim']} | {c['status']} |" for c in verdicts]
+    lines += [
+        "",
+        "## K2.5's claims at this scale",
+        "",
+        "| claim | status | deciding differences (+- s.e.) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {c['claim']} | {c['status']} | "
+        + "; ".join(f"{k} {diffs[k].diff:+.3f} +- {diffs[k].se:.3f}" for k in c["decided_by"])
+        + " |"
+        for c in verdicts
+    ]
+    needs = [
+        budget_sentence(k, budgets[k], STAGE_STEPS[k].removesuffix("_steps"))
+        for c in verdicts
+        if c["status"] != "confirmed" and c["status"] != "contradicted"
+        for k in c["decided_by"]
+        if diffs[k].verdict in ("not distinguishable", "not judged")
+    ]
+    pools = ", ".join(f"{k} {v}" for k, v in (meta.get("held_out") or {}).items()) or "unknown"
+    if needs:
+        lines += [
+            "",
+            "What the differences within two standard errors would need, from their own paired variances "
+            f"(held-out prompts available: {pools}; more need a larger task set, "
+            "kimi-lab data build visual-tasks --n N):",
+            "",
+        ] + [f"- {n}" for n in needs]
     lines += [
         "",
         "A claim is confirmed or contradicted only where the difference is beyond two standard errors "

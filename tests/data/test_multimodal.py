@@ -99,6 +99,40 @@ def test_video_clips_decode_with_their_labels(video_shards: Path) -> None:
     assert len(sizes) > 3  # variable frame counts and sizes
 
 
+def test_motion_words_are_marked_as_a_loss_subset(video_shards: Path, tiny_tokenizer: Path) -> None:
+    """Caption spans become per-token subset bits that survive packing; the tokens are the
+    caption's own (encoding span by span changes nothing), and only motion words are marked."""
+    from kimi_lab.data.decode import Decoder, SampleSkip
+
+    tok = Tokenizer(tiny_tokenizer)
+    decoder = Decoder(tok, VISION)
+    sample = next(iter(wds.WebDataset(resolve_shards(str(video_shards), "train")[0], shardshuffle=False)))
+    doc = decoder(sample)
+    caption, record = sample["txt"].decode(), json.loads(sample["json"])
+    ((start, end),) = record["loss_spans"]["motion"]
+    text_ids = doc.segments[-1]
+    assert text_ids == tok.encode(caption) and len(doc.marks) == sum(
+        s.n_tokens + 2 if not isinstance(s, list) else len(s) for s in doc.segments
+    )
+    marked = [t for t, m in zip(text_ids, doc.marks[-len(text_ids) :]) if m]
+    assert tok.decode(marked) == caption[start:end]  # " left" or " 7": the word only motion shows
+
+    stream = MixedStream([spec("video", video_shards)], data_cfg(tiny_tokenizer, seq_len=128), train=True)
+    words = set()
+    for batch in itertools.islice(iter(stream), 3):
+        subset = batch["loss_subsets"].bool() & batch["loss_mask"]  # bit 0: "motion"
+        assert subset.any() and not (batch["loss_subsets"].bool() & ~batch["loss_mask"]).any()
+        for row, targets in zip(subset.tolist(), batch["tokens"][:, 1:].tolist(), strict=True):
+            runs = itertools.groupby(zip(row, targets, strict=True), key=lambda x: x[0])
+            words |= {tok.decode([t for _, t in run]).strip() for marked, run in runs if marked}
+    assert words and words <= {"left", "right", "up", "down", *map(str, range(20))}
+
+    for bad in ({"colour": [[0, 3]]}, {"motion": [[5, 999]]}, {"motion": "0-3"}):
+        broken = dict(sample, json=json.dumps({**record, "loss_spans": bad}).encode())
+        with pytest.raises(SampleSkip, match="bad_json"):
+            decoder(broken)
+
+
 def test_interleaved_documents_keep_order(interleaved_shards: Path) -> None:
     url = resolve_shards(str(interleaved_shards), "train")[0]
     sample = next(iter(wds.WebDataset(url, shardshuffle=False)))
