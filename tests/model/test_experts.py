@@ -7,12 +7,13 @@ import torch
 from torch.func import functional_call
 
 from kimi_lab.model.moe import experts as experts_module
+from kimi_lab.model.moe.expert_matmuls import grouped_ok
 from kimi_lab.model.moe.experts import (
     TorchExperts,
-    _grouped_ok,
     bucket_rows,
-    expert_layout,
+    place_rows,
     reference_experts,
+    sort_by_expert,
 )
 
 
@@ -25,26 +26,40 @@ def _routing(T: int, E: int, K: int, unused: set[int], seed: int = 0) -> tuple[t
     return idx, weights
 
 
+# (path, padded rows, dim, ffn) -> the form that must run: unaligned widths cannot take the
+# grouped GEMM and fall back to the per-expert loop; the batched form takes any width.
+FORMS = {
+    "loop-exact-rows": ("ragged", False, 12, 10, "loop"),
+    "loop-bucketed-rows": ("ragged", True, 12, 10, "loop"),
+    "grouped-mm-exact-rows": ("ragged", False, 16, 8, "grouped"),
+    "grouped-mm-bucketed-rows": ("ragged", True, 16, 8, "grouped"),
+    "batched-bmm": ("batched", False, 12, 10, "batched"),
+    "batched-bmm-aligned": ("batched", True, 16, 8, "batched"),
+}
+
+
 @pytest.mark.parametrize(("T", "E", "K"), [(1, 4, 1), (24, 8, 2), (50, 16, 4)])
-@pytest.mark.parametrize(("dim", "ffn"), [(12, 10), (16, 8)], ids=["per-expert-loop", "grouped-mm"])
-@pytest.mark.parametrize("padded", [False, True], ids=["exact-rows", "bucketed-rows"])
+@pytest.mark.parametrize("form", list(FORMS))
 def test_outputs_and_gradients_match_reference_loop(
-    T: int, E: int, K: int, dim: int, ffn: int, padded: bool, monkeypatch: pytest.MonkeyPatch
+    T: int, E: int, K: int, form: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    path, padded, dim, ffn, expected = FORMS[form]
     # Row bucketing normally runs for bf16 on CPU only; forced here so fp32 pins it exactly.
     monkeypatch.setattr(experts_module, "_pads_rows", lambda x, dtype: padded)
     # fp32 CPU runs the per-expert loop by choice; take the grouped GEMM wherever it can run.
-    monkeypatch.setattr(experts_module, "_use_grouped", experts_module._grouped_ok)
+    monkeypatch.setattr(experts_module, "use_grouped", grouped_ok)
     torch.manual_seed(T)
     experts = TorchExperts(E, dim=dim, ffn_dim=ffn, init_std=0.3)
+    experts.path = path
     unused = {1, E - 1}  # experts that receive no token at all
     idx, weights = _routing(T, E, K, unused)
     x = torch.randn(T, dim, requires_grad=True)
-    # Both matmul paths are covered: unaligned widths fall back to the per-expert loop.
-    assert _grouped_ok(x, dim, ffn) == (ffn % 4 == 0 and hasattr(torch, "_grouped_mm"))
+    if expected == "grouped" and not hasattr(torch, "_grouped_mm"):
+        expected = "loop"
     w = weights.clone().requires_grad_()
 
     out = experts(x, idx, w)
+    assert experts.last_form == expected
     ref_params = {k: v.detach().clone().requires_grad_() for k, v in experts.named_parameters()}
     x_ref = x.detach().clone().requires_grad_()
     w_ref = weights.clone().requires_grad_()
@@ -122,13 +137,101 @@ def test_row_buckets_are_few_and_tight() -> None:
     assert bucket_rows(0) == 0
 
 
-def test_padded_layout_places_every_pair_once_in_its_experts_rows() -> None:
-    idx, _ = _routing(40, 8, 3, unused={2})
-    token_P, row_of_pair_S, rows = expert_layout(idx, 8, pad=True)
-    assert len(token_P) == sum(rows) and rows[2] == 0
+@pytest.mark.parametrize("capacity", [None, 24], ids=["bucketed", "shared-capacity"])
+def test_padded_layout_places_every_pair_once_in_its_experts_rows(capacity: int | None) -> None:
+    T, E, K = 40, 8, 3
+    idx, _ = _routing(T, E, K, unused={2})
+    order_S, token_S, counts = sort_by_expert(idx, E)
+    rows = [bucket_rows(n) for n in counts] if capacity is None else [capacity] * E
+    token_P, row_of_pair_S = place_rows(idx, order_S, token_S, counts, rows, pad_token=T)
+    assert len(token_P) == sum(rows) and counts[2] == 0
     assert len(set(row_of_pair_S.tolist())) == idx.numel()  # a permutation into the buffer
-    starts = [sum(rows[:e]) for e in range(8)]
+    starts = [sum(rows[:e]) for e in range(E)]
     for s, e in enumerate(idx.reshape(-1).tolist()):
         r = int(row_of_pair_S[s])
         assert starts[e] <= r < starts[e] + rows[e]  # inside its expert's block
-        assert int(token_P[r]) == s // 3  # and holding its token
+        assert int(token_P[r]) == s // K  # and holding its token
+    padding = torch.ones(len(token_P), dtype=torch.bool)
+    padding[row_of_pair_S] = False
+    assert (token_P[padding] == T).all() and int(padding.sum()) == sum(rows) - idx.numel()
+
+
+def test_auto_path_batches_balanced_routing_and_falls_back_on_a_skewed_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kimi_lab.model.moe import expert_path
+
+    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 1.5)  # as if measured
+    experts = TorchExperts(8, dim=16, ffn_dim=8)
+    x = torch.randn(64, 16)
+    balanced = torch.stack([torch.arange(64) % 8, (torch.arange(64) + 3) % 8], dim=1)  # 16 pairs each
+    experts(x, balanced, torch.rand(64, 2))
+    assert experts.last_form == "batched"
+    skewed = torch.stack([torch.zeros(64, dtype=torch.long), torch.arange(64) % 7 + 1], dim=1)
+    out = experts(x, skewed, w := torch.rand(64, 2))  # expert 0 holds half the pairs: 8 x 64 rows for 128
+    assert experts.last_form == "loop"
+    torch.testing.assert_close(out, reference_experts(experts, x, skewed, w), rtol=1e-5, atol=1e-6)
+
+
+def test_the_gain_is_measured_once_per_shape_and_never_in_deterministic_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kimi_lab.model.moe import expert_path
+
+    cpu = torch.device("cpu")
+    gain = expert_path.batched_gain(cpu, torch.float32, 16, 8, 20, "loop", backward=True)
+    assert 0 < gain < float("inf")
+    monkeypatch.setattr(expert_path, "_measure", lambda *a: pytest.fail("measured twice"))
+    assert (
+        expert_path.batched_gain(cpu, torch.float32, 16, 8, 31, "loop", backward=True) == gain
+    )  # same octave
+    args = {
+        "device": cpu,
+        "dtype": torch.float32,
+        "dim": 16,
+        "ffn": 8,
+        "ragged_form": "loop",
+        "backward": True,
+    }
+    torch.use_deterministic_algorithms(True)
+    try:  # a fixed rule: at most a quarter more rows
+        assert expert_path.prefer_batched(8, 64, 8 * 64, **args)  # no padding at all
+        assert expert_path.prefer_batched(8, 40, 8 * 32, **args)
+        assert not expert_path.prefer_batched(8, 41, 8 * 32, **args)
+        assert not expert_path.prefer_batched(8, 1024, 200, **args)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_padding_rows_are_zero_and_change_no_gradient() -> None:
+    """Even a nonzero gradient arriving at padding rows leaves every weight gradient as without padding."""
+    from kimi_lab.model.moe.expert_matmuls import ExpertSwiGLU, RowPlan
+
+    T, E, K = 20, 6, 2
+    torch.manual_seed(0)
+    experts = TorchExperts(E, dim=16, ffn_dim=8, init_std=0.3)
+    idx, _ = _routing(T, E, K, unused={4})
+    x_T1D = torch.cat([torch.randn(T, 16), torch.zeros(1, 16)])  # the zero row padding reads
+    order_S, token_S, counts = sort_by_expert(idx, E)
+    results = {}
+    for form, rows in (("batched", [max(counts) + 5] * E), ("loop", counts)):
+        token_P, _ = place_rows(idx, order_S, token_S, counts, rows, pad_token=T)
+        y_PD = ExpertSwiGLU.apply(
+            x_T1D.index_select(0, token_P),
+            experts.w1,
+            experts.w3,
+            experts.w2,
+            RowPlan.make(form, rows, x_T1D.device),
+            None,
+        )
+        padding = token_P == T
+        assert int(padding.sum()) == sum(rows) - sum(counts) and (y_PD[padding] == 0).all()
+        results[form] = (y_PD, padding)
+    (y_b, pad_b), (y_l, _) = results["batched"], results["loop"]
+    torch.testing.assert_close(y_b[~pad_b], y_l, rtol=1e-5, atol=1e-6)  # real rows in the same order
+    gy_b = torch.randn_like(y_b)
+    g_b = torch.autograd.grad(y_b, list(experts.parameters()), gy_b)
+    g_l = torch.autograd.grad(y_l, list(experts.parameters()), gy_b[~pad_b])
+    for a, b in zip(g_b, g_l, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert torch.count_nonzero(a[4]) == 0  # the idle expert

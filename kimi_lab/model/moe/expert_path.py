@@ -1,0 +1,152 @@
+"""Which form multiplies the routed experts: one batched call over padded rows, or the ragged rows.
+
+Shape legend: E experts, C rows per expert in the batched form (its capacity), D hidden,
+F expert FFN width; ragged rows: the rows the loop or grouped GEMM would multiply.
+
+The ragged forms (``loop``, ``grouped``) multiply exactly the rows each expert received;
+the batched form pads every expert to the same C rows and makes each matmul one
+``torch.bmm``. It multiplies E x C - ragged rows of zeros, but makes one call where the
+loop makes E: on CPUs each small matmul pays an OpenMP fork-join and oneDNN's setup,
+which one batched call pays once. How much that buys depends on the machine, the dtype,
+the thread count and the rows per expert, so it is measured: the first time a
+(device, dtype, D, F, threads, rows-per-expert octave, ragged form) is seen, both forms
+time the gate-up matmul (and its weight gradient, for training) on the same rows, and
+the ratio, the batched form's *gain* per row, is kept for the process. A call then takes
+the batched form when its padded rows are at most gain x the ragged rows: balanced
+routing pads little and takes it; a badly skewed batch (one expert holding most of the
+tokens) would multiply mostly zeros and falls back to the ragged form.
+
+Where timing must not decide (deterministic runs, graphs being compiled) a fixed rule
+stands in: batched when it adds at most a quarter more rows. Both forms are exact; the
+choice is only ever about speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kimi_lab.model.moe.expert_matmuls import RowPlan, mm_groups, mm_weight_grads
+
+log = logging.getLogger(__name__)
+
+# The most FLOPs one timed call of the calibration may do: matmuls bigger than this per
+# expert amortise their call overhead, so they are not measured (gain 1: no padding pays).
+CALIBRATION_FLOPS = 1e9
+FIXED_GAIN = 1.25  # the rule where timing may not decide
+_MAX_CALIBRATION_EXPERTS = 8
+
+
+@dataclass(frozen=True)
+class GainKey:
+    device: str
+    dtype: torch.dtype
+    dim: int
+    ffn: int
+    threads: int
+    rows_octave: int  # capacity.bit_length(): one measurement per power of two of rows per expert
+    ragged_form: str
+    backward: bool
+
+
+_GAINS: dict[GainKey, float] = {}
+
+
+def measured_gains() -> dict[GainKey, float]:
+    """Every gain measured in this process (benchmarks print them)."""
+    return dict(_GAINS)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _measure(key: GainKey, device: torch.device) -> float:
+    """t(ragged) / t(batched) on the same rows: a few experts with C rows each, best of three."""
+    C = 1 << (key.rows_octave - 1)
+    per_expert = 2 * C * key.dim * 2 * key.ffn * (2 if key.backward else 1)
+    n = int(min(_MAX_CALIBRATION_EXPERTS, CALIBRATION_FLOPS // per_expert))
+    if n < 2:
+        return 1.0
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n * C, key.dim, generator=g, device=device).to(key.dtype)
+    w13 = torch.randn(n, 2 * key.ffn, key.dim, generator=g, device=device).to(key.dtype)
+    gh = torch.randn(n * C, 2 * key.ffn, generator=g, device=device).to(key.dtype)
+    plans = {
+        "batched": RowPlan.make("batched", [C] * n, device),
+        key.ragged_form: RowPlan.make(key.ragged_form, [C] * n, device),
+    }
+    best = dict.fromkeys(plans, float("inf"))
+    with torch.autocast(device.type, enabled=False):
+        for round_ in range(4):  # round 0 warms up (kernel creation, first-touch pages)
+            for form, plan in plans.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                mm_groups(x, w13.transpose(1, 2), plan)
+                if key.backward:
+                    mm_weight_grads(gh, x, plan)
+                _sync(device)
+                if round_:
+                    best[form] = min(best[form], time.perf_counter() - t0)
+    return best[key.ragged_form] / max(best["batched"], 1e-9)
+
+
+def batched_gain(
+    device: torch.device,
+    dtype: torch.dtype,
+    dim: int,
+    ffn: int,
+    capacity: int,
+    ragged_form: str,
+    backward: bool,
+) -> float:
+    """How many ragged rows one padded row of the batched form costs as much as (measured once)."""
+    key = GainKey(
+        device.type, dtype, dim, ffn, torch.get_num_threads(), capacity.bit_length(), ragged_form, backward
+    )
+    if key not in _GAINS:
+        _GAINS[key] = _measure(key, device)
+        log.info(
+            "experts: one bmm over padded rows is %.2fx the %s form per row (%s, %s, D=%d, F=%d, "
+            "%d-%d rows per expert, %d threads%s)",
+            _GAINS[key],
+            ragged_form,
+            device.type,
+            str(dtype).removeprefix("torch."),
+            dim,
+            ffn,
+            1 << (key.rows_octave - 1),
+            (1 << key.rows_octave) - 1,
+            key.threads,
+            ", with weight gradients" if backward else "",
+        )
+    return _GAINS[key]
+
+
+def prefer_batched(
+    n_experts: int,
+    capacity: int,
+    ragged_rows: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    dim: int,
+    ffn: int,
+    ragged_form: str,
+    backward: bool,
+) -> bool:
+    """Whether ``n_experts`` x ``capacity`` padded rows in one bmm beat ``ragged_rows`` ragged ones."""
+    if capacity == 0 or n_experts < 2:
+        return False
+    padded = n_experts * capacity
+    if padded <= ragged_rows:
+        return True  # no more arithmetic than the ragged form: one call wins
+    if torch.are_deterministic_algorithms_enabled() or torch.compiler.is_compiling():
+        return padded <= FIXED_GAIN * ragged_rows
+    gain = batched_gain(device, dtype, dim, ffn, capacity, ragged_form, backward)
+    return padded <= gain * ragged_rows
