@@ -136,7 +136,7 @@ class TorchExperts(Experts):
         self.last_form: str | None = None
         # Under bf16 autocast: the weights' bf16 copy, recast only when the fp32 masters change.
         self.keep_compute_copy = True
-        self._compute_copy = ComputeCopy()
+        self.compute_copy = ComputeCopy()
         self.reset_parameters()
         self._fuse_gate_up()
 
@@ -165,13 +165,13 @@ class TorchExperts(Experts):
         sharding). The forward then builds the fused operand each step."""
         self.fuse = False
         self.keep_compute_copy = False
-        self._compute_copy.clear()
+        self.compute_copy.clear()
         self.w1.data, self.w3.data = self.w1.data.contiguous(), self.w3.data.contiguous()
 
     def _apply(self, fn: Any, recurse: bool = True) -> TorchExperts:
         # .to() / .float() give each parameter its own new storage: fuse again.
         super()._apply(fn, recurse)
-        self._compute_copy.clear()
+        self.compute_copy.clear()
         if isinstance(self.w1, nn.Parameter) and isinstance(self.w3, nn.Parameter):
             self._fuse_gate_up()
         return self
@@ -210,10 +210,11 @@ class TorchExperts(Experts):
             return RowPlan.make("batched", [capacity] * len(counts), x_TD.device)
         return RowPlan.make(ragged_form, ragged, x_TD.device)
 
-    def _compute_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def compute_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(w13_E2FD, w2_EFD)`` in ``dtype`` from the kept copy; None where none is kept."""
         if not self.keep_compute_copy or dtype == self.w1.dtype:
             return None  # fp32 runs, and weights a sharding wrapper owns, are read as they are
-        return self._compute_copy.get(self.w1, self.w3, self.w2, dtype)
+        return self.compute_copy.get(self.w1, self.w3, self.w2, dtype)
 
     def _pairs(self, x_TD: torch.Tensor, top_idx_TK: torch.Tensor, n_experts: int) -> torch.Tensor:
         """(T, K, D): the output of expert ``top_idx_TK[t, k]`` (of this module's local experts) for token t."""
@@ -225,7 +226,7 @@ class TorchExperts(Experts):
         if len(token_P) > len(order_S):  # padding rows read a zero row after the tokens
             x_TD = torch.cat([x_TD, x_TD.new_zeros(1, D)])
         x_PD = x_TD.index_select(0, token_P)
-        y_PD = ExpertSwiGLU.apply(x_PD, self.w1, self.w3, self.w2, plan, self._compute_weights(x_PD.dtype))
+        y_PD = ExpertSwiGLU.apply(x_PD, self.w1, self.w3, self.w2, plan, self.compute_weights(x_PD.dtype))
         # Back to pair order; padding rows are dropped here, so they get zero gradient.
         return y_PD.index_select(0, row_of_pair_S).view(T, top_idx_TK.shape[1], D)
 
