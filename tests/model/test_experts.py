@@ -77,9 +77,11 @@ def test_outputs_and_gradients_match_reference_loop(
             assert torch.count_nonzero(p.grad[e]) == 0
 
 
-def test_gradcheck_in_float64() -> None:
+@pytest.mark.parametrize("path", ["ragged", "batched"])
+def test_gradcheck_in_float64(path: str) -> None:
     torch.manual_seed(0)
     experts = TorchExperts(6, dim=5, ffn_dim=4).double()
+    experts.path = path
     idx, weights = _routing(9, 6, 2, unused={3})
     x = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
     w = weights.double().requires_grad_()

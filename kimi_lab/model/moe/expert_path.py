@@ -12,7 +12,8 @@ the thread count and the rows per expert, so it is measured: the first time a
 (device, dtype, D, F, threads, rows-per-expert octave, ragged form) is seen, both forms
 time the gate-up matmul (and its weight gradient, for training) on the same rows, and
 the ratio, the batched form's *gain* per row, is kept for the process. A call then takes
-the batched form when its padded rows are at most gain x the ragged rows: balanced
+the batched form when its padded rows are at most gain x the ragged rows (and, under
+gradients, at most twice them: their activations are kept for the backward): balanced
 routing pads little and takes it; a badly skewed batch (one expert holding most of the
 tokens) would multiply mostly zeros and falls back to the ragged form.
 
@@ -33,10 +34,15 @@ from kimi_lab.model.moe.expert_matmuls import RowPlan, mm_groups, mm_weight_grad
 
 log = logging.getLogger(__name__)
 
-# The most FLOPs one timed call of the calibration may do: matmuls bigger than this per
-# expert amortise their call overhead, so they are not measured (gain 1: no padding pays).
-CALIBRATION_FLOPS = 1e9
+# A timed call of the calibration multiplies 2-8 experts' rows, about this many FLOPs;
+# where two experts' matmuls would exceed MAX_CALIBRATION_FLOPS they amortise their call
+# overhead anyway and are not measured (gain 1: padding never pays).
+CALIBRATION_FLOPS = 2e9
+MAX_CALIBRATION_FLOPS = 2e10
 FIXED_GAIN = 1.25  # the rule where timing may not decide
+# The expert rows' activations (kept for the backward) grow with the padded rows: under
+# gradients never more than this many times the ragged rows, whatever the measured gain.
+MAX_PADDING = 2.0
 _MAX_CALIBRATION_EXPERTS = 8
 
 
@@ -66,13 +72,14 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _measure(key: GainKey, device: torch.device) -> float:
-    """t(ragged) / t(batched) on the same rows: a few experts with C rows each, best of three."""
+def _measure(key: GainKey, device: torch.device) -> float | None:
+    """t(ragged) / t(batched) on the same rows: a few experts with C rows each, best of three;
+    None where the matmuls are too big to be worth measuring."""
     C = 1 << (key.rows_octave - 1)
     per_expert = 2 * C * key.dim * 2 * key.ffn * (2 if key.backward else 1)
-    n = int(min(_MAX_CALIBRATION_EXPERTS, CALIBRATION_FLOPS // per_expert))
-    if n < 2:
-        return 1.0
+    if 2 * per_expert > MAX_CALIBRATION_FLOPS:
+        return None
+    n = int(min(_MAX_CALIBRATION_EXPERTS, max(2, CALIBRATION_FLOPS // per_expert)))
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n * C, key.dim, generator=g, device=device).to(key.dtype)
     w13 = torch.randn(n, 2 * key.ffn, key.dim, generator=g, device=device).to(key.dtype)
@@ -110,11 +117,12 @@ def batched_gain(
         device.type, dtype, dim, ffn, torch.get_num_threads(), capacity.bit_length(), ragged_form, backward
     )
     if key not in _GAINS:
-        _GAINS[key] = _measure(key, device)
+        measured = _measure(key, device)
+        _GAINS[key] = 1.0 if measured is None else measured
         log.info(
-            "experts: one bmm over padded rows is %.2fx the %s form per row (%s, %s, D=%d, F=%d, "
+            "experts: one bmm over padded rows is %s the %s form per row (%s, %s, D=%d, F=%d, "
             "%d-%d rows per expert, %d threads%s)",
-            _GAINS[key],
+            "taken as 1x (matmuls too big to measure)" if measured is None else f"{measured:.2f}x",
             ragged_form,
             device.type,
             str(dtype).removeprefix("torch."),
@@ -148,5 +156,7 @@ def prefer_batched(
         return True  # no more arithmetic than the ragged form: one call wins
     if torch.are_deterministic_algorithms_enabled() or torch.compiler.is_compiling():
         return padded <= FIXED_GAIN * ragged_rows
+    if backward and padded > MAX_PADDING * ragged_rows:
+        return False
     gain = batched_gain(device, dtype, dim, ffn, capacity, ragged_form, backward)
     return padded <= gain * ragged_rows
