@@ -174,6 +174,16 @@ def test_auto_path_batches_balanced_routing_and_falls_back_on_a_skewed_batch(
     assert experts.last_form == "loop"
     torch.testing.assert_close(out, reference_experts(experts, x, skewed, w), rtol=1e-5, atol=1e-6)
 
+    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 3.5)
+    t = torch.arange(64)
+    second = torch.where(t < 32, torch.where(t % 8 == 0, 1, 0), (t + 1) % 8)
+    tripled = torch.stack([t % 8, second], dim=1)  # 40 pairs on expert 0: 8 x 48 rows for 128
+    experts(x, tripled, w)
+    assert experts.last_form == "loop"  # training: at most twice the rows, whatever the gain
+    with torch.no_grad():
+        experts(x, tripled, w)
+    assert experts.last_form == "batched"  # no activations kept: the gain alone decides
+
 
 def test_the_gain_is_measured_once_per_shape_and_never_in_deterministic_runs(
     monkeypatch: pytest.MonkeyPatch,
