@@ -102,7 +102,7 @@ def recast_ms(layer: MoELayer, dtype: torch.dtype, repeats: int = 3) -> float:
 def gains_report() -> list[str]:
     """The batched form's measured gains, one line each (what ``auto`` based its choice on)."""
     return [
-        f"{str(k.dtype).removeprefix('torch.')} D={k.dim} F={k.ffn} {1 << (k.rows_octave - 1)}+ rows/expert "
+        f"{str(k.dtype).removeprefix('torch.')} D={k.dim} F={k.ffn} {1 << (k.rows_octave - 1)}+ rows x {k.experts} experts "
         f"{k.threads} thr{' fwd+bwd' if k.backward else ' fwd'}: bmm {g:.2f}x the {k.ragged_form} form per row"
         for k, g in measured_gains().items()
     ]

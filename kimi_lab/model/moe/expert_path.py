@@ -34,16 +34,17 @@ from kimi_lab.model.moe.expert_matmuls import RowPlan, mm_groups, mm_weight_grad
 
 log = logging.getLogger(__name__)
 
-# A timed call of the calibration multiplies 2-8 experts' rows, about this many FLOPs;
-# where two experts' matmuls would exceed MAX_CALIBRATION_FLOPS they amortise their call
-# overhead anyway and are not measured (gain 1: padding never pays).
+# A timed call of the calibration multiplies as many of the layer's experts as fit in
+# about this many FLOPs (at least 2, at most MAX_CALIBRATION_EXPERTS); where two experts'
+# matmuls would exceed MAX_CALIBRATION_FLOPS they amortise their call overhead anyway and
+# are not measured (gain 1: padding never pays).
 CALIBRATION_FLOPS = 2e9
 MAX_CALIBRATION_FLOPS = 2e10
+MAX_CALIBRATION_EXPERTS = 64
 FIXED_GAIN = 1.25  # the rule where timing may not decide
 # The expert rows' activations (kept for the backward) grow with the padded rows: under
 # gradients never more than this many times the ragged rows, whatever the measured gain.
 MAX_PADDING = 2.0
-_MAX_CALIBRATION_EXPERTS = 8
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class GainKey:
     ffn: int
     threads: int
     rows_octave: int  # capacity.bit_length(): one measurement per power of two of rows per expert
+    experts: int  # how many experts the measurement multiplies (0: too big to measure)
     ragged_form: str
     backward: bool
 
@@ -73,13 +75,11 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def _measure(key: GainKey, device: torch.device) -> float | None:
-    """t(ragged) / t(batched) on the same rows: a few experts with C rows each, best of three;
-    None where the matmuls are too big to be worth measuring."""
-    C = 1 << (key.rows_octave - 1)
-    per_expert = 2 * C * key.dim * 2 * key.ffn * (2 if key.backward else 1)
-    if 2 * per_expert > MAX_CALIBRATION_FLOPS:
+    """t(ragged) / t(batched) on the same rows: ``key.experts`` experts with C rows each, best
+    of three; None where the matmuls are too big to be worth measuring."""
+    if not key.experts:
         return None
-    n = int(min(_MAX_CALIBRATION_EXPERTS, max(2, CALIBRATION_FLOPS // per_expert)))
+    C, n = 1 << (key.rows_octave - 1), key.experts
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(n * C, key.dim, generator=g, device=device).to(key.dtype)
     w13 = torch.randn(n, 2 * key.ffn, key.dim, generator=g, device=device).to(key.dtype)
@@ -103,6 +103,15 @@ def _measure(key: GainKey, device: torch.device) -> float | None:
     return best[key.ragged_form] / max(best["batched"], 1e-9)
 
 
+def _calibration_experts(n_experts: int, capacity: int, dim: int, ffn: int, backward: bool) -> int:
+    """How many experts the measurement multiplies: 0 where two are already too big to time."""
+    rows = 1 << (capacity.bit_length() - 1)
+    per_expert = 2 * rows * dim * 2 * ffn * (2 if backward else 1)
+    if 2 * per_expert > MAX_CALIBRATION_FLOPS:
+        return 0
+    return int(min(n_experts, MAX_CALIBRATION_EXPERTS, max(2, CALIBRATION_FLOPS // per_expert)))
+
+
 def batched_gain(
     device: torch.device,
     dtype: torch.dtype,
@@ -111,17 +120,26 @@ def batched_gain(
     capacity: int,
     ragged_form: str,
     backward: bool,
+    n_experts: int = MAX_CALIBRATION_EXPERTS,
 ) -> float:
     """How many ragged rows one padded row of the batched form costs as much as (measured once)."""
     key = GainKey(
-        device.type, dtype, dim, ffn, torch.get_num_threads(), capacity.bit_length(), ragged_form, backward
+        device.type,
+        dtype,
+        dim,
+        ffn,
+        torch.get_num_threads(),
+        capacity.bit_length(),
+        _calibration_experts(n_experts, capacity, dim, ffn, backward),
+        ragged_form,
+        backward,
     )
     if key not in _GAINS:
         measured = _measure(key, device)
         _GAINS[key] = 1.0 if measured is None else measured
         log.info(
             "experts: one bmm over padded rows is %s the %s form per row (%s, %s, D=%d, F=%d, "
-            "%d-%d rows per expert, %d threads%s)",
+            "%d-%d rows per expert, %d experts timed, %d threads%s)",
             "taken as 1x (matmuls too big to measure)" if measured is None else f"{measured:.2f}x",
             ragged_form,
             device.type,
@@ -130,6 +148,7 @@ def batched_gain(
             ffn,
             1 << (key.rows_octave - 1),
             (1 << key.rows_octave) - 1,
+            key.experts,
             key.threads,
             ", with weight gradients" if backward else "",
         )
@@ -158,5 +177,5 @@ def prefer_batched(
         return padded <= FIXED_GAIN * ragged_rows
     if backward and padded > MAX_PADDING * ragged_rows:
         return False
-    gain = batched_gain(device, dtype, dim, ffn, capacity, ragged_form, backward)
+    gain = batched_gain(device, dtype, dim, ffn, capacity, ragged_form, backward, n_experts)
     return padded <= gain * ragged_rows
