@@ -48,6 +48,7 @@ class Experts(nn.Module):
     ffn_dim: int
     backend_name: str = "abstract"
     shard: ExpertShard | None = None  # set by shard_: this rank's experts under expert parallelism
+    last_form: str | None = None  # the matmul form the last forward ran (backends with several)
 
     def shard_(self, shard: ExpertShard) -> None:
         """Keep only the experts ``shard`` assigns to this rank; route tokens to their owners."""
@@ -131,9 +132,7 @@ class TorchExperts(Experts):
         self.init_std = init_std
         self.shard: ExpertShard | None = None
         self.fuse = True
-        # One of EXPERT_PATHS; last_form: the matmul form the last forward ran (benchmarks print it).
-        self.path = "auto"
-        self.last_form: str | None = None
+        self.path = "auto"  # one of EXPERT_PATHS
         # Under bf16 autocast: the weights' bf16 copy, recast only when the fp32 masters change.
         self.keep_compute_copy = True
         self.compute_copy = ComputeCopy()
