@@ -205,14 +205,12 @@ def test_the_gain_is_measured_once_per_shape_and_never_in_deterministic_runs(
         "ragged_form": "loop",
         "backward": True,
     }
-    torch.use_deterministic_algorithms(True)
-    try:  # a fixed rule: at most a quarter more rows
-        assert expert_path.prefer_batched(8, 64, 8 * 64, **args)  # no padding at all
-        assert expert_path.prefer_batched(8, 40, 8 * 32, **args)
-        assert not expert_path.prefer_batched(8, 41, 8 * 32, **args)
-        assert not expert_path.prefer_batched(8, 1024, 200, **args)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    # a fixed rule: at most a quarter more rows
+    assert expert_path.prefer_batched(8, 64, 8 * 64, **args)  # no padding at all
+    assert expert_path.prefer_batched(8, 40, 8 * 32, **args)
+    assert not expert_path.prefer_batched(8, 41, 8 * 32, **args)
+    assert not expert_path.prefer_batched(8, 1024, 200, **args)
 
 
 def test_padding_rows_are_zero_and_change_no_gradient() -> None:
