@@ -93,6 +93,23 @@ def test_every_decode_experts_form_equals_the_reference(strategy: str, tokens: i
         assert (got - reference_experts(ex, x, idx, w)).abs().max() < 1e-5
 
 
+def test_the_batched_decode_form_with_overflow_rows_equals_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kimi_lab.model.moe import decode
+
+    monkeypatch.setattr(
+        decode, "batched_capacity", lambda *a, **k: 1
+    )  # one row per expert, the rest overflow
+    torch.manual_seed(0)
+    ex = TorchExperts(8, 32, 16)
+    x, w = torch.randn(16, 32), torch.rand(16, 2)
+    idx = torch.stack([torch.zeros(16, dtype=torch.long), torch.randint(1, 8, (16,))], dim=1)  # expert 0 hot
+    with torch.no_grad():
+        got = decode_experts(x, idx, w, ex.w1, ex.w3, ex.w2, "batched")
+        assert (got - reference_experts(ex, x, idx, w)).abs().max() < 1e-5
+
+
 def test_decode_strategy_without_routing_depends_on_shapes_only() -> None:
     w_cpu = torch.empty(16, 128, 256)
     assert decode_strategy(1, 2, w_cpu) == "loop"  # 2 pairs: a matmul per hit expert

@@ -28,6 +28,7 @@ def _routing(T: int, E: int, K: int, unused: set[int], seed: int = 0) -> tuple[t
 
 # (path, padded rows, dim, ffn) -> the form that must run: unaligned widths cannot take the
 # grouped GEMM and fall back to the per-expert loop; the batched form takes any width.
+# "auto" here is given a block of 2 rows per expert: the rest of every expert's pairs overflow.
 FORMS = {
     "loop-exact-rows": ("ragged", False, 12, 10, "loop"),
     "loop-bucketed-rows": ("ragged", True, 12, 10, "loop"),
@@ -35,6 +36,7 @@ FORMS = {
     "grouped-mm-bucketed-rows": ("ragged", True, 16, 8, "grouped"),
     "batched-bmm": ("batched", False, 12, 10, "batched"),
     "batched-bmm-aligned": ("batched", True, 16, 8, "batched"),
+    "batched-bmm-with-overflow": ("auto", False, 12, 10, "batched"),
 }
 
 
@@ -48,6 +50,7 @@ def test_outputs_and_gradients_match_reference_loop(
     monkeypatch.setattr(experts_module, "_pads_rows", lambda x, dtype: padded)
     # fp32 CPU runs the per-expert loop by choice; take the grouped GEMM wherever it can run.
     monkeypatch.setattr(experts_module, "use_grouped", grouped_ok)
+    monkeypatch.setattr(experts_module, "batched_capacity", lambda *a, **k: 2)
     torch.manual_seed(T)
     experts = TorchExperts(E, dim=dim, ffn_dim=ffn, init_std=0.3)
     experts.path = path
@@ -139,53 +142,75 @@ def test_row_buckets_are_few_and_tight() -> None:
     assert bucket_rows(0) == 0
 
 
-@pytest.mark.parametrize("capacity", [None, 24], ids=["bucketed", "shared-capacity"])
+@pytest.mark.parametrize("capacity", [None, 24, 12], ids=["bucketed", "shared-capacity", "with-overflow"])
 def test_padded_layout_places_every_pair_once_in_its_experts_rows(capacity: int | None) -> None:
+    from kimi_lab.model.moe.expert_matmuls import RowPlan
+
     T, E, K = 40, 8, 3
     idx, _ = _routing(T, E, K, unused={2})
     order_S, token_S, counts = sort_by_expert(idx, E)
-    rows = [bucket_rows(n) for n in counts] if capacity is None else [capacity] * E
-    token_P, row_of_pair_S = place_rows(idx, order_S, token_S, counts, rows, pad_token=T)
-    assert len(token_P) == sum(rows) and counts[2] == 0
+    cpu = torch.device("cpu")
+    if capacity is None:
+        plan = RowPlan.make("loop", [bucket_rows(n) for n in counts], cpu)
+    else:
+        plan = RowPlan.make("batched", [capacity] * E, cpu, [max(n - capacity, 0) for n in counts])
+    assert bool(plan.overflow) == (capacity == 12)  # 15 pairs per expert on average
+    token_P, row_of_pair_S = place_rows(idx, order_S, token_S, counts, plan, pad_token=T)
+    rows, over = list(plan.rows), list(plan.overflow) or [0] * E
+    assert len(token_P) == sum(rows) + sum(over) and counts[2] == 0
     assert len(set(row_of_pair_S.tolist())) == idx.numel()  # a permutation into the buffer
     starts = [sum(rows[:e]) for e in range(E)]
-    for s, e in enumerate(idx.reshape(-1).tolist()):
+    over_starts = [sum(rows) + sum(over[:e]) for e in range(E)]
+    seen = [0] * E
+    for s, e in enumerate(idx.reshape(-1).tolist()):  # pair order: each expert's pairs in order
         r = int(row_of_pair_S[s])
-        assert starts[e] <= r < starts[e] + rows[e]  # inside its expert's block
+        if seen[e] < rows[e]:
+            assert r == starts[e] + seen[e]  # in its expert's block, in order
+        else:
+            assert r == over_starts[e] + seen[e] - rows[e]  # then in its overflow rows
+        seen[e] += 1
         assert int(token_P[r]) == s // K  # and holding its token
     padding = torch.ones(len(token_P), dtype=torch.bool)
     padding[row_of_pair_S] = False
-    assert (token_P[padding] == T).all() and int(padding.sum()) == sum(rows) - idx.numel()
+    assert (token_P[padding] == T).all() and int(padding.sum()) == len(token_P) - idx.numel()
 
 
-def test_auto_path_batches_balanced_routing_and_falls_back_on_a_skewed_batch(
+def test_auto_path_batches_balanced_routing_overflows_hot_experts_and_falls_back_on_a_skewed_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from kimi_lab.model.moe import expert_path
 
     monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 1.5)  # as if measured
     experts = TorchExperts(8, dim=16, ffn_dim=8)
-    x = torch.randn(64, 16)
-    balanced = torch.stack([torch.arange(64) % 8, (torch.arange(64) + 3) % 8], dim=1)  # 16 pairs each
-    experts(x, balanced, torch.rand(64, 2))
+    x, w = torch.randn(64, 16), torch.rand(64, 2)
+    t = torch.arange(64)
+    balanced = torch.stack([t % 8, (t + 3) % 8], dim=1)  # 16 pairs each
+    assert experts._plan(x, [16] * 8) == expert_path_plan("batched", [16] * 8)
+    experts(x, balanced, w)
     assert experts.last_form == "batched"
-    skewed = torch.stack([torch.zeros(64, dtype=torch.long), torch.arange(64) % 7 + 1], dim=1)
-    out = experts(x, skewed, w := torch.rand(64, 2))  # expert 0 holds half the pairs: 8 x 64 rows for 128
+    # expert 0 holds half the pairs: a block of 16 rows costs 128 / 1.5 + 48 overflow, more than 128
+    skewed = torch.stack([torch.zeros(64, dtype=torch.long), t % 7 + 1], dim=1)
+    out = experts(x, skewed, w)
     assert experts.last_form == "loop"
     torch.testing.assert_close(out, reference_experts(experts, x, skewed, w), rtol=1e-5, atol=1e-6)
-
-    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 3.5)
-    t = torch.arange(64)
+    # 40 pairs on expert 0, 12-16 on the others: a block of 16 and 24 overflow rows on expert 0
     second = torch.where(t < 32, torch.where(t % 8 == 0, 1, 0), (t + 1) % 8)
-    tripled = torch.stack([t % 8, second], dim=1)  # 40 pairs on expert 0: 8 x 48 rows for 128
-    experts(x, tripled, w)
-    assert experts.last_form == "loop"  # training: at most twice the rows, whatever the gain
-    with torch.no_grad():
-        experts(x, tripled, w)
-    assert experts.last_form == "batched"  # no activations kept: the gain alone decides
+    hot = torch.stack([t % 8, second], dim=1)
+    counts = torch.bincount(hot.reshape(-1), minlength=8).tolist()
+    assert counts[0] == 40 and max(counts[1:]) <= 16
+    plan = experts._plan(x, counts)
+    assert plan.form == "batched" and plan.rows == (16,) * 8 and plan.overflow == (24,) + (0,) * 7
+    out = experts(x, hot, w)
+    torch.testing.assert_close(out, reference_experts(experts, x, hot, w), rtol=1e-5, atol=1e-6)
 
 
-def test_the_gain_is_measured_once_per_shape_and_never_in_deterministic_runs(
+def expert_path_plan(form: str, rows: list[int]) -> object:
+    from kimi_lab.model.moe.expert_matmuls import RowPlan
+
+    return RowPlan.make(form, rows, torch.device("cpu"))
+
+
+def test_the_gain_is_measured_once_per_shape_and_capacity_follows_the_cost_rule(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from kimi_lab.model.moe import expert_path
@@ -194,23 +219,23 @@ def test_the_gain_is_measured_once_per_shape_and_never_in_deterministic_runs(
     gain = expert_path.batched_gain(cpu, torch.float32, 16, 8, 20, "loop", backward=True)
     assert 0 < gain < float("inf")
     monkeypatch.setattr(expert_path, "_measure", lambda *a: pytest.fail("measured twice"))
-    assert (
-        expert_path.batched_gain(cpu, torch.float32, 16, 8, 31, "loop", backward=True) == gain
-    )  # same octave
-    args = {
-        "device": cpu,
-        "dtype": torch.float32,
-        "dim": 16,
-        "ffn": 8,
-        "ragged_form": "loop",
-        "backward": True,
-    }
-    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
-    # a fixed rule: at most a quarter more rows
-    assert expert_path.prefer_batched(8, 64, 8 * 64, **args)  # no padding at all
-    assert expert_path.prefer_batched(8, 40, 8 * 32, **args)
-    assert not expert_path.prefer_batched(8, 41, 8 * 32, **args)
-    assert not expert_path.prefer_batched(8, 1024, 200, **args)
+    same_octave = expert_path.batched_gain(cpu, torch.float32, 16, 8, 31, "loop", backward=True)
+    assert same_octave == gain
+    args = {"device": cpu, "dtype": torch.float32, "dim": 16, "ffn": 8, "ragged_form": "loop"}
+    cap = expert_path.batched_capacity
+    assert cap([64] * 8, 512, [64], backward=True, **args) == 64  # no padding at all: measured or not
+
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)  # gain 1.25, fixed
+    assert cap([40] * 7 + [32], 312, [48], backward=True, **args) == 48  # 384 / 1.25 = 307 < 312
+    assert cap([40] * 7 + [16], 296, [16, 48], backward=True, **args) == 16  # 102 + 7 x 24 < 296 < 307
+    assert cap([100] + [1] * 7, 107, [16, 112], backward=True, **args) == 0  # 102 + 84 > 107; 896 > 2 x 107
+    assert cap([16] * 7 + [40], 152, [16, 48], backward=True, **args) == 16  # 102 + 24 < 152
+
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 100.0)
+    # under gradients the block never holds more than twice the ragged rows, whatever the gain
+    assert cap([100] + [1] * 7, 107, [16, 112], backward=True, **args) == 16
+    assert cap([100] + [1] * 7, 107, [16, 112], backward=False, **args) == 112
 
 
 def test_padding_rows_are_zero_and_change_no_gradient() -> None:
@@ -225,14 +250,10 @@ def test_padding_rows_are_zero_and_change_no_gradient() -> None:
     order_S, token_S, counts = sort_by_expert(idx, E)
     results = {}
     for form, rows in (("batched", [max(counts) + 5] * E), ("loop", counts)):
-        token_P, _ = place_rows(idx, order_S, token_S, counts, rows, pad_token=T)
+        plan = RowPlan.make(form, rows, x_T1D.device)
+        token_P, _ = place_rows(idx, order_S, token_S, counts, plan, pad_token=T)
         y_PD = ExpertSwiGLU.apply(
-            x_T1D.index_select(0, token_P),
-            experts.w1,
-            experts.w3,
-            experts.w2,
-            RowPlan.make(form, rows, x_T1D.device),
-            None,
+            x_T1D.index_select(0, token_P), experts.w1, experts.w3, experts.w2, plan, None
         )
         padding = token_P == T
         assert int(padding.sum()) == sum(rows) - sum(counts) and (y_PD[padding] == 0).all()

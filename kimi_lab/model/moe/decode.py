@@ -13,11 +13,11 @@ canonical weights in place, and those that run on CUDA never read a count on the
 - ``loop``: CPU only, for the fewest pairs: a plain matmul per expert that was hit.
   Reading the counts there costs nothing (CPU work is synchronous anyway), and it is
   measured faster than the grouped kernel's setup below about 8 pairs.
-- ``batched``: CPU only: every expert's pairs padded with zero rows to the largest
-  count C, then one ``torch.bmm`` per weight over (E, C, .): E x C rows instead of the
-  pairs, but three calls instead of three per expert (which is what the grouped kernel
-  does on CPU). Taken instead of ``grouped`` where ``expert_path``'s measured gain says
-  the padding pays (a few rows per expert).
+- ``batched``: CPU only: every expert's pairs padded with zero rows to a capacity C,
+  then one ``torch.bmm`` per weight over (E, C, .) (pairs beyond C: a matmul per such
+  expert): E x C rows instead of the pairs, but three calls instead of three per expert
+  (which is what the grouped kernel does on CPU). Taken instead of ``grouped`` where
+  ``expert_path``'s measured gain says the padding pays (a few rows per expert).
 - ``dense``: every token through every expert as three matmuls over the weights viewed
   as (E*F, D), scaled by a (T, E) gate that is zero for unchosen experts: E/K times the
   useful FLOPs, but each expert's weights read once; where grouped GEMM is unavailable.
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from kimi_lab.model.moe.expert_matmuls import RowPlan, fused_gate_up, mm_groups
-from kimi_lab.model.moe.expert_path import prefer_batched
+from kimi_lab.model.moe.expert_path import batched_capacity
 from kimi_lab.model.moe.experts import place_rows, sort_by_expert
 
 # Up to this many tokens a forward without gradients takes this path (see MoELayer).
@@ -65,28 +65,33 @@ def decode_strategy(
     n_tokens: int, top_k: int, w1_EFD: torch.Tensor, top_idx_TK: torch.Tensor | None = None
 ) -> str:
     """The form for this step; on CPU, given the routing, ``batched`` where it is measured to win."""
-    pairs, (E, F_, D) = n_tokens * top_k, w1_EFD.shape
+    pairs, E = n_tokens * top_k, w1_EFD.shape[0]
     cpu = w1_EFD.device.type == "cpu"
     if cpu and pairs < _LOOP_MAX_PAIRS:
         return "loop"
     if _grouped_mm_ok(w1_EFD):
         if cpu and top_idx_TK is not None:
-            capacity = int(torch.bincount(top_idx_TK.reshape(-1), minlength=E).max())
-            batched = prefer_batched(
-                E,
-                capacity,
-                pairs,
-                device=w1_EFD.device,
-                dtype=w1_EFD.dtype,
-                dim=D,
-                ffn=F_,
-                ragged_form="grouped",
-                backward=False,
-            )
-            return "batched" if batched else "grouped"
+            return "batched" if _capacity(top_idx_TK, w1_EFD) else "grouped"
         return "grouped"
     # dense reads E experts' weights; gather copies and reads about 3 per pair
     return "dense" if 3 * pairs >= E else "gather"
+
+
+def _capacity(top_idx_TK: torch.Tensor, w1_EFD: torch.Tensor) -> int:
+    """The batched form's block capacity for this routing (0: the grouped form is cheaper)."""
+    E, F_, D = w1_EFD.shape
+    counts = torch.bincount(top_idx_TK.reshape(-1), minlength=E).tolist()
+    return batched_capacity(
+        counts,
+        top_idx_TK.numel(),
+        sorted({n for n in counts if n}),
+        device=w1_EFD.device,
+        dtype=w1_EFD.dtype,
+        dim=D,
+        ffn=F_,
+        ragged_form="grouped",
+        backward=False,
+    )
 
 
 def decode_experts(
@@ -157,8 +162,10 @@ def _batched(
 ) -> torch.Tensor:
     (T, D), (E, F_, _) = x.shape, w1.shape
     order_S, token_S, counts = sort_by_expert(idx, E)  # the counts' host read is free on CPU
-    plan = RowPlan.make("batched", [max(counts)] * E, x.device)
-    token_P, row_of_pair_S = place_rows(idx, order_S, token_S, counts, plan.rows, T)
+    # where the grouped GEMM can run, the capacity decode_strategy chose; else (or forced) all
+    C = (_capacity(idx, w1) if _grouped_mm_ok(w1) else 0) or max(counts)
+    plan = RowPlan.make("batched", [C] * E, x.device, [max(n - C, 0) for n in counts])
+    token_P, row_of_pair_S = place_rows(idx, order_S, token_S, counts, plan, T)
     x_PD = torch.cat([x, x.new_zeros(1, D)]).index_select(0, token_P)  # padding rows: the zero row
     w13 = fused_gate_up(w1, w3)
     if w13 is not None:  # experts stored fused: one product for gate and up

@@ -9,9 +9,11 @@ Three forms of the same arithmetic (``RowPlan.form``):
 - ``loop``: one matmul per expert that owns rows (any device, dtype, shape);
 - ``grouped``: one ``torch._grouped_mm`` over the ragged groups (CUDA bf16, CPU bf16/fp32,
   16-byte aligned widths); on CPU it is a loop inside the kernel;
-- ``batched``: every expert owns the same C rows (padded), and each matmul is one
-  ``torch.bmm`` over (E, C, .) — one call whatever E is. ``expert_path`` decides when the
-  padding is worth it.
+- ``batched``: every expert owns the same C rows (padded) in one block, and each matmul
+  is one ``torch.bmm`` over (E, C, .) — one call whatever E is. An expert that received
+  more than C pairs puts the rest in an overflow region after the block (``overflow[e]``
+  rows each, no padding), multiplied per expert: a few hot experts then cost a few small
+  matmuls instead of padding every expert up to the hottest. ``expert_path`` chooses C.
 
 Weights enter whole and their gradients leave whole, one (E, F, D) tensor each: indexing
 ``w[e]`` under autograd would allocate a full-size zero gradient per expert.
@@ -76,60 +78,89 @@ def fused_gate_up(w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor | None:
 
 @dataclass(frozen=True)
 class RowPlan:
-    """How the expert-sorted buffer is laid out and multiplied: ``rows[e]`` rows per expert."""
+    """How the expert-sorted buffer is laid out and multiplied: ``rows[e]`` rows per expert
+    (batched: the block's C for every expert), then ``overflow[e]`` more (batched only)."""
 
     form: str  # one of FORMS
     rows: tuple[int, ...]
+    overflow: tuple[int, ...] = ()
     offs: torch.Tensor | None = None  # grouped: the int32 end offset of every group, on the device
 
     @staticmethod
-    def make(form: str, rows: list[int] | tuple[int, ...], device: torch.device) -> RowPlan:
+    def make(
+        form: str,
+        rows: list[int] | tuple[int, ...],
+        device: torch.device,
+        overflow: list[int] | tuple[int, ...] = (),
+    ) -> RowPlan:
         if form not in FORMS:
             raise ValueError(f"unknown expert matmul form {form!r}; one of {FORMS}")
-        rows = tuple(rows)
+        rows, overflow = tuple(rows), tuple(overflow) if any(overflow) else ()
         if form == "batched" and len(set(rows)) > 1:
             raise ValueError("the batched form needs the same rows for every expert")
+        if overflow and (form != "batched" or len(overflow) != len(rows)):
+            raise ValueError("only the batched form has overflow rows, one count per expert")
         offs = None
         if form == "grouped":
             offs = torch.tensor(rows, device=device).cumsum(0).to(torch.int32)
-        return RowPlan(form, rows, offs)
+        return RowPlan(form, rows, overflow, offs)
+
+    @property
+    def block_rows(self) -> int:
+        """Rows of the batched block (E x C); the overflow region follows it."""
+        return len(self.rows) * self.rows[0] if self.form == "batched" and self.rows else 0
 
 
-def mm_groups(a_PX: torch.Tensor, w_EXY: torch.Tensor, plan: RowPlan) -> torch.Tensor:
-    """out[rows of e] = a[rows of e] @ w[e]."""
-    if plan.form == "batched":
-        E, C = len(plan.rows), plan.rows[0] if plan.rows else 0
-        return torch.bmm(a_PX.view(E, C, a_PX.shape[1]), w_EXY).view(E * C, w_EXY.shape[-1])
-    if plan.form == "grouped":
-        return torch._grouped_mm(a_PX, w_EXY, offs=plan.offs)
-    out = a_PX.new_empty(a_PX.shape[0], w_EXY.shape[-1])
-    start = 0
-    for e, n in enumerate(plan.rows):
+def _loop(rows: tuple[int, ...], start: int) -> list[tuple[int, int, int]]:
+    """(expert, first row, end row) of every expert with rows, from ``start`` on."""
+    out = []
+    for e, n in enumerate(rows):
         if n:
-            torch.mm(a_PX[start : start + n], w_EXY[e], out=out[start : start + n])
+            out.append((e, start, start + n))
             start += n
     return out
 
 
-def mm_weight_grads(a_PX: torch.Tensor, b_PY: torch.Tensor, plan: RowPlan) -> torch.Tensor:
-    """out[e] = a[rows of e]^T @ b[rows of e]: (E, X, Y); zero for experts with no rows."""
+def mm_groups(a_PX: torch.Tensor, w_EXY: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+    """out[rows of e] = a[rows of e] @ w[e]."""
+    if plan.form == "grouped":
+        return torch._grouped_mm(a_PX, w_EXY, offs=plan.offs)
+    out = a_PX.new_empty(a_PX.shape[0], w_EXY.shape[-1])
+    if plan.form == "batched":
+        E, block = len(plan.rows), plan.block_rows
+        C = block // max(E, 1)
+        torch.bmm(a_PX[:block].view(E, C, -1), w_EXY, out=out[:block].view(E, C, -1))
+        groups = _loop(plan.overflow, block)
+    else:
+        groups = _loop(plan.rows, 0)
+    for e, lo, hi in groups:
+        torch.mm(a_PX[lo:hi], w_EXY[e], out=out[lo:hi])
+    return out
+
+
+def mm_weight_grads(
+    a_PX: torch.Tensor, b_PY: torch.Tensor, plan: RowPlan, dtype: torch.dtype
+) -> torch.Tensor:
+    """out[e] = a[rows of e]^T @ b[rows of e] in ``dtype``: (E, X, Y); zero for experts with no rows."""
     E = len(plan.rows)
     if plan.form == "batched":  # an idle expert's rows are all zero padding: its gradient is zero
-        C = plan.rows[0] if plan.rows else 0
-        return torch.bmm(a_PX.view(E, C, a_PX.shape[1]).transpose(1, 2), b_PY.view(E, C, b_PY.shape[1]))
+        block = plan.block_rows
+        C = block // max(E, 1)
+        a_ECX, b_ECY = a_PX[:block].view(E, C, -1), b_PY[:block].view(E, C, -1)
+        out = torch.bmm(a_ECX.transpose(1, 2), b_ECY).to(dtype)
+        for e, lo, hi in _loop(plan.overflow, block):  # added in the gradient's dtype (fp32)
+            out[e].add_(a_PX[lo:hi].t() @ b_PY[lo:hi])
+        return out
     if plan.form == "grouped":
         out = torch._grouped_mm(a_PX.t(), b_PY, offs=plan.offs)
     else:
         out = a_PX.new_empty(E, a_PX.shape[1], b_PY.shape[1])
-        start = 0
-        for e, n in enumerate(plan.rows):
-            if n:
-                torch.mm(a_PX[start : start + n].t(), b_PY[start : start + n], out=out[e])
-                start += n
+        for e, lo, hi in _loop(plan.rows, 0):
+            torch.mm(a_PX[lo:hi].t(), b_PY[lo:hi], out=out[e])
     for e, n in enumerate(plan.rows):
         if not n:
             out[e].zero_()
-    return out
+    return out.to(dtype)
 
 
 class ExpertSwiGLU(torch.autograd.Function):
@@ -188,8 +219,8 @@ class ExpertSwiGLU(torch.autograd.Function):
         torch.mul(ga_PF, F.silu(gate), out=gh_P2F[:, F_:])
         gh_P2F[:, :F_] = torch.ops.aten.silu_backward(ga_PF.mul_(up), gate)
         dt = ctx.param_dtype
-        gw2 = mm_weight_grads(a_PF, gy_PD, plan).to(dt)
-        gw1 = mm_weight_grads(gh_P2F[:, :F_], x_PD, plan).to(dt)
-        gw3 = mm_weight_grads(gh_P2F[:, F_:], x_PD, plan).to(dt)
+        gw2 = mm_weight_grads(a_PF, gy_PD, plan, dt)
+        gw1 = mm_weight_grads(gh_P2F[:, :F_], x_PD, plan, dt)
+        gw3 = mm_weight_grads(gh_P2F[:, F_:], x_PD, plan, dt)
         gx_PD = mm_groups(gh_P2F, w13_E2FD, plan)
         return gx_PD, gw1, gw3, gw2, None, None

@@ -11,15 +11,18 @@ which one batched call pays once. How much that buys depends on the machine, the
 the thread count and the rows per expert, so it is measured: the first time a
 (device, dtype, D, F, threads, rows-per-expert octave, ragged form) is seen, both forms
 time the gate-up matmul (and its weight gradient, for training) on the same rows, and
-the ratio, the batched form's *gain* per row, is kept for the process. A call then takes
-the batched form when its padded rows are at most gain x the ragged rows (and, under
-gradients, at most twice them: their activations are kept for the backward): balanced
-routing pads little and takes it; a badly skewed batch (one expert holding most of the
-tokens) would multiply mostly zeros and falls back to the ragged form.
+the ratio, the batched form's *gain* per row, is kept for the process.
 
-Where timing must not decide (deterministic runs, graphs being compiled) a fixed rule
-stands in: batched when it adds at most a quarter more rows. Both forms are exact; the
-choice is only ever about speed.
+A call then chooses the block's capacity C: experts with more pairs than C put the rest in
+an overflow region, multiplied per expert. In ragged rows, C costs E x C / gain for the
+block plus the overflow rows, against the ragged form's rows; the cheapest wins (under
+gradients E x C is at most twice the ragged rows: the block's activations are kept for
+the backward). Balanced routing takes a block that holds nearly everything; a few hot
+experts overflow a little; a badly skewed batch (one expert holding most of the tokens)
+costs more either way and falls back to the ragged form.
+
+Where timing must not decide (deterministic runs, graphs being compiled) a fixed gain of
+1.25 stands in. Every form is exact; the choice is only ever about speed.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ FIXED_GAIN = 1.25  # the rule where timing may not decide
 # The expert rows' activations (kept for the backward) grow with the padded rows: under
 # gradients never more than this many times the ragged rows, whatever the measured gain.
 MAX_PADDING = 2.0
+# An expert's rows beyond the batched block are one more matmul of its own: counted as at
+# least this many rows (its call's overhead).
+OVERFLOW_CALL_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ def _measure(key: GainKey, device: torch.device) -> float | None:
                 t0 = time.perf_counter()
                 mm_groups(x, w13.transpose(1, 2), plan)
                 if key.backward:
-                    mm_weight_grads(gh, x, plan)
+                    mm_weight_grads(gh, x, plan, key.dtype)
                 _sync(device)
                 if round_:
                     best[form] = min(best[form], time.perf_counter() - t0)
@@ -155,10 +161,10 @@ def batched_gain(
     return _GAINS[key]
 
 
-def prefer_batched(
-    n_experts: int,
-    capacity: int,
+def batched_capacity(
+    counts: list[int],
     ragged_rows: int,
+    candidates: list[int],
     *,
     device: torch.device,
     dtype: torch.dtype,
@@ -166,16 +172,27 @@ def prefer_batched(
     ffn: int,
     ragged_form: str,
     backward: bool,
-) -> bool:
-    """Whether ``n_experts`` x ``capacity`` padded rows in one bmm beat ``ragged_rows`` ragged ones."""
-    if capacity == 0 or n_experts < 2:
-        return False
-    padded = n_experts * capacity
-    if padded <= ragged_rows:
-        return True  # no more arithmetic than the ragged form: one call wins
-    if torch.are_deterministic_algorithms_enabled() or torch.compiler.is_compiling():
-        return padded <= FIXED_GAIN * ragged_rows
-    if backward and padded > MAX_PADDING * ragged_rows:
-        return False
-    gain = batched_gain(device, dtype, dim, ffn, capacity, ragged_form, backward, n_experts)
-    return padded <= gain * ragged_rows
+) -> int:
+    """The block capacity C for the batched form, or 0 where the ragged form is cheaper.
+
+    ``counts``: pairs per expert; ``ragged_rows``: the rows the ragged form would multiply;
+    ``candidates``: the capacities allowed (row counts the caller can pad to). Every cost is
+    in ragged rows: C's block costs E x C / gain, each expert beyond C its overflow rows (at
+    least OVERFLOW_CALL_ROWS: a call of its own).
+    """
+    E = len(counts)
+    if E < 2 or not ragged_rows or not candidates:
+        return 0
+    top = max(candidates)
+    if E * top <= ragged_rows:
+        return top  # no more arithmetic than the ragged form and no overflow: one call wins
+    fixed = torch.are_deterministic_algorithms_enabled() or torch.compiler.is_compiling()
+    best, best_cost = 0, float(ragged_rows)
+    for C in sorted(set(candidates)):
+        if backward and MAX_PADDING * ragged_rows < E * C:
+            break
+        gain = FIXED_GAIN if fixed else batched_gain(device, dtype, dim, ffn, C, ragged_form, backward, E)
+        cost = E * C / gain + sum(max(n - C, OVERFLOW_CALL_ROWS) for n in counts if n > C)
+        if cost < best_cost:
+            best, best_cost = C, cost
+    return best

@@ -34,7 +34,7 @@ from kimi_lab.model.moe.expert_matmuls import (
     fused_gate_up,
     use_grouped,
 )
-from kimi_lab.model.moe.expert_path import prefer_batched
+from kimi_lab.model.moe.expert_path import batched_capacity
 
 # TorchExperts.path: "auto" measures which form wins per call (expert_path); the others force one.
 EXPERT_PATHS = ("auto", "batched", "ragged")
@@ -89,29 +89,33 @@ def place_rows(
     order_S: torch.Tensor,
     token_S: torch.Tensor,
     counts: list[int],
-    rows: list[int] | tuple[int, ...],
+    plan: RowPlan,
     pad_token: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each token-expert pair goes in a buffer giving expert e ``rows[e] >= counts[e]`` rows.
+    """Where each token-expert pair goes in the row buffer ``plan`` lays out.
 
-    Returns ``(token_of_row_P, row_of_pair_S)``: row r of the buffer holds token
+    Expert e's first ``plan.rows[e]`` pairs fill its block (padded up to ``rows[e]``), the
+    rest (batched form: ``plan.overflow[e]`` of them) follow all blocks. Returns
+    ``(token_of_row_P, row_of_pair_S)``: row r of the buffer holds token
     ``token_of_row_P[r]``; pair s (in ``top_idx_TK.reshape(-1)`` order) is row
     ``row_of_pair_S[s]``. Padding rows hold ``pad_token`` (the caller's zero row after
     the tokens): their outputs are zero and never read, so they change no gradient.
     """
     dev = order_S.device
-    if list(rows) == list(counts):
+    rows, overflow = list(plan.rows), list(plan.overflow)
+    if rows == counts and not overflow:
         row_sorted_S = torch.arange(order_S.numel(), device=dev)
     else:
         counts_E, rows_E = torch.tensor(counts, device=dev), torch.tensor(rows, device=dev)
-        real_start_E = counts_E.cumsum(0) - counts_E
-        pad_start_E = rows_E.cumsum(0) - rows_E
         expert_sorted_S = top_idx_TK.reshape(-1)[order_S]
-        # row = (padded start of its expert) + (rank among that expert's pairs)
-        row_sorted_S = (
-            torch.arange(order_S.numel(), device=dev) + (pad_start_E - real_start_E)[expert_sorted_S]
-        )
-    token_of_row_P = torch.full((sum(rows),), pad_token, dtype=torch.long, device=dev)
+        rank_S = torch.arange(order_S.numel(), device=dev) - (counts_E.cumsum(0) - counts_E)[expert_sorted_S]
+        row_sorted_S = (rows_E.cumsum(0) - rows_E)[expert_sorted_S] + rank_S  # block start + rank
+        if overflow:
+            over_E = torch.tensor(overflow, device=dev)
+            over_start_E = sum(rows) + over_E.cumsum(0) - over_E
+            beyond_S = rank_S - rows_E[expert_sorted_S]
+            row_sorted_S = torch.where(beyond_S < 0, row_sorted_S, over_start_E[expert_sorted_S] + beyond_S)
+    token_of_row_P = torch.full((sum(rows) + sum(overflow),), pad_token, dtype=torch.long, device=dev)
     token_of_row_P[row_sorted_S] = token_S
     row_of_pair_S = torch.empty_like(order_S)
     row_of_pair_S[order_S] = row_sorted_S
@@ -190,12 +194,13 @@ class TorchExperts(Experts):
             raise ValueError(f"TorchExperts.path {self.path!r}: one of {EXPERT_PATHS}")
         ragged = [bucket_rows(n) for n in counts] if _pads_rows(x_TD, x_TD.dtype) else counts
         ragged_form = "grouped" if sum(counts) and use_grouped(x_TD, self.dim, self.ffn_dim) else "loop"
-        capacity = bucket_rows(max(counts, default=0))
+        # block capacities: the bucketed sizes (a few kernel shapes) the counts fall in
+        candidates = sorted({bucket_rows(n) for n in counts if n})
         if self.path == "auto":
-            batched = prefer_batched(
-                len(counts),
-                capacity,
+            capacity = batched_capacity(
+                counts,
                 sum(ragged),
+                candidates,
                 device=x_TD.device,
                 dtype=x_TD.dtype,
                 dim=self.dim,
@@ -203,10 +208,11 @@ class TorchExperts(Experts):
                 ragged_form=ragged_form,
                 backward=torch.is_grad_enabled(),
             )
-        else:
-            batched = self.path == "batched" and capacity > 0
-        if batched:
-            return RowPlan.make("batched", [capacity] * len(counts), x_TD.device)
+        else:  # forced: a block that holds every pair
+            capacity = max(candidates, default=0) if self.path == "batched" else 0
+        if capacity:
+            over = [max(n - capacity, 0) for n in counts]
+            return RowPlan.make("batched", [capacity] * len(counts), x_TD.device, over)
         return RowPlan.make(ragged_form, ragged, x_TD.device)
 
     def compute_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -221,7 +227,7 @@ class TorchExperts(Experts):
         order_S, token_S, counts = sort_by_expert(top_idx_TK, n_experts)
         plan = self._plan(x_TD, counts)
         self.last_form = plan.form
-        token_P, row_of_pair_S = place_rows(top_idx_TK, order_S, token_S, counts, plan.rows, T)
+        token_P, row_of_pair_S = place_rows(top_idx_TK, order_S, token_S, counts, plan, T)
         if len(token_P) > len(order_S):  # padding rows read a zero row after the tokens
             x_TD = torch.cat([x_TD, x_TD.new_zeros(1, D)])
         x_PD = x_TD.index_select(0, token_P)
