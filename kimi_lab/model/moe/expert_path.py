@@ -82,7 +82,7 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def _measure(key: GainKey, device: torch.device) -> float | None:
     """t(ragged) / t(batched) on the same rows: ``key.experts`` experts with C rows each, best
-    of three; None where the matmuls are too big to be worth measuring."""
+    of five (the least disturbed by other load); None where the matmuls are too big to be worth measuring."""
     if not key.experts:
         return None
     C, n = 1 << (key.rows_octave - 1), key.experts
@@ -96,7 +96,7 @@ def _measure(key: GainKey, device: torch.device) -> float | None:
     }
     best = dict.fromkeys(plans, float("inf"))
     with torch.autocast(device.type, enabled=False):
-        for round_ in range(4):  # round 0 warms up (kernel creation, first-touch pages)
+        for round_ in range(6):  # round 0 warms up (kernel creation, first-touch pages)
             for form, plan in plans.items():
                 _sync(device)
                 t0 = time.perf_counter()
