@@ -82,7 +82,7 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def _measure(key: GainKey, device: torch.device) -> float | None:
     """t(ragged) / t(batched) on the same rows: ``key.experts`` experts with C rows each, best
-    of five (the least disturbed by other load); None where the matmuls are too big to be worth measuring."""
+    of five (the least disturbed by other load); None where the matmuls are too big to time."""
     if not key.experts:
         return None
     C, n = 1 << (key.rows_octave - 1), key.experts
