@@ -34,7 +34,7 @@ import torch
 
 from kimi_lab.config.schema import MoEBackend, MoEConfig
 from kimi_lab.model.mlp import SwiGLU
-from kimi_lab.model.moe.expert_path import measured_gains
+from kimi_lab.model.moe.expert_path import measured_calibrations
 from kimi_lab.model.moe.layer import MoELayer
 from kimi_lab.runtime import available_memory_bytes, cpu_description, cpu_has_native_bf16, tune_cpu_allocator
 
@@ -100,11 +100,12 @@ def recast_ms(layer: MoELayer, dtype: torch.dtype, repeats: int = 3) -> float:
 
 
 def gains_report() -> list[str]:
-    """The batched form's measured gains, one line each (what ``auto`` based its choice on)."""
+    """The expert-path calibrations made in this run, one line each (what ``auto`` chose by)."""
     return [
-        f"{str(k.dtype).removeprefix('torch.')} D={k.dim} F={k.ffn} {1 << (k.rows_octave - 1)}+ rows x {k.experts} experts "
-        f"{k.threads} thr{' fwd+bwd' if k.backward else ' fwd'}: bmm {g:.2f}x the {k.ragged_form} form per row"
-        for k, g in measured_gains().items()
+        f"{str(k.dtype).removeprefix('torch.')} D={k.dim} F={k.ffn} {1 << (k.rows_octave - 1)}+ rows x "
+        f"{k.experts} experts {k.threads} thr{' fwd+bwd' if k.backward else ' fwd'}: bmm {c.gain:.2f}x the "
+        f"{k.ragged_form} form per row; one {k.ragged_form} call = {c.call_rows:.0f} rows"
+        for k, c in measured_calibrations().items()
     ]
 
 

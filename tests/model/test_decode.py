@@ -122,7 +122,9 @@ def test_decode_strategy_without_routing_depends_on_shapes_only() -> None:
 def test_decode_takes_the_batched_call_when_its_padding_pays(monkeypatch: pytest.MonkeyPatch) -> None:
     from kimi_lab.model.moe import expert_path
 
-    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 3.0)  # as if measured
+    monkeypatch.setattr(
+        expert_path, "calibration", lambda *a, **k: expert_path.Calibration(3.0, 16.0)
+    )  # as if measured
     w_cpu = torch.empty(16, 128, 256)
     even = torch.stack([torch.arange(16), (torch.arange(16) + 1) % 16], dim=1)  # 2 pairs per expert
     assert decode_strategy(16, 2, w_cpu, even) == "batched"  # no padding at all
@@ -130,7 +132,7 @@ def test_decode_takes_the_batched_call_when_its_padding_pays(monkeypatch: pytest
     assert decode_strategy(16, 2, w_cpu, few) == "batched"
     skewed = torch.stack([torch.zeros(16, dtype=torch.long), torch.arange(16) % 2 + 1], dim=1)  # C = 16
     assert decode_strategy(16, 2, w_cpu, skewed) == "grouped"  # 256 rows for 32 pairs
-    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 1.2)
+    monkeypatch.setattr(expert_path, "calibration", lambda *a, **k: expert_path.Calibration(1.2, 16.0))
     assert decode_strategy(16, 2, w_cpu, few) == "grouped"  # the measured gain does not cover 1.5x rows
 
 

@@ -180,7 +180,9 @@ def test_auto_path_batches_balanced_routing_overflows_hot_experts_and_falls_back
 ) -> None:
     from kimi_lab.model.moe import expert_path
 
-    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 1.5)  # as if measured
+    monkeypatch.setattr(
+        expert_path, "calibration", lambda *a, **k: expert_path.Calibration(1.5, 16.0)
+    )  # as if measured
     experts = TorchExperts(8, dim=16, ffn_dim=8)
     x, w = torch.randn(64, 16), torch.rand(64, 2)
     t = torch.arange(64)
@@ -188,12 +190,12 @@ def test_auto_path_batches_balanced_routing_overflows_hot_experts_and_falls_back
     assert experts._plan(x, [16] * 8) == expert_path_plan("batched", [16] * 8)
     experts(x, balanced, w)
     assert experts.last_form == "batched"
-    # expert 0 holds half the pairs: a block of 16 rows costs 128 / 1.5 + 48 overflow, more than 128
+    # expert 0 holds half the pairs: a block of 16 costs 128 / 1.5 + 48 overflow + 16 (its call) > 128
     skewed = torch.stack([torch.zeros(64, dtype=torch.long), t % 7 + 1], dim=1)
     out = experts(x, skewed, w)
     assert experts.last_form == "loop"
     torch.testing.assert_close(out, reference_experts(experts, x, skewed, w), rtol=1e-5, atol=1e-6)
-    # 40 pairs on expert 0, 12-16 on the others: a block of 16 and 24 overflow rows on expert 0
+    # 40 pairs on expert 0, 12-16 on the others: a block of 16 (85) + 24 overflow rows + 16 < 128
     second = torch.where(t < 32, torch.where(t % 8 == 0, 1, 0), (t + 1) % 8)
     hot = torch.stack([t % 8, second], dim=1)
     counts = torch.bincount(hot.reshape(-1), minlength=8).tolist()
@@ -216,23 +218,23 @@ def test_the_gain_is_measured_once_per_shape_and_capacity_follows_the_cost_rule(
     from kimi_lab.model.moe import expert_path
 
     cpu = torch.device("cpu")
-    gain = expert_path.batched_gain(cpu, torch.float32, 16, 8, 20, "loop", backward=True)
-    assert 0 < gain < float("inf")
+    cal = expert_path.calibration(cpu, torch.float32, 16, 8, 20, "loop", backward=True)
+    assert 0 < cal.gain < float("inf") and 0 < cal.call_rows < float("inf")
     monkeypatch.setattr(expert_path, "_measure", lambda *a: pytest.fail("measured twice"))
-    same_octave = expert_path.batched_gain(cpu, torch.float32, 16, 8, 31, "loop", backward=True)
-    assert same_octave == gain
+    same_octave = expert_path.calibration(cpu, torch.float32, 16, 8, 31, "loop", backward=True)
+    assert same_octave == cal
     args = {"device": cpu, "dtype": torch.float32, "dim": 16, "ffn": 8, "ragged_form": "loop"}
     cap = expert_path.batched_capacity
     assert cap([64] * 8, 512, [64], backward=True, **args) == 64  # no padding at all: measured or not
 
-    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)  # gain 1.25, fixed
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)  # gain 1.25, call 16
     assert cap([40] * 7 + [32], 312, [48], backward=True, **args) == 48  # 384 / 1.25 = 307 < 312
-    assert cap([40] * 7 + [16], 296, [16, 48], backward=True, **args) == 16  # 102 + 7 x 24 < 296 < 307
-    assert cap([100] + [1] * 7, 107, [16, 112], backward=True, **args) == 0  # 102 + 84 > 107; 896 > 2 x 107
-    assert cap([16] * 7 + [40], 152, [16, 48], backward=True, **args) == 16  # 102 + 24 < 152
+    assert cap([40] * 7 + [16], 296, [16, 48], backward=True, **args) == 0  # 102 + 7 x (24 + 16), 307 > 296
+    assert cap([100] + [1] * 7, 107, [16, 112], backward=True, **args) == 0  # 102 + 100 > 107; 896 > 2 x 107
+    assert cap([16] * 7 + [40], 152, [16, 48], backward=True, **args) == 16  # 102 + 24 + 16 < 152
 
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
-    monkeypatch.setattr(expert_path, "batched_gain", lambda *a, **k: 100.0)
+    monkeypatch.setattr(expert_path, "calibration", lambda *a, **k: expert_path.Calibration(100.0, 16.0))
     # under gradients the block never holds more than twice the ragged rows, whatever the gain
     assert cap([100] + [1] * 7, 107, [16, 112], backward=True, **args) == 16
     assert cap([100] + [1] * 7, 107, [16, 112], backward=False, **args) == 112

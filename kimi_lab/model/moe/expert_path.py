@@ -11,18 +11,20 @@ which one batched call pays once. How much that buys depends on the machine, the
 the thread count and the rows per expert, so it is measured: the first time a
 (device, dtype, D, F, threads, rows-per-expert octave, ragged form) is seen, both forms
 time the gate-up matmul (and its weight gradient, for training) on the same rows, and
-the ratio, the batched form's *gain* per row, is kept for the process.
+the ragged form once more on one row per expert. Kept for the process: the batched
+form's *gain* per row (t ragged / t batched), and what one more ragged call costs, in
+ragged rows (``call_rows``: the one-row time over the per-row time).
 
 A call then chooses the block's capacity C: experts with more pairs than C put the rest in
 an overflow region, multiplied per expert. In ragged rows, C costs E x C / gain for the
-block plus the overflow rows, against the ragged form's rows; the cheapest wins (under
-gradients E x C is at most twice the ragged rows: the block's activations are kept for
-the backward). Balanced routing takes a block that holds nearly everything; a few hot
+block plus, per overflowing expert, its overflow rows and one call; the cheapest C wins
+against the ragged form's rows (under gradients E x C is at most twice the ragged rows:
+the block's activations are kept for the backward). Balanced routing takes a block that holds nearly everything; a few hot
 experts overflow a little; a badly skewed batch (one expert holding most of the tokens)
 costs more either way and falls back to the ragged form.
 
-Where timing must not decide (deterministic runs, graphs being compiled) a fixed gain of
-1.25 stands in. Every form is exact; the choice is only ever about speed.
+Where timing must not decide (deterministic runs, graphs being compiled) fixed figures
+stand in (gain 1.25, a call worth 16 rows). Every form is exact; the choice is only ever about speed.
 """
 
 from __future__ import annotations
@@ -44,13 +46,21 @@ log = logging.getLogger(__name__)
 CALIBRATION_FLOPS = 2e9
 MAX_CALIBRATION_FLOPS = 2e10
 MAX_CALIBRATION_EXPERTS = 64
-FIXED_GAIN = 1.25  # the rule where timing may not decide
 # The expert rows' activations (kept for the backward) grow with the padded rows: under
 # gradients never more than this many times the ragged rows, whatever the measured gain.
 MAX_PADDING = 2.0
-# An expert's rows beyond the batched block are one more matmul of its own: counted as at
-# least this many rows (its call's overhead).
-OVERFLOW_CALL_ROWS = 16
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The batched form's gain per row over the ragged form, and one ragged call in ragged rows."""
+
+    gain: float
+    call_rows: float
+
+
+FIXED = Calibration(gain=1.25, call_rows=16.0)  # where timing may not decide
+UNMEASURED = Calibration(gain=1.0, call_rows=0.0)  # matmuls too big to time: padding never pays
 
 
 @dataclass(frozen=True)
@@ -66,12 +76,12 @@ class GainKey:
     backward: bool
 
 
-_GAINS: dict[GainKey, float] = {}
+_CALIBRATIONS: dict[GainKey, Calibration] = {}
 
 
-def measured_gains() -> dict[GainKey, float]:
-    """Every gain measured in this process (benchmarks print them)."""
-    return dict(_GAINS)
+def measured_calibrations() -> dict[GainKey, Calibration]:
+    """Every calibration made in this process (benchmarks print them)."""
+    return dict(_CALIBRATIONS)
 
 
 def _sync(device: torch.device) -> None:
@@ -80,9 +90,9 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _measure(key: GainKey, device: torch.device) -> float | None:
-    """t(ragged) / t(batched) on the same rows: ``key.experts`` experts with C rows each, best
-    of five (the least disturbed by other load); None where the matmuls are too big to time."""
+def _measure(key: GainKey, device: torch.device) -> Calibration | None:
+    """Both forms on ``key.experts`` experts with C rows each, and the ragged one on one row
+    each; best of five (the least disturbed by other load). None where too big to time."""
     if not key.experts:
         return None
     C, n = 1 << (key.rows_octave - 1), key.experts
@@ -92,21 +102,24 @@ def _measure(key: GainKey, device: torch.device) -> float | None:
     gh = torch.randn(n * C, 2 * key.ffn, generator=g, device=device).to(key.dtype)
     plans = {
         "batched": RowPlan.make("batched", [C] * n, device),
-        key.ragged_form: RowPlan.make(key.ragged_form, [C] * n, device),
+        "ragged": RowPlan.make(key.ragged_form, [C] * n, device),
+        "one row": RowPlan.make(key.ragged_form, [1] * n, device),
     }
     best = dict.fromkeys(plans, float("inf"))
     with torch.autocast(device.type, enabled=False):
         for round_ in range(6):  # round 0 warms up (kernel creation, first-touch pages)
-            for form, plan in plans.items():
+            for name, plan in plans.items():
+                rows = sum(plan.rows)
                 _sync(device)
                 t0 = time.perf_counter()
-                mm_groups(x, w13.transpose(1, 2), plan)
+                mm_groups(x[:rows], w13.transpose(1, 2), plan)
                 if key.backward:
-                    mm_weight_grads(gh, x, plan, key.dtype)
+                    mm_weight_grads(gh[:rows], x[:rows], plan, key.dtype)
                 _sync(device)
                 if round_:
-                    best[form] = min(best[form], time.perf_counter() - t0)
-    return best[key.ragged_form] / max(best["batched"], 1e-9)
+                    best[name] = min(best[name], time.perf_counter() - t0)
+    per_row = max(best["ragged"], 1e-9) / (n * C)
+    return Calibration(best["ragged"] / max(best["batched"], 1e-9), best["one row"] / n / per_row)
 
 
 def _calibration_experts(n_experts: int, capacity: int, dim: int, ffn: int, backward: bool) -> int:
@@ -118,7 +131,7 @@ def _calibration_experts(n_experts: int, capacity: int, dim: int, ffn: int, back
     return int(min(n_experts, MAX_CALIBRATION_EXPERTS, max(2, CALIBRATION_FLOPS // per_expert)))
 
 
-def batched_gain(
+def calibration(
     device: torch.device,
     dtype: torch.dtype,
     dim: int,
@@ -127,8 +140,8 @@ def batched_gain(
     ragged_form: str,
     backward: bool,
     n_experts: int = MAX_CALIBRATION_EXPERTS,
-) -> float:
-    """How many ragged rows one padded row of the batched form costs as much as (measured once)."""
+) -> Calibration:
+    """The batched form's gain and a ragged call's cost at this shape (measured once)."""
     key = GainKey(
         device.type,
         dtype,
@@ -140,14 +153,16 @@ def batched_gain(
         ragged_form,
         backward,
     )
-    if key not in _GAINS:
+    if key not in _CALIBRATIONS:
         measured = _measure(key, device)
-        _GAINS[key] = 1.0 if measured is None else measured
+        _CALIBRATIONS[key] = UNMEASURED if measured is None else measured
         log.info(
-            "experts: one bmm over padded rows is %s the %s form per row (%s, %s, D=%d, F=%d, "
-            "%d-%d rows per expert, %d experts timed, %d threads%s)",
-            "taken as 1x (matmuls too big to measure)" if measured is None else f"{measured:.2f}x",
+            "experts: one bmm over padded rows is %s the %s form per row, one more %s call costs %s "
+            "(%s, %s, D=%d, F=%d, %d-%d rows per expert, %d experts timed, %d threads%s)",
+            "taken as 1x (too big to time)" if measured is None else f"{measured.gain:.2f}x",
             ragged_form,
+            ragged_form,
+            "-" if measured is None else f"{measured.call_rows:.0f} rows",
             device.type,
             str(dtype).removeprefix("torch."),
             dim,
@@ -158,7 +173,7 @@ def batched_gain(
             key.threads,
             ", with weight gradients" if backward else "",
         )
-    return _GAINS[key]
+    return _CALIBRATIONS[key]
 
 
 def batched_capacity(
@@ -177,8 +192,8 @@ def batched_capacity(
 
     ``counts``: pairs per expert; ``ragged_rows``: the rows the ragged form would multiply;
     ``candidates``: the capacities allowed (row counts the caller can pad to). Every cost is
-    in ragged rows: C's block costs E x C / gain, each expert beyond C its overflow rows (at
-    least OVERFLOW_CALL_ROWS: a call of its own).
+    in ragged rows: C's block costs E x C / gain, each expert beyond C its overflow rows and
+    one call.
     """
     E = len(counts)
     if E < 2 or not ragged_rows or not candidates:
@@ -191,8 +206,8 @@ def batched_capacity(
     for C in sorted(set(candidates)):
         if backward and MAX_PADDING * ragged_rows < E * C:
             break
-        gain = FIXED_GAIN if fixed else batched_gain(device, dtype, dim, ffn, C, ragged_form, backward, E)
-        cost = E * C / gain + sum(max(n - C, OVERFLOW_CALL_ROWS) for n in counts if n > C)
+        cal = FIXED if fixed else calibration(device, dtype, dim, ffn, C, ragged_form, backward, E)
+        cost = E * C / cal.gain + sum(n - C + cal.call_rows for n in counts if n > C)
         if cost < best_cost:
             best, best_cost = C, cost
     return best
