@@ -11,7 +11,8 @@ which one batched call pays once. How much that buys depends on the machine, the
 the thread count and the rows per expert, so it is measured: the first time a
 (device, dtype, D, F, threads, rows-per-expert octave, ragged form) is seen, both forms
 time the gate-up matmul (and its weight gradient, for training) on the same rows, and
-the ragged form once more on one row per expert. Kept for the process: the batched
+the ragged form once more on one row per expert (side by side, seven rounds, medians of
+the ratios). Kept for the process: the batched
 form's *gain* per row (t ragged / t batched), and what one more ragged call costs, in
 ragged rows (``call_rows``: the one-row time over the per-row time).
 
@@ -30,6 +31,7 @@ stand in (gain 1.25, a call worth 16 rows). Every form is exact; the choice is o
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -92,7 +94,9 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def _measure(key: GainKey, device: torch.device) -> Calibration | None:
     """Both forms on ``key.experts`` experts with C rows each, and the ragged one on one row
-    each; best of five (the least disturbed by other load). None where too big to time."""
+    each, timed side by side in seven rounds; the median of each round's ratios (other load
+    slows neighbouring calls alike, and a burst spoils only a round or two). None where too
+    big to time."""
     if not key.experts:
         return None
     C, n = 1 << (key.rows_octave - 1), key.experts
@@ -105,9 +109,10 @@ def _measure(key: GainKey, device: torch.device) -> Calibration | None:
         "ragged": RowPlan.make(key.ragged_form, [C] * n, device),
         "one row": RowPlan.make(key.ragged_form, [1] * n, device),
     }
-    best = dict.fromkeys(plans, float("inf"))
+    gains, calls = [], []
     with torch.autocast(device.type, enabled=False):
-        for round_ in range(6):  # round 0 warms up (kernel creation, first-touch pages)
+        for round_ in range(8):  # round 0 warms up (kernel creation, first-touch pages)
+            t = {}
             for name, plan in plans.items():
                 rows = sum(plan.rows)
                 _sync(device)
@@ -116,10 +121,11 @@ def _measure(key: GainKey, device: torch.device) -> Calibration | None:
                 if key.backward:
                     mm_weight_grads(gh[:rows], x[:rows], plan, key.dtype)
                 _sync(device)
-                if round_:
-                    best[name] = min(best[name], time.perf_counter() - t0)
-    per_row = max(best["ragged"], 1e-9) / (n * C)
-    return Calibration(best["ragged"] / max(best["batched"], 1e-9), best["one row"] / n / per_row)
+                t[name] = max(time.perf_counter() - t0, 1e-9)
+            if round_:
+                gains.append(t["ragged"] / t["batched"])
+                calls.append(t["one row"] / t["ragged"] * C)  # one call / (ragged time per row)
+    return Calibration(statistics.median(gains), statistics.median(calls))
 
 
 def _calibration_experts(n_experts: int, capacity: int, dim: int, ffn: int, backward: bool) -> int:
