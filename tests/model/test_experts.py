@@ -187,7 +187,7 @@ def test_auto_path_batches_balanced_routing_overflows_hot_experts_and_falls_back
     x, w = torch.randn(64, 16), torch.rand(64, 2)
     t = torch.arange(64)
     balanced = torch.stack([t % 8, (t + 3) % 8], dim=1)  # 16 pairs each
-    assert experts._plan(x, [16] * 8) == expert_path_plan("batched", [16] * 8)
+    assert experts._plan(x, [16] * 8) == _row_plan("batched", [16] * 8)
     experts(x, balanced, w)
     assert experts.last_form == "batched"
     # expert 0 holds half the pairs: a block of 16 costs 128 / 1.5 + 48 overflow + 16 (its call) > 128
@@ -206,7 +206,7 @@ def test_auto_path_batches_balanced_routing_overflows_hot_experts_and_falls_back
     torch.testing.assert_close(out, reference_experts(experts, x, hot, w), rtol=1e-5, atol=1e-6)
 
 
-def expert_path_plan(form: str, rows: list[int]) -> object:
+def _row_plan(form: str, rows: list[int]) -> object:
     from kimi_lab.model.moe.expert_matmuls import RowPlan
 
     return RowPlan.make(form, rows, torch.device("cpu"))
