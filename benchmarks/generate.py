@@ -15,7 +15,10 @@ round-robin in this process (load drift hits all alike), best round counted:
   multiplies + attention over the average context), and the share of it reached, in
   wall time and in CPU time.
 
-transformers counts with its fastest experts implementation on this machine.
+transformers counts with its fastest experts implementation on this machine. The report
+names the CPU with its matmul flags and the forms kimi_lab's experts took: the prompt's
+(the training path) and a decode step's (``batched``: one bmm over all experts' padded
+rows; ``grouped`` / ``loop``: ragged; see ``kimi_lab.model.moe.decode``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from typing import Any
@@ -31,16 +33,6 @@ from typing import Any
 import torch
 
 from kimi_lab.errors import KimiLabError
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):  # noqa: SIM115
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_rate(n: int = 1024, repeats: int = 8) -> tuple[float, float]:
@@ -159,7 +151,9 @@ def run(
     model_name: str = "small", batch: int = 16, prompt: int = 128, new: int = 64, rounds: int = 3
 ) -> dict[str, Any]:
     from kimi_lab.config import compose, to_run_config
+    from kimi_lab.model.moe.layer import MoELayer
     from kimi_lab.model.multimodal import KimiK25
+    from kimi_lab.runtime import cpu_description
 
     if batch < 1 or prompt < 8 or new < 2:
         raise KimiLabError("bench generate: needs --batch >= 1, --prompt >= 8 and --new >= 2")
@@ -208,7 +202,7 @@ def run(
         "new_tokens": new,
         "precision": "fp32",
         "threads": torch.get_num_threads(),
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),
         "load_average": [round(x, 2) for x in (*load, *os.getloadavg())],
         "tokens_identical": True,
         "matmul_gflops": peak / 1e9,
@@ -216,6 +210,11 @@ def run(
         "decode_flops_per_token": fpt,
         "decode_bound_tokens_per_s": bound,
         "contenders": {},
+    }
+    moe = [m for m in model.modules() if isinstance(m, MoELayer)]
+    res["expert_forms"] = {
+        "prompt": sorted({str(m.experts.last_form) for m in moe}),
+        "decode": sorted({str(m.last_decode_form) for m in moe}),
     }
     for name, t in times.items():
         res["contenders"][name] = {
@@ -264,6 +263,10 @@ def _print(res: dict[str, Any]) -> None:
         f" {res['precision']}, {res['threads']} threads; {res['cpu']}; load average {res['load_average'][:3]}"
     )
     print(f"  greedy tokens identical in every row: {res['tokens_identical']}")
+    forms = res["expert_forms"]
+    print(
+        f"  kimi_lab expert matmuls: prompt {', '.join(forms['prompt'])}; decode steps {', '.join(forms['decode'])}"
+    )
     for name, r in res["contenders"].items():
         print(
             f"  {name:<28} generate {r['generate_tokens_per_s']:>8,.0f} tokens/s ({r['generate_s']:.2f} s)"
@@ -271,8 +274,8 @@ def _print(res: dict[str, Any]) -> None:
             f" ({_fmt(r['decode_tokens_per_cpu_s'], ',.0f')} per CPU-second)"
         )
     print(
-        f"  vs {res['transformers_best']}: generate {res['speedup_vs_transformers']:.2f}x,"
-        f" decode {_fmt(res['decode_speedup_vs_transformers'], '.2f')}x (target >= 3);"
+        f"  vs {res['transformers_best']}: generate {res['speedup_vs_transformers']:.2f}x (target >= 2.5),"
+        f" decode {_fmt(res['decode_speedup_vs_transformers'], '.2f')}x;"
         f" decode per CPU-second {_fmt(res['decode_cpu_time_speedup_vs_transformers'], '.2f')}x"
     )
     print(

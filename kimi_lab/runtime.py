@@ -57,8 +57,23 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+# The CPU features that decide how fast matmuls run, narrowest first.
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of ``MATMUL_FLAGS`` this CPU has (empty where /proc/cpuinfo is unreadable)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    present = set(re.findall(r"\b(" + "|".join(MATMUL_FLAGS) + r")\b", info))
+    return [f for f in MATMUL_FLAGS if f in present]
+
+
 def cpu_description() -> str:
-    """The CPU model and its widest matmul features, for benchmark reports (``AMD EPYC, AVX2``)."""
+    """The CPU model, cores and matmul flags, for benchmark reports
+    (``AMD EPYC 9B14, 2 cores, flags avx2 fma avx512f avx512_bf16``)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -66,8 +81,8 @@ def cpu_description() -> str:
 
         return platform.processor() or platform.machine()
     name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", info))
-    feats = [f.upper() for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
-    return f"{name}, {os.cpu_count()} cores, {feats[0] if feats else 'no AVX2'}" + (
-        "" if cpu_has_native_bf16() else " (bf16 emulated)"
+    flags = cpu_flags()
+    return (
+        f"{name}, {os.cpu_count()} cores, flags {' '.join(flags) if flags else 'none of ' + ' '.join(MATMUL_FLAGS)}"
+        + ("" if cpu_has_native_bf16() else " (bf16 emulated)")
     )

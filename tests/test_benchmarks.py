@@ -25,6 +25,29 @@ def test_bench_sparsity_times_each_expert_count(tmp_path: Path) -> None:
     assert out["max_over_min"] == pytest.approx(max(times.values()) / min(times.values()))
     # total expert weights grow with the count while active FLOPs do not
     assert out["routed_expert_mb"]["32"] == pytest.approx(8 * out["routed_expert_mb"]["4"])
+    assert set(out["forms"]) == set(times) and set(out["forms"].values()) <= {"batched", "grouped", "loop"}
+    assert "flags" in out["cpu"] and out["max_over_min_with_recast"] > 0
+
+
+def test_bench_moe_times_each_expert_form_next_to_autos_choice(tmp_path: Path) -> None:
+    res = run_cli(
+        "bench", "moe", "--json", "--tokens", "64", "--hidden", "32", "--ffn", "16", "--experts", "8",
+        "--top-k", "2", "--repeats", "1", "--warmup", "1", "--peers", "dense,paths", "--precision", "bf16",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    t = out["times_ms"]
+    assert set(t) == {
+        "kimi_lab_torch", "kimi_lab_torch (batched forced)", "kimi_lab_torch (ragged forced)",
+        "dense_swiglu_same_active_flops",
+    }  # fmt: skip
+    assert out["kimi_lab_form"] in ("batched", "grouped", "loop") and "flags" in out["cpu"]
+    assert out["time_vs_dense"] == pytest.approx(t["kimi_lab_torch"] / t["dense_swiglu_same_active_flops"])
+    recast_s = out["bf16_copy_recast_ms"] / 1e3
+    assert out["bf16_copy_recast_ms"] > 0 and out["time_vs_dense_with_recast"] == pytest.approx(
+        (t["kimi_lab_torch"] / 1e3 + recast_s) / (t["dense_swiglu_same_active_flops"] / 1e3)
+    )
 
 
 def test_bench_sparsity_rejects_fewer_experts_than_top_k(tmp_path: Path) -> None:
@@ -45,6 +68,7 @@ def test_bench_step_compares_with_transformers_in_separate_processes() -> None:
     assert out["speedup_vs_transformers"] == pytest.approx(ours["tokens_per_s"] / hf["tokens_per_s"])
     assert out["peak_rss_vs_transformers"] == pytest.approx(ours["peak_rss_mb"] / hf["peak_rss_mb"])
     assert 0 < out["kimi_lab_mfu"] < 1 and out["matmul_peak_gflops"] > 0
+    assert ours["expert_forms"] and "flags" in out["cpu"]
 
 
 def test_gpu_bench_code_runs_on_cpu_and_reports_a_missing_backend() -> None:
@@ -71,7 +95,8 @@ def test_bench_generate_checks_tokens_then_compares_with_transformers() -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["tokens_identical"] and out["cpu"] and out["threads"] == 1
+    assert out["tokens_identical"] and "flags" in out["cpu"] and out["threads"] == 1
+    assert out["expert_forms"]["decode"] and out["expert_forms"]["prompt"]
     ours = out["contenders"]["kimi_lab"]
     hf = out["contenders"][out["transformers_best"]]
     assert out["speedup_vs_transformers"] == pytest.approx(

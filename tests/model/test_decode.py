@@ -93,13 +93,47 @@ def test_every_decode_experts_form_equals_the_reference(strategy: str, tokens: i
         assert (got - reference_experts(ex, x, idx, w)).abs().max() < 1e-5
 
 
-def test_decode_strategy_depends_on_shapes_only() -> None:
+def test_the_batched_decode_form_with_overflow_rows_equals_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kimi_lab.model.moe import decode
+
+    monkeypatch.setattr(
+        decode, "batched_capacity", lambda *a, **k: 1
+    )  # one row per expert, the rest overflow
+    torch.manual_seed(0)
+    ex = TorchExperts(8, 32, 16)
+    x, w = torch.randn(16, 32), torch.rand(16, 2)
+    idx = torch.stack([torch.zeros(16, dtype=torch.long), torch.randint(1, 8, (16,))], dim=1)  # expert 0 hot
+    with torch.no_grad():
+        got = decode_experts(x, idx, w, ex.w1, ex.w3, ex.w2, "batched")
+        assert (got - reference_experts(ex, x, idx, w)).abs().max() < 1e-5
+
+
+def test_decode_strategy_without_routing_depends_on_shapes_only() -> None:
     w_cpu = torch.empty(16, 128, 256)
     assert decode_strategy(1, 2, w_cpu) == "loop"  # 2 pairs: a matmul per hit expert
     assert decode_strategy(16, 2, w_cpu) == "grouped"
     odd = torch.empty(384, 6, 6)  # sizes grouped GEMM cannot take
     assert decode_strategy(16, 8, odd) == "dense"
     assert decode_strategy(4, 8, odd) == "gather"  # 32 pairs against 384 experts
+
+
+def test_decode_takes_the_batched_call_when_its_padding_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kimi_lab.model.moe import expert_path
+
+    monkeypatch.setattr(
+        expert_path, "calibration", lambda *a, **k: expert_path.Calibration(3.0, 16.0)
+    )  # as if measured
+    w_cpu = torch.empty(16, 128, 256)
+    even = torch.stack([torch.arange(16), (torch.arange(16) + 1) % 16], dim=1)  # 2 pairs per expert
+    assert decode_strategy(16, 2, w_cpu, even) == "batched"  # no padding at all
+    few = torch.stack([torch.arange(16), (torch.arange(16) + 1) % 8], dim=1)  # C = 3: 48 rows for 32
+    assert decode_strategy(16, 2, w_cpu, few) == "batched"
+    skewed = torch.stack([torch.zeros(16, dtype=torch.long), torch.arange(16) % 2 + 1], dim=1)  # C = 16
+    assert decode_strategy(16, 2, w_cpu, skewed) == "grouped"  # 256 rows for 32 pairs
+    monkeypatch.setattr(expert_path, "calibration", lambda *a, **k: expert_path.Calibration(1.2, 16.0))
+    assert decode_strategy(16, 2, w_cpu, few) == "grouped"  # the measured gain does not cover 1.5x rows
 
 
 def test_moe_layer_takes_the_decode_path_only_for_few_tokens_without_grad(

@@ -6,21 +6,27 @@ S = T*K token-expert pairs.
 The training path (``TorchExperts``) reads the per-expert counts on the host, pads rows
 and builds a fused (E, 2F, D) weight copy for its backward: right for thousands of
 tokens, mostly overhead for the 1-64 tokens of a decode step. Here every form reads the
-canonical weights in place and never reads a count on the host:
+canonical weights in place, and those that run on CUDA never read a count on the host:
 
 - ``grouped``: pairs sorted by expert, one grouped GEMM per weight with the group offsets
   left on the device (``torch._grouped_mm``; CPU fp32/bf16, CUDA bf16 with aligned sizes).
 - ``loop``: CPU only, for the fewest pairs: a plain matmul per expert that was hit.
   Reading the counts there costs nothing (CPU work is synchronous anyway), and it is
   measured faster than the grouped kernel's setup below about 8 pairs.
+- ``batched``: CPU only: every expert's pairs padded with zero rows to a capacity C,
+  then one ``torch.bmm`` per weight over (E, C, .) (pairs beyond C: a matmul per such
+  expert): E x C rows instead of the pairs, but three calls instead of three per expert
+  (which is what the grouped kernel does on CPU). Taken instead of ``grouped`` where
+  ``expert_path``'s measured gain says the padding pays (a few rows per expert).
 - ``dense``: every token through every expert as three matmuls over the weights viewed
   as (E*F, D), scaled by a (T, E) gate that is zero for unchosen experts: E/K times the
   useful FLOPs, but each expert's weights read once; where grouped GEMM is unavailable.
 - ``gather``: each pair's expert weights gathered (S, F, D) and applied by batched
   matrix-vector products: for very few pairs against many experts, same fallback.
 
-``decode_strategy`` picks one from the shapes, dtype and device alone (the measurements
-behind the choices: benchmarks/README.md). Every form equals ``reference_experts``.
+``decode_strategy`` picks one from the shapes, dtype and device (on CPU also from the
+routing's counts, read for free there; the measurements behind the choices:
+benchmarks/README.md). Every form equals ``reference_experts``.
 The forms run in the weights' dtype with autocast off: casting the expert weights to
 bf16 every step would move more memory than the step's matmuls do.
 """
@@ -32,12 +38,14 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from kimi_lab.model.moe.experts import fused_gate_up
+from kimi_lab.model.moe.expert_matmuls import RowPlan, fused_gate_up, mm_groups
+from kimi_lab.model.moe.expert_path import batched_capacity
+from kimi_lab.model.moe.experts import place_rows, sort_by_expert
 
 # Up to this many tokens a forward without gradients takes this path (see MoELayer).
 DECODE_MAX_TOKENS = 64
 _LOOP_MAX_PAIRS = 8
-STRATEGIES = ("grouped", "loop", "dense", "gather")
+STRATEGIES = ("grouped", "loop", "batched", "dense", "gather")
 
 
 def _grouped_mm_ok(w: torch.Tensor) -> bool:
@@ -53,14 +61,37 @@ def _grouped_mm_ok(w: torch.Tensor) -> bool:
     return ok and all(d % per == 0 for d in w.shape[1:])
 
 
-def decode_strategy(n_tokens: int, top_k: int, w1_EFD: torch.Tensor) -> str:
+def decode_strategy(
+    n_tokens: int, top_k: int, w1_EFD: torch.Tensor, top_idx_TK: torch.Tensor | None = None
+) -> str:
+    """The form for this step; on CPU, given the routing, ``batched`` where it is measured to win."""
     pairs, E = n_tokens * top_k, w1_EFD.shape[0]
-    if w1_EFD.device.type == "cpu" and pairs < _LOOP_MAX_PAIRS:
+    cpu = w1_EFD.device.type == "cpu"
+    if cpu and pairs < _LOOP_MAX_PAIRS:
         return "loop"
     if _grouped_mm_ok(w1_EFD):
+        if cpu and top_idx_TK is not None:
+            return "batched" if _capacity(top_idx_TK, w1_EFD) else "grouped"
         return "grouped"
     # dense reads E experts' weights; gather copies and reads about 3 per pair
     return "dense" if 3 * pairs >= E else "gather"
+
+
+def _capacity(top_idx_TK: torch.Tensor, w1_EFD: torch.Tensor) -> int:
+    """The batched form's block capacity for this routing (0: the grouped form is cheaper)."""
+    E, F_, D = w1_EFD.shape
+    counts = torch.bincount(top_idx_TK.reshape(-1), minlength=E).tolist()
+    return batched_capacity(
+        counts,
+        top_idx_TK.numel(),
+        sorted({n for n in counts if n}),
+        device=w1_EFD.device,
+        dtype=w1_EFD.dtype,
+        dim=D,
+        ffn=F_,
+        ragged_form="grouped",
+        backward=False,
+    )
 
 
 def decode_experts(
@@ -73,7 +104,7 @@ def decode_experts(
     strategy: str | None = None,
 ) -> torch.Tensor:
     """sum_k weight[t, k] * SwiGLU_{idx[t, k]}(x[t]) for every token, returned in x's dtype."""
-    strategy = strategy or decode_strategy(x_TD.shape[0], top_idx_TK.shape[1], w1_EFD)
+    strategy = strategy or decode_strategy(x_TD.shape[0], top_idx_TK.shape[1], w1_EFD, top_idx_TK)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown decode strategy {strategy!r}; one of {STRATEGIES}")
     dev, dt = x_TD.device.type, w1_EFD.dtype
@@ -126,6 +157,26 @@ def _loop(
     return torch.zeros_like(x).index_add_(0, tok_S, y_SD.mul_(wt_S[:, None]))
 
 
+def _batched(
+    x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor
+) -> torch.Tensor:
+    (T, D), (E, F_, _) = x.shape, w1.shape
+    order_S, token_S, counts = sort_by_expert(idx, E)  # the counts' host read is free on CPU
+    # where the grouped GEMM can run, the capacity decode_strategy chose; else (or forced) all
+    C = (_capacity(idx, w1) if _grouped_mm_ok(w1) else 0) or max(counts)
+    plan = RowPlan.make("batched", [C] * E, x.device, [max(n - C, 0) for n in counts])
+    token_P, row_of_pair_S = place_rows(idx, order_S, token_S, counts, plan, T)
+    x_PD = torch.cat([x, x.new_zeros(1, D)]).index_select(0, token_P)  # padding rows: the zero row
+    w13 = fused_gate_up(w1, w3)
+    if w13 is not None:  # experts stored fused: one product for gate and up
+        h1_PF, h3_PF = mm_groups(x_PD, w13.transpose(1, 2), plan).split(F_, dim=-1)
+    else:
+        h1_PF, h3_PF = mm_groups(x_PD, w1.transpose(1, 2), plan), mm_groups(x_PD, w3.transpose(1, 2), plan)
+    weight_P = x.new_zeros(len(token_P)).index_copy_(0, row_of_pair_S, w.reshape(-1))
+    y_PD = mm_groups(F.silu(h1_PF).mul_(h3_PF), w2, plan).mul_(weight_P[:, None])
+    return x.new_zeros(T + 1, D).index_add_(0, token_P, y_PD)[:T]
+
+
 def _dense(
     x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor
 ) -> torch.Tensor:
@@ -153,4 +204,4 @@ def _gather(
     return torch.bmm(a_SF[:, None, :], w2[idx_S]).squeeze(1).view(T, K, D).sum(1)
 
 
-_FORMS = {"grouped": _grouped, "loop": _loop, "dense": _dense, "gather": _gather}
+_FORMS = {"grouped": _grouped, "loop": _loop, "batched": _batched, "dense": _dense, "gather": _gather}

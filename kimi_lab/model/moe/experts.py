@@ -1,18 +1,20 @@
 """Routed experts behind one interface, and the pure-PyTorch dropless backend.
 
 Shape legend: T tokens, D hidden, E experts, F expert FFN width, K experts per
-token, S = T*K token-expert pairs.
+token, S = T*K token-expert pairs, P rows of the expert-sorted buffer (S plus padding).
 
 Every backend owns the same canonical weights (so checkpoints move between them):
 ``w1`` (E, F, D) gate, ``w3`` (E, F, D) up, ``w2`` (E, F, D) down, applied per
 expert e as ``y = (silu(x @ w1[e].T) * (x @ w3[e].T)) @ w2[e]``. (w2 is stored
 F-major, as MegaBlocks stores it, so its adapter needs no transposes.)
 
-The torch backend is dropless: tokens are sorted by expert and each expert
-multiplies exactly the rows it received (one grouped GEMM for all experts), so no
-token is ever dropped and there is no capacity factor. Its backward computes each
-weight's gradient for all experts at once, in one (E, F, D) tensor; indexing
-``w[e]`` under autograd instead would allocate a full-size zero gradient per expert.
+The torch backend is dropless: token-expert pairs are sorted by expert into one row
+buffer and every pair is multiplied, so no token is ever dropped and there is no
+capacity factor. Padding rows (zero) only ever fill an expert's block up to a size
+that runs faster: a few bucketed sizes for bf16 on CPU, or one shared capacity when
+all experts run as one batched matmul (``expert_path`` chooses per call). The
+matmuls themselves, and why weight gradients leave whole, are ``expert_matmuls``;
+under bf16 autocast the weights' bf16 copy is ``compute_copy``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kimi_lab.model.moe.compute_copy import ComputeCopy
 from kimi_lab.model.moe.dispatch import ExpertShard, expert_parallel_forward
+from kimi_lab.model.moe.expert_matmuls import (
+    ExpertSwiGLU,
+    RowPlan,
+    compute_dtype,
+    fused_gate_up,
+    use_grouped,
+)
+from kimi_lab.model.moe.expert_path import batched_capacity
+
+# TorchExperts.path: "auto" measures which form wins per call (expert_path); the others force one.
+EXPERT_PATHS = ("auto", "batched", "ragged")
 
 
 class Experts(nn.Module):
@@ -34,6 +48,7 @@ class Experts(nn.Module):
     ffn_dim: int
     backend_name: str = "abstract"
     shard: ExpertShard | None = None  # set by shard_: this rank's experts under expert parallelism
+    last_form: str | None = None  # the matmul form the last forward ran (backends with several)
 
     def shard_(self, shard: ExpertShard) -> None:
         """Keep only the experts ``shard`` assigns to this rank; route tokens to their owners."""
@@ -43,147 +58,6 @@ class Experts(nn.Module):
         self, x_TD: torch.Tensor, top_idx_TK: torch.Tensor, top_weight_TK: torch.Tensor
     ) -> torch.Tensor:
         raise NotImplementedError
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype autocast would give a matmul here (bf16 under bf16-mixed), else x's."""
-    device_type = x.device.type
-    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
-
-
-def _grouped_ok(x: torch.Tensor, *dims: int) -> bool:
-    """Whether ``torch._grouped_mm`` takes these operands: its kernels need 16-byte aligned strides."""
-    if not hasattr(torch, "_grouped_mm"):
-        return False
-    if x.device.type == "cuda":
-        ok_dtype = x.dtype == torch.bfloat16
-    elif x.device.type == "cpu":
-        ok_dtype = x.dtype in (torch.bfloat16, torch.float32)
-    else:
-        return False
-    per = 16 // x.element_size()
-    return ok_dtype and all(d % per == 0 for d in dims)
-
-
-def _use_grouped(x: torch.Tensor, *dims: int) -> bool:
-    """Grouped GEMM where it pays: not for fp32 on CPU, where the per-expert loop of MKL matmuls
-    is as fast at a few experts and faster at hundreds (measured: 8.2 s vs 12.4 s for 384 groups)."""
-    return _grouped_ok(x, *dims) and not (x.device.type == "cpu" and x.dtype == torch.float32)
-
-
-def _mm_groups(
-    a_SX: torch.Tensor, w_EXY: torch.Tensor, counts: list[int], offs: torch.Tensor | None
-) -> torch.Tensor:
-    """out[rows of e] = a[rows of e] @ w[e] for consecutive row groups of sizes ``counts``."""
-    if offs is not None:
-        return torch._grouped_mm(a_SX, w_EXY, offs=offs)
-    out = a_SX.new_empty(a_SX.shape[0], w_EXY.shape[-1])
-    start = 0
-    for e, n in enumerate(counts):
-        if n:
-            torch.mm(a_SX[start : start + n], w_EXY[e], out=out[start : start + n])
-            start += n
-    return out
-
-
-def _mm_weight_grads(
-    a_SX: torch.Tensor, b_SY: torch.Tensor, counts: list[int], offs: torch.Tensor | None
-) -> torch.Tensor:
-    """out[e] = a[rows of e]^T @ b[rows of e]: (E, X, Y); zero for experts with no rows."""
-    if offs is not None:
-        out = torch._grouped_mm(a_SX.t(), b_SY, offs=offs)
-    else:
-        out = a_SX.new_empty(len(counts), a_SX.shape[1], b_SY.shape[1])
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                torch.mm(a_SX[start : start + n].t(), b_SY[start : start + n], out=out[e])
-                start += n
-    for e, n in enumerate(counts):
-        if not n:
-            out[e].zero_()
-    return out
-
-
-def fused_gate_up(w1: torch.Tensor, w3: torch.Tensor) -> torch.Tensor | None:
-    """``w1`` and ``w3`` as one (E, 2F, D) tensor without a copy, when they are the two halves
-    of one storage (``TorchExperts`` keeps them so); else None."""
-    if type(w1) not in (torch.Tensor, nn.Parameter) or type(w3) not in (torch.Tensor, nn.Parameter):
-        return None  # tensor subclasses (DTensor, fakes) have no storage to share
-    E, F_, D = w1.shape
-    if (
-        w1.dtype != w3.dtype
-        or w1.device != w3.device
-        or w1.stride() != (2 * F_ * D, D, 1)
-        or w3.stride() != w1.stride()
-        or w3.storage_offset() != w1.storage_offset() + F_ * D
-        or w1.untyped_storage().data_ptr() != w3.untyped_storage().data_ptr()
-    ):
-        return None
-    return w1.as_strided((E, 2 * F_, D), (2 * F_ * D, D, 1))
-
-
-class _GroupedSwiGLU(torch.autograd.Function):
-    """SwiGLU of expert-sorted rows; weights enter whole, gradients leave whole.
-
-    All experts' matmuls run as one grouped GEMM (``torch._grouped_mm``) when the
-    shapes allow, else as a loop of per-expert matmuls writing into shared buffers.
-    Gate and up run as one (E, 2F, D) operand, read in place from the fused storage
-    (a copy only when the weights are not stored fused, or need a cast); their
-    gradients are written as two contiguous (E, F, D) tensors, which autograd
-    keeps as they are. So in fp32 no step touches the weights beyond the matmuls.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, x_SD: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, counts: list[int]
-    ) -> torch.Tensor:
-        dtype = _compute_dtype(x_SD)
-        E, F_, D = w1.shape
-        x_SD = x_SD.to(dtype).contiguous()
-        w13_E2FD = fused_gate_up(w1, w3)
-        if w13_E2FD is not None:
-            w13_E2FD = w13_E2FD.to(dtype)  # no-op in fp32; one cast (read once) under autocast
-        else:
-            w13_E2FD = w1.new_empty((E, 2 * F_, D), dtype=dtype)
-            w13_E2FD[:, :F_].copy_(w1)
-            w13_E2FD[:, F_:].copy_(w3)
-        w2_EFD = w2.to(dtype)
-        offs = None
-        if x_SD.shape[0] > 0 and _use_grouped(x_SD, D, F_):
-            offs = torch.tensor(counts, device=x_SD.device).cumsum(0).to(torch.int32)
-        h_S2F = _mm_groups(x_SD, w13_E2FD.transpose(1, 2), counts, offs)
-        a_SF = F.silu(h_S2F[:, :F_]).mul_(h_S2F[:, F_:])
-        y_SD = _mm_groups(a_SF, w2_EFD, counts, offs)
-        ctx.save_for_backward(
-            x_SD, w13_E2FD, w2_EFD, h_S2F, a_SF, offs if offs is not None else torch.empty(0)
-        )
-        ctx.grouped = offs is not None
-        ctx.counts = counts
-        ctx.param_dtype = w1.dtype
-        return y_SD
-
-    @staticmethod
-    def backward(ctx, gy_SD: torch.Tensor):  # type: ignore[override]
-        x_SD, w13_E2FD, w2_EFD, h_S2F, a_SF, offs = ctx.saved_tensors
-        offs = offs if ctx.grouped else None
-        counts: list[int] = ctx.counts
-        F_ = w2_EFD.shape[1]
-        gy_SD = gy_SD.to(x_SD.dtype).contiguous()
-        gate, up = h_S2F[:, :F_], h_S2F[:, F_:]
-        ga_SF = _mm_groups(gy_SD, w2_EFD.transpose(1, 2), counts, offs)
-        gh_S2F = torch.empty_like(h_S2F)
-        # a = silu(gate) * up:  d/d up = silu(gate);  d/d gate = up * silu'(gate)
-        torch.mul(ga_SF, F.silu(gate), out=gh_S2F[:, F_:])
-        gh_S2F[:, :F_] = torch.ops.aten.silu_backward(ga_SF.mul_(up), gate)
-        dt = ctx.param_dtype
-        gw2 = _mm_weight_grads(a_SF, gy_SD, counts, offs).to(dt)
-        gw1 = _mm_weight_grads(gh_S2F[:, :F_], x_SD, counts, offs).to(dt)
-        gw3 = _mm_weight_grads(gh_S2F[:, F_:], x_SD, counts, offs).to(dt)
-        gx_SD = _mm_groups(gh_S2F, w13_E2FD, counts, offs)
-        return gx_SD, gw1, gw3, gw2, None
 
 
 def sort_by_expert(top_idx_TK: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -210,35 +84,42 @@ def _pads_rows(x: torch.Tensor, dtype: torch.dtype) -> bool:
     return x.device.type == "cpu" and dtype == torch.bfloat16
 
 
-def expert_layout(
-    top_idx_TK: torch.Tensor, n_experts: int, pad: bool
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Where each token-expert pair goes in the expert-sorted (optionally padded) row buffer.
+def place_rows(
+    top_idx_TK: torch.Tensor,
+    order_S: torch.Tensor,
+    token_S: torch.Tensor,
+    counts: list[int],
+    plan: RowPlan,
+    pad_token: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each token-expert pair goes in the row buffer ``plan`` lays out.
 
-    Returns ``(token_of_row_P, row_of_pair_S, rows_per_expert)``: row r of the buffer
-    holds token ``token_of_row_P[r]``; pair s (in ``top_idx_TK.reshape(-1)`` order) is
-    row ``row_of_pair_S[s]``. Padding rows repeat token 0: their outputs are never
-    read, so their gradients are exactly zero and they change no weight gradient.
+    Expert e's first ``plan.rows[e]`` pairs fill its block (padded up to ``rows[e]``), the
+    rest (batched form: ``plan.overflow[e]`` of them) follow all blocks. Returns
+    ``(token_of_row_P, row_of_pair_S)``: row r of the buffer holds token
+    ``token_of_row_P[r]``; pair s (in ``top_idx_TK.reshape(-1)`` order) is row
+    ``row_of_pair_S[s]``. Padding rows hold ``pad_token`` (the caller's zero row after
+    the tokens): their outputs are zero and never read, so they change no gradient.
     """
-    order_S, token_S, counts = sort_by_expert(top_idx_TK, n_experts)
-    if not pad:
-        rows = counts
-        row_sorted_S = torch.arange(order_S.numel(), device=order_S.device)
+    dev = order_S.device
+    rows, overflow = list(plan.rows), list(plan.overflow)
+    if rows == counts and not overflow:
+        row_sorted_S = torch.arange(order_S.numel(), device=dev)
     else:
-        rows = [bucket_rows(n) for n in counts]
-        dev = order_S.device
-        real_start_E = torch.tensor(counts, device=dev).cumsum(0) - torch.tensor(counts, device=dev)
-        pad_start_E = torch.tensor(rows, device=dev).cumsum(0) - torch.tensor(rows, device=dev)
+        counts_E, rows_E = torch.tensor(counts, device=dev), torch.tensor(rows, device=dev)
         expert_sorted_S = top_idx_TK.reshape(-1)[order_S]
-        # row = (padded start of its expert) + (rank among that expert's pairs)
-        row_sorted_S = (
-            torch.arange(order_S.numel(), device=dev) + (pad_start_E - real_start_E)[expert_sorted_S]
-        )
-    token_of_row_P = torch.zeros(sum(rows), dtype=torch.long, device=order_S.device)
+        rank_S = torch.arange(order_S.numel(), device=dev) - (counts_E.cumsum(0) - counts_E)[expert_sorted_S]
+        row_sorted_S = (rows_E.cumsum(0) - rows_E)[expert_sorted_S] + rank_S  # block start + rank
+        if overflow:
+            over_E = torch.tensor(overflow, device=dev)
+            over_start_E = sum(rows) + over_E.cumsum(0) - over_E
+            beyond_S = rank_S - rows_E[expert_sorted_S]
+            row_sorted_S = torch.where(beyond_S < 0, row_sorted_S, over_start_E[expert_sorted_S] + beyond_S)
+    token_of_row_P = torch.full((sum(rows) + sum(overflow),), pad_token, dtype=torch.long, device=dev)
     token_of_row_P[row_sorted_S] = token_S
     row_of_pair_S = torch.empty_like(order_S)
     row_of_pair_S[order_S] = row_sorted_S
-    return token_of_row_P, row_of_pair_S, rows
+    return token_of_row_P, row_of_pair_S
 
 
 class TorchExperts(Experts):
@@ -255,6 +136,10 @@ class TorchExperts(Experts):
         self.init_std = init_std
         self.shard: ExpertShard | None = None
         self.fuse = True
+        self.path = "auto"  # one of EXPERT_PATHS
+        # Under bf16 autocast: the weights' bf16 copy, recast only when the fp32 masters change.
+        self.keep_compute_copy = True
+        self.compute_copy = ComputeCopy()
         self.reset_parameters()
         self._fuse_gate_up()
 
@@ -277,14 +162,19 @@ class TorchExperts(Experts):
         self.w1.data, self.w3.data = w13[:, :F_], w13[:, F_:]
 
     def unfuse_(self) -> None:
-        """Give w1 and w3 storages of their own (FSDP2 shards only contiguous parameters);
-        the forward then builds the fused operand each step, as for any unfused weights."""
+        """Hand the weights to a sharding wrapper (FSDP2): w1 and w3 get storages of their own
+        (FSDP2 shards only contiguous parameters), and no bf16 copy is kept (the wrapper gathers
+        full weights for each forward and frees them after; a copy kept here would undo the
+        sharding). The forward then builds the fused operand each step."""
         self.fuse = False
+        self.keep_compute_copy = False
+        self.compute_copy.clear()
         self.w1.data, self.w3.data = self.w1.data.contiguous(), self.w3.data.contiguous()
 
     def _apply(self, fn: Any, recurse: bool = True) -> TorchExperts:
         # .to() / .float() give each parameter its own new storage: fuse again.
         super()._apply(fn, recurse)
+        self.compute_copy.clear()
         if isinstance(self.w1, nn.Parameter) and isinstance(self.w3, nn.Parameter):
             self._fuse_gate_up()
         return self
@@ -298,12 +188,50 @@ class TorchExperts(Experts):
         self.shard = shard
         self._fuse_gate_up()
 
+    def _plan(self, x_TD: torch.Tensor, counts: list[int]) -> RowPlan:
+        """The rows every expert gets and the matmul form, for these counts (x in the compute dtype)."""
+        if self.path not in EXPERT_PATHS:
+            raise ValueError(f"TorchExperts.path {self.path!r}: one of {EXPERT_PATHS}")
+        ragged = [bucket_rows(n) for n in counts] if _pads_rows(x_TD, x_TD.dtype) else counts
+        ragged_form = "grouped" if sum(counts) and use_grouped(x_TD, self.dim, self.ffn_dim) else "loop"
+        # block capacities: the bucketed sizes (a few kernel shapes) the counts fall in
+        candidates = sorted({bucket_rows(n) for n in counts if n})
+        if self.path == "auto":
+            capacity = batched_capacity(
+                counts,
+                sum(ragged),
+                candidates,
+                device=x_TD.device,
+                dtype=x_TD.dtype,
+                dim=self.dim,
+                ffn=self.ffn_dim,
+                ragged_form=ragged_form,
+                backward=torch.is_grad_enabled(),
+            )
+        else:  # forced: a block that holds every pair
+            capacity = max(candidates, default=0) if self.path == "batched" else 0
+        if capacity:
+            over = [max(n - capacity, 0) for n in counts]
+            return RowPlan.make("batched", [capacity] * len(counts), x_TD.device, over)
+        return RowPlan.make(ragged_form, ragged, x_TD.device)
+
+    def compute_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(w13_E2FD, w2_EFD)`` in ``dtype`` from the kept copy; None where none is kept."""
+        if not self.keep_compute_copy or dtype == self.w1.dtype:
+            return None  # fp32 runs, and weights a sharding wrapper owns, are read as they are
+        return self.compute_copy.get(self.w1, self.w3, self.w2, dtype)
+
     def _pairs(self, x_TD: torch.Tensor, top_idx_TK: torch.Tensor, n_experts: int) -> torch.Tensor:
         """(T, K, D): the output of expert ``top_idx_TK[t, k]`` (of this module's local experts) for token t."""
         T, D = x_TD.shape
-        token_P, row_of_pair_S, rows = expert_layout(top_idx_TK, n_experts, _pads_rows(x_TD, x_TD.dtype))
+        order_S, token_S, counts = sort_by_expert(top_idx_TK, n_experts)
+        plan = self._plan(x_TD, counts)
+        self.last_form = plan.form
+        token_P, row_of_pair_S = place_rows(top_idx_TK, order_S, token_S, counts, plan, T)
+        if len(token_P) > len(order_S):  # padding rows read a zero row after the tokens
+            x_TD = torch.cat([x_TD, x_TD.new_zeros(1, D)])
         x_PD = x_TD.index_select(0, token_P)
-        y_PD = _GroupedSwiGLU.apply(x_PD, self.w1, self.w3, self.w2, rows)
+        y_PD = ExpertSwiGLU.apply(x_PD, self.w1, self.w3, self.w2, plan, self.compute_weights(x_PD.dtype))
         # Back to pair order; padding rows are dropped here, so they get zero gradient.
         return y_PD.index_select(0, row_of_pair_S).view(T, top_idx_TK.shape[1], D)
 
@@ -312,7 +240,7 @@ class TorchExperts(Experts):
     ) -> torch.Tensor:
         T, D = x_TD.shape
         # Cast before gathering: the K copies of each token are then made in the compute dtype.
-        x_TD = x_TD.to(_compute_dtype(x_TD))
+        x_TD = x_TD.to(compute_dtype(x_TD))
         if self.shard is None:
             y_TKD = self._pairs(x_TD, top_idx_TK, self.n_experts)
         else:

@@ -11,7 +11,7 @@ from torch import nn
 from kimi_lab.config.schema import MoEBackend, MoEConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.model.mlp import SwiGLU
-from kimi_lab.model.moe.decode import DECODE_MAX_TOKENS, decode_experts
+from kimi_lab.model.moe.decode import DECODE_MAX_TOKENS, decode_experts, decode_strategy
 from kimi_lab.model.moe.experts import Experts, TorchExperts
 from kimi_lab.model.moe.losses import router_z_loss, sequence_balance_loss
 from kimi_lab.model.moe.megablocks_backend import MegaBlocksExperts, megablocks_unavailable_reason
@@ -61,6 +61,7 @@ class MoELayer(nn.Module):
         )
         # Few tokens without gradients take kimi_lab.model.moe.decode (it needs every expert's weights).
         self.decode_path = True
+        self.last_decode_form: str | None = None  # the decode form the last decode step ran (benchmarks)
         # Set by the routing inspector: keeps the last routing decisions (detached).
         self.record_routing = False
         self.last_routing: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -82,8 +83,9 @@ class MoELayer(nn.Module):
         decode = B * T <= DECODE_MAX_TOKENS and not torch.is_grad_enabled() and self.decode_path
         if decode and self.experts.shard is None:  # (under expert parallelism tokens must travel)
             # A decode step: a handful of tokens, a fixed-shape path without sort or host sync.
-            e = self.experts
-            y_TD = decode_experts(x_TD, routing.top_idx_TK, routing.top_weight_TK, e.w1, e.w3, e.w2)
+            e, idx = self.experts, routing.top_idx_TK
+            self.last_decode_form = decode_strategy(B * T, idx.shape[1], e.w1, idx)
+            y_TD = decode_experts(x_TD, idx, routing.top_weight_TK, e.w1, e.w3, e.w2, self.last_decode_form)
         else:
             y_TD = self.experts(x_TD, routing.top_idx_TK, routing.top_weight_TK)
         if self.shared is not None:
