@@ -351,7 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--families",
         type=_comma_list,
         default=None,
-        help="visual-tasks: comma-separated, e.g. count,maze (default: all)",
+        help="visual-tasks: comma-separated, e.g. count,maze; code-from-pixels: e.g. "
+        "html_screenshot,svg_screenshot,html_recording (default: all)",
+    )
+    b.add_argument(
+        "--caption",
+        action="store_true",
+        help="image-code, page-recordings: a caption (.txt) in place of the code (vision_coding's control)",
+    )
+    b.add_argument(
+        "--with-answers",
+        action="store_true",
+        help="code-from-pixels: each prompt with its code as the assistant's reply (for phase sft)",
     )
     b.add_argument(
         "--modality", choices=("image", "text", "both"), default=None, help="visual-tasks (default image)"
@@ -387,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=float,
         default=None,
-        help="swarm-tasks (default 0.2), swarm-sft (default 0.05): share of tasks held out in val",
+        help="swarm-tasks (default 0.2), swarm-sft, code-from-pixels (default 0.05): share held out in val",
     )
     b.set_defaults(func=_cmd_data_build)
     i = data_sub.add_parser("inspect", help="per-shard counts, modalities, sizes, decode failures, previews")
