@@ -57,8 +57,8 @@ SCALES = {
     # Seconds per stage: checks the chain end to end (tests), measures nothing.
     "tiny": Scale(
         "tiny-vl",
-        4,
-        4,
+        2,
+        2,
         2,
         40,
         6,
