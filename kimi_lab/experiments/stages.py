@@ -15,6 +15,19 @@ from pathlib import Path
 from kimi_lab.errors import KimiLabError
 from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, STATUS_FILE
 
+# Every stage of a ``--scale tiny`` chain on ``tiny-vl``: seconds per stage, conversations whole
+# in one window, no validation to speak of; checks the chain, measures nothing.
+TINY_VL_OVERRIDES = (
+    "data.seq_len=2048",
+    "data.batch_size=2",
+    "data.vision.max_patches=64",
+    "trainer.val_check_interval=1000",
+    "trainer.limit_val_batches=1",
+    "trainer.precision=32-true",
+    "phase.schedule.warmup_steps=1",
+    "model.max_seq_len=2048",
+)
+
 
 def _finished(run_dir: Path) -> bool:
     try:

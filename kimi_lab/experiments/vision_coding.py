@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.experiments.stages import train_stage
+from kimi_lab.experiments.stages import TINY_VL_OVERRIDES, train_stage
 
 TAG = "vision_coding"
 ARMS = ("code", "caption")  # what the pictures and clips were paired with in pre-training
@@ -69,16 +69,7 @@ SCALES = {
         eval_batch=4,
         eval_val_fraction=1.0,
         examples=1,
-        extra=(
-            "data.seq_len=2048",
-            "data.batch_size=2",
-            "data.vision.max_patches=64",
-            "trainer.val_check_interval=1000",
-            "trainer.limit_val_batches=1",
-            "trainer.precision=32-true",
-            "phase.schedule.warmup_steps=1",
-            "model.max_seq_len=2048",
-        ),
+        extra=TINY_VL_OVERRIDES,
     ),
 }
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.experiments.stages import train_stage
+from kimi_lab.experiments.stages import TINY_VL_OVERRIDES, train_stage
 from kimi_lab.reports.zero_vision import BLANK, VARIANTS
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,7 @@ SCALES = {
         32,
         0.25,
         4,
-        (
-            "data.seq_len=2048",
-            "data.batch_size=2",
-            "data.vision.max_patches=64",
-            "trainer.val_check_interval=1000",
-            "trainer.limit_val_batches=1",
-            "trainer.precision=32-true",
-            "phase.schedule.warmup_steps=1",
-            "model.max_seq_len=2048",
-        ),
+        TINY_VL_OVERRIDES,
     ),
 }
 

@@ -37,7 +37,9 @@ from kimi_lab.tools.renderers import HtmlRenderer, PageCapture, render_svg, svg_
 log = logging.getLogger(__name__)
 
 READY = b"kimi-render-ready\n"
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding kimi_lab/
+PACKAGE = (
+    Path(__file__).resolve().parents[1]
+)  # kimi_lab/ itself: the sandbox sees no other file of a checkout
 BWRAP = "bwrap"
 INSTALL_HINT = "apt-get install -y bubblewrap chromium"
 READ_ONLY = (
@@ -279,7 +281,7 @@ def sandbox_argv() -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    trees = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), str(PACKAGE_ROOT)]
+    trees = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), str(PACKAGE)]
     trees += [p for p in READ_ONLY if os.path.isdir(p)]
     for tree in dict.fromkeys(trees):
         if not (tree == "/usr" or tree.startswith("/usr/")):
