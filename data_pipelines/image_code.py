@@ -6,9 +6,9 @@ diagrams) rendered by resvg, and HTML+CSS pages (card grids, tables, bar charts
 made of boxes, page layouts) rendered by headless Chromium. ``--src DIR`` renders
 a user's own .svg / .html files instead. Each sample holds the PNG, the code
 (``.svg`` or ``.html``) and a record with the renderer, the generator and the
-scene's labels. ``--caption`` writes a sentence describing the picture (``.txt``)
-in place of the code: the same pictures paired with captions, the control of
-``experiment vision_coding``.
+scene's labels, and a caption (a sentence describing the picture, from the labels:
+``kimi-lab data build captions`` pairs the same pictures with it instead of the code,
+the control of ``experiment vision_coding``).
 """
 
 from __future__ import annotations
@@ -387,7 +387,6 @@ def build_image_code(
     n: int = 200,
     seed: int = 0,
     src: str | Path | None = None,
-    caption: bool = False,
     val_fraction: float = 0.05,
     shard_bytes: int = 256_000,
     progress: bool = True,
@@ -421,7 +420,7 @@ def build_image_code(
                 origin = "user" if src else "procedural"
                 record = make_record(
                     "image",
-                    f"{prog.language}-{'caption' if caption else origin}",
+                    f"{prog.language}-{origin}",
                     language=prog.language,
                     renderer=versions[prog.language],
                     generator=BUILDER_VERSION,
@@ -430,13 +429,13 @@ def build_image_code(
                     width=prog.width,
                     height=prog.height,
                     labels=prog.labels,
+                    caption=describe(prog),
                 )
-                text = {"txt": describe(prog).encode()} if caption else {prog.language: prog.code.encode()}
                 sink.write(
                     {
                         "__key__": sample_key(f"{prog.language}-{origin}", prog.code.encode()),
                         "png": png,
-                        **text,
+                        prog.language: prog.code.encode(),
                         "json": json.dumps(record).encode(),
                     }
                 )
@@ -448,6 +447,5 @@ def build_image_code(
                 BUILDER_VERSION,
                 renderers=versions,
                 source=str(src) if src else "procedural",
-                pairs="caption" if caption else "code",
             )
     return manifest

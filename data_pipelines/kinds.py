@@ -17,7 +17,6 @@ from typing import Any
 # every kind takes --n, --seed and --shard-mb.
 OPTIONS = (
     "src",
-    "caption",
     "with_answers",
     "families",
     "modality",
@@ -45,14 +44,18 @@ KINDS: dict[str, DataKind] = {
     "text": DataKind("data_pipelines.text:build_text", "standard-library text, or --src files", ("src",)),
     "image-code": DataKind(
         "data_pipelines.image_code:build_image_code",
-        "rendered SVG / HTML pages and their code (or captions)",
-        ("src", "caption"),
+        "rendered SVG / HTML pages and their code",
+        ("src",),
     ),
     "video": DataKind("data_pipelines.video:build_video", "captioned clips of moving shapes"),
     "page-recordings": DataKind(
         "data_pipelines.page_recordings:build_page_recordings",
-        "web pages in motion recorded by Chromium, next to their code (or captions)",
-        ("caption",),
+        "web pages in motion recorded by Chromium, next to their code",
+    ),
+    "captions": DataKind(
+        "data_pipelines.captions:build_captions",
+        "an image-code / page-recordings folder with captions in place of the code (--src)",
+        ("src",),
     ),
     "interleaved": DataKind(
         "data_pipelines.interleaved:build_interleaved", "documents with figures and captions inline"

@@ -8,10 +8,10 @@ on a virtual clock (``HtmlRenderer.capture``: the same pixels at the same times 
 every run) at ``FPS`` frames per second into a short H.264 clip (PyAV, as the video
 kind writes them). Each sample holds the clip, the code (``.html``) and a record
 whose ``timeline`` says what happens when (each event's start and end in ms) and
-``changes`` which frames differ from the one before. ``--caption`` writes a
-sentence describing the page and its timeline (``.txt``) in place of the code: the
-same recordings paired with captions, the control of ``experiment vision_coding``.
-A page that does not render is a counted skip (``render_failed``).
+``changes`` which frames differ from the one before, and a ``caption`` describing
+the page and its timeline (``kimi-lab data build captions`` pairs the same clips
+with it instead of the code, the control of ``experiment vision_coding``). A page
+that does not render is a counted skip (``render_failed``).
 """
 
 from __future__ import annotations
@@ -273,7 +273,6 @@ def build_page_recordings(
     out: str,
     n: int = 200,
     seed: int = 0,
-    caption: bool = False,
     val_fraction: float = 0.05,
     shard_bytes: int = 256_000,
     progress: bool = True,
@@ -300,7 +299,7 @@ def build_page_recordings(
                 mp4 = encode_mp4(frames, FPS)
                 record = make_record(
                     "video",
-                    "page-recording-caption" if caption else "page-recording-procedural",
+                    "page-recording-procedural",
                     language="html",
                     renderer=renderer,
                     generator=BUILDER_VERSION,
@@ -315,12 +314,11 @@ def build_page_recordings(
                     caption=page.caption,
                     labels=page.labels,
                 )
-                text = {"txt": page.caption.encode()} if caption else {"html": page.code.encode()}
                 sink.write(
                     {
                         "__key__": sample_key("page-recording", page.code.encode()),
                         "mp4": mp4,
-                        **text,
+                        "html": page.code.encode(),
                         "json": json.dumps(record).encode(),
                     }
                 )
@@ -334,7 +332,6 @@ def build_page_recordings(
             fps=FPS,
             times_ms=TIMES_MS,
             renderer=renderer,
-            pairs="caption" if caption else "code",
             source="procedural",
         )
     return manifest

@@ -339,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--n", type=int, default=None, help="how many samples (text: at most; others: default 200)"
     )
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--src", default=None, help="text: your .txt/.jsonl/.parquet; image-code: your .svg/.html")
+    b.add_argument(
+        "--src",
+        default=None,
+        help="text: your .txt/.jsonl/.parquet; image-code: your .svg/.html; captions: an image-code or "
+        "page-recordings folder",
+    )
     b.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
     b.add_argument(
         "--shard-mb",
@@ -353,11 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="visual-tasks: comma-separated, e.g. count,maze; code-from-pixels: e.g. "
         "html_screenshot,svg_screenshot,html_recording (default: all)",
-    )
-    b.add_argument(
-        "--caption",
-        action="store_true",
-        help="image-code, page-recordings: a caption (.txt) in place of the code (vision_coding's control)",
     )
     b.add_argument(
         "--with-answers",

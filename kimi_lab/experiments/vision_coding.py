@@ -77,6 +77,7 @@ SCALES = {
 # ----------------------------------------------------------------------- data
 def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
     """Build every dataset the chain needs that is not there yet; returns their folders."""
+    from data_pipelines.captions import build_captions
     from data_pipelines.code_tasks import build_code_tasks
     from data_pipelines.image_code import build_image_code
     from data_pipelines.page_recordings import build_page_recordings
@@ -93,17 +94,13 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
     }
     builders = {
         "text": lambda out: build_text(out, n=scale.n_text, seed=seed, progress=False),
-        # The same seed: the caption sets hold the very pictures and clips of the code sets.
         "image_code": lambda out: build_image_code(out, n=scale.n_image_code, seed=seed, progress=False),
-        "image_code_caption": lambda out: build_image_code(
-            out, n=scale.n_image_code, seed=seed, caption=True, progress=False
-        ),
+        # The very pictures and clips of the code sets, each with its caption instead of its code.
+        "image_code_caption": lambda out: build_captions(out, paths["image_code"], progress=False),
         "recordings": lambda out: build_page_recordings(
             str(out), n=scale.n_recordings, seed=seed, progress=False
         ),
-        "recordings_caption": lambda out: build_page_recordings(
-            str(out), n=scale.n_recordings, seed=seed, caption=True, progress=False
-        ),
+        "recordings_caption": lambda out: build_captions(out, paths["recordings"], progress=False),
         "sft": lambda out: build_code_tasks(out, n=scale.n_sft, seed=seed, with_answers=True, progress=False),
         # Held-out prompts from another seed's task stream: never an SFT page.
         **{

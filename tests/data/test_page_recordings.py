@@ -36,23 +36,27 @@ def test_recordings_change_where_their_record_says(page_recording_shards: Path) 
         assert prov["timeline"] and all(e["what"] in prov["caption"] for e in prov["timeline"])
 
 
-def test_caption_builds_hold_the_same_pictures_and_clips(
+def test_captions_pair_the_same_pictures_and_clips_with_captions(
     page_recording_shards: Path, image_code_shards: Path, tmp_path: Path
 ) -> None:
-    from data_pipelines.image_code import build_image_code
-    from data_pipelines.page_recordings import build_page_recordings
+    from data_pipelines.captions import build_captions
 
-    build_page_recordings(str(tmp_path / "rec"), n=2, seed=0, caption=True, val_fraction=0.0, progress=False)
-    build_image_code(tmp_path / "img", n=2, seed=0, caption=True, val_fraction=0.0, progress=False)
-    code = {s["__key__"]: s for f in (page_recording_shards, image_code_shards) for s in _samples(f)}
-    for folder in ("rec", "img"):
-        for sample in _samples(tmp_path / folder):
-            twin = code[sample["__key__"]]  # the same key: the same page, in the same split
+    for src in (page_recording_shards, image_code_shards):
+        out = tmp_path / src.name
+        manifest = build_captions(out, src, progress=False)
+        code = json.loads((src / "manifest.json").read_text())
+        assert manifest["pairs"] == "caption" and manifest["modality"] == code["modality"]
+        assert {k: manifest["counts"][k] for k in ("train", "val")} == {
+            k: code["counts"][k] for k in ("train", "val")
+        }
+        twins = {s["__key__"]: s for s in _samples(src)}
+        for sample in _samples(out):
+            twin = twins[sample["__key__"]]  # the same key: the same picture or clip, in the same split
             record = json.loads(sample["json"])
-            assert "html" not in sample and "svg" not in sample and sample["txt"].decode().startswith("A ")
-            if folder == "rec":
-                assert sample["txt"].decode() == record["provenance"]["caption"]
-                a, b = parse_sample(sample).parts[0][1], parse_sample(twin).parts[0][1]
-                assert np.abs(a.astype(int) - b.astype(int)).max() <= 8  # the same clip
-            else:
-                assert sample["png"] == twin["png"]
+            assert (
+                not {"html", "svg"} & set(sample)
+                and sample["txt"].decode() == record["provenance"]["caption"]
+            )
+            media = "mp4" if "mp4" in sample else "png"
+            assert sample[media] == twin[media]
+            assert parse_sample(sample).parts[-1] == ("text", record["provenance"]["caption"])
