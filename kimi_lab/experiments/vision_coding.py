@@ -53,7 +53,7 @@ class Scale:
 SCALES = {
     # 200 held-out prompts per source: a reward difference of 0.1 is beyond two standard errors
     # even unpaired. Stage times on 2 cores: see the README.
-    "small": Scale("small-vl", 600, 400, 200, 1500, 800, 600, 1200, 250, 768),
+    "small": Scale("small-vl", 500, 300, 200, 1500, 800, 500, 900, 250, 768),
     # Seconds per stage: checks the chain end to end (tests), measures nothing.
     "tiny": Scale(
         "tiny-vl",
