@@ -41,6 +41,11 @@ def _se(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def _num(x: float, digits: int = 3) -> str:
+    """A table cell: ``-`` where there is nothing to average (no answer rendered, say)."""
+    return f"{x:.{digits}f}" if math.isfinite(x) else "-"
+
+
 def _pooled(results: dict[str, Any]) -> dict[str, Any]:
     """Every prompt as one source, ``all``, for the paired difference over both kinds of prompt."""
     return {
@@ -110,10 +115,11 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [f"{r[x]['reward']:.3f} +- {r[x]['se']:.3f}" for x in (*SOURCES, "all")]
+        cells = [f"{_num(r[x]['reward'])} +- {_num(r[x]['se'])}" for x in (*SOURCES, "all")]
         lines.append(
-            f"| {r['label']} | {' | '.join(cells)} | {r['screenshot']['render_rate']:.2f} / "
-            f"{r['recording']['render_rate']:.2f} | {r['all']['visual']:.3f} / {r['all']['structure']:.3f} |"
+            f"| {r['label']} | {' | '.join(cells)} | {_num(r['screenshot']['render_rate'], 2)} / "
+            f"{_num(r['recording']['render_rate'], 2)} | {_num(r['all']['visual'])} / "
+            f"{_num(r['all']['structure'])} |"
         )
     lines += [
         "",

@@ -6,7 +6,6 @@ import dataclasses
 import http.server
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,9 @@ FROZEN = "<style>*{animation:none!important;transition:none!important}</style>"
 
 
 @pytest.fixture(scope="module")
-def renderer() -> Iterator[PageRenderer]:
-    with PageRenderer() as r:
-        yield r
+def renderer() -> PageRenderer:
+    """The process's shared render worker (what rewards use; the other reward tests reuse it)."""
+    return code_rewards.shared_renderer()
 
 
 def _prompts(folder: Path) -> list[TaskInput]:
@@ -46,29 +45,30 @@ def _prompts(folder: Path) -> list[TaskInput]:
 
 
 def test_the_reference_scores_one_a_blank_page_about_zero(
-    code_task_shards: Path, renderer: PageRenderer, monkeypatch: pytest.MonkeyPatch
+    code_task_shards: Path, renderer: PageRenderer
 ) -> None:
-    monkeypatch.setattr(code_rewards, "shared_renderer", lambda: renderer)
     tasks = _prompts(code_task_shards)
     assert [t.task["family"] for t in tasks] == ["html_recording", "html_screenshot", "svg_screenshot"]
     for task in tasks:
         answer = task.task["answer"]
         targets = task.targets or list(task.images.values())
         assert len(targets) == len(answer["times_ms"])
-        ref = code_score(f"Here it is:\n```{answer['kind']}\n{answer['code']}\n```", targets, answer)
+        ref = code_score(
+            f"Here it is:\n```{answer['kind']}\n{answer['code']}\n```", targets, answer, renderer
+        )
         assert ref.rendered and ref.reward == pytest.approx(1.0, abs=1e-6), task.task["family"]
-        blank = code_score(BLANK[answer["kind"]], targets, answer)
+        blank = code_score(BLANK[answer["kind"]], targets, answer, renderer)
         assert blank.rendered and blank.reward < 0.05, (task.task["family"], blank)
-        none = code_score("I would write a page with a header.", targets, answer)
+        none = code_score("I would write a page with a header.", targets, answer, renderer)
         assert not none.rendered and none.reward == 0.0
-        # RL and evaluation score an episode the same way
+        # RL and evaluation score an episode the same way (with the shared renderer, this one)
         episode = Episode(task, [*task.messages, Message("assistant", answer["code"])], [], [], [])
         assert score_episode(episode) == pytest.approx(1.0, abs=1e-6)
     # A recording is compared frame by frame at its times: the page without its motion loses reward.
     recording = tasks[0]
     answer = recording.task["answer"]
     still = answer["code"].replace("<script>", "<script>throw 0;").replace("</head>", FROZEN + "</head>")
-    frozen = code_score(still, recording.targets, answer)
+    frozen = code_score(still, recording.targets, answer, renderer)
     assert frozen.rendered and 0.0 < frozen.reward < 0.999
 
 
