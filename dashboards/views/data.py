@@ -130,7 +130,9 @@ if manifest.is_file():
     except json.JSONDecodeError:
         st.warning("manifest.json is unreadable")
 shards = sorted(folder.glob("*.tar"))
-shard = st.selectbox("shard", shards, format_func=lambda p: p.name)
+shard = st.selectbox(
+    "shard", shards, format_func=lambda p: p.name, key=f"shard of {folder}"
+)  # a new folder, its own shards
 samples, problem = read_samples(str(shard), shard.stat().st_mtime)
 if problem:
     st.warning(problem)
