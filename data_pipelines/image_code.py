@@ -6,7 +6,9 @@ diagrams) rendered by resvg, and HTML+CSS pages (card grids, tables, bar charts
 made of boxes, page layouts) rendered by headless Chromium. ``--src DIR`` renders
 a user's own .svg / .html files instead. Each sample holds the PNG, the code
 (``.svg`` or ``.html``) and a record with the renderer, the generator and the
-scene's labels.
+scene's labels, and a caption (a sentence describing the picture, from the labels:
+``kimi-lab data build captions`` pairs the same pictures with it instead of the code,
+the control of ``experiment vision_coding``).
 """
 
 from __future__ import annotations
@@ -326,6 +328,43 @@ def _html_layout(rng: random.Random) -> tuple[list[str], list[str], dict[str, An
     return body, css, {"title": title, "links": links}
 
 
+# ------------------------------------------------------------------------- captions
+def _listing(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1] if items else "nothing"
+
+
+def describe(prog: CodeSample) -> str:
+    """What a picture shows, in one or two sentences, from the generator's labels (not its code)."""
+    lab, size = prog.labels, f"{prog.width}x{prog.height}"
+    scene = lab.get("scene")
+    if prog.language == "svg":
+        if scene == "shapes":
+            shapes = [f"a {s['colour']} {s['shape']}" for s in lab["shapes"]]
+            return f"A {size} picture of {len(shapes)} shapes: {_listing(shapes)}."
+        if scene == "bar_chart":
+            bars = [f"{chr(65 + i)} {v}" for i, v in enumerate(lab["values"])]
+            return f"A {size} bar chart titled {lab['title']!r} with {len(bars)} bars: {_listing(bars)}."
+        if scene == "pie_chart":
+            parts = [f"{s['colour']} {round(100 * s['share'])}%" for s in lab["slices"]]
+            return f"A {size} pie chart of {len(parts)} slices: {_listing(parts)}."
+        if scene == "diagram":
+            return f"A {size} diagram of {len(lab['boxes'])} boxes joined left to right: {_listing(lab['boxes'])}."
+    elif scene == "cards":
+        cards = [f"{c['title']} ({c['colour']})" for c in lab["cards"]]
+        return f"A {size} web page with {len(cards)} cards: {_listing(cards)}."
+    elif scene == "table":
+        rows = len(lab["cells"])
+        return f"A {size} web page with a table of {rows} rows under the headers {_listing(lab['header'])}."
+    elif scene == "bar_chart":
+        return f"A {size} web page with a bar chart titled {lab['title']!r}: bars of {_listing([str(v) for v in lab['values']])}."
+    elif scene == "layout":
+        return (
+            f"A {size} web page with the header {lab['title']!r}, a side menu ({_listing(lab['links'])}) "
+            "and an article."
+        )
+    return f"A {size} {'picture' if prog.language == 'svg' else 'web page'}."
+
+
 # --------------------------------------------------------------------------- build
 def user_programs(src: Path) -> Iterator[CodeSample]:
     if not src.exists():
@@ -390,6 +429,7 @@ def build_image_code(
                     width=prog.width,
                     height=prog.height,
                     labels=prog.labels,
+                    caption=describe(prog),
                 )
                 sink.write(
                     {

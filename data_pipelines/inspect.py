@@ -29,7 +29,13 @@ def _preview(p: Parsed) -> dict[str, Any]:
             for m in messages:
                 text = m.content + "".join(f" [{c.name} call: {len(c.input)} chars]" for c in m.tool_calls)
                 parts.append({m.role: text[:120].replace("\n", "\\n") + ("..." if len(text) > 120 else "")})
-            parts.extend({"image": f"{name}: {rgb.shape[1]}x{rgb.shape[0]}"} for name, rgb in images.items())
+            for name, media in images.items():
+                size = f"{media.shape[-2]}x{media.shape[-3]}"
+                parts.append(
+                    {"video": f"{name}: {media.shape[0]} frames of {size}"}
+                    if media.ndim == 4
+                    else {"image": f"{name}: {size}"}
+                )
         else:
             parts.append({"video": f"{value.shape[0]} frames of {value.shape[2]}x{value.shape[1]}"})
     out["parts"] = parts

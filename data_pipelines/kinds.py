@@ -17,6 +17,7 @@ from typing import Any
 # every kind takes --n, --seed and --shard-mb.
 OPTIONS = (
     "src",
+    "with_answers",
     "families",
     "modality",
     "with_visual_traces",
@@ -42,9 +43,20 @@ class DataKind:
 KINDS: dict[str, DataKind] = {
     "text": DataKind("data_pipelines.text:build_text", "standard-library text, or --src files", ("src",)),
     "image-code": DataKind(
-        "data_pipelines.image_code:build_image_code", "rendered SVG / HTML pages and their code", ("src",)
+        "data_pipelines.image_code:build_image_code",
+        "rendered SVG / HTML pages and their code",
+        ("src",),
     ),
     "video": DataKind("data_pipelines.video:build_video", "captioned clips of moving shapes"),
+    "page-recordings": DataKind(
+        "data_pipelines.page_recordings:build_page_recordings",
+        "web pages in motion recorded by Chromium, next to their code",
+    ),
+    "captions": DataKind(
+        "data_pipelines.captions:build_captions",
+        "an image-code / page-recordings folder with captions in place of the code (--src)",
+        ("src",),
+    ),
     "interleaved": DataKind(
         "data_pipelines.interleaved:build_interleaved", "documents with figures and captions inline"
     ),
@@ -52,6 +64,11 @@ KINDS: dict[str, DataKind] = {
         "data_pipelines.visual_tasks:build_visual_tasks",
         "task prompts with program-checked answers, for RL and eval",
         ("families", "modality"),
+    ),
+    "code-from-pixels": DataKind(
+        "data_pipelines.code_tasks:build_code_tasks",
+        "screenshot -> HTML/SVG and recording -> HTML prompts (--with-answers: SFT)",
+        ("families", "with_answers", "val_fraction"),
     ),
     "zero-vision-sft": DataKind(
         "data_pipelines.zero_vision_sft:build_zero_vision_sft",

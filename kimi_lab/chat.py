@@ -10,7 +10,8 @@ the tool's name on the first line, then its input verbatim (Python source for th
 ``python`` tool, JSON for tools with several arguments), so a model never has to
 escape code inside JSON. A tool message wraps its output as
 ``<|tool_result_begin|> ... <|tool_result_end|>``. Images (user inputs, images a tool
-saved) become vision placeholder runs ``<|media_start|><|image_pad|>*n<|media_end|>``.
+saved) become vision placeholder runs ``<|media_start|><|image_pad|>*n<|media_end|>``;
+a clip (a screen recording in a prompt) one ``<|video_pad|>`` run per chunk of frames.
 
 Training targets are the assistant's tokens after its header, ``<|im_end|>``
 included (so a model learns to stop); everything else is context. Generation
@@ -32,6 +33,7 @@ CALL_BEGIN, CALL_END = "<|tool_call_begin|>", "<|tool_call_end|>"
 RESULT_BEGIN, RESULT_END = "<|tool_result_begin|>", "<|tool_result_end|>"
 MEDIA_START, MEDIA_END, IMAGE_PAD = "<|media_start|>", "<|media_end|>", "<|image_pad|>"
 TOOLS_HEADER = "Tools:"  # opens the description of the tools a caller declares (``with_tools``)
+VIDEO_PAD = "<|video_pad|>"
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _ANSWER = re.compile(r"(?im)^\s*answer\s*:\s*(.+?)\s*$")
 
@@ -54,8 +56,8 @@ class Message:
     role: str
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
-    # Names of images attached to this message (user inputs, images a tool saved); the
-    # images themselves travel beside the conversation (sample files, tool results).
+    # Names of images (or clips) attached to this message (user inputs, images a tool saved);
+    # the media themselves travel beside the conversation (sample files, tool results).
     images: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,11 +178,16 @@ class EncodedChat:
 
     tokens: list[int]
     train: list[bool]
-    media: list[tuple[int, str]]  # (offset of <|media_start|>, image name) in order
+    media: list[tuple[int, str]]  # (offset of <|media_start|>, media name) per run, in order
 
 
 class ChatEncoder:
-    """Conversations -> token ids with target flags; ``image_tokens(name)`` gives each image's run length."""
+    """Conversations -> token ids with target flags.
+
+    ``image_tokens(name)`` gives each medium's placeholder count: an int for an image (one
+    ``<|image_pad|>`` run), a list for a clip (one ``<|video_pad|>`` run per chunk; ``media``
+    then names the clip once per run).
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tok = tokenizer
@@ -193,6 +200,7 @@ class ChatEncoder:
         self.media_start = tokenizer.token_id(MEDIA_START)
         self.media_end = tokenizer.token_id(MEDIA_END)
         self.image_pad = tokenizer.token_id(IMAGE_PAD)
+        self.video_pad = tokenizer.token_id(VIDEO_PAD)
 
     def header(self, role: str) -> list[int]:
         return [self.ids[IM_START], self.role_id[role]]
@@ -200,7 +208,7 @@ class ChatEncoder:
     def encode(
         self,
         messages: list[Message],
-        image_tokens: Callable[[str], int] | None = None,
+        image_tokens: Callable[[str], int | list[int]] | None = None,
         add_generation_prompt: bool = False,
     ) -> EncodedChat:
         out = EncodedChat([], [], [])
@@ -218,22 +226,32 @@ class ChatEncoder:
         out.train.extend([trained] * len(ids))
 
     def _content(
-        self, out: EncodedChat, m: Message, trained: bool, image_tokens: Callable[[str], int] | None
+        self,
+        out: EncodedChat,
+        m: Message,
+        trained: bool,
+        image_tokens: Callable[[str], int | list[int]] | None,
     ) -> None:
-        """Text and images in the order ``content_pieces`` gives."""
+        """Text and media in the order ``content_pieces`` gives: an image is one placeholder run,
+        a clip one run per chunk."""
         for text, name in content_pieces(m):
             if name is None:
                 self._extend(out, self.tok.encode(text), trained)
             elif image_tokens is None:
                 self._extend(out, self.tok.encode(text), False)
             else:
-                out.media.append((len(out.tokens), name))
-                self._extend(
-                    out, [self.media_start, *[self.image_pad] * image_tokens(name), self.media_end], False
-                )
+                runs = image_tokens(name)
+                pad, sizes = (self.image_pad, [runs]) if isinstance(runs, int) else (self.video_pad, runs)
+                for n in sizes:
+                    out.media.append((len(out.tokens), name))
+                    self._extend(out, [self.media_start, *[pad] * n, self.media_end], False)
 
     def _body(
-        self, out: EncodedChat, m: Message, trained: bool, image_tokens: Callable[[str], int] | None
+        self,
+        out: EncodedChat,
+        m: Message,
+        trained: bool,
+        image_tokens: Callable[[str], int | list[int]] | None,
     ) -> None:
         if m.role == "tool":
             self._extend(out, [self.ids[RESULT_BEGIN]], False)
@@ -253,8 +271,7 @@ class ChatEncoder:
     @property
     def banned_ids(self) -> tuple[int, ...]:
         """Tokens a model must never generate: vision placeholders and markers, padding."""
-        video_pad = self.tok.token_id("<|video_pad|>")
-        return (self.media_start, self.media_end, self.image_pad, video_pad, self.tok.pad_id)
+        return (self.media_start, self.media_end, self.image_pad, self.video_pad, self.tok.pad_id)
 
 
 # ------------------------------------------------------------------------- parsing

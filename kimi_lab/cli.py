@@ -362,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--n", type=int, default=None, help="how many samples (text: at most; others: default 200)"
     )
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--src", default=None, help="text: your .txt/.jsonl/.parquet; image-code: your .svg/.html")
+    b.add_argument(
+        "--src",
+        default=None,
+        help="text: your .txt/.jsonl/.parquet; image-code: your .svg/.html; captions: an image-code or "
+        "page-recordings folder",
+    )
     b.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size")
     b.add_argument(
         "--shard-mb",
@@ -374,7 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--families",
         type=_comma_list,
         default=None,
-        help="visual-tasks: comma-separated, e.g. count,maze (default: all)",
+        help="visual-tasks: comma-separated, e.g. count,maze; code-from-pixels: e.g. "
+        "html_screenshot,svg_screenshot,html_recording (default: all)",
+    )
+    b.add_argument(
+        "--with-answers",
+        action="store_true",
+        help="code-from-pixels: each prompt with its code as the assistant's reply (for phase sft)",
     )
     b.add_argument(
         "--modality", choices=("image", "text", "both"), default=None, help="visual-tasks (default image)"
@@ -410,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=float,
         default=None,
-        help="swarm-tasks (default 0.2), swarm-sft (default 0.05): share of tasks held out in val",
+        help="swarm-tasks (default 0.2), swarm-sft, code-from-pixels (default 0.05): share held out in val",
     )
     b.set_defaults(func=_cmd_data_build)
     i = data_sub.add_parser("inspect", help="per-shard counts, modalities, sizes, decode failures, previews")

@@ -77,6 +77,26 @@ def interleaved_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def page_recording_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One page recording of every scene (slide, transition, progress, tabs, counter, list)."""
+    from data_pipelines.page_recordings import SCENES, build_page_recordings
+
+    out = tmp_path_factory.mktemp("page_recordings")
+    build_page_recordings(str(out), n=len(SCENES), seed=0, val_fraction=0.0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def code_task_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Code-from-pixels SFT conversations, one of each family (html / svg screenshot, html recording)."""
+    from data_pipelines.code_tasks import FAMILIES, build_code_tasks
+
+    out = tmp_path_factory.mktemp("code_tasks")
+    build_code_tasks(out, n=len(FAMILIES), seed=0, with_answers=True, val_fraction=0.0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def sandbox() -> None:
     """The bubblewrap sandbox must work (the README's test command installs it): fail, never skip."""
     from kimi_lab.tools import sandbox_unavailable_reason

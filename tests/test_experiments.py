@@ -36,6 +36,27 @@ def test_zero_vision_chain_runs_end_to_end_and_resumes(sandbox: None, tmp_path: 
     assert "evaluating" not in again.stdout  # every evaluation, the control included, was kept
 
 
+def test_vision_coding_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
+    out, data = tmp_path / "vc", tmp_path / "data"
+    args = ("experiment", "vision_coding", "--scale", "tiny", "--out", str(out), "--data-dir", str(data))
+    res = run_cli(*args, cwd=REPO, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["arm"] for r in report["rows"]] == ["code", "caption"]
+    for row in report["rows"]:
+        assert row["screenshot"]["n"] == row["recording"]["n"] == 2 and row["all"]["n"] == 4
+        assert 0 <= row["all"]["reward"] <= 1 and 0 <= row["all"]["render_rate"] <= 1
+    assert report["claim"]["status"] in ("confirmed", "contradicted", "not judged")
+    assert report["differences"]["all"]["paired"] and report["differences"]["all"]["n"] == 4
+    # the control saw the same pictures and clips with captions, never their code
+    caption = data / "vision_coding-tiny" / "page_recordings_caption"
+    assert json.loads((caption / "manifest.json").read_text())["pairs"] == "caption"
+    text = (out / "report.md").read_text()
+    assert "## K2.5's claim at this scale" in text and (out / "vision_coding_examples.png").stat().st_size > 0
+    (out / "report.md").unlink()  # kimi-lab report rebuilds it from the saved evaluations
+    assert run_cli("report", str(out), cwd=REPO).returncode == 0 and (out / "report.md").is_file()
+
+
 def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     out, data = tmp_path / "pa", tmp_path / "data"
     args = ("experiment", "parl_ablation", "--scale", "tiny", "--out", str(out), "--data-dir", str(data))

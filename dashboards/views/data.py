@@ -1,4 +1,5 @@
-"""Data: browse shards — image-code pairs beside their code, video frames, text, illustrated documents.
+"""Data: browse shards — image-code pairs beside their code, page recordings playing beside their code,
+video frames, text, illustrated documents, chat samples with their pictures and clips.
 
 Reads tar files directly (tarfile, PIL, PyAV): no kimi_lab import beyond metrics.
 """
@@ -49,6 +50,22 @@ def video_frames(data: bytes, n: int = 6) -> list[Any]:
     return frames[::step][:n]
 
 
+def show_chat(record: dict[str, Any], sample: dict[str, Any]) -> None:
+    """A conversation: each message, its pictures and clips (``NAME.png`` / ``NAME.mp4`` in the sample)."""
+    for m in record.get("messages", [])[:12]:
+        role, content = str(m.get("role", "?")), str(m.get("content", ""))
+        if content.lstrip().startswith("<"):
+            st.markdown(f"**{role}**")
+            st.code(content[:6000], language="html")
+        else:
+            st.markdown(f"**{role}**: {content[:1500]}")
+        for name in m.get("images", [])[:4]:
+            if f"{name}.mp4" in sample:
+                st.video(sample[f"{name}.mp4"], format="video/mp4", loop=True, autoplay=True, muted=True)
+            elif f"{name}.png" in sample:
+                st.image(sample[f"{name}.png"], width=320)
+
+
 def show(sample: dict[str, Any]) -> None:
     try:
         record = json.loads(sample.get("json", b"{}"))
@@ -68,11 +85,20 @@ def show(sample: dict[str, Any]) -> None:
                     sample[code_ext].decode("utf-8", "replace")[:4000],
                     language="html" if code_ext != "txt" else None,
                 )
+        elif modality == "video" and "html" in sample:  # a page recording: the clip plays beside its code
+            left, right = st.columns(2)
+            left.video(sample["mp4"], format="video/mp4", loop=True, autoplay=True, muted=True)
+            timeline = record.get("provenance", {}).get("timeline", [])
+            if timeline:
+                left.dataframe(timeline, hide_index=True)
+            right.code(sample["html"].decode("utf-8", "replace")[:6000], language="html")
         elif modality == "video":
             cols = st.columns(6)
             for col, frame in zip(cols, video_frames(sample["mp4"])):
                 col.image(frame)
             st.caption(sample.get("txt", b"").decode("utf-8", "replace"))
+        elif modality == "chat":
+            show_chat(record, sample)
         elif modality == "interleaved":
             for seg in record.get("segments", []):
                 if "text" in seg:
@@ -92,7 +118,8 @@ root = Path(st.text_input("data folder", str(data_dir())))
 folders = sorted({p.parent for p in root.rglob("*.tar")}) if root.is_dir() else []
 if not folders:
     st.info(
-        f"No shards under `{root}`. Build some: `kimi-lab data build text` (or image-code, video, interleaved)."
+        f"No shards under `{root}`. Build some: `kimi-lab data build text` (or image-code, page-recordings, "
+        "video, interleaved)."
     )
     st.stop()
 folder = st.selectbox("shards", folders, format_func=lambda p: str(p.relative_to(root)) or ".")
@@ -103,7 +130,9 @@ if manifest.is_file():
     except json.JSONDecodeError:
         st.warning("manifest.json is unreadable")
 shards = sorted(folder.glob("*.tar"))
-shard = st.selectbox("shard", shards, format_func=lambda p: p.name)
+shard = st.selectbox(
+    "shard", shards, format_func=lambda p: p.name, key=f"shard of {folder}"
+)  # a new folder, its own shards
 samples, problem = read_samples(str(shard), shard.stat().st_mtime)
 if problem:
     st.warning(problem)

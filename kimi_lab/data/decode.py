@@ -19,7 +19,14 @@ import numpy as np
 from kimi_lab.config.schema import VisionDataConfig
 from kimi_lab.data.schema import LOSS_SPANS, SCHEMA_VERSION
 from kimi_lab.data.tokenizer import Tokenizer
-from kimi_lab.data.vision import VisionBlock, image_block, video_blocks
+from kimi_lab.data.vision import (
+    VisionBlock,
+    blocks_in_order,
+    image_block,
+    media_blocks,
+    run_sizes,
+    video_blocks,
+)
 from kimi_lab.metrics import LOSS_SUBSETS
 
 Segment = list[int] | VisionBlock
@@ -145,8 +152,17 @@ def _find(sample: dict[str, Any], exts: tuple[str, ...]) -> str:
     raise SampleSkip("missing_key", f"none of .{', .'.join(exts)}")
 
 
+def decode_media(sample: dict[str, Any], name: str) -> np.ndarray:
+    """The medium a chat message names: ``NAME.png`` (etc.) as (H, W, 3), or a clip ``NAME.mp4`` as
+    (T, H, W, 3)."""
+    ext = next((e for e in (*IMAGE_EXTS, "mp4") if isinstance(sample.get(f"{name}.{e}"), bytes)), None)
+    if ext is None:
+        raise SampleSkip("missing_key", f"chat image {name!r} has no file in the sample")
+    return decode_video(sample[f"{name}.mp4"]) if ext == "mp4" else decode_image(sample[f"{name}.{ext}"])
+
+
 def _chat(record: dict[str, Any], sample: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
-    """A chat record's messages, and every image they name (``NAME.png`` etc. in the sample)."""
+    """A chat record's messages, and every image or clip they name (``NAME.png``, ``NAME.mp4``...)."""
     from kimi_lab.chat import ChatFormatError, conversation_from_list
 
     try:
@@ -154,13 +170,7 @@ def _chat(record: dict[str, Any], sample: dict[str, Any]) -> tuple[list[Any], di
         messages = conversation_from_list(record.get("messages"), require_assistant=False)
     except ChatFormatError as exn:
         raise SampleSkip("bad_json", f"chat: {exn}") from None
-    images = {}
-    for name in {n for m in messages for n in m.images}:
-        ext = next((e for e in IMAGE_EXTS if isinstance(sample.get(f"{name}.{e}"), bytes)), None)
-        if ext is None:
-            raise SampleSkip("missing_key", f"chat image {name!r} has no file in the sample")
-        images[name] = decode_image(sample[f"{name}.{ext}"])
-    return messages, images
+    return messages, {name: decode_media(sample, name) for name in {n for m in messages for n in m.images}}
 
 
 def parse_sample(sample: dict[str, Any]) -> Parsed:
@@ -175,7 +185,11 @@ def parse_sample(sample: dict[str, Any]) -> Parsed:
         image = decode_image(_bytes(sample, _find(sample, IMAGE_EXTS)))
         parts = [("image", image), ("text", _text(sample, _find(sample, CODE_EXTS)))]
     elif modality == "video":
-        parts = [("video", decode_video(_bytes(sample, "mp4"))), ("text", _text(sample, "txt"))]
+        # The clip, then the page that plays it (a page recording) or its caption.
+        parts = [
+            ("video", decode_video(_bytes(sample, "mp4"))),
+            ("text", _text(sample, _find(sample, CODE_EXTS))),
+        ]
     elif modality == "interleaved":
         segments = record.get("segments")
         if not isinstance(segments, list) or not segments:
@@ -279,19 +293,19 @@ class Decoder:
             raise SampleSkip("bad_json", "a chat sample without an assistant turn has nothing to train on")
         p = self.vision.patch_size
         blocks = {}
-        for name, rgb in images.items():
-            if rgb.shape[0] < p or rgb.shape[1] < p:
+        for name, media in images.items():
+            if media.shape[-3] < p or media.shape[-2] < p:
                 raise SampleSkip("bad_image", f"{name}: smaller than one {p}x{p} patch")
-            blocks[name] = image_block(rgb, self.vision)
-        enc = ChatEncoder(self.tok).encode(messages, lambda name: blocks[name].n_tokens)
+            blocks[name] = media_blocks(media, self.vision)
+        enc = ChatEncoder(self.tok).encode(messages, lambda name: run_sizes(blocks[name]))
         # Split the flat stream at each placeholder run into text segments and vision blocks.
         segments: list[Segment] = []
         start = 0
-        for offset, name in enc.media:
+        for (offset, _), block in zip(enc.media, blocks_in_order(enc.media, blocks), strict=True):
             if offset > start:
                 segments.append(enc.tokens[start:offset])
-            segments.append(blocks[name])
-            start = offset + blocks[name].n_tokens + 2
+            segments.append(block)
+            start = offset + block.n_tokens + 2
         if start < len(enc.tokens):
             segments.append(enc.tokens[start:])
         return Document(parsed.key, parsed.url, "chat", segments, train_flags=list(enc.train))

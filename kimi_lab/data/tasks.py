@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from kimi_lab.chat import ChatFormatError, Message
 from kimi_lab.config.schema import source_config
-from kimi_lab.data.decode import IMAGE_EXTS, SampleSkip, decode_image, parse_record
+from kimi_lab.data.decode import SampleSkip, decode_image, decode_media, parse_record
 from kimi_lab.data.shards import iter_shard_samples, resolve_shards
 from kimi_lab.errors import DataError
 
@@ -32,13 +32,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TaskInput:
-    """One prompt: its conversation, the images it names, files for the tool, and the task record."""
+    """One prompt: its conversation, the media it names, files for the tool, and the task record."""
 
     messages: list[Message]
-    images: dict[str, np.ndarray]  # name -> uint8 RGB
+    images: dict[str, np.ndarray]  # name -> uint8 RGB (H, W, 3), or a clip (T, H, W, 3)
     files: dict[str, str]
     task: dict[str, Any]  # family, answer, answer_type, id (and whatever the scorer needs)
     source: str = "tasks"
+    # What a code-from-pixels answer's render is compared with (``target_N.png``: a recording's
+    # frames at the task's times); empty: the prompt's images are the target.
+    targets: list[np.ndarray] = field(default_factory=list)
 
 
 def task_from_sample(sample: dict[str, Any], source: str) -> TaskInput:
@@ -52,18 +55,16 @@ def task_from_sample(sample: dict[str, Any], source: str) -> TaskInput:
         raise SampleSkip("bad_json", str(exn)) from None
     if not messages or messages[-1].role != "user":
         raise SampleSkip("bad_json", "a task prompt must end with the user's message")
-    images = {}
-    for name in [n for m in messages for n in m.images]:
-        ext = next((e for e in IMAGE_EXTS if isinstance(sample.get(f"{name}.{e}"), bytes)), None)
-        if ext is None:
-            raise SampleSkip("missing_key", f"image {name!r} has no file in the sample")
-        images[name] = decode_image(sample[f"{name}.{ext}"])
+    images = {name: decode_media(sample, name) for name in [n for m in messages for n in m.images]}
     files = record.get("files") or {}
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise SampleSkip("bad_json", "files must map names to text")
     task = dict(record["task"])
     task.setdefault("id", str(sample.get("__key__")))
-    return TaskInput(messages, images, dict(files), task, source)
+    targets = []
+    while isinstance(sample.get(f"target_{len(targets)}.png"), bytes):
+        targets.append(decode_image(sample[f"target_{len(targets)}.png"]))
+    return TaskInput(messages, images, dict(files), task, source, targets)
 
 
 def _samples(urls: list[str], source: str, counts: dict[str, int]) -> Iterator[TaskInput]:

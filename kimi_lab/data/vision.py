@@ -93,3 +93,25 @@ def video_blocks(frames_THWC: np.ndarray, cfg: VisionDataConfig) -> list[VisionB
         patches, grid = patchify(frames[start : start + cfg.chunk_frames], cfg)
         blocks.append(VisionBlock("video", patches, grid, grid[1] * grid[2] // cfg.merge_size**2))
     return blocks
+
+
+def media_blocks(media: np.ndarray, cfg: VisionDataConfig) -> list[VisionBlock]:
+    """An image (H, W, 3) as one block, a clip (T, H, W, 3) as its chunks."""
+    return [image_block(media, cfg)] if media.ndim == 3 else video_blocks(media, cfg)
+
+
+def run_sizes(blocks: list[VisionBlock]) -> int | list[int]:
+    """What ``ChatEncoder`` asks of a medium: an image's token count, or a clip's per chunk."""
+    return blocks[0].n_tokens if blocks[0].kind == "image" else [b.n_tokens for b in blocks]
+
+
+def blocks_in_order(media: list[tuple[int, str]], blocks: dict[str, list[VisionBlock]]) -> list[VisionBlock]:
+    """The blocks of an encoded chat's placeholder runs, in order (a clip names itself once per chunk;
+    an image named twice is the same block twice)."""
+    seen: dict[str, int] = {}
+    out = []
+    for _, name in media:
+        i = seen.get(name, 0)
+        out.append(blocks[name][i % len(blocks[name])])
+        seen[name] = i + 1
+    return out

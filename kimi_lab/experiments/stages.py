@@ -20,6 +20,20 @@ from kimi_lab.errors import KimiLabError
 from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
 from kimi_lab.tracking.resume import is_finished
 
+# Every stage of a ``--scale tiny`` chain on ``tiny-vl``: seconds per stage, conversations whole
+# in one window, no validation to speak of; checks the chain, measures nothing.
+TINY_VL_OVERRIDES = (
+    "data.seq_len=2048",
+    "data.batch_size=2",
+    "data.vision.max_patches=64",
+    "trainer.val_check_interval=1000",
+    "trainer.limit_val_batches=1",
+    "trainer.precision=32-true",
+    "phase.schedule.warmup_steps=1",
+    "model.max_seq_len=2048",
+)
+
+
 
 def train_stage(run_dir: Path, overrides: list[str], tag: str | None = None) -> Path:
     """One ``kimi-lab train`` run into ``run_dir`` (skipped when it already finished).

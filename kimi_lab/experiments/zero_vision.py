@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.experiments.stages import Job, run_jobs, train_stage
+from kimi_lab.experiments.stages import TINY_VL_OVERRIDES, Job, run_jobs, train_stage
 from kimi_lab.reports.zero_vision import BLANK, VARIANTS
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,7 @@ SCALES = {
         max_new_tokens=32,
         task_val_fraction=0.25,
         eval_batch=4,
-        extra=(
-            "data.seq_len=2048",
-            "data.batch_size=2",
-            "data.vision.max_patches=64",
-            "trainer.val_check_interval=1000",
-            "trainer.limit_val_batches=1",
-            "trainer.precision=32-true",
-            "phase.schedule.warmup_steps=1",
-            "model.max_seq_len=2048",
-        ),
+        extra=TINY_VL_OVERRIDES,
     ),
 }
 

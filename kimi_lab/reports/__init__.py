@@ -11,7 +11,7 @@ from kimi_lab.reports.runs import load_multirun
 # multirun experiments (kimi-lab train --multirun experiment=NAME), one module each
 MULTIRUN_WRITERS = ("qk_clip", "sparsity_scaling", "heads_vs_layers", "fusion_ablation", "vit3d_chunking")
 # multi-stage experiments (kimi-lab experiment NAME): rebuilt from their saved evaluations
-STAGED = ("zero_vision", "parl_ablation")
+STAGED = ("zero_vision", "parl_ablation", "vision_coding")
 WRITERS = MULTIRUN_WRITERS + STAGED
 
 
@@ -27,7 +27,7 @@ def write_report(folder: str | Path, also: tuple[str | Path, ...] = ()) -> Path:
     if (root / "eval").is_dir() and (root / "report.json").is_file():
         if also:
             raise ConfigError(f"{root}: a multi-stage experiment's report cannot take other folders")
-        # a multi-stage experiment (zero_vision, parl_ablation): rebuild from its saved evaluations
+        # a multi-stage experiment (zero_vision, parl_ablation, vision_coding): rebuild from its evaluations
         from kimi_lab.reports.staged import rewrite
 
         return rewrite(root)

@@ -18,7 +18,9 @@ CORRECT = 0.999  # a reward at or above this counts as a correct answer
 def score_episode(ep: Episode) -> float:
     from kimi_lab.tasks.rewards import score
 
-    return float(score(ep.task.task, ep.final_text))
+    # A code-from-pixels answer is compared with the task's target frames, else its images.
+    targets = ep.task.targets or [a for a in ep.task.images.values() if a.ndim == 3]
+    return float(score(ep.task.task, ep.final_text, targets))
 
 
 def summarize(episodes: list[Episode], rewards: list[float]) -> dict[str, Any]:
@@ -48,7 +50,11 @@ def prompt_size(task: TaskInput) -> int:
     """About how many tokens a task's prompt takes (3 characters a token, 28 x 28 pixels per
     merged vision token): enough to put prompts of similar length in one batch."""
     chars = sum(len(m.content) for m in task.messages)
-    pixels = sum(int(a.shape[0]) * int(a.shape[1]) for a in task.images.values())
+    # a clip costs one frame's tokens per chunk of 4 frames
+    pixels = sum(
+        int(a.shape[-3]) * int(a.shape[-2]) * (-(-a.shape[0] // 4) if a.ndim == 4 else 1)
+        for a in task.images.values()
+    )
     return chars // 3 + pixels // 784
 
 
@@ -59,12 +65,13 @@ def evaluate(
     tasks: list[TaskInput],
     batch_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    scorer: Callable[[Episode], float] = score_episode,
 ) -> tuple[dict[str, Any], list[Episode], list[float]]:
     """Greedy episodes of ``tasks`` in batches of ``batch_size``; episodes come back in the tasks' order.
 
     Prompts are batched by length: a batch pads to its longest prompt and decodes until its
     last episode stops, so like with like wastes the least. ``progress(done, total)`` after
-    each batch.
+    each batch. ``scorer`` rewards an episode (one that also keeps what it rendered, say).
     """
     order = sorted(range(len(tasks)), key=lambda i: prompt_size(tasks[i]))
     by_task: dict[int, Episode] = {}
@@ -75,7 +82,7 @@ def evaluate(
         if progress is not None:
             progress(len(by_task), len(tasks))
     episodes = [by_task[i] for i in range(len(tasks))]
-    rewards = [score_episode(ep) for ep in episodes]
+    rewards = [scorer(ep) for ep in episodes]
     return summarize(episodes, rewards), episodes, rewards
 
 
@@ -88,7 +95,7 @@ def blanked(task: TaskInput) -> TaskInput:
     for name, rgb in task.images.items():
         colours, counts = np.unique(rgb.reshape(-1, rgb.shape[-1]), axis=0, return_counts=True)
         images[name] = np.broadcast_to(colours[counts.argmax()], rgb.shape).copy()
-    return TaskInput(task.messages, images, task.files, task.task, task.source)
+    return TaskInput(task.messages, images, task.files, task.task, task.source, task.targets)
 
 
 def episode_record(ep: Episode, reward: float) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 from kimi_lab.chat import ChatEncoder, Message, parse_assistant
 from kimi_lab.config.schema import ToolConfig, VisionDataConfig
 from kimi_lab.data.tasks import TaskInput
-from kimi_lab.data.vision import VisionBlock, image_block
+from kimi_lab.data.vision import VisionBlock, blocks_in_order, media_blocks, run_sizes
 from kimi_lab.generation import Prompt, generate
 
 log = logging.getLogger(__name__)
@@ -98,18 +98,15 @@ class RolloutRunner:
         self.run_tool = run_tool
 
     # --------------------------------------------------------------- encoding
-    def _block(self, rgb: np.ndarray) -> VisionBlock:
-        assert self.vision is not None
-        return image_block(rgb, self.vision)
-
     def _append(
         self, ep: Episode, messages: list[Message], images: dict[str, np.ndarray], prompt: bool
     ) -> None:
-        blocks = {n: self._block(images[n]) for m in messages for n in m.images} if self.vision else {}
+        vision = self.vision
+        blocks = {n: media_blocks(images[n], vision) for m in messages for n in m.images} if vision else {}
         enc = self.enc.encode(
-            messages, (lambda n: blocks[n].n_tokens) if self.vision else None, add_generation_prompt=prompt
+            messages, (lambda n: run_sizes(blocks[n])) if vision else None, add_generation_prompt=prompt
         )
-        ep.blocks.extend(blocks[name] for _, name in enc.media)
+        ep.blocks.extend(blocks_in_order(enc.media, blocks))
         ep.tokens.extend(enc.tokens)
         ep.sampled.extend([False] * len(enc.tokens))
         ep.old_logprobs.extend([0.0] * len(enc.tokens))
@@ -204,7 +201,8 @@ class RolloutRunner:
             limits = SandboxLimits(
                 wall_s=t.wall_s, cpu_s=t.cpu_s, memory_mb=t.memory_mb, output_bytes=t.output_bytes
             )
-            inputs = [ep.task.images[n] for n in sorted(ep.task.images)]
+            # The tool gets the images (a clip in the prompt is the model's to watch, not the tool's).
+            inputs = [ep.task.images[n] for n in sorted(ep.task.images) if ep.task.images[n].ndim == 3]
             with ThreadPoolExecutor(max_workers=min(4, len(runnable))) as pool:
                 results = list(
                     pool.map(lambda c: self.run_tool(c.input, inputs, ep.task.files, limits), runnable)

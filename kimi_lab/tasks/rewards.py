@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from kimi_lab.chat import extract_answer
+from kimi_lab.tools.render_worker import RenderUnavailable
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _N = r"\s*(-?\d+(?:\.\d+)?)\s*"
@@ -27,12 +28,15 @@ MAX_BOXES = 64
 
 
 def _safe(fn: Callable[..., float]) -> Callable[..., float]:
-    """Rewards never raise and never leave [0, 1]: a malformed output simply earns 0."""
+    """Rewards never raise and never leave [0, 1]: a malformed output simply earns 0. The one
+    exception: a machine where the sandboxed renderer cannot start at all says so."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> float:
         try:
             value = float(fn(*args, **kwargs))
+        except RenderUnavailable:
+            raise
         except Exception:  # the policy's text can break any parser; that is a zero, not a crash
             return 0.0
         return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0
@@ -154,69 +158,23 @@ def shares_reward(pred_text: Any, true_shares: dict[str, float]) -> float:
     return 1.0 - error / 100.0
 
 
-_CODE = {
-    "svg": re.compile(r"<svg\b.*?</svg>", re.S | re.I),
-    "html": re.compile(r"(?:<!doctype html.*?|<html\b.*?)</html>", re.S | re.I),
-}
-
-
-def extract_code(text: str, kind: str) -> str | None:
-    """The last complete SVG / HTML document in the text (fences and prose around it ignored)."""
-    found = _CODE[kind].findall(text)
-    return found[-1] if found else None
-
-
-def _rgb(png: bytes | np.ndarray) -> np.ndarray:
-    if isinstance(png, np.ndarray):
-        return png[..., :3].astype(np.float32)
-    from kimi_lab.data.decode import decode_image
-
-    return decode_image(png).astype(np.float32)
-
-
-def image_similarity(pred: bytes | np.ndarray, target: bytes | np.ndarray) -> float:
-    """1 - mean |pred - target| / mean |flat - target|, pred resized to the target's size.
-
-    ``flat`` is the target's mean colour: relative to it, an empty canvas (or any
-    picture no closer than a flat fill) earns 0 however much white both share.
-    """
-    from PIL import Image
-
-    t = _rgb(target)
-    p = _rgb(pred)
-    if p.shape != t.shape:
-        p = np.asarray(
-            Image.fromarray(p.astype(np.uint8)).resize((t.shape[1], t.shape[0]), Image.Resampling.BILINEAR),
-            np.float32,
-        )
-    diff = float(np.abs(p - t).mean())
-    flat = float(np.abs(t - t.mean(axis=(0, 1))).mean())
-    return 1.0 - diff / max(flat, 1.0)
-
-
 @_safe
 def image_code_reward(
-    code_text: Any, target_png: bytes | np.ndarray, kind: str = "svg", renderer: Any = None
+    code_text: Any,
+    target: bytes | np.ndarray | Sequence[bytes | np.ndarray],
+    answer: Mapping[str, Any] | str = "svg",
+    renderer: Any = None,
 ) -> float:
-    """Render the program the text holds and compare it with the target; 0 if it does not render.
+    """Render the program the text holds and compare it with the target: one picture, or a recording's
+    frames at ``answer["times_ms"]`` (``kimi_lab.tasks.code_rewards``); 0 if it does not render.
 
-    ``renderer``: an open ``HtmlRenderer`` to reuse for HTML (else one is started per call).
+    ``answer``: the task's answer (kind, times, the target's structure) or just the kind, svg | html.
     """
-    from kimi_lab.tools.renderers import HtmlRenderer, render_svg
+    from kimi_lab.tasks.code_rewards import code_score
 
-    code = extract_code(_text(code_text), kind)
-    if code is None:
-        return 0.0
-    if kind == "svg":
-        png = render_svg(code)
-    else:
-        h, w = _rgb(target_png).shape[:2]
-        if renderer is None:
-            with HtmlRenderer() as r:
-                png = r.render(code, w, h)
-        else:
-            png = renderer.render(code, w, h)
-    return image_similarity(png, target_png)
+    frames = [target] if isinstance(target, bytes | np.ndarray) else list(target)
+    spec = {"kind": answer} if isinstance(answer, str) else answer
+    return code_score(code_text, frames, spec, renderer).reward
 
 
 @_safe
@@ -234,10 +192,11 @@ def toggle_length_reward(length: int, budget: float) -> float:
 
 
 @_safe
-def score(task: Any, final_text: Any) -> float:
+def score(task: Any, final_text: Any, targets: Sequence[np.ndarray] = ()) -> float:
     """The reward of a final assistant text for a ``Task`` (or a shard record, or its ``task`` dict).
 
-    Image-code tasks need the target picture: pass a ``Task`` whose ``images[0]`` it is.
+    Image-code tasks need the target: ``targets`` (a picture, or a recording's frames), or a
+    ``Task`` whose ``images[0]`` it is.
     """
     from kimi_lab.tasks.base import Task
 
@@ -248,7 +207,8 @@ def score(task: Any, final_text: Any) -> float:
         answer_type, answer, images = t["answer_type"], t["answer"], []
     text = final_text[-MAX_CHARS:] if isinstance(final_text, str) else ""  # the answer comes last
     if answer_type == "image_code":
-        return image_code_reward(text, images[0], answer["kind"]) if images else 0.0
+        frames = list(targets) or images[:1]
+        return image_code_reward(text, frames, answer) if frames else 0.0
     pred = extract_answer(text)
     if pred is None:
         return 0.0

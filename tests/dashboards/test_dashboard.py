@@ -224,6 +224,30 @@ def test_data_page_shows_samples(dash_root, monkeypatch, tiny_shards, image_code
     assert not at.exception and len(at.get("image")) >= 1 and len(at.code) >= 1
 
 
+def test_data_page_plays_a_recording_beside_its_code(monkeypatch, page_recording_shards) -> None:
+    at = page("data", page_recording_shards.parent, monkeypatch, data_dir=page_recording_shards.parent)
+    at.selectbox[0].select_index(at.selectbox[0].options.index(page_recording_shards.name)).run()
+    assert not at.exception and len(at.get("video")) >= 1 and len(at.code) >= 1
+    assert any("<html>" in c.value for c in at.code) and len(at.dataframe) >= 1  # code and timeline
+
+
+def test_routing_inspector_routes_a_recording(tmp_path: Path, tiny_tokenizer, page_recording_shards) -> None:
+    from dashboards.routing import route
+    from kimi_lab.data.shards import iter_shard_samples
+    from tests.conftest import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(tmp_path / "vl.ckpt", tiny_tokenizer, model_name="tiny-vl")
+    shards = iter(sorted(str(p) for p in page_recording_shards.glob("*.tar")))
+    sample = next(iter_shard_samples(shards, None))
+    table, problem = route(ckpt, "<html>", sample["mp4"], "mp4")
+    assert problem is None and table is not None
+    tokens = set(table["token"])
+    assert {"<chunk 0 0>", "<chunk 1 0>"} <= tokens  # 8 frames: two chunks, each its own run
+    assert table["position"].max() + 1 == len(table[table["moe_layer"] == 0]) // table["rank"].nunique()
+    _, problem = route(ckpt, "x", b"not a video", "mp4")
+    assert problem is not None and problem.startswith("could not read the recording")
+
+
 @pytest.mark.parametrize("kind", ["empty", "partial", "corrupt"])
 @pytest.mark.parametrize("name", PAGES)
 def test_pages_survive_odd_run_folders(name, kind, odd_roots, monkeypatch, tmp_path) -> None:
