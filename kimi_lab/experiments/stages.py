@@ -34,7 +34,6 @@ TINY_VL_OVERRIDES = (
 )
 
 
-
 def train_stage(run_dir: Path, overrides: list[str], tag: str | None = None) -> Path:
     """One ``kimi-lab train`` run into ``run_dir`` (skipped when it already finished).
 
