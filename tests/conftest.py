@@ -20,6 +20,17 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_VOCAB = 512
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_determinism() -> Any:
+    """An in-process run with ``trainer.deterministic=true`` turns torch's deterministic mode on for
+    the whole process (Lightning never turns it off); later tests must not inherit it."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``kimi-lab ARGS`` as a user would, in a fresh process."""
     return subprocess.run(
