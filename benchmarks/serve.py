@@ -35,7 +35,6 @@ import torch
 
 from kimi_lab.runtime import cpu_description
 
-
 TARGET = 2.5
 
 
