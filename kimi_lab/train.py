@@ -117,9 +117,12 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     precision = resolve_precision(t)
     datamodule = build_datamodule(cfg)
-    module = build_phase(cfg)
+    # Built on the meta device: each rank allocates only its own part, once the model is laid
+    # out over the processes (PhaseModule.configure_model), and phase.init_from is read into it.
+    module = build_phase(cfg, meta=True)
     if cfg.phase.init_from:
-        load_init_weights(module, cfg.phase.init_from)
+        path = cfg.phase.init_from
+        module.init_weights = lambda model: load_init_weights(model, path)
     check_tokenizer_matches(cfg)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{n_params:,}", precision)
@@ -185,12 +188,13 @@ def _route_lightning_logs_through_hydra() -> None:
         lg.propagate = True
 
 
-def load_init_weights(module: Any, path: str) -> None:
-    """Start a phase from an earlier phase's (or an imported) checkpoint: weights only."""
+def load_init_weights(model: Any, path: str) -> None:
+    """Start a phase from an earlier phase's (or an imported) checkpoint: weights only, read into
+    the model as it is laid out (a sharded folder: each rank reads only its own part)."""
     from kimi_lab.loading import load_weights
 
     try:
-        load_weights(module.model, path)
+        load_weights(model, path)
     except ConfigError as exn:
         raise ConfigError(f"phase.init_from={exn}") from None
     log.info("initialised from %s", path)

@@ -303,7 +303,8 @@ class TorchExperts(Experts):
         T, D = x_TD.shape
         token_P, row_of_pair_S, rows = expert_layout(top_idx_TK, n_experts, _pads_rows(x_TD, x_TD.dtype))
         x_PD = x_TD.index_select(0, token_P)
-        y_PD = _GroupedSwiGLU.apply(x_PD, self.w1, self.w3, self.w2, rows)
+        w1, w3, w2 = (_local(w) for w in (self.w1, self.w3, self.w2))
+        y_PD = _GroupedSwiGLU.apply(x_PD, w1, w3, w2, rows)
         # Back to pair order; padding rows are dropped here, so they get zero gradient.
         return y_PD.index_select(0, row_of_pair_S).view(T, top_idx_TK.shape[1], D)
 
@@ -327,6 +328,13 @@ class TorchExperts(Experts):
         # which accumulates in fp32 even for bf16 inputs.
         out_T1D = torch.bmm(top_weight_TK.to(y_TKD.dtype).unsqueeze(1), y_TKD)
         return out_T1D.view(T, D)
+
+
+def _local(w: torch.Tensor) -> torch.Tensor:
+    """This rank's experts of a weight: the local part of a DTensor split over the expert-parallel
+    ranks (FSDP2 x EP, ``kimi_lab.parallel.fsdp``), else the weight itself."""
+    to_local = getattr(w, "to_local", None)
+    return w if to_local is None else to_local()
 
 
 def reference_experts(

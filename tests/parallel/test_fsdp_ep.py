@@ -1,0 +1,198 @@
+"""FSDP2 x expert parallelism on one mesh (CPU, gloo): training steps equal one process's, and
+sharded checkpoints move between layouts (4 ranks EP=2 -> 2 ranks EP=1 -> 4 ranks EP=4).
+
+Every rank runs the parts the trainer runs for a step (the model built on the meta device,
+``parallelize``, ``materialise_``, MuonClip, clipping by the whole model's norm, router biases
+by global counts), on its quarter of one global batch; the reference is one process on the
+whole batch with the same initial weights."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kimi_lab.config.schema import AttentionConfig, ModelConfig, MoEBackend, MoEConfig
+from kimi_lab.model.init import initialise_
+from kimi_lab.parallel.spawn import run_ranks
+
+SEED, B, T, STEPS, TAU = 3, 8, 16, 4, 0.05
+CFG = ModelConfig(
+    vocab_size=64,
+    hidden_size=32,
+    n_layers=2,
+    first_k_dense=1,
+    dense_ffn_dim=64,
+    attention=AttentionConfig(
+        n_heads=2, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8
+    ),
+    moe=MoEConfig(
+        n_routed_experts=8, top_k=2, expert_ffn_dim=16, backend=MoEBackend.torch, bias_update_rate=0.01
+    ),
+)
+
+
+def _batch(step: int) -> torch.Tensor:
+    return torch.randint(0, CFG.vocab_size, (B, T + 1), generator=torch.Generator().manual_seed(100 + step))
+
+
+def _model(meta: bool):
+    from kimi_lab.model.multimodal import KimiK25
+
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        return KimiK25(CFG)
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    from kimi_lab.optim.groups import build_param_groups
+    from kimi_lab.optim.muon import MuonAdamW
+
+    groups = [
+        {
+            "params": g.params,
+            "weight_decay": g.weight_decay,
+            "use_muon": g.name.endswith("/matrices"),
+            "fused_row_parts": g.fused_row_parts,
+        }
+        for g in build_param_groups(model, 0.1)
+    ]
+    return MuonAdamW(groups, lr=0.02)
+
+
+def _step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, tokens: torch.Tensor, clip
+) -> tuple[float, float]:
+    """(loss, gradient norm before clipping): Muon and AdamW hide a gradient's scale, the norm shows it."""
+    from kimi_lab.model.moe.balance import update_router_biases
+    from kimi_lab.optim.qk_clip import qk_clip_step
+
+    logits = model(tokens[:, :-1]).logits
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    loss.backward()
+    norm = clip(list(model.parameters()), 0.5)
+    opt.step()
+    opt.zero_grad()
+    qk_clip_step(model, TAU)
+    update_router_biases(model, CFG.moe.bias_update_rate)
+    return float(loss.detach()), float(norm)
+
+
+def _full(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
+
+
+def _reference() -> tuple[list[float], dict[str, torch.Tensor]]:
+    from kimi_lab.optim.qk_clip import set_measuring
+
+    model = _model(meta=False)
+    initialise_(model, CFG, SEED)
+    set_measuring(model, True)
+    opt = _optimizer(model)
+    losses = [_step(model, opt, _batch(s), torch.nn.utils.clip_grad_norm_) for s in range(STEPS)]
+    return losses, _full(model)
+
+
+def _sharded(world: int, ep: int):
+    from kimi_lab.model.init import materialise_
+    from kimi_lab.optim.qk_clip import set_measuring
+    from kimi_lab.parallel.fsdp import parallelize
+    from kimi_lab.parallel.mesh import ParallelDims
+
+    model = _model(meta=True)
+    parallelize(model, ParallelDims(world, ep).build("cpu"))
+    materialise_(model, CFG, "cpu", SEED)
+    set_measuring(model, True)
+    return model, _optimizer(model)
+
+
+def _save(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path) -> None:
+    """What Lightning's ModelParallelStrategy does (trainer=fsdp2): every rank writes its shards."""
+    from lightning.fabric.strategies.model_parallel import _distributed_checkpoint_save
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"state_dict": get_model_state_dict(model), "optimizer_0": get_optimizer_state_dict(model, opt)}
+    _distributed_checkpoint_save(state, folder)
+    if torch.distributed.get_rank() == 0:
+        torch.save({}, folder / "meta.pt")
+
+
+def _load(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path) -> None:
+    from lightning.fabric.strategies.model_parallel import _load_checkpoint
+
+    _load_checkpoint(folder, {"state_dict": model, "optimizer_0": opt}, optimizer_states_from_list=True)
+
+
+def _full_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))["state"]
+    return {k: {n: torch.as_tensor(v).clone() for n, v in s.items()} for k, s in state.items()}
+
+
+def _train_rank(rank: int, world: int, ep: int, steps: list[int], load: str | None, save: str) -> dict:
+    """Resume from ``load`` (a checkpoint of another layout), run ``steps``, save to ``save``."""
+    from kimi_lab.parallel.fsdp import clip_grad_norm_
+
+    model, opt = _sharded(world, ep)
+    loaded = {}
+    if load is not None:
+        _load(model, opt, Path(load))
+        loaded = {"weights": _full(model), "optimizer": _full_optimizer(model, opt)}
+    rows = slice(rank * B // world, (rank + 1) * B // world)
+    losses = []
+    for s in steps:
+        loss, norm = _step(model, opt, _batch(s)[rows], clip_grad_norm_)
+        total = torch.tensor(loss)
+        torch.distributed.all_reduce(total)
+        losses.append((float(total) / world, norm))
+    _save(model, opt, Path(save))
+    experts = model.language_model.layers[1].ffn.experts.w1
+    return {
+        "losses": losses,
+        "loaded": loaded,
+        "weights": _full(model),
+        "optimizer": _full_optimizer(model, opt),
+        "local_experts": tuple(experts.to_local().shape),
+    }
+
+
+def _assert_state_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], dict):
+            _assert_state_equal(a[k], b[k])
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_fsdp2_by_ep_trains_as_one_process_and_its_checkpoints_reshard(tmp_path: Path) -> None:
+    """4 ranks FSDP2 x EP=2 (2 steps) -> 2 ranks EP=1 (1 step) -> 4 ranks EP=4 (1 step)."""
+    ref, ref_weights = _reference()
+    a, b, c = (str(tmp_path / n) for n in ("a", "b", "c"))
+    first = run_ranks(_train_rank, 4, tmp_path / "run1", 2, [0, 1], None, a)
+    second = run_ranks(_train_rank, 2, tmp_path / "run2", 1, [2], a, b)
+    third = run_ranks(_train_rank, 4, tmp_path / "run3", 4, [3], b, c)
+    # EP=2 over 4 ranks: 4 whole experts' rows per EP rank, halved again by FSDP2; EP=1: FSDP2
+    # alone cuts the 8 experts over 2 ranks; EP=4: 2 experts per rank, FSDP2 over 1
+    assert [r["local_experts"] for r in first] == [(2, 16, 32)] * 4
+    assert [r["local_experts"] for r in second] == [(4, 16, 32)] * 2
+    assert [r["local_experts"] for r in third] == [(2, 16, 32)] * 4
+    for prev, run in ((first, second), (second, third)):
+        for r in run:  # weights and optimizer state read back exactly, in the new layout
+            _assert_state_equal(
+                r["loaded"], {"weights": prev[0]["weights"], "optimizer": prev[0]["optimizer"]}
+            )
+    # the loss curve (and each step's gradient norm) goes on as one process's uninterrupted run
+    losses = first[0]["losses"] + second[0]["losses"] + third[0]["losses"]
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref), rtol=1e-5, atol=1e-5)
+    for k, v in ref_weights.items():
+        torch.testing.assert_close(third[0]["weights"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    start = _model(meta=False)
+    initialise_(start, CFG, SEED)
+    moved = [k for k, v in start.state_dict().items() if (ref_weights[k] - v).abs().max() > 1e-3]
+    assert len(moved) > len(ref_weights) // 2  # the steps did something
