@@ -312,7 +312,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--seed", type=int, default=None, help="the same seed, the same sample")
 
 
-_BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate", "eval")
+_BENCHES = ("moe", "step", "sparsity", "ep", "memory", "data", "qkclip", "gpu", "swarm", "generate", "eval")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

@@ -187,15 +187,27 @@ def plan_memory(cfg: RunConfig) -> Plan:
     fp32 = n_moe * vals["router_fp32"]
     # logits (compute dtype), their fp32 copy, and the loss's log-softmax (fp32)
     head = vals["head"] * abytes + m.vocab_size * (abytes + 8)
-    plain = N * (layers * abytes + fp32 * 4 + head)
+    # The experts' weights enter their grouped GEMM as one operand in the compute dtype: a copy,
+    # saved for backward, unless they are stored fused in that dtype (fp32 without FSDP2).
+    copies = 0.0
+    if n_moe and (strategy == "fsdp2" or abytes == 2):
+        copies = (2 / 3 if abytes == 4 else 1.0) * s["experts_per_layer"] / ep * abytes
+    # At the start of backward: the loss's gradient (fp32 logits and log-softmax) besides the saved.
+    transient = N * m.vocab_size * 8
+    plain = N * (layers * abytes + fp32 * 4 + head) + n_moe * copies + transient
     biggest_layer = max(vals["attention"] + vals["moe"], vals["attention"] + vals["dense"])
-    full = N * (m.n_layers * m.hidden_size * abytes + biggest_layer * abytes + vals["router_fp32"] * 4 + head)
-    moe_only = plain - N * n_moe * vals["routed"] * abytes + N * vals["routed"] * abytes
+    full = (
+        N * (m.n_layers * m.hidden_size * abytes + biggest_layer * abytes + vals["router_fp32"] * 4 + head)
+        + copies
+        + transient
+    )
+    moe_only = plain - (n_moe - 1) * (N * vals["routed"] * abytes + copies)
     activations = {"none": plain, "full": full, "moe": moe_only}
     # buffers: gathered units and gradient reduction (FSDP2), DDP buckets, all-to-all
     if strategy == "fsdp2":
         unit = max(s["largest_unit"], math.ceil(s["experts_per_layer"] / ep))
-        buffers = unit * (2 * pbytes + 4)
+        # the unit computed and the next (prefetched), the gathered gradients and their reduction
+        buffers = unit * (2 * pbytes + 8)
     else:
         buffers = replicated * 4 if strategy == "ddp" else 0
     if ep > 1:
@@ -208,7 +220,7 @@ def plan_memory(cfg: RunConfig) -> Plan:
         params_per_rank=per_rank,
         param_bytes=pbytes,
         parameters=per_rank * pbytes,
-        gradients=per_rank * pbytes + (0 if strategy != "ddp" else 0),
+        gradients=per_rank * pbytes,
         optimizer=per_rank * optim_per_param if share else 0.0,
         optimizer_name="muon" if muon else "adamw",
         activations=activations,
