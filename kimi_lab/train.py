@@ -126,6 +126,7 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     check_tokenizer_matches(cfg)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{n_params:,}", precision)
+    log_memory_plan(cfg, precision)
     from kimi_lab.tracking.preflight import check_free_space
 
     check_free_space(run_dir, n_params, checkpoints_kept=3)  # top-2 step files + last.ckpt
@@ -176,6 +177,18 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     if trainer.is_global_zero:
         print(f"run directory: {run_dir}", flush=True)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def log_memory_plan(cfg: RunConfig, precision: str) -> None:
+    """What each rank will hold (``kimi-lab plan``), once, before anything is allocated."""
+    from dataclasses import replace
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from kimi_lab.parallel.memory_plan import plan_memory, render
+
+    resolved = replace(cfg, trainer=replace(cfg.trainer, precision=precision))
+    rank_zero_info(render(plan_memory(resolved), resolved))
 
 
 def _route_lightning_logs_through_hydra() -> None:

@@ -63,9 +63,22 @@ def _divide_gradients_by(module: Any, factor: int, mesh: Any) -> None:
         module.set_force_sum_reduction_for_comms(True)
 
 
-def parallelize(model: nn.Module, meshes: Meshes, activation_checkpointing: str = "none") -> None:
-    """Lay out a ``KimiK25`` (on the meta device or not) over ``meshes``."""
-    from torch.distributed.fsdp import fully_shard
+def parallelize(
+    model: nn.Module,
+    meshes: Meshes,
+    activation_checkpointing: str = "none",
+    param_dtype: torch.dtype | None = None,
+) -> None:
+    """Lay out a ``KimiK25`` (on the meta device or not) over ``meshes``. ``param_dtype``
+    (bf16 under ``bf16-mixed``): FSDP2 gathers the weights in it and reduces gradients in fp32,
+    so a gathered unit costs half, and the fp32 shards stay the master weights."""
+    from functools import partial
+
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from torch.distributed.fsdp import fully_shard as _fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    fully_shard = partial(_fully_shard, mp_policy=policy)
 
     # The experts return a view of their output, which the MoE layer only ever adds out of place.
     warnings.filterwarnings("ignore", message=r".*FSDP2-wrapped module \(FSDPTorchExperts\) returned a view")

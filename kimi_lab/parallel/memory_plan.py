@@ -207,7 +207,8 @@ def plan_memory(cfg: RunConfig) -> Plan:
     if strategy == "fsdp2":
         unit = max(s["largest_unit"], math.ceil(s["experts_per_layer"] / ep))
         # the unit computed and the next (prefetched), the gathered gradients and their reduction
-        buffers = unit * (2 * pbytes + 8)
+        gathered = 2 if t.precision == "bf16-mixed" else pbytes  # FSDP2 gathers in bf16 under bf16-mixed
+        buffers = unit * (2 * gathered + 8)
     else:
         buffers = replicated * 4 if strategy == "ddp" else 0
     if ep > 1:

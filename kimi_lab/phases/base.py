@@ -187,7 +187,9 @@ class PhaseModule(L.LightningModule):
             dims = ParallelDims(mesh.size(), ep, t.dp_replicate)
             dims.validate(moe.n_routed_experts if ep > 1 else None)
             meshes = dims.build(device_type)
-            parallelize(self.model, meshes, t.activation_checkpointing)
+            precision = self.trainer.precision if self._trainer is not None else t.precision
+            param_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+            parallelize(self.model, meshes, t.activation_checkpointing, param_dtype)
             rank_zero_info(f"fsdp2: {meshes.describe()}")
         else:
             if ep > 1 and self.expert_parallel is None:
