@@ -77,7 +77,9 @@ def parallelize(
     from torch.distributed.fsdp import MixedPrecisionPolicy
     from torch.distributed.fsdp import fully_shard as _fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None
+    )
     fully_shard = partial(_fully_shard, mp_policy=policy)
 
     # The experts return a view of their output, which the MoE layer only ever adds out of place.

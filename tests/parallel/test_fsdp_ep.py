@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -86,26 +87,28 @@ def _full(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _reference() -> tuple[list[float], dict[str, torch.Tensor]]:
+def _reference(device: str = "cpu") -> tuple[list[float], dict[str, torch.Tensor]]:
     from kimi_lab.optim.qk_clip import set_measuring
 
     model = _model(meta=False)
     initialise_(model, CFG, SEED)
     set_measuring(model, True)
     opt = _optimizer(model)
-    losses = [_step(model, opt, _batch(s), torch.nn.utils.clip_grad_norm_) for s in range(STEPS)]
-    return losses, _full(model)
+    model.to(device)
+    clip = torch.nn.utils.clip_grad_norm_
+    losses = [_step(model, opt, _batch(s).to(device), clip) for s in range(STEPS)]
+    return losses, {k: v.cpu() for k, v in _full(model).items()}
 
 
-def _sharded(world: int, ep: int):
+def _sharded(world: int, ep: int, device: str = "cpu"):
     from kimi_lab.model.init import materialise_
     from kimi_lab.optim.qk_clip import set_measuring
     from kimi_lab.parallel.fsdp import parallelize
     from kimi_lab.parallel.mesh import ParallelDims
 
     model = _model(meta=True)
-    parallelize(model, ParallelDims(world, ep).build("cpu"))
-    materialise_(model, CFG, "cpu", SEED)
+    parallelize(model, ParallelDims(world, ep).build(torch.device(device).type))
+    materialise_(model, CFG, device, SEED)
     set_measuring(model, True)
     return model, _optimizer(model)
 
@@ -196,3 +199,28 @@ def test_fsdp2_by_ep_trains_as_one_process_and_its_checkpoints_reshard(tmp_path:
     initialise_(start, CFG, SEED)
     moved = [k for k, v in start.state_dict().items() if (ref_weights[k] - v).abs().max() > 1e-3]
     assert len(moved) > len(ref_weights) // 2  # the steps did something
+
+
+def _gpu_rank(rank: int, world: int) -> list[tuple[float, float]]:
+    from kimi_lab.parallel.fsdp import clip_grad_norm_
+
+    torch.cuda.set_device(rank)
+    model, opt = _sharded(world, world, f"cuda:{rank}")
+    rows = slice(rank * B // world, (rank + 1) * B // world)
+    losses = []
+    for s in range(STEPS):
+        loss, norm = _step(model, opt, _batch(s)[rows].cuda(), clip_grad_norm_)
+        total = torch.tensor(loss, device="cuda")
+        torch.distributed.all_reduce(total)
+        losses.append((float(total) / world, norm))
+    return losses
+
+
+@pytest.mark.gpu
+def test_fsdp2_by_ep_on_two_gpus_trains_as_one_gpu(tmp_path: Path) -> None:
+    """The same code on NCCL: 2 GPUs, FSDP2 x EP=2, against one GPU (fp32)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs")
+    ref, _ = _reference("cuda")
+    for losses in run_ranks(_gpu_rank, 2, tmp_path, backend="nccl"):
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref), rtol=1e-4, atol=1e-4)

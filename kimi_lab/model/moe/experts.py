@@ -206,8 +206,10 @@ def _pads_rows(x: torch.Tensor, dtype: torch.dtype) -> bool:
     # oneDNN builds (and caches, without bound by default) one kernel per matmul shape:
     # with a new row count per expert every step, bf16 CPU matmuls spend their time
     # building kernels and the cache grows the process by tens of MB a step. A small
-    # fixed set of row counts keeps every kernel cached.
-    return x.device.type == "cpu" and dtype == torch.bfloat16
+    # fixed set of row counts keeps every kernel cached. On CUDA, bf16 runs ``torch._grouped_mm``
+    # (torch >= 2.8, no MegaBlocks needed), whose groups then start at 16-row boundaries, as
+    # torchtitan aligns its token groups.
+    return x.device.type in ("cpu", "cuda") and dtype == torch.bfloat16
 
 
 def expert_layout(
