@@ -57,9 +57,10 @@ def _divide_gradients_by(module: Any, factor: int, mesh: Any) -> None:
     # torch >= 2.8 calls it set_gradient_divide_factor; 2.7 set_reduce_scatter_divide_factor
     setter = getattr(module, "set_gradient_divide_factor", None) or module.set_reduce_scatter_divide_factor
     setter(float(factor))
-    # gloo has no pre-multiplied sum: sum, then divide. (Not on a one-rank mesh, where FSDP2
-    # divides while copying and, with sums forced, divides a second time.)
-    if mesh.device_type == "cpu" and mesh.size() > 1 and hasattr(module, "set_force_sum_reduction_for_comms"):
+    # gloo has no pre-multiplied sum: sum, then divide. (Not where the shard dimension has one
+    # rank: FSDP2 then divides while copying and, with sums forced, divides a second time.)
+    shards = mesh.size(mesh.ndim - 1)
+    if mesh.device_type == "cpu" and shards > 1 and hasattr(module, "set_force_sum_reduction_for_comms"):
         module.set_force_sum_reduction_for_comms(True)
 
 

@@ -224,3 +224,61 @@ def test_fsdp2_by_ep_on_two_gpus_trains_as_one_gpu(tmp_path: Path) -> None:
     ref, _ = _reference("cuda")
     for losses in run_ranks(_gpu_rank, 2, tmp_path, backend="nccl"):
         torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_kimi_lab_train_fsdp2_by_ep_resumes_under_hsdp_and_starts_from_its_folder(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    """Through ``kimi-lab train`` (Lightning, 2-4 gloo processes): FSDP2 x EP=2 writes a sharded
+    checkpoint; ``ckpt_path=auto`` resumes it as HSDP (2 replicas x 2 shards, EP=2) on 4 ranks;
+    ``consolidate`` joins it; a new phase starts from the folder (``phase.init_from``) under EP=1."""
+    import pandas as pd
+
+    from kimi_lab.loading import read_checkpoint
+    from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, TRAIN_LOSS
+    from tests.conftest import REPO, run_cli
+
+    base = [o for o in tiny_overrides if not o.startswith("runs_dir=")]
+    common = [*base, "trainer=fsdp2", "trainer.log_every_n_steps=1", "phase.schedule.warmup_steps=0"]
+    common += [
+        "phase.schedule.decay_fraction=0",
+        "trainer.val_check_interval=100",
+        "phase.optim.name=muonclip",
+    ]
+    run = tmp_path / "run"
+
+    def train(*extra: str, where: Path = run) -> None:
+        res = run_cli("train", *common, *extra, f"hydra.run.dir={where}", cwd=REPO, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    train(
+        "trainer.devices=2",
+        "model.moe.expert_parallel=2",
+        "trainer.max_steps=2",
+        "trainer.checkpoint_every_n_steps=2",
+    )
+    last = run / CHECKPOINT_DIR / LAST_CHECKPOINT
+    assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2
+    _, before, _ = read_checkpoint(last)
+    train(
+        "trainer.devices=4",
+        "trainer.dp_replicate=2",
+        "model.moe.expert_parallel=2",
+        "trainer.max_steps=3",
+        "trainer.activation_checkpointing=full",
+        "ckpt_path=auto",
+    )
+    m = pd.read_parquet(run / METRICS_FILE)
+    assert sorted(m[m.key == TRAIN_LOSS].step.unique()) == [0, 1, 2]
+    out = tmp_path / "one.ckpt"
+    assert run_cli("consolidate", str(last), str(out), cwd=REPO).returncode == 0
+    _, after, ckpt = read_checkpoint(out)
+    assert ckpt["global_step"] == 3 and after.keys() == before.keys()
+    assert (
+        after["language_model.layers.1.ffn.experts.w1"].shape
+        == before["language_model.layers.1.ffn.experts.w1"].shape
+    )
+    train("trainer.devices=2", "trainer.max_steps=1", f"phase.init_from={last}", where=tmp_path / "next")
+    log = (tmp_path / "next" / "train.log").read_text()
+    assert f"initialised from {last}" in log and "memory plan: model tiny" in log
