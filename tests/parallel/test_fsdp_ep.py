@@ -68,8 +68,9 @@ def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def _step(
     model: torch.nn.Module, opt: torch.optim.Optimizer, tokens: torch.Tensor, clip
-) -> tuple[float, float]:
-    """(loss, gradient norm before clipping): Muon and AdamW hide a gradient's scale, the norm shows it."""
+) -> tuple[float, float, float]:
+    """(loss, gradient norm before clipping, heads QK-Clip rescaled): Muon and AdamW hide a gradient's
+    scale, the norm shows it."""
     from kimi_lab.model.moe.balance import update_router_biases
     from kimi_lab.optim.qk_clip import qk_clip_step
 
@@ -79,9 +80,9 @@ def _step(
     norm = clip(list(model.parameters()), 0.5)
     opt.step()
     opt.zero_grad()
-    qk_clip_step(model, TAU)
+    clipped = sum(int(r.clipped_LH.sum()) for r in qk_clip_step(model, TAU))
     update_router_biases(model, CFG.moe.bias_update_rate)
-    return float(loss.detach()), float(norm)
+    return float(loss.detach()), float(norm), float(clipped)
 
 
 def _full(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -153,10 +154,10 @@ def _train_rank(rank: int, world: int, ep: int, steps: list[int], load: str | No
     rows = slice(rank * B // world, (rank + 1) * B // world)
     losses = []
     for s in steps:
-        loss, norm = _step(model, opt, _batch(s)[rows], clip_grad_norm_)
+        loss, norm, clipped = _step(model, opt, _batch(s)[rows], clip_grad_norm_)
         total = torch.tensor(loss)
         torch.distributed.all_reduce(total)
-        losses.append((float(total) / world, norm))
+        losses.append((float(total) / world, norm, clipped))
     _save(model, opt, Path(save))
     experts = model.language_model.layers[1].ffn.experts.w1
     return {
@@ -197,7 +198,8 @@ def test_fsdp2_by_ep_trains_as_one_process_and_its_checkpoints_reshard(tmp_path:
     # the loss curve (and each step's gradient norm) goes on as one process's uninterrupted run;
     # torch 2.7's FSDP2 sums gradients on gloo instead of averaging them (README, GPU): losses only
     losses = first[0]["losses"] + second[0]["losses"] + third[0]["losses"]
-    cols = slice(None) if _torch_at_least(2, 8) else slice(0, 1)
+    cols = [0, 1, 2] if _torch_at_least(2, 8) else [0, 2]
+    assert sum(r[2] for r in ref) > 0  # QK-Clip rescaled heads (each rank its rows of them)
     torch.testing.assert_close(
         torch.tensor(losses)[:, cols], torch.tensor(ref)[:, cols], rtol=1e-5, atol=1e-5
     )
@@ -217,10 +219,10 @@ def _gpu_rank(rank: int, world: int) -> list[tuple[float, float]]:
     rows = slice(rank * B // world, (rank + 1) * B // world)
     losses = []
     for s in range(STEPS):
-        loss, norm = _step(model, opt, _batch(s)[rows].cuda(), clip_grad_norm_)
+        loss, norm, clipped = _step(model, opt, _batch(s)[rows].cuda(), clip_grad_norm_)
         total = torch.tensor(loss, device="cuda")
         torch.distributed.all_reduce(total)
-        losses.append((float(total) / world, norm))
+        losses.append((float(total) / world, norm, clipped))
     return losses
 
 
