@@ -64,6 +64,12 @@ def _divide_gradients_by(module: Any, factor: int, mesh: Any) -> None:
         module.set_force_sum_reduction_for_comms(True)
 
 
+def _sums_on_gloo(mesh: Any) -> bool:
+    """torch < 2.8 asks gloo for an average (or NCCL's pre-multiplied sum), and gloo sums."""
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return mesh.device_type == "cpu" and (major, minor) < (2, 8)
+
+
 def parallelize(
     model: nn.Module,
     meshes: Meshes,
@@ -73,15 +79,20 @@ def parallelize(
     """Lay out a ``KimiK25`` (on the meta device or not) over ``meshes``. ``param_dtype``
     (bf16 under ``bf16-mixed``): FSDP2 gathers the weights in it and reduces gradients in fp32,
     so a gathered unit costs half, and the fp32 shards stay the master weights."""
-    from functools import partial
-
     from torch.distributed.fsdp import MixedPrecisionPolicy
     from torch.distributed.fsdp import fully_shard as _fully_shard
 
     policy = MixedPrecisionPolicy(
         param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None
     )
-    fully_shard = partial(_fully_shard, mp_policy=policy)
+    world = meshes.dims.world
+
+    def fully_shard(module: Any, mesh: Any) -> Any:
+        sharded = _fully_shard(module, mesh=mesh, mp_policy=policy)
+        if _sums_on_gloo(mesh):  # every gradient is then the sum over its ranks: average it here
+            unit = sharded[0] if isinstance(sharded, list) else sharded  # modules of one unit share it
+            unit.set_all_reduce_hook(lambda reduced: reduced.div_(world))
+        return sharded
 
     # The experts return a view of their output, which the MoE layer only ever adds out of place.
     warnings.filterwarnings("ignore", message=r".*FSDP2-wrapped module \(FSDPTorchExperts\) returned a view")
