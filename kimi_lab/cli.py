@@ -258,7 +258,13 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     from kimi_lab.config import compose, to_run_config, validate_run
     from kimi_lab.parallel.memory_plan import fits, plan_memory, render
 
-    cfg = to_run_config(compose(args.overrides))
+    try:
+        composed = compose(args.overrides)
+    except Exception as exn:  # Hydra's: an unknown group option, a key no schema has
+        raise KimiLabError(
+            f"plan {' '.join(args.overrides)}: {type(exn).__name__}: {one_line(exn)}"
+        ) from None
+    cfg = to_run_config(composed)
     validate_run(cfg)
     plan = plan_memory(cfg)
     if args.json:

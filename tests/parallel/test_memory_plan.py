@@ -123,3 +123,10 @@ def test_plan_command_prints_k2_on_a_cluster_and_what_to_turn(capsys: pytest.Cap
 def out_total(text: str) -> float:
     line = next(x for x in text.splitlines() if x.strip().startswith("total"))
     return float(line.split()[1].replace(",", "")) * GIB
+
+
+def test_plan_command_refuses_an_unknown_config_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "model=nope"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: plan model=nope:") and err.count("\n") == 1
