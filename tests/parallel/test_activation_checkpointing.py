@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kimi_lab.config.schema import AttentionConfig, ModelConfig, MoEBackend, MoEConfig
 from kimi_lab.model.init import canonical_name, initialise_
 from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.parallel.activation_checkpointing import apply_activation_checkpointing, unwrap
+from tests.parallel.models import SMALL_MOE
 
-CFG = ModelConfig(
-    vocab_size=64,
-    hidden_size=32,
-    n_layers=3,
-    first_k_dense=1,
-    dense_ffn_dim=64,
-    attention=AttentionConfig(
-        n_heads=2, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8
-    ),
-    moe=MoEConfig(
-        n_routed_experts=8, top_k=2, expert_ffn_dim=16, backend=MoEBackend.torch, seq_aux_loss_coef=0.01
-    ),
-)
+CFG = replace(SMALL_MOE, moe=replace(SMALL_MOE.moe, seq_aux_loss_coef=0.01))
 
 
 def _run(mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, list[str]]:

@@ -9,30 +9,19 @@ whole batch with the same initial weights."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kimi_lab.config.schema import AttentionConfig, ModelConfig, MoEBackend, MoEConfig
 from kimi_lab.model.init import initialise_
 from kimi_lab.parallel.spawn import run_ranks
+from tests.parallel.models import SMALL_MOE
 
 SEED, B, T, STEPS, TAU = 3, 8, 16, 4, 0.05
-CFG = ModelConfig(
-    vocab_size=64,
-    hidden_size=32,
-    n_layers=2,
-    first_k_dense=1,
-    dense_ffn_dim=64,
-    attention=AttentionConfig(
-        n_heads=2, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8
-    ),
-    moe=MoEConfig(
-        n_routed_experts=8, top_k=2, expert_ffn_dim=16, backend=MoEBackend.torch, bias_update_rate=0.01
-    ),
-)
+CFG = replace(SMALL_MOE, n_layers=2, moe=replace(SMALL_MOE.moe, bias_update_rate=0.01))
 
 
 def _batch(step: int) -> torch.Tensor:

@@ -11,28 +11,15 @@ import torch.nn.functional as F
 from kimi_lab.cli import main
 from kimi_lab.config.schema import (
     ActivationCheckpointing,
-    AttentionConfig,
     DataConfig,
-    ModelConfig,
-    MoEBackend,
-    MoEConfig,
     OptimizerName,
     RunConfig,
     TrainerConfig,
 )
 from kimi_lab.parallel.memory_plan import ACCELERATORS, GIB, HEADROOM, fits, plan_memory
+from tests.parallel.models import SMALL_MOE
 
-MODEL = ModelConfig(
-    vocab_size=512,
-    hidden_size=64,
-    n_layers=3,
-    first_k_dense=1,
-    dense_ffn_dim=128,
-    attention=AttentionConfig(
-        n_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16
-    ),
-    moe=MoEConfig(n_routed_experts=8, top_k=2, expert_ffn_dim=64, backend=MoEBackend.torch),
-)
+MODEL = replace(SMALL_MOE, attention=replace(SMALL_MOE.attention, q_lora_rank=16))
 
 
 def _cfg(**trainer: object) -> RunConfig:
