@@ -117,9 +117,11 @@ def train(cfg: RunConfig, run_dir: Path, config_dict: dict[str, Any]) -> dict[st
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     precision = resolve_precision(t)
     datamodule = build_datamodule(cfg)
-    # Built on the meta device: each rank allocates only its own part, once the model is laid
-    # out over the processes (PhaseModule.configure_model), and phase.init_from is read into it.
-    module = build_phase(cfg, meta=True)
+    # With several processes, built on the meta device: each rank allocates only its own part,
+    # once the model is laid out over them (PhaseModule.configure_model), with values that do
+    # not depend on the layout, and phase.init_from is read into it. One process keeps the
+    # constructors' initial values (and so every single-process baseline).
+    module = build_phase(cfg, meta=t.devices * t.num_nodes > 1)
     if cfg.phase.init_from:
         path = cfg.phase.init_from
         module.init_weights = lambda model: load_init_weights(model, path)

@@ -209,6 +209,13 @@ class PhaseModule(L.LightningModule):
             self.init_weights(self.model)
         self._configured = True
 
+    def _apply(self, fn: Any, recurse: bool = True) -> PhaseModule:
+        # Before configure_model a meta-device model has nothing to move (a run that fails early
+        # is still torn down with .cpu(): its own error must be the one that shows).
+        if not self._configured and is_meta(self.model):
+            return self
+        return super()._apply(fn, recurse)
+
     def _root_device(self) -> torch.device:
         trainer = self._trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
