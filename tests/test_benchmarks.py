@@ -136,3 +136,15 @@ def test_bench_eval_plays_the_same_prompts_both_ways(
     assert out["prompts"] == 3 and out["per_batch_s"] > 0 and out["batched_s"] > 0
     assert out["speedup"] == pytest.approx(out["per_batch_s"] / out["batched_s"])
     assert 0 <= out["same_reward"] <= 3 and "load_average" in out
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_every_rank_against_its_share_and_the_plan() -> None:
+    from benchmarks.memory import measure
+
+    out = measure(2, 2, "tiny", batch=2, seq=32, steps=1, file_mb=8, checkpointing="none")
+    assert len(out["ranks"]) == 2 and out["share_bytes"] == out["model_bytes"] // 2
+    for r, start, train in zip(out["ranks"], out["start_over_share"], out["train_over_plan"]):
+        assert r["start"] > 0 and r["train"] > 0
+        assert start == pytest.approx(r["start"] / (out["model_bytes"] / 2))
+        assert train == pytest.approx(r["train"] / out["plan_bytes"])
