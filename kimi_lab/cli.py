@@ -3,6 +3,8 @@
   kimi-lab train [OVERRIDES...]                 train (Hydra overrides; --multirun sweeps)
   kimi-lab params [OVERRIDES...|HF_DIR] [--json] total and active parameter counts (of an HF folder:
                                                 what importing it writes and needs)
+  kimi-lab plan [OVERRIDES...] [--json]        memory per rank (parameters, gradients, optimizer, activations,
+                                                buffers) and whether it fits an H100 / H200; what to turn if not
   kimi-lab data build KIND [--out DIR] [...]    shards of a kind in data_pipelines/kinds.py, or the tokenizer
   kimi-lab data inspect DIR [--json]            what a folder of shards holds, and what is broken
   kimi-lab export-hf CKPT OUT_DIR [--quantize int4]  a checkpoint in the released K2 / K2.5 layout
@@ -263,6 +265,25 @@ def _cmd_swarm_run(args: argparse.Namespace) -> None:
     print(f"traces: {out}/swarm/ (kimi-lab dashboard {out.parent} shows them)")
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from kimi_lab.config import compose, to_run_config, validate_run
+    from kimi_lab.parallel.memory_plan import fits, plan_memory, render
+
+    try:
+        composed = compose(args.overrides)
+    except Exception as exn:  # Hydra's: an unknown group option, a key no schema has
+        raise KimiLabError(
+            f"plan {' '.join(args.overrides)}: {type(exn).__name__}: {one_line(exn)}"
+        ) from None
+    cfg = to_run_config(composed)
+    validate_run(cfg)
+    plan = plan_memory(cfg)
+    if args.json:
+        print(json.dumps({**plan.as_dict(), "fits": fits(plan)}))
+        return
+    print(render(plan, cfg))
+
+
 def _cmd_consolidate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -320,7 +341,20 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--verbose", action="store_true", help="also log diagnostics (loading, experts backend)")
 
 
-_BENCHES = ("moe", "step", "sparsity", "ep", "data", "qkclip", "gpu", "swarm", "generate", "eval", "serve")
+_BENCHES = (
+    "moe",
+    "step",
+    "sparsity",
+    "ep",
+    "memory",
+    "data",
+    "qkclip",
+    "gpu",
+    "swarm",
+    "generate",
+    "eval",
+    "serve",
+)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -343,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=k2")
     p.add_argument("--json", action="store_true", help='print {"total": ..., "active": ...}')
     p.set_defaults(func=_cmd_params)
+
+    p = sub.add_parser("plan", help="memory per rank of a run config, and whether it fits an H100 / H200")
+    p.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. model=k2 trainer=fsdp2 trainer.devices=8"
+    )
+    p.add_argument("--json", action="store_true", help="the plan as JSON (bytes)")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("data", help="build and inspect datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)

@@ -101,7 +101,11 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
     if path.is_dir():
         import torch.distributed.checkpoint as dcp
 
-        own = model.state_dict()
+        from kimi_lab.parallel.expert_parallel import expert_rows_as_dtensors
+
+        # FSDP2 gives DTensors; plain expert-parallel shards are wrapped as DTensors of the whole
+        # tensor, so each rank reads its own rows.
+        own = expert_rows_as_dtensors(model, model.state_dict())
         wanted = {"state_dict": {PREFIX + k: v for k, v in own.items()}}
         try:
             with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
@@ -113,7 +117,17 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
             ) from None
         return  # dcp.load filled the state dict's tensors, which share the parameters' storage
     _, state, _ = read_checkpoint(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if any(
+        hasattr(p, "device_mesh") for p in model.parameters()
+    ):  # sharded (FSDP2): each rank keeps its part
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        keys = set_model_state_dict(
+            model, state, options=StateDictOptions(full_state_dict=True, strict=False)
+        )
+        missing, unexpected = list(keys.missing_keys), list(keys.unexpected_keys)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise ConfigError(
             f"{path}: the weights do not fit the model "

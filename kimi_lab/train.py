@@ -151,12 +151,18 @@ def _fit(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     precision = resolve_precision(t)
     datamodule = build_datamodule(cfg)
-    module = build_phase(cfg)
+    # With several processes, built on the meta device: each rank allocates only its own part,
+    # once the model is laid out over them (PhaseModule.configure_model), with values that do
+    # not depend on the layout, and phase.init_from is read into it. One process keeps the
+    # constructors' initial values (and so every single-process baseline).
+    module = build_phase(cfg, meta=t.devices * t.num_nodes > 1)
     if cfg.phase.init_from:
-        load_init_weights(module, cfg.phase.init_from)
+        path = cfg.phase.init_from
+        module.init_weights = lambda model: load_init_weights(model, path)
     check_tokenizer_matches(cfg)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("model %s: %s parameters, precision %s", cfg.model.name, f"{n_params:,}", precision)
+    log_memory_plan(cfg, precision)
     from kimi_lab.tracking.preflight import check_free_space
 
     check_free_space(run_dir, n_params, checkpoints_kept=2)  # top-2 step files; last.ckpt is a link
@@ -230,6 +236,18 @@ def _say_how_to_resume(
         print(f"resume with: {resume_command(overrides, run_dir)}", flush=True)
 
 
+def log_memory_plan(cfg: RunConfig, precision: str) -> None:
+    """What each rank will hold (``kimi-lab plan``), once, before anything is allocated."""
+    from dataclasses import replace
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from kimi_lab.parallel.memory_plan import plan_memory, render
+
+    resolved = replace(cfg, trainer=replace(cfg.trainer, precision=precision))
+    rank_zero_info(render(plan_memory(resolved), resolved))
+
+
 def _route_lightning_logs_through_hydra() -> None:
     # Lightning attaches its own console handler; Hydra's root handlers already print
     # (and write train.log), so drop Lightning's to avoid every line appearing twice.
@@ -240,12 +258,13 @@ def _route_lightning_logs_through_hydra() -> None:
         lg.propagate = True
 
 
-def load_init_weights(module: Any, path: str) -> None:
-    """Start a phase from an earlier phase's (or an imported) checkpoint: weights only."""
+def load_init_weights(model: Any, path: str) -> None:
+    """Start a phase from an earlier phase's (or an imported) checkpoint: weights only, read into
+    the model as it is laid out (a sharded folder: each rank reads only its own part)."""
     from kimi_lab.loading import load_weights
 
     try:
-        load_weights(module.model, path)
+        load_weights(model, path)
     except ConfigError as exn:
         raise ConfigError(f"phase.init_from={exn}") from None
     log.info("initialised from %s", path)

@@ -176,3 +176,15 @@ def test_bench_serve_measures_both_engines_and_the_target_ratio(chat_ckpt: Path)
             4 * b["requests_per_s"]
         )  # ignore_eos: every answer is 4 tokens
     assert out["concurrent_over_one"] == pytest.approx(out["2_concurrent_s"] / out["one_request_s"])
+
+
+@pytest.mark.slow
+def test_bench_memory_measures_every_rank_against_its_share_and_the_plan() -> None:
+    from benchmarks.memory import measure
+
+    out = measure(2, 2, "tiny", batch=2, seq=32, steps=1, file_mb=8, checkpointing="none")
+    assert len(out["ranks"]) == 2 and out["share_bytes"] == out["model_bytes"] // 2
+    for r, start, train in zip(out["ranks"], out["start_over_share"], out["train_over_plan"]):
+        assert r["start"] > 0 and r["train"] > 0
+        assert start == pytest.approx(r["start"] / (out["model_bytes"] / 2))
+        assert train == pytest.approx(r["train"] / out["plan_bytes"])

@@ -51,6 +51,12 @@ class OptimizerName(str, Enum):
     muonclip = "muonclip"  # Muon + QK-Clip (K2)
 
 
+class ActivationCheckpointing(str, Enum):
+    none = "none"  # keep every activation for the backward pass
+    full = "full"  # each decoder layer keeps its input only and recomputes the rest in backward
+    moe = "moe"  # recompute only the routed experts (their token copies and hidden activations)
+
+
 class PhaseName(str, Enum):
     pretrain = "pretrain"
     sft = "sft"
@@ -352,6 +358,10 @@ class TrainerConfig:
     # NaN/Inf loss or gradient: the step is skipped; this many in a row stop the run (0: never).
     max_nonfinite_steps: int = 5
     progress_bar: bool = True
+    # trainer=fsdp2 only: HSDP, the ranks split into this many replicas, the weights sharded
+    # within each (fewer, larger all-gathers; gradients averaged across replicas). 1: plain FSDP2.
+    dp_replicate: int = 1
+    activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
 
 
 @dataclass

@@ -183,9 +183,16 @@ def validate_expert_parallel(cfg: RunConfig) -> None:
         f"(e.g. trainer=ddp trainer.devices={ep})",
     )
     _require(
-        t.strategy == "ddp",
+        t.strategy in ("ddp", "fsdp2"),
         f"{key} with trainer.strategy={t.strategy}: expert parallelism runs under trainer=ddp (non-expert "
-        "weights replicated over all ranks, experts split over expert_parallel of them)",
+        "weights replicated on every rank) or trainer=fsdp2 (non-expert weights sharded over all ranks, "
+        "each rank's experts over what expert_parallel leaves)",
+    )
+    replica = world // t.dp_replicate if t.dp_replicate >= 1 and world % t.dp_replicate == 0 else world
+    _require(
+        replica % ep == 0,
+        f"{key} must divide the ranks of one replica ({world} processes / trainer.dp_replicate="
+        f"{t.dp_replicate} = {replica})",
     )
     _require(
         cfg.phase.name in (PhaseName.pretrain, PhaseName.sft),
@@ -218,6 +225,16 @@ def validate_run(cfg: RunConfig) -> None:
             any(s.weight > 0 for s in d.sources.values()), "data.sources: at least one weight must be > 0"
         )
     validate_expert_parallel(cfg)
+    world = t.devices * t.num_nodes
+    _require(
+        t.dp_replicate >= 1 and world % t.dp_replicate == 0,
+        f"trainer.dp_replicate={t.dp_replicate} must divide the number of processes, trainer.devices x "
+        f"trainer.num_nodes = {world}",
+    )
+    _require(
+        t.dp_replicate == 1 or t.strategy == "fsdp2",
+        f"trainer.dp_replicate={t.dp_replicate} (HSDP) needs trainer=fsdp2 (got trainer.strategy={t.strategy})",
+    )
     _require(t.max_nonfinite_steps >= 0, f"trainer.max_nonfinite_steps={t.max_nonfinite_steps} must be >= 0")
     f, v = d.fusion, d.vision
     _require(

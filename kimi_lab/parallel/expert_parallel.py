@@ -38,10 +38,14 @@ class ExpertParallel:
 
     mesh: Any  # DeviceMesh (expert_data_parallel, expert_parallel)
     world: int
-    # parameter -> its shard (parameters of routed experts only)
-    sharded: dict[nn.Parameter, ExpertShard]
     # module name (relative to the root given to ``apply``) -> experts module
     modules: dict[str, Experts]
+
+    @property
+    def sharded(self) -> dict[nn.Parameter, ExpertShard]:
+        """Parameter -> its shard (routed experts only). Looked up each time: materialising a
+        meta-device model (``model.init.materialise_``) gives the modules new parameters."""
+        return {p: m.shard for m in self.modules.values() if m.shard is not None for p in m.parameters()}
 
     @property
     def ep_group(self) -> Any:
@@ -75,7 +79,6 @@ def apply(root: nn.Module, mesh: Any) -> ExpertParallel:
     rank = mesh.get_local_rank("expert_parallel")
     group = mesh.get_group("expert_parallel")
     modules = {name: m for name, m in root.named_modules() if isinstance(m, Experts)}
-    sharded: dict[nn.Parameter, ExpertShard] = {}
     for m in modules.values():
         if m.n_experts % ep:
             raise ConfigError(
@@ -84,9 +87,8 @@ def apply(root: nn.Module, mesh: Any) -> ExpertParallel:
         shard = ExpertShard(group, rank, ep, m.n_experts)
         m.shard_(shard)
         m._register_load_state_dict_pre_hook(_local_rows_of_canonical, with_module=True)
-        sharded.update({p: shard for p in m.parameters()})
     world = dist.get_world_size()
-    return ExpertParallel(mesh, world, sharded, modules)
+    return ExpertParallel(mesh, world, modules)
 
 
 def ddp_ignored_names(root: nn.Module, ep: ExpertParallel | None) -> list[str]:
@@ -123,8 +125,9 @@ def reduce_expert_grads(ep: ExpertParallel) -> None:
 def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, ep: ExpertParallel) -> torch.Tensor:
     """torch's clip_grad_norm_ over the whole model: replicated gradients count once, each
     rank's own experts' gradients are summed over the expert-parallel group."""
-    dense = [p.grad for p in params if p.grad is not None and p not in ep.sharded]
-    expert = [p.grad for p in params if p.grad is not None and p in ep.sharded]
+    own = ep.sharded
+    dense = [p.grad for p in params if p.grad is not None and p not in own]
+    expert = [p.grad for p in params if p.grad is not None and p in own]
     zero = torch.zeros((), dtype=torch.float32, device=params[0].device if params else None)
     sq_dense = torch.stack(torch._foreach_norm(dense)).float().pow(2).sum() if dense else zero
     sq_expert = torch.stack(torch._foreach_norm(expert)).float().pow(2).sum() if expert else zero.clone()
@@ -161,6 +164,27 @@ def _local_rows_of_canonical(module: Experts, state: dict, prefix: str, *_args: 
         key = prefix + name
         if key in state and t.ndim:
             state[key] = _local_rows(state[key], module.shard, t.shape[0])
+
+
+def expert_rows_as_dtensors(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (``model.state_dict()``) with each plain expert-parallel shard seen as a DTensor
+    of the whole (E, F, D) tensor, sharing its storage: torch.distributed.checkpoint then reads
+    (or writes) each rank's own experts' rows. Other entries are returned as they are."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    from kimi_lab.model.init import canonical_name
+
+    out = dict(state)
+    for name, m in model.named_modules():
+        if not isinstance(m, Experts) or m.shard is None or isinstance(getattr(m, "w1", None), DTensor):
+            continue
+        mesh = DeviceMesh.from_group(m.shard.group, next(m.parameters()).device.type)
+        prefix = canonical_name(f"{name}.")
+        for key, t in state.items():
+            if key.startswith(prefix) and t.ndim and t.shape[0] == m.shard.n_local:
+                out[key] = DTensor.from_local(t, mesh, [Shard(0)], run_check=False)
+    return out
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:

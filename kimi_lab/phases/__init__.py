@@ -1,7 +1,7 @@
 """One LightningModule per training phase, all over the same K2 backbone."""
 
 from kimi_lab.config.schema import PhaseName, RunConfig
-from kimi_lab.phases.base import PhaseModule
+from kimi_lab.phases.base import PhaseModule, model_on_meta
 from kimi_lab.phases.parl import PARLModule
 from kimi_lab.phases.pretrain import PretrainModule
 from kimi_lab.phases.rl import RLModule
@@ -15,8 +15,11 @@ PHASES: dict[PhaseName, type[PhaseModule]] = {
 }
 
 
-def build_phase(cfg: RunConfig) -> PhaseModule:
-    return PHASES[cfg.phase.name](cfg)
+def build_phase(cfg: RunConfig, meta: bool = False) -> PhaseModule:
+    """The phase's module; ``meta``: its model on the meta device, given values only once it is
+    laid out over the processes (``PhaseModule.configure_model``)."""
+    with model_on_meta(meta):
+        return PHASES[cfg.phase.name](cfg)
 
 
 __all__ = ["PHASES", "PARLModule", "PhaseModule", "PretrainModule", "RLModule", "SFTModule", "build_phase"]

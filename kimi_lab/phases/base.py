@@ -8,8 +8,11 @@ typed ``BatchStats``."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -35,6 +38,7 @@ from kimi_lab.metrics import (
     TRAIN_TOKENS,
     TRAIN_TOKENS_PER_SEC,
 )
+from kimi_lab.model.init import is_meta, materialise_
 from kimi_lab.model.moe.balance import update_router_biases
 from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.groups import build_param_groups
@@ -42,10 +46,23 @@ from kimi_lab.optim.muon import MuonAdamW
 from kimi_lab.optim.qk_clip import LogitReport, qk_clip_step, set_measuring
 from kimi_lab.optim.schedule import WSD, schedule_steps, schedule_warning
 from kimi_lab.parallel import expert_parallel
+from kimi_lab.parallel.activation_checkpointing import apply_activation_checkpointing
 from kimi_lab.parallel.expert_parallel import ExpertParallel
 from kimi_lab.tracking.contract import MoELoad, RunCounters
 
 log = logging.getLogger(__name__)
+
+_ON_META: contextvars.ContextVar[bool] = contextvars.ContextVar("kimi_lab_model_on_meta", default=False)
+
+
+@contextlib.contextmanager
+def model_on_meta(on: bool = True) -> Iterator[None]:
+    """Phase modules built inside build their ``KimiK25`` on the meta device (no memory)."""
+    token = _ON_META.set(on)
+    try:
+        yield
+    finally:
+        _ON_META.reset(token)
 
 
 @rank_zero_only
@@ -70,14 +87,18 @@ class PhaseModule(L.LightningModule):
         self.save_hyperparameters(
             {"config": OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)}
         )
-        self.model = KimiK25(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
+        meta = contextlib.nullcontext() if not _ON_META.get() else torch.device("meta")
+        with meta:
+            self.model = KimiK25(cfg.model, device_type=device_type_for(cfg.trainer.accelerator))
+        # Called with the model once it is laid out and has values (phase.init_from, see train.py).
+        self.init_weights: Callable[[KimiK25], None] | None = None
         # Read by the run-directory callback (tracking.contract.PhaseReport).
         self.counters = RunCounters()
         self.latest_moe_load: MoELoad | None = None
         self.attn_logits_since_log: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # This step's bookkeeping.
         self._skip_step = False  # a non-finite gradient: the optimizer step is skipped
-        self._sharded = False  # FSDP2 applied (configure_model may be called more than once)
+        self._configured = False  # laid out over the ranks (configure_model may be called more than once)
         self._step_started: float | None = None
         self._batch_ended: float | None = None
         self._waited = 0.0
@@ -148,26 +169,56 @@ class PhaseModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_model(self) -> None:
-        """Called once the processes are connected: split the experts over the expert-parallel
-        ranks (``model.moe.expert_parallel``), or FSDP2-shard (``trainer=fsdp2``)."""
-        ep = self.cfg.model.moe.expert_parallel
-        if ep > 1 and self.expert_parallel is None and self.model.language_model.moe_layers:
-            mesh = expert_parallel.build_mesh(ep, device_type_for(self.cfg.trainer.accelerator))
-            self.expert_parallel = expert_parallel.apply(self, mesh)
-            rank_zero_info(
-                f"expert parallel: mesh {tuple(mesh.shape)} {mesh.mesh_dim_names}, "
-                f"{self.cfg.model.moe.n_routed_experts // ep} of {self.cfg.model.moe.n_routed_experts} "
-                "routed experts per rank"
-            )
+        """Called once the processes are connected: lay the model out over them, then give a
+        meta-device model its values (each rank only its own part) and load ``phase.init_from``
+        into it. Under ``trainer=fsdp2``: one mesh for FSDP2 and expert parallelism
+        (``kimi_lab.parallel.fsdp``); under DDP: the routed experts split over
+        ``model.moe.expert_parallel`` ranks (``kimi_lab.parallel.expert_parallel``)."""
+        if self._configured:
+            return
+        t, moe = self.cfg.trainer, self.cfg.model.moe
+        device_type = device_type_for(t.accelerator)
+        ep = moe.expert_parallel if self.model.language_model.moe_layers else 1
+        mesh = getattr(self, "device_mesh", None)  # Lightning's ModelParallelStrategy (trainer=fsdp2)
+        if mesh is not None:
+            from kimi_lab.parallel.fsdp import parallelize
+            from kimi_lab.parallel.mesh import ParallelDims
+
+            dims = ParallelDims(mesh.size(), ep, t.dp_replicate)
+            dims.validate(moe.n_routed_experts if ep > 1 else None)
+            meshes = dims.build(device_type)
+            precision = self.trainer.precision if self._trainer is not None else t.precision
+            param_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+            parallelize(self.model, meshes, t.activation_checkpointing, param_dtype)
+            rank_zero_info(f"fsdp2: {meshes.describe()}")
+        else:
+            if ep > 1 and self.expert_parallel is None:
+                ep_mesh = expert_parallel.build_mesh(ep, device_type)
+                self.expert_parallel = expert_parallel.apply(self, ep_mesh)
+                rank_zero_info(
+                    f"expert parallel: mesh {tuple(ep_mesh.shape)} {ep_mesh.mesh_dim_names}, "
+                    f"{moe.n_routed_experts // ep} of {moe.n_routed_experts} routed experts per rank"
+                )
+            apply_activation_checkpointing(self.model, t.activation_checkpointing)
         # Read by DDP when it wraps this module (after this hook): what it must not sync.
         self._ddp_params_and_buffers_to_ignore = expert_parallel.ddp_ignored_names(self, self.expert_parallel)
-        mesh = getattr(self, "device_mesh", None)
-        if mesh is None or self._sharded:
-            return
-        from kimi_lab.parallel.fsdp import shard_model
+        if is_meta(self.model):
+            materialise_(self.model, self.cfg.model, self._root_device(), self.cfg.seed)
+        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
+        if self.init_weights is not None and not resuming:  # a resumed run's checkpoint has them all
+            self.init_weights(self.model)
+        self._configured = True
 
-        shard_model(self.model, mesh["data_parallel"])
-        self._sharded = True
+    def _apply(self, fn: Any, recurse: bool = True) -> PhaseModule:
+        # Before configure_model a meta-device model has nothing to move (a run that fails early
+        # is still torn down with .cpu(): its own error must be the one that shows).
+        if not self._configured and is_meta(self.model):
+            return self
+        return super()._apply(fn, recurse)
+
+    def _root_device(self) -> torch.device:
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def on_train_start(self) -> None:
         clip = self.cfg.phase.optim.name == OptimizerName.muonclip
@@ -215,12 +266,19 @@ class PhaseModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        if self.expert_parallel is None or not gradient_clip_val:
+        sharded = getattr(self, "device_mesh", None) is not None  # trainer=fsdp2: DTensor gradients
+        if not gradient_clip_val or (self.expert_parallel is None and not sharded):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        # The norm of the whole model: each rank holds different experts' gradients.
+        # The norm of the whole model: each rank holds different experts' gradients (or shards).
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        expert_parallel.clip_grad_norm_(params, gradient_clip_val, self.expert_parallel)
+        if sharded:
+            from kimi_lab.parallel.fsdp import clip_grad_norm_
+
+            clip_grad_norm_(params, gradient_clip_val)
+        else:
+            assert self.expert_parallel is not None
+            expert_parallel.clip_grad_norm_(params, gradient_clip_val, self.expert_parallel)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         step = self.global_step  # 0-based index of this training step

@@ -163,7 +163,19 @@ def test_typo_inside_a_group_file_is_caught(tmp_path) -> None:
         (["model=tiny", "data.sources.text.weight=-1"], "data.sources.text.weight=-1"),
         (["model=tiny", "model.moe.expert_parallel=3"], "model.moe.expert_parallel=3"),  # 8 experts
         (["model=tiny", "model.moe.expert_parallel=2"], "trainer.devices x trainer.num_nodes = 1"),
-        (["model=tiny", "trainer=fsdp2", "model.moe.expert_parallel=2"], "runs under trainer=ddp"),
+        (["model=tiny", "trainer.devices=2", "model.moe.expert_parallel=2"], "runs under trainer=ddp"),
+        (["model=tiny", "trainer=ddp", "trainer.dp_replicate=2"], "(HSDP) needs trainer=fsdp2"),
+        (["model=tiny", "trainer=fsdp2", "trainer.dp_replicate=3"], "trainer.dp_replicate=3 must divide"),
+        (
+            [
+                "model=tiny",
+                "trainer=fsdp2",
+                "trainer.devices=4",
+                "trainer.dp_replicate=4",
+                "model.moe.expert_parallel=2",
+            ],
+            "must divide the ranks of one replica",
+        ),
         (
             ["model=tiny", "trainer=ddp", "model.moe.expert_parallel=2", "phase=rl"],
             "use expert_parallel=1 for rl and parl",

@@ -80,8 +80,10 @@ def _pads_rows(x: torch.Tensor, dtype: torch.dtype) -> bool:
     # oneDNN builds (and caches, without bound by default) one kernel per matmul shape:
     # with a new row count per expert every step, bf16 CPU matmuls spend their time
     # building kernels and the cache grows the process by tens of MB a step. A small
-    # fixed set of row counts keeps every kernel cached.
-    return x.device.type == "cpu" and dtype == torch.bfloat16
+    # fixed set of row counts keeps every kernel cached. On CUDA, bf16 runs ``torch._grouped_mm``
+    # (torch >= 2.8, no MegaBlocks needed), whose groups then start at 16-row boundaries, as
+    # torchtitan aligns its token groups.
+    return x.device.type in ("cpu", "cuda") and dtype == torch.bfloat16
 
 
 def place_rows(
@@ -231,7 +233,8 @@ class TorchExperts(Experts):
         if len(token_P) > len(order_S):  # padding rows read a zero row after the tokens
             x_TD = torch.cat([x_TD, x_TD.new_zeros(1, D)])
         x_PD = x_TD.index_select(0, token_P)
-        y_PD = ExpertSwiGLU.apply(x_PD, self.w1, self.w3, self.w2, plan, self.compute_weights(x_PD.dtype))
+        w1, w3, w2 = (_local(w) for w in (self.w1, self.w3, self.w2))
+        y_PD = ExpertSwiGLU.apply(x_PD, w1, w3, w2, plan, self.compute_weights(x_PD.dtype))
         # Back to pair order; padding rows are dropped here, so they get zero gradient.
         return y_PD.index_select(0, row_of_pair_S).view(T, top_idx_TK.shape[1], D)
 
@@ -255,6 +258,13 @@ class TorchExperts(Experts):
         # which accumulates in fp32 even for bf16 inputs.
         out_T1D = torch.bmm(top_weight_TK.to(y_TKD.dtype).unsqueeze(1), y_TKD)
         return out_T1D.view(T, D)
+
+
+def _local(w: torch.Tensor) -> torch.Tensor:
+    """This rank's experts of a weight: the local part of a DTensor split over the expert-parallel
+    ranks (FSDP2 x EP, ``kimi_lab.parallel.fsdp``), else the weight itself."""
+    to_local = getattr(w, "to_local", None)
+    return w if to_local is None else to_local()
 
 
 def reference_experts(

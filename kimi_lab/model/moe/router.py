@@ -53,7 +53,8 @@ class SigmoidRouter(nn.Module):
             ).indices
         top_weight_TK = scores_TE.gather(1, top_idx_TK)
         top_weight_TK = top_weight_TK / (top_weight_TK.sum(-1, keepdim=True) + 1e-20) * self.scaling
-        if self.training and torch.is_grad_enabled():
+        # Not while a backward pass recomputes a checkpointed layer: those tokens were counted once.
+        if self.training and torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
             counted_TK = top_idx_TK if real_T is None else top_idx_TK[real_T]
             self.tokens_per_expert += torch.bincount(counted_TK.reshape(-1), minlength=self.n_experts).float()
         return Routing(top_idx_TK, top_weight_TK, scores_TE, logits_TE)
