@@ -1,7 +1,9 @@
 """Names shared by everything that writes a run directory and everything that reads one.
 
-The dashboard imports this module (and only this one) from kimi_lab, so it must
-stay free of torch and heavy imports.
+The dashboard's pages read run folders through these names alone; beyond this module it
+imports from kimi_lab only what its data and routing pages need (shard decoding, and the
+checkpoint loader lazily, when the routing inspector routes). Every page imports this one,
+so it must stay free of torch and heavy imports.
 """
 
 from __future__ import annotations
