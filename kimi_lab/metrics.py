@@ -1,9 +1,9 @@
 """Names shared by everything that writes a run directory and everything that reads one.
 
-The dashboard's pages read run folders through these names alone; beyond this module it
-imports from kimi_lab only what its data and routing pages need (shard decoding, and the
-checkpoint loader lazily, when the routing inspector routes). Every page imports this one,
-so it must stay free of torch and heavy imports.
+The dashboard's pages read run folders through these names alone, and this is the one
+kimi_lab module they import when they start; only the routing inspector imports more (the
+checkpoint loader, the tokenizer and image preprocessing, when it routes). So this module
+must stay free of torch and heavy imports.
 """
 
 from __future__ import annotations
