@@ -39,10 +39,11 @@ PLACES = {
     "kimi_lab.tools": "core",
     "kimi_lab.tasks": "core",
     "kimi_lab.tracking": "core",
-    # decode: the one loader and the one decode path, below every consumer (RL and PARL
-    # rollouts sample through them as serve and chat do)
+    # decode: the one loader, the one decode path and the one tool turn, below every consumer
+    # (RL and PARL rollouts sample through them as serve and chat do)
     "kimi_lab.loading": "decode",
     "kimi_lab.generation": "decode",
+    "kimi_lab.tool_turns": "decode",
     # phases: training phases and what they drive
     "kimi_lab.phases": "phases",
     "kimi_lab.rl": "phases",
