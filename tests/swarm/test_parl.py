@@ -313,7 +313,7 @@ def test_parl_phase_trains_the_orchestrator_and_writes_traces(
         assert events[-1]["kind"] == "finish" and "reward" in events[-1]["detail"]
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     dm = next(v for k, v in state.items() if k.endswith("SwarmTaskDataModule"))
-    assert dm == {"tasks_consumed": 4}
+    assert dm == {"prompts_consumed": 4}
 
 
 def test_parl_config_errors_are_one_line(swarm_tasks: Path, tiny_tokenizer: Path, tmp_path: Path) -> None:
