@@ -39,7 +39,7 @@ def test_a_resumed_stream_continues_where_the_consumed_prompts_end() -> None:
 
 def test_a_source_without_prompts_is_a_data_error() -> None:
     stream = PromptStream({"x": PromptSource(lambda _rng: [], 1.0, "phase.rl.tasks.x: no usable task")}, 0)
-    with pytest.raises(DataError, match="phase.rl.tasks.x: no usable task"):
+    with pytest.raises(DataError, match=r"phase\.rl\.tasks\.x: no usable task"):
         next(iter(stream))
 
 
