@@ -57,14 +57,6 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def is_run_dir(path: Path) -> bool:
-    return (
-        (path / M.CONFIG_FILE).is_file()
-        or (path / M.METRICS_FILE).is_file()
-        or (path / M.STATUS_FILE).is_file()
-    )
-
-
 @st.cache_data(show_spinner=False)
 def _read_yaml(path: str, mtime: float) -> tuple[Any, str | None]:
     try:

@@ -183,16 +183,6 @@ def content_pieces(m: Message) -> list[tuple[str, str | None]]:
     return [(t, n) for t, n in pieces if t]
 
 
-def render_text(m: Message) -> str:
-    """The message's body (between its header and <|im_end|>) as text, images as ``<image:NAME>``."""
-    body = "".join(t for t, _ in content_pieces(m))
-    if m.role == "tool":
-        body = RESULT_BEGIN + body + RESULT_END
-    for c in m.tool_calls:
-        body += f"{CALL_BEGIN}{c.name}\n{c.input}{CALL_END}"
-    return body
-
-
 @dataclass
 class EncodedChat:
     """One conversation in tokens: ``train[i]`` is True where ``tokens[i]`` is a training target."""
