@@ -137,7 +137,7 @@ def find_runs(root: Path) -> list[RunInfo]:
                 path=run,
                 name=str(run.relative_to(root)),
                 experiment=str(cfg.get("experiment") or status.get("experiment") or run.parent.name),
-                status=str(status.get("status", "unknown")),
+                status=status["status"] if status.get("status") in M.RUN_STATUSES else "unknown",
                 step=status.get("step"),
                 sweep=sweep,
                 config=cfg,
