@@ -59,3 +59,26 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["step"] == 1  # the previous checkpoint is intact
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_a_module_that_cannot_fill_the_run_files_is_refused(tmp_path: Path) -> None:
+    import lightning as L
+
+    from kimi_lab.tracking.contract import RunCounters
+    from kimi_lab.tracking.run_dir import RunDirCallback
+
+    class Renamed(L.LightningModule):  # latest_moe_load renamed: the files would stay empty
+        counters = RunCounters()
+        moe_load = None
+
+        def pop_attn_logits(self) -> dict:
+            return {}
+
+    class Reporting(Renamed):
+        latest_moe_load = None
+
+    callback, trainer = RunDirCallback(tmp_path, "x", 1), L.Trainer(logger=False, enable_progress_bar=False)
+    with pytest.raises(TypeError, match="lacks latest_moe_load of kimi_lab"):
+        callback.on_fit_start(trainer, Renamed())
+    callback.on_fit_start(trainer, Reporting())
+    assert callback.moe_load is not None
