@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.generate import cpu_name
+from kimi_lab.runtime import cpu_description
 
 TARGET = 2.5
 
@@ -158,7 +158,7 @@ def run(
         "target_clients": target_clients,
         "concurrent_over_one": together / alone,
         "target": TARGET,
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg()[0],
     }
