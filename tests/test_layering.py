@@ -59,6 +59,7 @@ PLACES = {
     "kimi_lab.harness": "serving",
     # top: commands, the training entry point, experiments, reports, the dashboard, benchmarks
     "kimi_lab.cli": "top",
+    "kimi_lab.commands": "top",
     "kimi_lab.train": "top",
     "kimi_lab.train_args": "top",
     "kimi_lab.experiments": "top",
