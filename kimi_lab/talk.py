@@ -3,9 +3,10 @@
 ``generate`` continues a text prompt (images first, for a ``-vl`` model) and prints the
 tokens as they are sampled. ``chat`` is an interactive loop in the chat format: the
 assistant's words appear as they are sampled; with ``--tools python`` its tool calls run
-in the sandboxed code tool (``kimi_lab.tools``), their output is shown and handed back,
-and the assistant goes on. Both load through ``kimi_lab.loading`` (any kimi_lab
-checkpoint: a training run's, a sharded folder, one written by ``import-hf``).
+in the sandboxed code tool, their output is shown and handed back with the images the code
+saved, and the assistant goes on: the turn RL rollouts take (``kimi_lab.tool_turns``).
+Both load through ``kimi_lab.loading`` (any kimi_lab checkpoint: a training run's, a
+sharded folder, one written by ``import-hf``).
 """
 
 from __future__ import annotations
