@@ -126,7 +126,12 @@ DATA_BUILD_ARGS = (
     arg("--out", help="output folder (default: data/<kind>; tokenizer: data/tokenizers/bpe-<V>.json)"),
     arg("--n", type=int, default=None, help="how many samples (text: at most; others: default 200)"),
     arg("--seed", type=int, default=0),
-    arg("--src", default=None, help="text: your .txt/.jsonl/.parquet; image-code: your .svg/.html"),
+    arg(
+        "--src",
+        default=None,
+        help="text: your .txt/.jsonl/.parquet; image-code: your .svg/.html; captions: an image-code or "
+        "page-recordings folder",
+    ),
     arg("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size"),
     arg(
         "--shard-mb",
@@ -138,7 +143,13 @@ DATA_BUILD_ARGS = (
         "--families",
         type=_comma_list,
         default=None,
-        help="visual-tasks: comma-separated, e.g. count,maze (default: all)",
+        help="visual-tasks: comma-separated, e.g. count,maze; code-from-pixels: e.g. "
+        "html_screenshot,svg_screenshot,html_recording (default: all)",
+    ),
+    arg(
+        "--with-answers",
+        action="store_true",
+        help="code-from-pixels: each prompt with its code as the assistant's reply (for phase sft)",
     ),
     arg("--modality", choices=("image", "text", "both"), default=None, help="visual-tasks (default image)"),
     arg("--with-visual-traces", action="store_true", help="zero-vision-sft: mix in image trajectories"),
@@ -170,7 +181,7 @@ DATA_BUILD_ARGS = (
         "--val-fraction",
         type=float,
         default=None,
-        help="swarm-tasks (default 0.2), swarm-sft (default 0.05): share of tasks held out in val",
+        help="swarm-tasks (default 0.2), swarm-sft, code-from-pixels (default 0.05): share held out in val",
     ),
 )
 
