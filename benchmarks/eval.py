@@ -40,7 +40,8 @@ def _model(
 
     if checkpoint:
         _, net, runner = load_policy(checkpoint, max_new_tokens, 2)
-        tok, vision, tool, seq = runner.tok, runner.vision, runner.tool, runner.max_seq_len
+        turns = runner.turns
+        tok, vision, tool, seq = turns.tok, turns.vision, turns.tool.cfg, turns.max_seq_len
     else:
         from omegaconf import OmegaConf
 

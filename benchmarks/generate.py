@@ -109,7 +109,7 @@ def contenders(model: Any, prompts: list[Any], pad_id: int) -> dict[str, Any]:
             f"bench generate compares with transformers>=5: pip install -e '.[hf]' ({exn})"
         ) from None
 
-    from kimi_lab.generation import generate
+    from kimi_lab.generation import DecodeOptions, generate
     from kimi_lab.hf.in_memory import to_transformers
 
     # A -vl model must not sample its vision placeholders (a placeholder in the continuation
@@ -118,7 +118,7 @@ def contenders(model: Any, prompts: list[Any], pad_id: int) -> dict[str, Any]:
     banned = () if v is None else (v.image_token_id, v.video_token_id)
 
     def ours(new: int) -> torch.Tensor:
-        gens = generate(model, prompts, new, stop_ids=(), pad_id=pad_id, temperature=0, banned_ids=banned)
+        gens = generate(model, prompts, DecodeOptions(new, (), pad_id, temperature=0, banned_ids=banned))
         return torch.tensor([g.tokens for g in gens])
 
     hf = to_transformers(model)

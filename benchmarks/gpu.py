@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.moe import Shape
+from benchmarks.moe import Shape, hf_moe_config
 
 
 def _time(fn: Callable[[], None], repeats: int, warmup: int, device: str) -> float:
@@ -69,19 +69,9 @@ def _build(name: str, s: Shape, device: str) -> torch.nn.Module:
         )
         with torch.device(device):
             return MoELayer(s.hidden, cfg, backend=backend).to(torch.bfloat16)
-    from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
-    cfg = DeepseekV3Config(
-        hidden_size=s.hidden,
-        moe_intermediate_size=s.ffn,
-        n_routed_experts=s.experts,
-        num_experts_per_tok=s.top_k,
-        n_shared_experts=s.shared,
-        n_group=1,
-        topk_group=1,
-    )
-    cfg._experts_implementation = "grouped_mm"
+    cfg = hf_moe_config(s, "grouped_mm")
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:

@@ -29,6 +29,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -109,9 +110,26 @@ def gains_report() -> list[str]:
     ]
 
 
+def hf_moe_config(s: Shape, experts_implementation: str, **extra: Any) -> Any:
+    """transformers' DeepseekV3Config of one MoE layer of shape ``s`` (the peer of these benchmarks)."""
+    from transformers import DeepseekV3Config
+
+    cfg = DeepseekV3Config(
+        hidden_size=s.hidden,
+        moe_intermediate_size=s.ffn,
+        n_routed_experts=s.experts,
+        num_experts_per_tok=s.top_k,
+        n_shared_experts=s.shared,
+        n_group=1,
+        topk_group=1,
+        **extra,
+    )
+    cfg._experts_implementation = experts_implementation
+    return cfg
+
+
 def _transformers_layers(s: Shape) -> dict[str, Callable[[torch.dtype], torch.nn.Module]]:
     """{experts implementation: factory(dtype)} for transformers' DeepseekV3MoE."""
-    from transformers import DeepseekV3Config
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
@@ -119,18 +137,7 @@ def _transformers_layers(s: Shape) -> dict[str, Callable[[torch.dtype], torch.nn
 
     def factory(impl: str) -> Callable[[torch.dtype], torch.nn.Module]:
         def build(dtype: torch.dtype) -> torch.nn.Module:
-            cfg = DeepseekV3Config(
-                hidden_size=s.hidden,
-                moe_intermediate_size=s.ffn,
-                n_routed_experts=s.experts,
-                num_experts_per_tok=s.top_k,
-                n_shared_experts=s.shared,
-                n_group=1,
-                topk_group=1,
-                num_hidden_layers=2,
-            )
-            cfg._experts_implementation = impl
-            m = DeepseekV3MoE(cfg)
+            m = DeepseekV3MoE(hf_moe_config(s, impl, num_hidden_layers=2))
             for _name, p in m.named_parameters():
                 torch.nn.init.normal_(p, std=0.02)
             m = m.to(dtype)

@@ -57,14 +57,6 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def is_run_dir(path: Path) -> bool:
-    return (
-        (path / M.CONFIG_FILE).is_file()
-        or (path / M.METRICS_FILE).is_file()
-        or (path / M.STATUS_FILE).is_file()
-    )
-
-
 @st.cache_data(show_spinner=False)
 def _read_yaml(path: str, mtime: float) -> tuple[Any, str | None]:
     try:
@@ -145,7 +137,7 @@ def find_runs(root: Path) -> list[RunInfo]:
                 path=run,
                 name=str(run.relative_to(root)),
                 experiment=str(cfg.get("experiment") or status.get("experiment") or run.parent.name),
-                status=str(status.get("status", "unknown")),
+                status=status["status"] if status.get("status") in M.RUN_STATUSES else "unknown",
                 step=status.get("step"),
                 sweep=sweep,
                 config=cfg,

@@ -23,7 +23,7 @@ and reports a malformed call as an error for the model to read, never a crash.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,8 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 CALL_BEGIN, CALL_END = "<|tool_call_begin|>", "<|tool_call_end|>"
 RESULT_BEGIN, RESULT_END = "<|tool_result_begin|>", "<|tool_result_end|>"
 MEDIA_START, MEDIA_END, IMAGE_PAD = "<|media_start|>", "<|media_end|>", "<|image_pad|>"
-TOOLS_HEADER = "Tools:"  # opens the description of the tools a caller declares (``with_tools``)
+TOOLS_HEADER = "Tools:"  # ends the first line of ``render_tools``
+TOOL_CALL_SYNTAX = f"Call a tool as {CALL_BEGIN}NAME\\nINPUT{CALL_END}."  # its start: how to write a call
 VIDEO_PAD = "<|video_pad|>"
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _ANSWER = re.compile(r"(?im)^\s*answer\s*:\s*(.+?)\s*$")
@@ -121,19 +122,41 @@ def validate(messages: list[Message], require_assistant: bool = True) -> None:
         raise ChatFormatError("the conversation has no assistant message")
 
 
-def tools_block(tools: list[tuple[str, str]]) -> str:
-    """How the tools a caller declares (name, description) are described to the model."""
-    return TOOLS_HEADER + "\n" + "\n".join(f"- {name}: {description}" for name, description in tools)
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as a model is told of it."""
+
+    name: str
+    description: str  # one line
+    input_format: (
+        str  # what a call's input is: 'a search query', '{"agent": NAME, "prompt": TEXT}'; "": not said
+    )
 
 
-def with_tools(messages: list[Message], tools: list[tuple[str, str]]) -> list[Message]:
-    """The conversation with its tools described at the end of the system message (one is
-    added first when there is none), unless a system message already holds that description."""
+def render_tools(tools: Sequence[ToolSpec]) -> str:
+    """The tools a model may call, as its system message lists them.
+
+    The one rendering: the swarm's prompts (and so its training data), the tools a
+    ``kimi-lab serve`` request declares (``openai_format.declared_tools``) and the exported
+    chat template (``chat_template``) all write it, so a model sees the same words wherever
+    it runs."""
+    lines = [f"{TOOL_CALL_SYNTAX} {TOOLS_HEADER}"]
+    for t in tools:
+        lines.append(
+            f"- {t.name}: {t.description}" + (f". Input: {t.input_format}" if t.input_format else "")
+        )
+    return "\n".join(lines)
+
+
+def with_tools(messages: list[Message], tools: Sequence[ToolSpec]) -> list[Message]:
+    """The conversation with its tools listed at the end of the system message (one is added
+    first when there is none), unless a system message already lists them (the swarm's
+    prompts do: its policies also declare the tools to a server)."""
     if not tools:
         return messages
-    block = tools_block(tools)
+    block = render_tools(tools)
     if any(block in m.content for m in messages if m.role == "system"):
-        return messages  # the caller already described them
+        return messages
     if messages and messages[0].role == "system":
         return [Message("system", messages[0].content + "\n\n" + block), *messages[1:]]
     return [Message("system", block), *messages]
@@ -160,16 +183,6 @@ def content_pieces(m: Message) -> list[tuple[str, str | None]]:
     inline = {n for _, n in pieces if n is not None}
     pieces += [(image_marker(n), n) for n in m.images if n not in inline]
     return [(t, n) for t, n in pieces if t]
-
-
-def render_text(m: Message) -> str:
-    """The message's body (between its header and <|im_end|>) as text, images as ``<image:NAME>``."""
-    body = "".join(t for t, _ in content_pieces(m))
-    if m.role == "tool":
-        body = RESULT_BEGIN + body + RESULT_END
-    for c in m.tool_calls:
-        body += f"{CALL_BEGIN}{c.name}\n{c.input}{CALL_END}"
-    return body
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 transformers' ``apply_chat_template``, vLLM, SGLang and llama.cpp render a conversation from
 the ``chat_template`` of ``tokenizer_config.json``. An export carries this one, generated
-from ``kimi_lab.chat``'s own markers and tools description (``TOOLS_HEADER``,
-``with_tools``, ``call_from_openai``'s reading of tool-call arguments), so it renders the
+from ``kimi_lab.chat``'s own markers and tools description (``render_tools`` as ``with_tools``
+places it, each declared function's input as ``openai_format.input_format`` words it,
+``call_from_openai``'s reading of tool-call arguments), so it renders the
 tokens ``ChatEncoder`` encodes: roles, content, tool calls, tool results, the declared tools
 in the system message, and the generation prompt (a test holds them equal, tools included).
 
@@ -32,7 +33,7 @@ from kimi_lab.chat import (
     RESULT_BEGIN,
     RESULT_END,
     ROLES,
-    TOOLS_HEADER,
+    render_tools,
 )
 
 # Jinja, with @NAME@ standing for a special token's text (a tokenizer may spell them its own way).
@@ -47,13 +48,24 @@ _TEMPLATE = """\
 {%- endif -%}
 {%- endmacro -%}
 {%- set role_token = @ROLE_TOKENS@ -%}
-{%- set ns = namespace(block='', described=false) -%}
+{%- set ns = namespace(block='', described=false, fmt='') -%}
 {%- if tools -%}
 {%- for t in tools -%}
 {%- set fn = t.function if t.function is defined else t -%}
-{%- set ns.block = ns.block ~ '\\n- ' ~ fn.name ~ ': ' ~ (fn.description or '') -%}
+{%- set params = fn.parameters if fn.parameters is defined and fn.parameters is mapping else {} -%}
+{%- set props = params.properties if params.properties is defined and params.properties is mapping else {} -%}
+{%- set ns.fmt = '' -%}
+{%- if props | length == 1 and (props.values() | first) is mapping and (props.values() | first).type == 'string' -%}
+{%- for k, v in props.items() -%}{%- set ns.fmt = (v.description or k) | string -%}{%- endfor -%}
+{%- elif props -%}
+{%- for k, v in props.items() -%}
+{%- set ns.fmt = ns.fmt ~ (', ' if not loop.first else '') ~ '"' ~ k ~ '": ' ~ ((v.type | upper) if v is mapping and v.type is string else 'VALUE') -%}
 {%- endfor -%}
-{%- set ns.block = @TOOLS_HEADER@ ~ ns.block -%}
+{%- set ns.fmt = '{' ~ ns.fmt ~ '}' -%}
+{%- endif -%}
+{%- set ns.block = ns.block ~ '\\n- ' ~ fn.name ~ ': ' ~ (fn.description or '') ~ (('. Input: ' ~ ns.fmt) if ns.fmt else '') -%}
+{%- endfor -%}
+{%- set ns.block = @TOOLS_INTRO@ ~ ns.block -%}
 {%- for m in messages -%}
 {%- if m.role in ['system', 'developer'] and ns.block in text(m.content) -%}{%- set ns.described = true -%}{%- endif -%}
 {%- endfor -%}
@@ -107,7 +119,8 @@ def chat_template(spell: Callable[[str], str] = str) -> str:
     for name, token in markers.items():
         out = out.replace(f"@{name}@", _literal_text(spell(token)))
     roles = "{" + ", ".join(f"{json.dumps(r)}: {json.dumps(spell(f'<|{r}|>'))}" for r in ROLES) + "}"
-    return out.replace("@ROLE_TOKENS@", roles).replace("@TOOLS_HEADER@", json.dumps(TOOLS_HEADER))
+    intro = render_tools([]).replace(CALL_BEGIN, spell(CALL_BEGIN)).replace(CALL_END, spell(CALL_END))
+    return out.replace("@ROLE_TOKENS@", roles).replace("@TOOLS_INTRO@", json.dumps(intro))
 
 
 def _literal_text(s: str) -> str:

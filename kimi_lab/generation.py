@@ -63,49 +63,46 @@ class Step:
     logprobs: list[float | None]
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How ``generate`` samples: the token budget and the stop tokens, the distribution
+    (greedy when ``temperature == 0``; ``top_k``; ``top_p``, nucleus sampling: the smallest set of
+    most likely tokens whose probability reaches it), and the tokens never sampled (``banned_ids``:
+    vision placeholders, padding; the distribution is renormalised over the rest, and the
+    log-probabilities returned are of that distribution). A chat model's ``stop_ids`` and
+    ``banned_ids`` are its ``ChatEncoder``'s."""
+
+    max_new_tokens: int
+    stop_ids: tuple[int, ...]
+    pad_id: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+    autocast: torch.dtype | None = None
+    banned_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"generate: top_p={self.top_p} must be in (0, 1]")
+
+
 def generate(
     model: torch.nn.Module,
     prompts: list[Prompt],
-    max_new_tokens: int,
-    stop_ids: tuple[int, ...],
-    pad_id: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    autocast: torch.dtype | None = None,
-    banned_ids: tuple[int, ...] = (),
+    options: DecodeOptions,
     on_token: Callable[[Step], bool | None] | None = None,
-    top_p: float | None = None,
 ) -> list[Generation]:
-    """Sample a continuation of every prompt (greedy when ``temperature == 0``).
+    """Sample a continuation of every prompt, as ``options`` say.
 
-    ``banned_ids`` are never sampled (vision placeholders, padding): the distribution is
-    renormalised over the rest, and the log-probabilities returned are of that distribution.
-    ``top_p`` (nucleus sampling) keeps the smallest set of most likely tokens whose
-    probability reaches it. ``on_token``, when given, is called after every decode step with
-    what it sampled (``Step``); that reads the step's tokens on the host, which ``generate``
-    otherwise does once at the end. Returning True from it stops generation there (a client
-    went away), leaving the unfinished rows ``finished=False``. ``generate_stream`` is the
-    same as an iterator.
+    ``on_token``, when given, is called after every decode step with what it sampled
+    (``Step``); that reads the step's tokens on the host, which ``generate`` otherwise does
+    once at the end. Returning True from it stops generation there (a client went away),
+    leaving the unfinished rows ``finished=False``. ``generate_stream`` is the same as an
+    iterator.
     """
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"generate: top_p={top_p} must be in (0, 1]")
     steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    with contextlib.closing(
-        _decode(
-            model,
-            prompts,
-            max_new_tokens,
-            stop_ids,
-            pad_id,
-            temperature,
-            top_k,
-            generator,
-            autocast,
-            banned_ids,
-            top_p,
-        )
-    ) as decoded:
+    with contextlib.closing(_decode(model, prompts, options)) as decoded:
         for tok_B, logp_B, alive_B in decoded:
             steps.append((tok_B, logp_B, alive_B))
             if on_token is not None and on_token(_host_step(tok_B, logp_B, alive_B)):
@@ -120,43 +117,19 @@ def generate(
     out = []
     for toks, lps, n in zip(tok_BN.tolist(), logp_BN.tolist(), n_B, strict=True):
         t = toks[:n]
-        out.append(Generation(t, lps[:n], bool(t) and t[-1] in stop_ids))
+        out.append(Generation(t, lps[:n], bool(t) and t[-1] in options.stop_ids))
     return out
 
 
-def generate_stream(
-    model: torch.nn.Module,
-    prompts: list[Prompt],
-    max_new_tokens: int,
-    stop_ids: tuple[int, ...],
-    pad_id: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    autocast: torch.dtype | None = None,
-    banned_ids: tuple[int, ...] = (),
-    top_p: float | None = None,
-) -> Iterator[Step]:
+def generate_stream(model: torch.nn.Module, prompts: list[Prompt], options: DecodeOptions) -> Iterator[Step]:
     """``generate`` as an iterator: one ``Step`` per decode step, as soon as it is sampled.
 
     Row i's tokens are the non-None ``step.tokens[i]`` in order; a row stops after its stop
     token (which is yielded) and the iteration ends when every row has stopped or after
     ``max_new_tokens`` steps. Stopping the iteration early (``break``) frees the cache and
-    restores the model's training mode. Same arguments and sampling as ``generate``.
+    restores the model's training mode. Same options and sampling as ``generate``.
     """
-    for tok_B, logp_B, alive_B in _decode(
-        model,
-        prompts,
-        max_new_tokens,
-        stop_ids,
-        pad_id,
-        temperature,
-        top_k,
-        generator,
-        autocast,
-        banned_ids,
-        top_p,
-    ):
+    for tok_B, logp_B, alive_B in _decode(model, prompts, options):
         yield _host_step(tok_B, logp_B, alive_B)
 
 
@@ -179,20 +152,11 @@ _SHRINK_BELOW = 0.75
 
 
 def _decode(
-    model: torch.nn.Module,
-    prompts: list[Prompt],
-    max_new_tokens: int,
-    stop_ids: tuple[int, ...],
-    pad_id: int,
-    temperature: float,
-    top_k: int | None,
-    generator: torch.Generator | None,
-    autocast: torch.dtype | None,
-    banned_ids: tuple[int, ...],
-    top_p: float | None = None,
+    model: torch.nn.Module, prompts: list[Prompt], o: DecodeOptions
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per decode step, device tensors (B,): the sampled tokens, their log-probs, and which
     rows were still running (a row's stop token is its last live one). No host sync inside."""
+    max_new_tokens, pad_id, autocast = o.max_new_tokens, o.pad_id, o.autocast
     if not prompts or max_new_tokens <= 0:
         return
     was_training = model.training
@@ -200,8 +164,8 @@ def _decode(
     device = next(model.parameters()).device
     B = len(prompts)
     lm = model.language_model
-    banned = banned_mask(lm.cfg.vocab_size, banned_ids, device)
-    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    banned = banned_mask(lm.cfg.vocab_size, o.banned_ids, device)
+    stops = torch.tensor(o.stop_ids, dtype=torch.long, device=device)
     check_every = _STOP_CHECK_EVERY.get(device.type, _STOP_CHECK_DEFAULT)
     # The batch shrinks as rows stop: ``live`` holds the original row of every row still
     # decoded, and rows that stopped are dropped from the cache at the next stop check.
@@ -212,7 +176,8 @@ def _decode(
         for step in range(max_new_tokens):
             with torch.inference_mode():
                 logp = step_logprobs(logits, banned)
-                tok = torch.where(done, pad_id, sample_tokens(logp, temperature, top_k, generator, top_p))
+                sampled = sample_tokens(logp, o.temperature, o.top_k, o.generator, o.top_p)
+                tok = torch.where(done, pad_id, sampled)
                 chosen = logp.gather(1, tok[:, None]).squeeze(1)
                 alive = ~done
                 done = done | torch.isin(tok, stops)

@@ -114,7 +114,7 @@ class Scorer:
         tokens (what an export's generation_config says) or a stop string; the text without
         special tokens (as transformers decodes it for lm-eval), cut at the first stop string."""
         from kimi_lab.chat import ChatEncoder
-        from kimi_lab.generation import Prompt, Step, generate
+        from kimi_lab.generation import DecodeOptions, Prompt, Step, generate
 
         room = self.max_length - max_new_tokens
         if room < 1:
@@ -134,17 +134,15 @@ class Scorer:
                         done[i] = any(s in self.text(sampled[i]) for s in stops)
                 return all(done)  # every row has written a stop string: no need to go on
 
-            gens = generate(
-                self.model,
-                [Prompt(c) for c in batch],
+            options = DecodeOptions(
                 max_new_tokens,
                 ChatEncoder(self.tok).stop_ids,
                 self.tok.pad_id,
                 temperature=temperature,
                 top_p=top_p,
                 top_k=top_k,
-                on_token=on_step,
             )
+            gens = generate(self.model, [Prompt(c) for c in batch], options, on_token=on_step)
             for g in gens:
                 text = self.text(g.tokens)
                 for s in stops:

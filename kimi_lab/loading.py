@@ -101,7 +101,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) 
     if path.is_dir():
         import torch.distributed.checkpoint as dcp
 
-        from kimi_lab.parallel.expert_parallel import expert_rows_as_dtensors
+        from kimi_lab.model.init import expert_rows_as_dtensors
 
         # FSDP2 gives DTensors; plain expert-parallel shards are wrapped as DTensors of the whole
         # tensor, so each rank reads its own rows.

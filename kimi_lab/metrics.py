@@ -1,7 +1,9 @@
 """Names shared by everything that writes a run directory and everything that reads one.
 
-The dashboard imports this module (and only this one) from kimi_lab, so it must
-stay free of torch and heavy imports.
+The dashboard's pages read run folders through these names alone, and this is the one
+kimi_lab module they import when they start; only the routing inspector imports more (the
+checkpoint loader, the tokenizer and image preprocessing, when it routes). So this module
+must stay free of torch and heavy imports.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ RL_ROLLOUT_TOKENS_PER_S = "rl/rollout_tokens_per_s"
 RL_SAMPLING_FRACTION = "rl/sampling_fraction"
 VAL_SOURCE_REWARD = "val/{source}/reward"  # greedy, one sample per val prompt
 VAL_SOURCE_ACCURACY = "val/{source}/accuracy"
+# An evaluation's summary (kimi-lab eval, an experiment's eval stages): {"n", "reward", "accuracy"}
+# per task source and per task family, beside "all" and the tool-use means
+EVAL_SOURCE = "source/{source}"
+EVAL_FAMILY = "family/{family}"
 
 # phase parl (agent swarm): per training step, means over the step's episodes
 PARL_REWARD = "parl/reward"  # the total, lambdas included

@@ -20,22 +20,59 @@ from typing import Any
 
 import numpy as np
 
-from kimi_lab.chat import ChatFormatError, Message, ToolCall, image_marker
+from kimi_lab.chat import ChatFormatError, Message, ToolCall, ToolSpec, image_marker
 
 
-def tool_schema(name: str, description: str, input_format: str) -> dict[str, Any]:
+def tool_schema(tool: ToolSpec) -> dict[str, Any]:
+    """A kimi_lab tool as a declared function: one string parameter ``input``, described by the
+    tool's input format (``declared_tools`` reads it back unchanged)."""
     return {
         "type": "function",
         "function": {
-            "name": name,
-            "description": description,
+            "name": tool.name,
+            "description": tool.description,
             "parameters": {
                 "type": "object",
-                "properties": {"input": {"type": "string", "description": input_format}},
+                "properties": {"input": {"type": "string", "description": tool.input_format}},
                 "required": ["input"],
             },
         },
     }
+
+
+def input_format(parameters: Any) -> str:
+    """What a declared function's call input is, in ``render_tools``' words: one string
+    parameter is the input itself (its description, else its name); other parameters make a
+    JSON object, sketched with their types (``{"q": STRING, "k": INTEGER}``); none: not said.
+    ``chat_template`` writes the same in Jinja."""
+    props = parameters.get("properties") if isinstance(parameters, dict) else None
+    if not isinstance(props, dict) or not props:
+        return ""
+    if len(props) == 1:
+        ((key, spec),) = props.items()
+        if isinstance(spec, dict) and spec.get("type") == "string":
+            return str(spec.get("description") or key)
+    kinds = {k: v.get("type") if isinstance(v, dict) else None for k, v in props.items()}
+    return (
+        "{"
+        + ", ".join(f'"{k}": {t.upper() if isinstance(t, str) else "VALUE"}' for k, t in kinds.items())
+        + "}"
+    )
+
+
+def declared_tools(tools: Any) -> list[ToolSpec]:
+    """A request's ``tools`` (OpenAI function declarations) as the chat format lists them."""
+    if not tools:
+        return []
+    if not isinstance(tools, list):
+        raise ChatFormatError("tools must be a list")
+    out = []
+    for t in tools:
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ChatFormatError(f"bad tool {t!r:.80}")
+        out.append(ToolSpec(fn["name"], str(fn.get("description") or ""), input_format(fn.get("parameters"))))
+    return out
 
 
 def _declared(tools: Any, name: str) -> dict[str, Any] | None:

@@ -38,7 +38,14 @@ from kimi_lab.config.schema import VisionDataConfig
 from kimi_lab.data.vision import VisionBlock, image_block
 from kimi_lab.errors import KimiLabError
 from kimi_lab.generation import Prompt
-from kimi_lab.openai_format import ChunkStream, completion, from_openai, image_from_url, wire_tool_call
+from kimi_lab.openai_format import (
+    ChunkStream,
+    completion,
+    declared_tools,
+    from_openai,
+    image_from_url,
+    wire_tool_call,
+)
 from kimi_lab.streaming import AssistantStream, StreamEvents
 
 MAX_BODY_BYTES = 32 << 20  # room for a few inline (base64) images
@@ -122,7 +129,10 @@ class ChatService:
         except ChatFormatError as e:
             raise BadRequest(str(e)) from None
         tools = req.get("tools") or []
-        messages = self._with_tools(messages, tools)
+        try:
+            messages = with_tools(messages, declared_tools(tools))
+        except ChatFormatError as e:
+            raise BadRequest(str(e)) from None
         temperature = req.get("temperature", 1.0)
         top_p = req.get("top_p")
         max_tokens = req.get("max_tokens", req.get("max_completion_tokens"))
@@ -172,21 +182,6 @@ class ChatService:
             stream=bool(req.get("stream")),
             include_usage=bool(stream_options.get("include_usage")),
         )
-
-    @staticmethod
-    def _with_tools(messages: list[Message], tools: Any) -> list[Message]:
-        """Tools described in the request go into the system message, the way kimi_lab prompts them."""
-        if not tools:
-            return messages
-        if not isinstance(tools, list):
-            raise BadRequest("tools must be a list")
-        described = []
-        for t in tools:
-            fn = t.get("function") if isinstance(t, dict) else None
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise BadRequest(f"bad tool {t!r:.80}")
-            described.append((fn["name"], str(fn.get("description") or "")))
-        return with_tools(messages, described)
 
     # ------------------------------------------------------------- sampling
     def run(

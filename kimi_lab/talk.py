@@ -3,9 +3,10 @@
 ``generate`` continues a text prompt (images first, for a ``-vl`` model) and prints the
 tokens as they are sampled. ``chat`` is an interactive loop in the chat format: the
 assistant's words appear as they are sampled; with ``--tools python`` its tool calls run
-in the sandboxed code tool (``kimi_lab.tools``), their output is shown and handed back,
-and the assistant goes on. Both load through ``kimi_lab.loading`` (any kimi_lab
-checkpoint: a training run's, a sharded folder, one written by ``import-hf``).
+in the sandboxed code tool, their output is shown and handed back with the images the code
+saved, and the assistant goes on: the turn RL rollouts take (``kimi_lab.tool_turns``).
+Both load through ``kimi_lab.loading`` (any kimi_lab checkpoint: a training run's, a
+sharded folder, one written by ``import-hf``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -23,8 +24,9 @@ import torch
 
 from kimi_lab.chat import ChatEncoder, Message
 from kimi_lab.errors import ConfigError
-from kimi_lab.generation import Prompt, Step, generate
+from kimi_lab.generation import DecodeOptions, Prompt, Step, generate
 from kimi_lab.streaming import AssistantStream, IncrementalDecoder
+from kimi_lab.tool_turns import CodeTool, Dialogue, ToolTurns
 
 if TYPE_CHECKING:
     from kimi_lab.data.vision import VisionBlock
@@ -56,6 +58,19 @@ class Sampler:
 
     def generator(self) -> torch.Generator | None:
         return None if self.seed is None else torch.Generator().manual_seed(self.seed)
+
+    def options(self, enc: ChatEncoder, pad_id: int, generator: torch.Generator | None) -> DecodeOptions:
+        """``generate``'s options: this sampling, the chat format's stop and never-sampled tokens."""
+        return DecodeOptions(
+            self.max_new_tokens,
+            enc.stop_ids,
+            pad_id,
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            generator,
+            banned_ids=enc.banned_ids,
+        )
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -119,19 +134,11 @@ def generate_text(
             out.flush()
 
     start = time.perf_counter()
-    (g,) = generate(
-        loaded.model,
-        [Prompt(ids, blocks)],
-        _room(loaded, ids, sampler.max_new_tokens),
-        enc.stop_ids,
-        tok.pad_id,
-        temperature=sampler.temperature,
-        top_k=sampler.top_k,
-        top_p=sampler.top_p,
-        generator=sampler.generator(),
-        banned_ids=enc.banned_ids,
-        on_token=on_step,
+    options = replace(
+        sampler.options(enc, tok.pad_id, sampler.generator()),
+        max_new_tokens=_room(loaded, ids, sampler.max_new_tokens),
     )
+    (g,) = generate(loaded.model, [Prompt(ids, blocks)], options, on_token=on_step)
     out.write(decoder.flush() + "\n")
     out.flush()
     seconds = time.perf_counter() - start
@@ -141,7 +148,10 @@ def generate_text(
 # ---------------------------------------------------------------------------- chat
 @dataclass
 class ChatSession:
-    """One conversation with a loaded model; ``turn`` answers a user message (tools included)."""
+    """One conversation with a loaded model; ``turn`` answers a user message (tools included).
+
+    Turns are played by ``kimi_lab.tool_turns``, as RL rollouts play them: the model reads its
+    own turns as it sampled them, and the tool's results with the images the code saved."""
 
     loaded: LoadedModel
     sampler: Sampler
@@ -150,42 +160,40 @@ class ChatSession:
     system: str | None = None
     max_tool_rounds: int = 4
     run_tool: Callable[..., Any] | None = None
-    messages: list[Message] = field(default_factory=list)
-    images: dict[str, np.ndarray] = field(default_factory=dict)
+    dialogue: Dialogue = field(default_factory=Dialogue)
 
     def __post_init__(self) -> None:
         self.sampler.check()
-        self.enc = ChatEncoder(self.loaded.tokenizer)
         self.generator = self.sampler.generator()
-        if self.tools and self.run_tool is None:
-            from kimi_lab.tools import run_python
-
-            self.run_tool = run_python
+        cfg = self.loaded.config
+        vision = cfg.data.vision if cfg.model.vision is not None else None
+        code = CodeTool(cfg.phase.rl.tool, self.run_tool, min_image_side=vision.patch_size if vision else 1)
+        self.engine = ToolTurns(self.loaded.tokenizer, vision, code, cfg.model.max_seq_len)
         self.reset()
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.dialogue.messages
 
     def reset(self) -> None:
         from kimi_lab.tasks import SYSTEM_PROMPT
 
         system = self.system if self.system is not None else (SYSTEM_PROMPT if self.tools else None)
-        self.messages = [Message("system", system)] if system else []
-        self.images = {}
-
-    def _prompt(self) -> Prompt:
-        names = [n for m in self.messages for n in m.images]
-        blocks = dict(zip(names, _vision_blocks(self.loaded, [self.images[n] for n in names]), strict=True))
-        vision = self.loaded.config.model.vision is not None
-        enc = self.enc.encode(
-            self.messages, (lambda n: blocks[n].n_tokens) if vision else None, add_generation_prompt=True
-        )
-        return Prompt(enc.tokens, [blocks[name] for _, name in enc.media])
+        self.dialogue = Dialogue()
+        if system:
+            self.engine.add(self.dialogue, [Message("system", system)], prompt=False)
 
     def _say(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
 
-    def _assistant_turn(self) -> Message:
-        prompt = self._prompt()
-        stream, stops = AssistantStream(self.loaded.tokenizer), set(self.enc.stop_ids)
+    def _assistant_turn(self, run_tools: bool) -> tuple[Message, bool]:
+        """Sample one turn, showing it as it comes; with ``run_tools`` its calls are run and
+        shown. Returns the turn, and whether its calls were answered (the model goes on)."""
+        d, enc = self.dialogue, self.engine.enc
+        _room(self.loaded, d.tokens, self.sampler.max_new_tokens)  # a full context is an error, not a cut
+        stream, stops = AssistantStream(self.loaded.tokenizer), set(enc.stop_ids)
+        n_messages = len(d.messages)
 
         def show(ev: Any) -> None:
             if ev.content:
@@ -198,70 +206,42 @@ class ChatSession:
             if t is not None and t not in stops:
                 show(stream.push(t))
 
-        (g,) = generate(
-            self.loaded.model,
-            [prompt],
-            _room(self.loaded, prompt.tokens, self.sampler.max_new_tokens),
-            self.enc.stop_ids,
-            self.loaded.tokenizer.pad_id,
-            temperature=self.sampler.temperature,
-            top_k=self.sampler.top_k,
-            top_p=self.sampler.top_p,
-            generator=self.generator,
-            banned_ids=self.enc.banned_ids,
-            on_token=on_step,
-        )
-        last, parsed = stream.finish(g.finished)
+        options = self.sampler.options(enc, self.loaded.tokenizer.pad_id, self.generator)
+        answered = self.engine.step(self.loaded.model, [d], options, run_tools=run_tools, on_token=on_step)
+        assert d.last is not None
+        last, _ = stream.finish(d.last.finished)
         show(last)
-        for e in parsed.errors:
+        for e in d.last.errors:
             self._say(f"\n[{e}]")
-        if not g.finished:
+        if not d.last.finished:
             self._say("\n[cut off: --max-new-tokens reached]")
         self._say("\n")
-        return parsed.message
-
-    def _tool_results(self, message: Message) -> list[Message]:
-        from kimi_lab.tools import SandboxLimits
-
-        results = []
-        t = self.loaded.config.phase.rl.tool
-        limits = SandboxLimits(
-            wall_s=t.wall_s, cpu_s=t.cpu_s, memory_mb=t.memory_mb, output_bytes=t.output_bytes
-        )
-        inputs = list(self.images.values())
-        for call in message.tool_calls:
-            if call.name != TOOL_NAME:
-                text = f"error: unknown tool {call.name!r} (the only tool is {TOOL_NAME})"
-            else:
-                assert self.run_tool is not None
-                text = self.run_tool(call.input, inputs, {}, limits).observation(t.observation_chars)
-            self._say(f"[{call.name} output]\n{text}\n")
-            results.append(Message("tool", text))
-        return results
+        reply = d.messages[n_messages]
+        if answered:  # one tool message per malformed call (shown above), then one per call
+            results = d.messages[n_messages + 1 + len(d.last.errors) :]
+            for call, result in zip(reply.tool_calls, results, strict=True):
+                self._say(f"[{call.name} output]\n{result.content}\n")
+        return reply, bool(answered)
 
     def turn(self, user_text: str, image_paths: list[str] = ()) -> Message:
         """The user's message (and images) in, the assistant's final message out."""
         if image_paths:
             _check_takes_images(self.loaded)
-        names = []
+        images = {}
         for path in image_paths:
-            name = f"image_{len(self.images)}"
-            self.images[name] = read_image(path)
-            names.append(name)
-        self.messages.append(Message("user", user_text, images=names))
-        for round_ in range(self.max_tool_rounds + 1):
-            reply = self._assistant_turn()
-            self.messages.append(reply)
-            if not reply.tool_calls:
-                return reply
-            if not self.tools:
-                self._say("[tool calls are shown, not run: start the chat with --tools python]\n")
-                return reply
-            if round_ == self.max_tool_rounds:
-                self._say(f"[stopped after {self.max_tool_rounds} rounds of tool calls]\n")
-                return reply
-            self.messages.extend(self._tool_results(reply))
-        return self.messages[-1]
+            name = f"image_{len(self.dialogue.tool_images)}"
+            images[name] = read_image(path)
+            self.dialogue.tool_images.append(images[name])  # what the code tool gets
+        self.engine.add(self.dialogue, [Message("user", user_text, images=list(images))], images)
+        rounds, answered = 0, True
+        while answered:  # the model goes on while its calls are answered, for at most max_tool_rounds
+            reply, answered = self._assistant_turn(run_tools=self.tools and rounds < self.max_tool_rounds)
+            rounds += answered
+        if reply.tool_calls and not self.tools:
+            self._say("[tool calls are shown, not run: start the chat with --tools python]\n")
+        elif reply.tool_calls:
+            self._say(f"[stopped after {self.max_tool_rounds} rounds of tool calls]\n")
+        return reply
 
 
 def chat_loop(session: ChatSession, read: Callable[[str], str] = input) -> None:

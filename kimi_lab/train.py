@@ -62,30 +62,6 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return ckpt_path
 
 
-def build_datamodule(cfg: RunConfig) -> Any:
-    from kimi_lab.config.schema import PhaseName
-
-    if cfg.phase.name == PhaseName.parl:  # the orchestrator trains on swarm tasks
-        from kimi_lab.swarm.datamodule import SwarmTaskDataModule
-
-        pc = cfg.phase.parl
-        return SwarmTaskDataModule(pc.tasks, pc.prompts_per_step, pc.eval_tasks, seed=cfg.seed)
-    if cfg.phase.name == PhaseName.rl:  # RL trains on task prompts, not on token streams
-        from kimi_lab.data.tasks import TaskDataModule
-
-        rl = cfg.phase.rl
-        return TaskDataModule(rl.tasks, rl.prompts_per_step, rl.eval_prompts, seed=cfg.seed)
-    from kimi_lab.data.datamodule import KimiDataModule
-
-    return KimiDataModule(
-        cfg.data,
-        cfg.model.vocab_size,
-        seed=cfg.seed,
-        max_steps=cfg.trainer.max_steps,
-        batches_per_step=cfg.trainer.accumulate_grad_batches,
-    )
-
-
 def build_strategy(t: TrainerConfig) -> Any:
     """Lightning's strategy: a name, or for ``fsdp2`` a ModelParallelStrategy (FSDP2 via
     ``fully_shard`` in ``configure_model``; Lightning's ``fsdp`` strategy refuses CPU)."""
@@ -133,7 +109,7 @@ def _fit(
     import lightning as L
     import torch
 
-    from kimi_lab.phases import build_phase
+    from kimi_lab.phases import build_datamodule, build_phase
     from kimi_lab.runtime import tune_cpu_allocator
     from kimi_lab.tracking.checkpoint_io import AtomicCheckpointIO
     from kimi_lab.tracking.loggers import build_loggers, finish_wandb

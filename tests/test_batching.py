@@ -11,7 +11,7 @@ import torch
 
 from kimi_lab.batching import Batcher, SamplingParams, Ticket
 from kimi_lab.config import compose, to_run_config
-from kimi_lab.generation import Prompt, generate
+from kimi_lab.generation import DecodeOptions, Prompt, generate
 from kimi_lab.model.kv_cache import LatentCache
 from kimi_lab.model.multimodal import KimiK25
 
@@ -50,9 +50,10 @@ def _at_decode_step(model: KimiK25, n: int, fn: Callable[[], None]) -> Iterator[
 
 def _alone(model: KimiK25, p: Prompt, params: SamplingParams) -> list[int]:
     gen = None if params.seed is None else torch.Generator().manual_seed(params.seed)
-    (g,) = generate(
-        model, [p], params.max_new_tokens, params.stop_ids, PAD, params.temperature, generator=gen
+    options = DecodeOptions(
+        params.max_new_tokens, params.stop_ids, PAD, params.temperature, params.top_k, params.top_p, gen
     )
+    (g,) = generate(model, [p], options)
     return g.tokens
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, run_cli
 
 
@@ -137,7 +139,25 @@ def test_data_build_flag_of_another_kind_is_one_line(tmp_path: Path) -> None:
 def test_every_bench_the_cli_names_is_a_benchmark_module() -> None:
     import importlib
 
-    from kimi_lab.cli import _BENCHES
+    from kimi_lab.commands import BENCHES
 
-    for name in _BENCHES:
+    for name in BENCHES:
         assert callable(importlib.import_module(f"benchmarks.{name}").main), name
+
+
+def test_every_command_is_an_entry_of_the_table_and_answers_help(capsys: pytest.CaptureFixture) -> None:
+    from kimi_lab import cli, commands
+
+    leaves = [
+        ((name,), entry) if isinstance(entry, cli.Command) else ((name, child), command)
+        for name, entry in cli.COMMANDS.items()
+        for child, command in ([(None, entry)] if isinstance(entry, cli.Command) else entry.items())
+    ]
+    parser = cli.build_parser()
+    for path, command in leaves:
+        assert command.run is None or getattr(commands, command.run.__name__) is command.run, path
+        assert f"kimi-lab {' '.join(path)}" in cli.__doc__, f"{path} is missing from the usage in cli.py"
+        if command.add_help:
+            with pytest.raises(SystemExit) as done:
+                parser.parse_args([*path, "--help"])
+            assert done.value.code == 0 and f"usage: kimi-lab {' '.join(path)}" in capsys.readouterr().out

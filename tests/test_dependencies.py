@@ -9,15 +9,16 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from [dev]
+    import tomli as tomllib
 
 FIRST_PARTY = {"kimi_lab", "data_pipelines", "dashboards", "benchmarks", "tests"}
 PACKAGES = ("kimi_lab", "data_pipelines", "dashboards", "benchmarks")
-TEST_ONLY = {"pytest", "pytest-timeout", "ruff"}
+TEST_ONLY = {"pytest", "pytest-timeout", "ruff", "tomli"}
 
 
 def _name(requirement: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, run_cli
 
 
@@ -136,6 +138,19 @@ def test_zero_vision_differences_are_paired_over_prompts_and_judge_the_claims() 
     assert [c["status"] for c in table] == ["confirmed", "contradicted", "contradicted"]
     table = claims({"transfer": n, "traces": lower, "rl_vision": d, "rl_text": n})
     assert [c["status"] for c in table] == ["not judged", "confirmed", "partly confirmed"]
+
+
+def test_an_evaluation_without_a_source_is_an_error_not_a_nan() -> None:
+    from kimi_lab.errors import KimiLabError
+    from kimi_lab.reports.zero_vision import difference
+
+    renamed = _eval({"vision": [1.0, 0.0]})
+    renamed["summary"] = {"src/vision": renamed["summary"]["source/vision"]}
+    renamed.pop("episodes")  # no per-prompt records: the summary is all there is
+    with pytest.raises(
+        KimiLabError, match=r"the evaluation of a has no 'source/vision' \(its groups: src/vision\)"
+    ):
+        difference({"a": renamed, "b": renamed}, "a", "b", "vision")
 
 
 def test_zero_vision_budget_says_what_an_unjudged_difference_would_need() -> None:

@@ -21,7 +21,7 @@ KEYS = {v for v in NAMES.values() if "/" in v and not v.startswith(".")}
 FILES = {v for v in NAMES.values() if re.fullmatch(r"[\w-]+\.(parquet|json|jsonl|ckpt)", v)}
 # the shape of a metric key, for keys that are not (yet) in metrics.py; "data/" is left out
 # because data folders share the prefix (its keys are caught by KEYS)
-KEY_SHAPE = re.compile(r"(train|val|moe|attn|rl|parl)(/[\w{}.-]+)+")
+KEY_SHAPE = re.compile(r"(train|val|moe|attn|rl|parl|source|family)(/[\w{}.-]+)+")
 
 
 def _spelled(node: ast.AST) -> str | None:

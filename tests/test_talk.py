@@ -13,7 +13,7 @@ import pytest
 
 from kimi_lab.chat import ChatEncoder
 from kimi_lab.errors import ConfigError
-from kimi_lab.generation import Prompt, generate
+from kimi_lab.generation import DecodeOptions, Prompt, generate
 from kimi_lab.loading import load_model
 from kimi_lab.talk import ChatSession, Sampler, chat_loop, generate_text, read_image
 from tests.conftest import REPO, run_cli, save_tiny_checkpoint
@@ -23,7 +23,7 @@ def _greedy_text(ckpt: Path, prompt: str, n: int) -> str:
     loaded = load_model(ckpt)
     enc = ChatEncoder(loaded.tokenizer)
     ids = loaded.tokenizer.encode(prompt)
-    (g,) = generate(loaded.model, [Prompt(ids)], n, enc.stop_ids, loaded.tokenizer.pad_id, temperature=0)
+    (g,) = generate(loaded.model, [Prompt(ids)], DecodeOptions(n, enc.stop_ids, loaded.tokenizer.pad_id, 0.0))
     tokens = g.tokens[:-1] if g.finished else g.tokens
     return loaded.tokenizer.decode(tokens)
 
@@ -146,6 +146,38 @@ def test_chat_runs_tool_calls_in_the_sandbox_and_shows_them(parrot_ckpt: Path, s
     assert roles == ["system", "user", "assistant", "tool", "assistant"]
     assert "ZeroDivisionError" in session.messages[3].content  # the model read the result
     assert "[stopped after 1 rounds of tool calls]" in shown  # the parrot would call forever
+
+
+def test_chat_hands_the_model_the_images_its_code_saved(parrot_ckpt: Path) -> None:
+    from dataclasses import dataclass, field
+
+    from PIL import Image
+
+    @dataclass
+    class Drawn:  # what the sandbox returns for a program that saved a picture
+        status: str = "ok"
+        images: list = field(default_factory=list)
+
+        def observation(self, max_chars: int) -> str:
+            return "saved plot.png"
+
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32), (0, 128, 255)).save(png, format="PNG")
+    session = ChatSession(
+        load_model(parrot_ckpt),
+        Sampler(temperature=0),
+        io.StringIO(),
+        tools=True,
+        max_tool_rounds=1,
+        run_tool=lambda *a: Drawn(images=[("plot.png", png.getvalue())]),
+    )
+    session.turn("plot it")
+    result = session.messages[3]
+    assert result.role == "tool" and result.images == ["tool1_plot"]
+    assert session.dialogue.images["tool1_plot"].shape == (32, 32, 3)
+    # the next turn was sampled after it: a text-only model reads where the image is
+    assert "<image:tool1_plot>" in session.loaded.tokenizer.decode(session.dialogue.tokens)
+    assert session.dialogue.tool_images == []  # the user attached none: the code tool gets none
 
 
 def test_chat_without_tools_shows_calls_and_runs_none(parrot_ckpt: Path) -> None:

@@ -287,6 +287,10 @@ class RLConfig:
     tool: ToolConfig = field(default_factory=ToolConfig)
 
 
+PARALLEL_FORMS = ("spawn", "degree")  # ParlConfig.parallel_form (kimi_lab.swarm.reward computes them)
+FINISH_FORMS = ("completed", "answered")  # ParlConfig.finish_form
+
+
 @dataclass
 class ParlConfig:
     """Parallel-Agent RL (K2.5): train the orchestrator; sub-agents are frozen.

@@ -6,6 +6,8 @@ Each failure names the offending key(s) and the allowed range, in one line.
 from __future__ import annotations
 
 from kimi_lab.config.schema import (
+    FINISH_FORMS,
+    PARALLEL_FORMS,
     PRECISIONS,
     ModelConfig,
     ParlConfig,
@@ -142,8 +144,6 @@ def validate_rl(rl: RLConfig) -> None:
 
 
 def validate_parl(pc: ParlConfig) -> None:
-    from kimi_lab.swarm.reward import FINISH_FORMS, PARALLEL_FORMS
-
     p = "phase.parl"
     _require(bool(pc.tasks), f"{p}.tasks must name a folder of kimi-lab data build swarm-tasks")
     _require(pc.prompts_per_step >= 1, f"{p}.prompts_per_step={pc.prompts_per_step} must be >= 1")

@@ -2,28 +2,27 @@
 
 A task sample is a chat record whose ``messages`` are the prompt (system, user with
 images), with ``task`` (family, answer, answer_type, id) for the scorer and
-``files`` for the tool. Training draws prompts from several sources by weight,
-forever, each source in a fresh seeded order every epoch; the position is the
-number of prompts drawn, so a resume re-draws the same sequence and skips what was
-consumed (decoding a prompt is cheap). Evaluation reads the first N prompts of each
-source's val split, in order.
+``files`` for the tool. Training draws prompts from several sources by weight through
+the resumable prompt stream (``data.prompt_stream``), each source's shards in a fresh
+seeded order every epoch. Evaluation reads the first N prompts of each source's val
+split, in order.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset
 
 from kimi_lab.chat import ChatFormatError, Message
 from kimi_lab.config.schema import source_config
 from kimi_lab.data.decode import SampleSkip, decode_image, decode_media, parse_record
+from kimi_lab.data.prompt_stream import PromptDataModule, PromptSource
 from kimi_lab.data.shards import iter_shard_samples, resolve_shards
 from kimi_lab.errors import DataError
 
@@ -82,43 +81,6 @@ def _samples(urls: list[str], source: str, counts: dict[str, int]) -> Iterator[T
                 log.warning("skipped task %s in %s: %s", sample.get("__key__"), source, skip)
 
 
-class TaskStream(IterableDataset):
-    """Training prompts, mixed by weight, endless; ``skip`` prompts already consumed."""
-
-    def __init__(self, sources: dict[str, tuple[list[str], float]], seed: int, skip: int = 0) -> None:
-        super().__init__()
-        self.sources, self.seed, self.skip = sources, seed, skip
-        self.skipped: dict[str, int] = {}
-
-    def _endless(self, name: str) -> Iterator[TaskInput]:
-        urls, _ = self.sources[name]
-        epoch = 0
-        while True:
-            order = list(urls)
-            random.Random(f"{self.seed}/{name}/{epoch}").shuffle(order)
-            tasks = list(_samples(order, name, self.skipped))
-            if not tasks:
-                raise DataError(
-                    f"phase.rl.tasks.{name}: no usable task in {len(urls)} shard(s), e.g. {urls[0]}"
-                )
-            random.Random(f"{self.seed}/{name}/{epoch}/items").shuffle(tasks)
-            yield from tasks
-            epoch += 1
-
-    def __iter__(self) -> Iterator[TaskInput]:
-        names = sorted(self.sources)
-        weights = [self.sources[n][1] for n in names]
-        streams = {n: self._endless(n) for n in names}
-        rng = random.Random(f"{self.seed}/mix")
-        drawn = 0
-        while True:
-            name = rng.choices(names, weights)[0]
-            task = next(streams[name])
-            drawn += 1
-            if drawn > self.skip:
-                yield task
-
-
 class EvalTasks(IterableDataset):
     """The first ``limit`` prompts of one source's val split (train split when it has none)."""
 
@@ -143,33 +105,47 @@ def task_urls(name: str, path: str, split: str) -> list[str]:
         raise
 
 
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(PromptDataModule):
     """Prompts for phase rl: ``prompts_per_step`` TaskInputs per batch (a plain list)."""
 
     def __init__(
         self, tasks: dict[str, Any], prompts_per_step: int, eval_prompts: int, seed: int = 0
     ) -> None:
-        super().__init__()
+        super().__init__(prompts_per_step, seed)
         if not tasks:
             raise DataError(
                 "phase.rl.tasks is empty: name at least one folder of kimi-lab data build visual-tasks"
             )
         self.specs = {name: source_config(name, v) for name, v in tasks.items()}
-        self.prompts_per_step, self.eval_prompts, self.seed = prompts_per_step, eval_prompts, seed
-        self.prompts_consumed = 0
+        self.eval_prompts = eval_prompts
+        self.skipped: dict[str, int] = {}  # training prompts skipped, by reason
         # Filled by setup() (shard listing is I/O, done once per process):
-        self.train_sources: dict[str, tuple[list[str], float]] = {}
+        self.train_urls: dict[str, list[str]] = {}
         self.val_sources: dict[str, list[str]] = {}
         self.val_names: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_sources = {n: (task_urls(n, s.path, "train"), s.weight) for n, s in self.specs.items()}
+        self.train_urls = {n: task_urls(n, s.path, "train") for n, s in self.specs.items()}
         self.val_sources = {n: task_urls(n, s.path, "val") for n, s in self.specs.items()}
         self.val_names = sorted(self.val_sources)
 
-    def train_dataloader(self) -> DataLoader:
-        ds = TaskStream(self.train_sources, self.seed, skip=self.prompts_consumed)
-        return DataLoader(ds, batch_size=self.prompts_per_step, collate_fn=list, num_workers=0)
+    def train_sources(self) -> dict[str, PromptSource]:
+        def epoch(name: str, urls: list[str]) -> Callable[[random.Random], list[TaskInput]]:
+            def items(rng: random.Random) -> list[TaskInput]:
+                order = list(urls)
+                rng.shuffle(order)  # the shards in a fresh order every epoch
+                return list(_samples(order, name, self.skipped))
+
+            return items
+
+        return {
+            name: PromptSource(
+                epoch(name, urls),
+                self.specs[name].weight,
+                f"phase.rl.tasks.{name}: no usable task in {len(urls)} shard(s), e.g. {urls[0]}",
+            )
+            for name, urls in self.train_urls.items()
+        }
 
     def val_dataloader(self) -> list[DataLoader]:
         if self.eval_prompts <= 0:
@@ -178,17 +154,3 @@ class TaskDataModule(L.LightningDataModule):
             DataLoader(EvalTasks(n, self.val_sources[n], self.eval_prompts), batch_size=8, collate_fn=list)
             for n in self.val_names
         ]
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.trainer is not None and self.trainer.training:
-            self.prompts_consumed += len(batch)
-        return batch
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        return batch  # TaskInputs stay on the host; rollouts move what they need
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"prompts_consumed": self.prompts_consumed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.prompts_consumed = int(state.get("prompts_consumed", 0))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.errors import ConfigError
 
 RESERVED = 256  # special ids after the BPE ranks
@@ -90,10 +89,12 @@ def _named_specials(path: Path, n_base: int) -> dict[int, str]:
     return named
 
 
-class TiktokenTokenizer(Tokenizer):
-    """``data.tokenizer.Tokenizer``'s interface over a tiktoken BPE file."""
+class TiktokenTokenizer:
+    """``data.tokenizer.Tokenizer``'s interface (``path``, ``vocab_size``, ``eos_id``, ``pad_id``,
+    ``token_id``, ``encode``, ``encode_batch``, ``decode``) over a tiktoken BPE file. It does not
+    subclass it: ``data.tokenizer.open_tokenizer`` opens either, so this module stays below that one."""
 
-    def __init__(self, path: str | Path) -> None:  # replaces the tokenizers-JSON constructor
+    def __init__(self, path: str | Path) -> None:
         try:
             import tiktoken
             from tiktoken.load import load_tiktoken_bpe

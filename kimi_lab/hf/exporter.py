@@ -70,7 +70,7 @@ def export_hf(
     slab_bytes: int = 256 << 20,
 ) -> Path:
     """Write checkpoint ``ckpt`` (a file or a sharded folder) as an HF folder ``out_dir``."""
-    from kimi_lab.hf.importer import _progress
+    from kimi_lab.hf.progress import byte_progress
     from kimi_lab.loading import read_config
 
     ckpt, out = Path(ckpt), Path(out_dir)
@@ -87,7 +87,7 @@ def export_hf(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    bar = _progress(sum(t.nbytes for t in tensors), f"export {ckpt.name}")
+    bar = byte_progress(sum(t.nbytes for t in tensors), f"export {ckpt.name}")
     try:
         write_shards(tmp, tensors, shard_bytes, on_tensor=lambda t: bar.update(t.nbytes))
         bar.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from kimi_lab.config import validate_model
 from kimi_lab.config.schema import ModelConfig, MoEBackend, RunConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.hf.config import HFConfig, read_hf_config, with_video_token
+from kimi_lab.hf.progress import byte_progress
 from kimi_lab.hf.source import Source
 from kimi_lab.hf.tokenizer_files import TOKENIZER_FILES, read_tokenizer_files
 from kimi_lab.loading import PREFIX
@@ -65,36 +65,6 @@ def resolve_config(hf_dir: Path) -> HFConfig:
     return hf
 
 
-class _Lines:
-    """Progress without a terminal: one line every ``every`` seconds (an import of K2 takes hours)."""
-
-    def __init__(self, total: int, desc: str, every: float = 30.0) -> None:
-        self.total, self.desc, self.every = total, desc, every
-        self.done, self.last = 0, time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            pct = 100 * self.done / max(1, self.total)
-            print(
-                f"{self.desc}: {self.done / 1e9:,.2f} / {self.total / 1e9:,.2f} GB ({pct:.1f}%)",
-                file=sys.stderr,
-            )
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total_bytes: int, desc: str) -> Any:
-    """A progress bar on a terminal, a line every 30 s otherwise."""
-    if not sys.stderr.isatty():
-        return _Lines(total_bytes, desc)
-    from tqdm import tqdm
-
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, file=sys.stderr, mininterval=2.0)
-
-
 def import_hf(
     hf_dir: str | Path,
     out: str | Path,
@@ -126,7 +96,7 @@ def import_hf(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    bar = _progress(sum(c.nbytes for c in chunks), f"import {hf_dir.name}")
+    bar = byte_progress(sum(c.nbytes for c in chunks), f"import {hf_dir.name}")
     try:
         write_chunks(tmp, chunks, file_bytes, on_chunk=lambda c: bar.update(c.nbytes))
         bar.close()

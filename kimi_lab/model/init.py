@@ -183,3 +183,22 @@ def materialise_(model: nn.Module, cfg: ModelConfig, device: torch.device | str,
 
 def is_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
+def expert_rows_as_dtensors(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (``model.state_dict()``) with each plain expert-parallel shard seen as a DTensor
+    of the whole (E, F, D) tensor, sharing its storage: torch.distributed.checkpoint then reads
+    (or writes) each rank's own experts' rows. Other entries are returned as they are."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    out = dict(state)
+    for name, m in model.named_modules():
+        if not isinstance(m, Experts) or m.shard is None or isinstance(getattr(m, "w1", None), DTensor):
+            continue
+        mesh = DeviceMesh.from_group(m.shard.group, next(m.parameters()).device.type)
+        prefix = canonical_name(f"{name}.")
+        for key, t in state.items():
+            if key.startswith(prefix) and t.ndim and t.shape[0] == m.shard.n_local:
+                out[key] = DTensor.from_local(t, mesh, [Shard(0)], run_check=False)
+    return out

@@ -166,27 +166,6 @@ def _local_rows_of_canonical(module: Experts, state: dict, prefix: str, *_args: 
             state[key] = _local_rows(state[key], module.shard, t.shape[0])
 
 
-def expert_rows_as_dtensors(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` (``model.state_dict()``) with each plain expert-parallel shard seen as a DTensor
-    of the whole (E, F, D) tensor, sharing its storage: torch.distributed.checkpoint then reads
-    (or writes) each rank's own experts' rows. Other entries are returned as they are."""
-    from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.tensor import DTensor, Shard
-
-    from kimi_lab.model.init import canonical_name
-
-    out = dict(state)
-    for name, m in model.named_modules():
-        if not isinstance(m, Experts) or m.shard is None or isinstance(getattr(m, "w1", None), DTensor):
-            continue
-        mesh = DeviceMesh.from_group(m.shard.group, next(m.parameters()).device.type)
-        prefix = canonical_name(f"{name}.")
-        for key, t in state.items():
-            if key.startswith(prefix) and t.ndim and t.shape[0] == m.shard.n_local:
-                out[key] = DTensor.from_local(t, mesh, [Shard(0)], run_check=False)
-    return out
-
-
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
     """Parameters in the order of the indices of ``optimizer.state_dict()``."""
     return [p for g in optimizer.param_groups for p in g["params"]]

@@ -79,7 +79,7 @@ class RLModule(SamplingPhase):
             for ep, a in zip(episodes, adv, strict=True)
         ]
         vision = vision_inputs([b for ep in episodes for b in ep.blocks])
-        sc = rescore(self.model, rows, self.runner.tok.pad_id, self.runner.enc.banned_ids, vision)
+        sc = rescore(self.model, rows, self.runner.turns.tok.pad_id, self.runner.turns.enc.banned_ids, vision)
         pl = k25_policy_loss(sc.logp_new, sc.logp_old, sc.advantages, rl.alpha, rl.beta)
         self.count_step_tokens(sc.n_tokens)
         self._log_rollouts(episodes, rewards, correct, pl.kept_fraction, pl.mean_log_ratio, toggled)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.metrics import DATA_VISION_RATIO, VAL_SOURCE_LOSS
-from kimi_lab.reports.runs import Run
+from kimi_lab.reports.runs import Run, save_figure
 from kimi_lab.reports.seeds import compare, group, seeds_note
 
 ARMS = {0.0: "early", 0.5: "mid", 0.8: "late"}
@@ -154,12 +154,7 @@ def plot(runs: list[Run], path: Path) -> None:
         )
     ax1.set(title="text val loss (dotted: vision arrives)", xlabel="step", ylabel="loss")
     ax2.set(title="vision share of input tokens", xlabel="step")
-    for ax in (ax1, ax2):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, legends=(ax1, ax2))
 
 
 def write(runs: list[Run], folder: Path) -> Path:

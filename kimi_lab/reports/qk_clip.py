@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.metrics import ATTN_CLIPPED_HEAD_STEPS, ATTN_MAX_LOGIT, TRAIN_LOSS, VAL_LOSS
-from kimi_lab.reports.runs import Run
+from kimi_lab.reports.runs import Run, save_figure
 
 ORDER = ("adamw", "muon", "muonclip")
 
@@ -116,12 +116,7 @@ def plot(runs: list[Run], path: Path, tau: float | None) -> None:
         ax1.axhline(tau, color="gray", linestyle="--", linewidth=1, label=f"tau={tau:g}")
     ax1.set(title="max attention logit (language model)", xlabel="step", ylabel="max pre-softmax logit")
     ax2.set(title="training loss", xlabel="step", ylabel="loss")
-    for ax in (ax1, ax2):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, legends=(ax1, ax2))
 
 
 def write(runs: list[Run], folder: Path) -> Path:

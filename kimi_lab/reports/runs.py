@@ -70,8 +70,17 @@ def plot_series(runs: list[Run], key: str, arm: str, path: Path, title: str) -> 
         s = run.series(key)
         ax.plot(s.index, s.values, label=f"{arm.rsplit('.', 1)[-1]}={run.get(arm)} (seed {run.get('seed')})")
     ax.set(title=title, xlabel="step", ylabel="loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    save_figure(fig, path, legends=(ax,))
+
+
+def save_figure(fig: Any, path: Path, legends: tuple[Any, ...] = ()) -> None:
+    """The reports' one look: a light grid on every axis, the legends asked for, a 110-dpi PNG."""
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+    for ax in legends:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

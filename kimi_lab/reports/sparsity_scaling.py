@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.metrics import TRAIN_LOSS, TRAIN_TOKENS, VAL_LOSS
-from kimi_lab.reports.runs import Run
+from kimi_lab.reports.runs import Run, save_figure
 from kimi_lab.reports.seeds import compare, describe, group, seeds_note
 
 K2_FLOP_RATIOS = {8: 1.69, 16: 1.39, 32: 1.15}  # sparsity 48 vs sparsity 8 / 16 / 32
@@ -315,12 +315,8 @@ def plot(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> None:
         xlabel="tokens seen per routed expert of the sparser arm",
         ylabel="val loss difference",
     )
-    for ax in (ax1, ax2, ax3):
-        ax.grid(alpha=0.3)
     ax1.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _num(x: float | None, digits: int = 0, suffix: str = "") -> str:

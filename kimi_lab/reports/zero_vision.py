@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kimi_lab.errors import KimiLabError
+from kimi_lab.metrics import EVAL_FAMILY, EVAL_SOURCE
+
 VARIANTS = ("pretrain", "sft_text", "sft_visual", "rl")
 BLANK = "sft_text_blank"  # the control: text-only SFT on the visual prompts with the images blanked
 LABELS = {
@@ -25,8 +28,19 @@ LABELS = {
 }
 
 
+def _group(results: dict[str, Any], variant: str, source: str) -> dict[str, Any]:
+    """One model's summary on one source; an evaluation without it (a renamed key, a source never
+    evaluated) is an error here, not a NaN further on."""
+    summary = results[variant]["summary"]
+    key = EVAL_SOURCE.format(source=source)
+    if key not in summary:
+        held = ", ".join(k for k in summary if isinstance(summary[k], dict)) or "none"
+        raise KimiLabError(f"the evaluation of {variant} has no {key!r} (its groups: {held})")
+    return summary[key]
+
+
 def _cell(results: dict[str, Any], variant: str, source: str, key: str) -> float:
-    return float(results[variant]["summary"].get(f"source/{source}", {}).get(key, math.nan))
+    return float(_group(results, variant, source)[key])
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ def _se(results: dict[str, Any], variant: str, source: str) -> float:
     if len(rs) >= 2:
         mean = sum(rs) / len(rs)
         return math.sqrt(sum((r - mean) ** 2 for r in rs) / (len(rs) - 1) / len(rs))
-    n = int(results[variant]["summary"].get(f"source/{source}", {}).get("n", 0))
+    n = int(_group(results, variant, source)["n"])
     return _binomial_se(_cell(results, variant, source, "reward"), n)
 
 
@@ -90,7 +104,7 @@ def difference(results: dict[str, Any], a: str, b: str, source: str) -> Diff:
         ma = sum(ra[i] for i in common) / n
         return Diff(ma, ma + mean, n, math.sqrt(var / n), True)
     va, vb = _cell(results, a, source, "reward"), _cell(results, b, source, "reward")
-    n = int(results[a]["summary"].get(f"source/{source}", {}).get("n", 0))
+    n = int(_group(results, a, source)["n"])
     return Diff(va, vb, n, math.sqrt(_binomial_se(va, n) ** 2 + _binomial_se(vb, n) ** 2), False)
 
 
@@ -204,7 +218,7 @@ def budget_sentence(key: str, b: dict[str, Any], stage: str) -> str:
 
 
 def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
-    rows = []
+    rows, family = [], EVAL_FAMILY.format(family="")
     for v in VARIANTS:
         s = results[v]["summary"]
         rows.append(
@@ -217,13 +231,11 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
                 "text_reward": _cell(results, v, "text", "reward"),
                 "text_se": _se(results, v, "text"),
                 "text_accuracy": _cell(results, v, "text", "accuracy"),
-                "tool_calls_per_episode": s.get("tool_calls_per_episode", math.nan),
-                "tool_error_rate": s.get("tool_error_rate", math.nan),
-                "response_tokens": s.get("response_tokens", math.nan),
+                "tool_calls_per_episode": s["tool_calls_per_episode"],
+                "tool_error_rate": s["tool_error_rate"],
+                "response_tokens": s["response_tokens"],
                 "families": {
-                    k.removeprefix("family/"): val["reward"]
-                    for k, val in s.items()
-                    if k.startswith("family/")
+                    k.removeprefix(family): val["reward"] for k, val in s.items() if k.startswith(family)
                 },
             }
         )

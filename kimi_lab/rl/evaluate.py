@@ -10,6 +10,7 @@ import torch
 
 from kimi_lab.data.tasks import TaskInput
 from kimi_lab.errors import KimiLabError
+from kimi_lab.metrics import EVAL_FAMILY, EVAL_SOURCE
 from kimi_lab.rl.rollout import Episode, RolloutRunner
 
 CORRECT = 0.999  # a reward at or above this counts as a correct answer
@@ -28,8 +29,8 @@ def summarize(episodes: list[Episode], rewards: list[float]) -> dict[str, Any]:
     groups: dict[str, list[float]] = defaultdict(list)
     for ep, r in zip(episodes, rewards, strict=True):
         groups["all"].append(r)
-        groups[f"source/{ep.task.source}"].append(r)
-        groups[f"family/{ep.task.task.get('family', '?')}"].append(r)
+        groups[EVAL_SOURCE.format(source=ep.task.source)].append(r)
+        groups[EVAL_FAMILY.format(family=ep.task.task.get("family", "?"))].append(r)
     out: dict[str, Any] = {}
     for name, rs in sorted(groups.items()):
         out[name] = {

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from kimi_lab.chat import ChatEncoder, Message, parse_assistant
-from kimi_lab.generation import Prompt, generate
+from kimi_lab.generation import DecodeOptions, Prompt, generate
 from kimi_lab.swarm.types import ToolSpec, Turn
 
 
@@ -92,16 +92,16 @@ class CheckpointPolicy:
                 self._schedule(asyncio.get_running_loop(), 0.0)
             budget = min(self.max_new_tokens, *(self.max_seq_len - len(r.tokens) for r in batch))
             try:
-                gens = await asyncio.to_thread(
-                    generate,
-                    self.model,
-                    [Prompt(r.tokens) for r in batch],
+                options = DecodeOptions(
                     budget,
                     self.enc.stop_ids,
                     self.tok.pad_id,
                     temperature=self.temperature,
                     generator=self.generator,
                     banned_ids=self.enc.banned_ids,
+                )
+                gens = await asyncio.to_thread(
+                    generate, self.model, [Prompt(r.tokens) for r in batch], options
                 )
             except Exception as e:  # every waiting agent learns of the failure
                 for r in batch:

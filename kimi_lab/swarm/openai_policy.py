@@ -52,7 +52,7 @@ class OpenAIPolicy:
             "max_tokens": self.max_tokens,
         }
         if tools:
-            body["tools"] = [tool_schema(t.name, t.description, t.input_format) for t in tools]
+            body["tools"] = [tool_schema(t) for t in tools]
         if self.seed is not None:
             body["seed"] = self.seed
         return body

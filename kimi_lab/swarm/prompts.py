@@ -2,14 +2,14 @@
 
 The orchestrator's tools are ``create_subagent`` (``{"name", "system_prompt"}``) and
 ``assign_task`` (``{"agent", "prompt"}``) beside the environment's; a sub-agent sees
-the environment's tools only. ``render_tools`` writes a tool list into a system prompt
-in the chat format of ``kimi_lab.chat``.
+the environment's tools only. ``kimi_lab.chat.render_tools`` writes a tool list into a
+system prompt: the rendering ``kimi-lab serve`` gives the tools a request declares.
 """
 
 from __future__ import annotations
 
 from kimi_lab import metrics as M
-from kimi_lab.chat import CALL_BEGIN, CALL_END
+from kimi_lab.chat import render_tools
 from kimi_lab.swarm.types import ToolSpec
 
 ORCHESTRATOR = M.SWARM_ORCHESTRATOR  # the orchestrator's lane in traces, and its role name
@@ -39,13 +39,6 @@ SINGLE_AGENT_PROMPT = (
     "Solve the task with the tools. When you know the answer, reply without tool calls and "
     "end with a line 'Answer: ...'."
 )
-
-
-def render_tools(tools: list[ToolSpec] | tuple[ToolSpec, ...]) -> str:
-    """The tool list of a system prompt."""
-    lines = [f"Call a tool as {CALL_BEGIN}NAME\\nINPUT{CALL_END}. Tools:"]
-    lines += [f"- {t.name}: {t.description}. Input: {t.input_format}" for t in tools]
-    return "\n".join(lines)
 
 
 def orchestrator_system(env_tools: list[ToolSpec], single_agent: bool = False) -> str:

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kimi_lab.config.schema import ParlConfig
+from kimi_lab.config.schema import FINISH_FORMS, PARALLEL_FORMS, ParlConfig
 from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.types import SwarmTask
-
-PARALLEL_FORMS = ("spawn", "degree")
-FINISH_FORMS = ("completed", "answered")
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kimi_lab.chat import Message
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    name: str
-    description: str  # one line, shown to the model in its system prompt
-    input_format: str  # e.g. 'a search query' or '{"agent": NAME, "prompt": TEXT}'
+from kimi_lab.chat import Message, ToolSpec  # ToolSpec: as the chat format renders it (render_tools)
 
 
 class Environment(Protocol):

@@ -22,8 +22,8 @@ rlimits set by the runner before the code runs (CPU, address space, file size, o
 ``forbidden`` status; the host's wall clock and byte caps on everything it reads. RLIMIT_NPROC is
 ignored for uid 0 and counted per real uid, so a root host starts bwrap under a random high uid;
 since that uid cannot reach paths such as ``/root/.pyenv`` (mode 0700), root first bind-mounts the
-needed trees under ``/mnt`` in a private mount namespace (``_STAGE_AND_EXEC``), then drops to that
-uid and execs bwrap, which creates its user namespace unprivileged.
+needed trees under ``/mnt`` in a private mount namespace (``sandbox_launcher.stage_and_exec``), then
+drops to that uid and execs bwrap, which creates its user namespace unprivileged.
 """
 
 from __future__ import annotations

@@ -52,6 +52,18 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def report(pl_module: L.LightningModule) -> PhaseReport:
+    """The module as the run directory's files see it; one without that side of the contract
+    (a renamed field, a module that is no ``PhaseModule``) is an error, never empty files."""
+    if not isinstance(pl_module, PhaseReport):
+        missing = [n for n in ("counters", "latest_moe_load", "pop_attn_logits") if not hasattr(pl_module, n)]
+        raise TypeError(
+            f"{type(pl_module).__name__} lacks {', '.join(missing)} of kimi_lab.tracking.contract.PhaseReport: "
+            "the run directory's expert-load and attention-logit files would stay empty"
+        )
+    return pl_module
+
+
 def is_logged_step(step: int, every: int, max_steps: int) -> bool:
     """Whether 0-based training step ``step`` is logged: every ``every``-th, the first and the last."""
     return step == 0 or (step + 1) % every == 0 or (max_steps > 0 and step == max_steps - 1)
@@ -101,6 +113,7 @@ class RunDirCallback(L.Callback):
 
     # -------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        report(pl_module)  # before any step: a module that cannot fill the run files is an error
         if trainer.is_global_zero:
             self.moe_load = ParquetTable(self.run_dir / MOE_LOAD_FILE, MOE_LOAD_SCHEMA)
             self.attn_logits = ParquetTable(self.run_dir / ATTN_LOGITS_FILE, ATTN_LOGITS_SCHEMA)
@@ -133,12 +146,14 @@ class RunDirCallback(L.Callback):
 
     def _log_attn_logits(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step - 1
-        if step < 0 or not self._logged(trainer, step) or not isinstance(pl_module, PhaseReport):
+        if step < 0 or not self._logged(trainer, step):
             return
-        logits = pl_module.pop_attn_logits()
+        logits = report(pl_module).pop_attn_logits()
         if not logits:
             return
-        values: dict[str, float] = {ATTN_CLIPPED_HEAD_STEPS: float(pl_module.counters.clipped_head_steps)}
+        values: dict[str, float] = {
+            ATTN_CLIPPED_HEAD_STEPS: float(report(pl_module).counters.clipped_head_steps)
+        }
         values[ATTN_CLIPPED_HEADS] = float(sum(int(c.sum()) for _, c in logits.values()))
         for tower, (max_LH, clipped_LH) in logits.items():
             if tower == "language_model":
@@ -163,7 +178,7 @@ class RunDirCallback(L.Callback):
 
     def _log_moe_load(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Steps are 0-based training-step indices, as Lightning labels the logged metrics.
-        load = pl_module.latest_moe_load if isinstance(pl_module, PhaseReport) else None
+        load = report(pl_module).latest_moe_load
         step = trainer.global_step - 1
         if load is None or load.step != step or not self._logged(trainer, step):
             return

@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kimi_lab.metrics import ATTN_LOGITS_COLUMNS, METRICS_COLUMNS, MOE_LOAD_COLUMNS
+
 
 class ParquetTable:
     def __init__(self, path: str | Path, schema: pa.Schema) -> None:
@@ -36,6 +38,8 @@ class ParquetTable:
         self._dirty = True
 
     def extend(self, rows: dict[str, list]) -> None:
+        if set(rows) != set(self.columns):  # a writer spelling a column its own way: fail, never drop it
+            raise ValueError(f"{self.path.name}: columns {sorted(rows)} are not {list(self.columns)}")
         n = {len(v) for v in rows.values()}
         if len(n) != 1:
             raise ValueError("all columns need the same number of rows")
@@ -59,23 +63,13 @@ class ParquetTable:
         self._dirty = False
 
 
-METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("key", pa.string()), ("value", pa.float64())])
-MOE_LOAD_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("layer", pa.int32()),
-        ("expert", pa.int32()),
-        ("tokens", pa.int64()),
-        ("bias", pa.float32()),
-    ]
-)
-ATTN_LOGITS_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("layer", pa.int32()),
-        ("head", pa.int32()),
-        ("max_logit", pa.float32()),
-        ("clipped", pa.bool_()),
-        ("tower", pa.string()),
-    ]
+def _schema(columns: tuple[str, ...], types: tuple[pa.DataType, ...]) -> pa.Schema:
+    return pa.schema(list(zip(columns, types, strict=True)))
+
+
+# Column names from kimi_lab.metrics (the dashboard reads the files by them), types here.
+METRICS_SCHEMA = _schema(METRICS_COLUMNS, (pa.int64(), pa.string(), pa.float64()))
+MOE_LOAD_SCHEMA = _schema(MOE_LOAD_COLUMNS, (pa.int64(), pa.int32(), pa.int32(), pa.int64(), pa.float32()))
+ATTN_LOGITS_SCHEMA = _schema(
+    ATTN_LOGITS_COLUMNS, (pa.int64(), pa.int32(), pa.int32(), pa.float32(), pa.bool_(), pa.string())
 )

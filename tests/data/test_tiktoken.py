@@ -18,7 +18,12 @@ def test_a_tiktoken_file_encodes_decodes_and_names_its_special_tokens(tmp_path: 
 
     vocab = S.write_tiktoken(tmp_path)
     tok = open_tokenizer(tmp_path / "tiktoken.model")
-    assert isinstance(tok, TiktokenTokenizer) and isinstance(tok, Tokenizer)
+    assert isinstance(tok, TiktokenTokenizer)
+    # every call of kimi_lab's own BPE, which consumers make of either
+    methods = {n for n, v in vars(Tokenizer).items() if callable(v) and not n.startswith("_")}
+    assert methods == {"token_id", "encode", "encode_batch", "decode"}
+    assert all(callable(getattr(tok, n)) for n in methods)
+    assert all(isinstance(getattr(tok, n), int) for n in ("vocab_size", "eos_id", "pad_id"))
     n = vocab - 256
     assert tok.vocab_size == vocab
     text = "the cat sat on the mat\n\tNaïve ünïcödé — 漢字 and 🙂 1234567"

@@ -226,7 +226,7 @@ def test_an_imported_k2_tokenizes_samples_serves_and_trains_with_its_own_tokeniz
     tmp_path: Path, tiny_overrides: list[str]
 ) -> None:
     from kimi_lab.data.tiktoken_tokenizer import TiktokenTokenizer
-    from kimi_lab.generation import Prompt, generate
+    from kimi_lab.generation import DecodeOptions, Prompt, generate
     from kimi_lab.loading import load_model
     from kimi_lab.serve import ChatService
     from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
@@ -244,14 +244,8 @@ def test_an_imported_k2_tokenizes_samples_serves_and_trains_with_its_own_tokeniz
     tok = loaded.tokenizer
     assert isinstance(tok, TiktokenTokenizer) and tok.vocab_size == loaded.config.model.vocab_size == vocab
     prompt = tok.encode("the cat sat on")
-    gen = generate(
-        loaded.model,
-        [Prompt(prompt)],
-        6,
-        (tok.eos_id,),
-        tok.pad_id,
-        generator=torch.Generator().manual_seed(0),
-    )
+    options = DecodeOptions(6, (tok.eos_id,), tok.pad_id, generator=torch.Generator().manual_seed(0))
+    gen = generate(loaded.model, [Prompt(prompt)], options)
     assert len(gen[0].tokens) >= 1 and isinstance(tok.decode(prompt + gen[0].tokens), str)
 
     cfg, policy = load_checkpoint_policy(str(out))  # what `kimi-lab serve` loads

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from kimi_lab.chat import ChatEncoder, with_tools
-from kimi_lab.openai_format import from_openai
+from kimi_lab.chat import ChatEncoder, ToolSpec, render_tools, with_tools
+from kimi_lab.openai_format import declared_tools, from_openai, tool_schema
 from tests.conftest import PARROT_SCRIPT
 from tests.hf import synthetic as S
 
@@ -27,6 +27,18 @@ SEARCH = {
     },
 }
 PYTHON = {"type": "function", "function": {"name": "python", "description": "run code"}}
+NOTE = {  # one string parameter without a description: its name says what the input is
+    "type": "function",
+    "function": {
+        "name": "note",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+    },
+}
+# Tools as the swarm lists them in its system prompts and declares them to a server
+SWARM_TOOLS = [
+    ToolSpec("search", "search the corpus", "a search query"),
+    ToolSpec("assign_task", "give a sub-agent a task", '{"agent": NAME, "prompt": TEXT}'),
+]
 
 CONVERSATIONS: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = [
     ([{"role": "user", "content": "hello"}], None),
@@ -70,7 +82,14 @@ CONVERSATIONS: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = 
             {"role": "tool", "content": ""},
             {"role": "developer", "content": "Answer in French."},
         ],
-        [PYTHON],
+        [PYTHON, NOTE],
+    ),
+    (  # the system message already lists the declared tools: no second list
+        [
+            {"role": "system", "content": "You lead a swarm.\n\n" + render_tools(SWARM_TOOLS)},
+            {"role": "user", "content": "Who founded Acme?"},
+        ],
+        [tool_schema(t) for t in SWARM_TOOLS],
     ),
 ]
 
@@ -78,8 +97,7 @@ CONVERSATIONS: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = 
 def _encoder_tokens(tok: Any, messages: list[dict], tools: list[dict] | None) -> list[int]:
     """What ``kimi-lab serve`` encodes for this request (from_openai, the tools block, the encoder)."""
     ours = from_openai(messages)
-    described = [(t["function"]["name"], t["function"].get("description") or "") for t in tools or []]
-    return ChatEncoder(tok).encode(with_tools(ours, described), add_generation_prompt=True).tokens
+    return ChatEncoder(tok).encode(with_tools(ours, declared_tools(tools)), add_generation_prompt=True).tokens
 
 
 def _export(ckpt: Path, out: Path, **kw: Any) -> Path:

@@ -11,9 +11,12 @@ from kimi_lab.chat import (
     ChatFormatError,
     Message,
     ToolCall,
+    ToolSpec,
     conversation_from_list,
     extract_answer,
     parse_assistant,
+    render_tools,
+    with_tools,
 )
 from kimi_lab.data.tokenizer import Tokenizer
 
@@ -107,3 +110,55 @@ def test_conversation_structure_is_checked() -> None:
 def test_extract_answer_takes_the_last_answer_line() -> None:
     assert extract_answer("thinking\nAnswer: 4\nanswer:  7 ") == "7"
     assert extract_answer("no answer here") is None
+
+
+def test_one_rendering_of_tools_for_training_prompts_and_served_requests() -> None:
+    """The swarm lists its tools in the system prompt and also declares them to a server; the
+    server reads the declarations back into the same list and adds nothing (with any number of
+    tools), and tools a system message does not list yet are added once, at its end."""
+    from kimi_lab.openai_format import declared_tools, tool_schema
+    from kimi_lab.swarm.prompts import SWARM_TOOLS, orchestrator_system
+
+    env = [
+        ToolSpec("search", "search the corpus", "a search query"),
+        ToolSpec("open", "open a page", "a URL"),
+    ]
+    tools = [*env, *SWARM_TOOLS]
+    assert declared_tools([tool_schema(t) for t in tools]) == tools
+    prompt = [Message("system", orchestrator_system(env)), Message("user", "Who founded Acme?")]
+    assert render_tools(tools) in prompt[0].content
+    assert with_tools(prompt, declared_tools([tool_schema(t) for t in tools])) == prompt
+    added = with_tools([Message("system", "Be brief."), Message("user", "hi")], env)
+    assert added[0].content == "Be brief.\n\n" + render_tools(env)
+    assert added[0].content.count("- search:") == 1 and with_tools(added, env) == added
+    assert with_tools([Message("user", "hi")], env)[0] == Message("system", render_tools(env))
+    assert render_tools(env).splitlines() == [
+        "Call a tool as <|tool_call_begin|>NAME\\nINPUT<|tool_call_end|>. Tools:",
+        "- search: search the corpus. Input: a search query",
+        "- open: open a page. Input: a URL",
+    ]
+
+
+def test_declared_functions_say_what_their_input_is() -> None:
+    from kimi_lab.openai_format import declared_tools
+
+    def fn(name: str, properties: dict | None = None) -> dict:
+        params = {"type": "object", "properties": properties} if properties is not None else None
+        return {"type": "function", "function": {"name": name, "description": "d", "parameters": params}}
+
+    got = declared_tools(
+        [
+            fn("python", {"code": {"type": "string", "description": "Python source"}}),
+            fn("note", {"text": {"type": "string"}}),
+            fn("search", {"q": {"type": "string"}, "k": {"type": "integer"}, "x": {}}),
+            fn("now"),
+        ]
+    )
+    assert [t.input_format for t in got] == [
+        "Python source",
+        "text",
+        '{"q": STRING, "k": INTEGER, "x": VALUE}',
+        "",
+    ]
+    with pytest.raises(ChatFormatError, match="bad tool"):
+        declared_tools([{"type": "function"}])

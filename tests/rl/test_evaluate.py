@@ -35,7 +35,7 @@ class FakeRunner:
     def run(self, model: Any, tasks: list[TaskInput], k: int, temperature: float) -> list[Episode]:
         self.batches.append([t.task["id"] for t in tasks])
         return [
-            Episode(t, [*t.messages, Message("assistant", f"Answer: {t.task['answer']}")], [], [], [])
+            Episode(task=t, messages=[*t.messages, Message("assistant", f"Answer: {t.task['answer']}")])
             for t in tasks
         ]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kimi_lab.config import compose, to_run_config
-from kimi_lab.generation import Prompt, generate
+from kimi_lab.generation import DecodeOptions, Prompt, generate
 from kimi_lab.model.multimodal import KimiK25
 
 
@@ -18,7 +18,7 @@ def _model() -> KimiK25:
 def test_greedy_cached_generation_matches_full_recompute() -> None:
     m = _model()
     prompts = [Prompt(torch.randint(40, 500, (n,)).tolist()) for n in (5, 9, 2)]
-    gens = generate(m, prompts, 10, stop_ids=(0,), pad_id=1, temperature=0)
+    gens = generate(m, prompts, DecodeOptions(10, (0,), 1, temperature=0))
     for p, g in zip(prompts, gens, strict=True):
         seq = list(p.tokens)
         for t, lp in zip(g.tokens, g.logprobs, strict=True):
@@ -34,7 +34,7 @@ def test_generation_stops_per_row_and_restores_training_mode() -> None:
     prompts = [Prompt([50, 60, 70]), Prompt([80])]
     with torch.no_grad():
         first = int(m(torch.tensor([[50, 60, 70]])).logits[0, -1].argmax())
-    gens = generate(m, prompts, 6, stop_ids=(first,), pad_id=1, temperature=0)
+    gens = generate(m, prompts, DecodeOptions(6, (first,), 1, temperature=0))
     assert gens[0].tokens == [first] and gens[0].finished
     assert len(gens[1].tokens) == 6 or gens[1].finished
     assert m.training
@@ -43,8 +43,8 @@ def test_generation_stops_per_row_and_restores_training_mode() -> None:
 def test_sampling_is_reproducible_with_a_generator() -> None:
     m = _model()
     p = [Prompt([50, 60])] * 3
-    a = generate(m, p, 8, (0,), 1, generator=torch.Generator().manual_seed(1))
-    b = generate(m, p, 8, (0,), 1, generator=torch.Generator().manual_seed(1))
+    a = generate(m, p, DecodeOptions(8, (0,), 1, generator=torch.Generator().manual_seed(1)))
+    b = generate(m, p, DecodeOptions(8, (0,), 1, generator=torch.Generator().manual_seed(1)))
     assert [g.tokens for g in a] == [g.tokens for g in b]
 
 
@@ -69,13 +69,12 @@ def test_on_token_can_stop_generation() -> None:
     m = _model()
     prompts = [Prompt([50, 60, 70]), Prompt([80])]
     seen: list[list[int | None]] = []
-    gens = generate(
-        m, prompts, 6, (0,), 1, temperature=0, on_token=lambda step: seen.append(step.tokens) and None
-    )
-    assert gens == generate(m, prompts, 6, (0,), 1, temperature=0)  # watching changes nothing
+    greedy = DecodeOptions(6, (0,), 1, temperature=0)
+    gens = generate(m, prompts, greedy, on_token=lambda step: seen.append(step.tokens) and None)
+    assert gens == generate(m, prompts, DecodeOptions(6, (0,), 1, temperature=0))  # watching changes nothing
     for row, g in enumerate(gens):
         assert [s[row] for s in seen if s[row] is not None] == g.tokens  # every token, as sampled, in order
-    stopped = generate(m, prompts, 6, (0,), 1, temperature=0, on_token=lambda step: True)
+    stopped = generate(m, prompts, greedy, on_token=lambda step: True)
     assert [g.tokens for g in stopped] == [g.tokens[:1] for g in gens]  # stopped after the first step
     assert not any(g.finished for g in stopped if g.tokens[-1] != 0)
 
@@ -107,7 +106,7 @@ def test_greedy_tokens_equal_transformers_generate_for_left_padded_prompts() -> 
     m = _model()
     torch.manual_seed(3)
     prompts = [Prompt(torch.randint(40, 500, (n,)).tolist()) for n in (11, 4, 7, 1)]
-    ours = [g.tokens for g in generate(m, prompts, 12, stop_ids=(), pad_id=0, temperature=0)]
+    ours = [g.tokens for g in generate(m, prompts, DecodeOptions(12, (), 0, temperature=0))]
     assert ours == _hf_greedy(to_transformers(m), prompts, 12, pad=0)
 
 
@@ -127,7 +126,7 @@ def test_greedy_tokens_equal_transformers_generate_with_images() -> None:
         block = image_block(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), VisionDataConfig(max_patches=64))
         text = torch.randint(40, 500, (n,)).tolist()
         prompts.append(Prompt([100 + i, 16, *[v.image_token_id] * block.n_tokens, 17, *text], [block]))
-    ours = [g.tokens for g in generate(m, prompts, 8, stop_ids=(), pad_id=0, temperature=0)]
+    ours = [g.tokens for g in generate(m, prompts, DecodeOptions(8, (), 0, temperature=0))]
     assert ours == _hf_greedy(to_transformers(m), prompts, 8, pad=0)
 
 
@@ -138,11 +137,11 @@ def test_stream_and_on_token_see_every_step_as_generate_returns_it() -> None:
     prompts = [Prompt([50, 60, 70]), Prompt([80])]
     with torch.no_grad():
         first = int(m(torch.tensor([[80]])).logits[0, -1].argmax())
-    gens = generate(m, prompts, 5, stop_ids=(first,), pad_id=1, temperature=0)
+    gens = generate(m, prompts, DecodeOptions(5, (first,), 1, temperature=0))
     assert gens[1].tokens == [first] and gens[1].finished  # row 1 stops at once, row 0 goes on
     seen: list[Step] = []
-    again = generate(m, prompts, 5, stop_ids=(first,), pad_id=1, temperature=0, on_token=seen.append)
-    streamed = list(generate_stream(m, prompts, 5, stop_ids=(first,), pad_id=1, temperature=0))
+    again = generate(m, prompts, DecodeOptions(5, (first,), 1, temperature=0), on_token=seen.append)
+    streamed = list(generate_stream(m, prompts, DecodeOptions(5, (first,), 1, temperature=0)))
     for steps in (seen, streamed):
         for row, g in enumerate(gens):
             assert [s.tokens[row] for s in steps if s.tokens[row] is not None] == g.tokens
@@ -156,7 +155,7 @@ def test_stopping_a_stream_early_restores_training_mode() -> None:
     from kimi_lab.generation import generate_stream
 
     m = _model().train()
-    stream = generate_stream(m, [Prompt([50, 60])], 10, stop_ids=(), pad_id=1, temperature=0)
+    stream = generate_stream(m, [Prompt([50, 60])], DecodeOptions(10, (), 1, temperature=0))
     next(stream)
     assert not m.training and torch.is_grad_enabled()  # the caller's own mode between steps
     stream.close()
@@ -172,14 +171,14 @@ def test_identical_prompts_are_encoded_once_and_sampled_apart() -> None:
         with_kwargs=True,
     )
     try:
-        gens = generate(m, [a, b, a, Prompt(list(a.tokens))], 6, stop_ids=(), pad_id=1, temperature=0)
+        gens = generate(m, [a, b, a, Prompt(list(a.tokens))], DecodeOptions(6, (), 1, temperature=0))
     finally:
         hook.remove()
     assert calls == [2]  # the prompt forward saw the two distinct prompts only
-    alone = [generate(m, [p], 6, stop_ids=(), pad_id=1, temperature=0)[0] for p in (a, b)]
+    alone = [generate(m, [p], DecodeOptions(6, (), 1, temperature=0))[0] for p in (a, b)]
     for g, ref in zip(gens, [alone[0], alone[1], alone[0], alone[0]], strict=True):
         assert g.tokens == ref.tokens and g.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
-    sampled = generate(m, [a] * 4, 8, (), 1, generator=torch.Generator().manual_seed(0))
+    sampled = generate(m, [a] * 4, DecodeOptions(8, (), 1, generator=torch.Generator().manual_seed(0)))
     assert len({tuple(g.tokens) for g in sampled}) > 1  # copies of one prompt still sample apart
 
 
@@ -187,11 +186,11 @@ def test_rows_that_stop_leave_the_batch_without_changing_the_others() -> None:
     m = _model()
     torch.manual_seed(5)
     prompts = [Prompt(torch.randint(40, 500, (n,)).tolist()) for n in (6, 3, 8, 5)]
-    free = generate(m, prompts, 8, stop_ids=(), pad_id=1, temperature=0)
+    free = generate(m, prompts, DecodeOptions(8, (), 1, temperature=0))
     stops = (free[0].tokens[1], free[2].tokens[0])  # rows 0 and 2 stop early, the batch shrinks
-    gens = generate(m, prompts, 8, stop_ids=stops, pad_id=1, temperature=0)
+    gens = generate(m, prompts, DecodeOptions(8, stops, 1, temperature=0))
     assert gens[0].finished and gens[2].finished
     for p, g in zip(prompts, gens, strict=True):
-        (alone,) = generate(m, [p], 8, stop_ids=stops, pad_id=1, temperature=0)
+        (alone,) = generate(m, [p], DecodeOptions(8, stops, 1, temperature=0))
         assert g.tokens == alone.tokens and g.finished == alone.finished
         assert g.logprobs == pytest.approx(alone.logprobs, abs=1e-5)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import kimi_lab.rl.rollout as rollout
+import kimi_lab.tool_turns as tool_turns
 from kimi_lab.chat import Message
 from kimi_lab.config.schema import ToolConfig
 from kimi_lab.data.tasks import TaskInput
@@ -31,7 +32,7 @@ def _scripted(tok: Tokenizer, turns: list[str], seen: list[list[int]]) -> Any:
     """A stand-in for ``generate`` that plays fixed assistant turns and records the prompts."""
     im_end = tok.token_id("<|im_end|>")
 
-    def fake_generate(model: Any, prompts: list[Any], budget: int, *args: Any, **kw: Any) -> list[Generation]:
+    def fake_generate(model: Any, prompts: list[Any], *args: Any, **kw: Any) -> list[Generation]:
         out = []
         for p in prompts:
             seen.append(list(p.tokens))
@@ -62,7 +63,7 @@ def test_tool_call_then_answer(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) 
         "Count them.<|tool_call_begin|>python\nprint(open('grid.txt').read().count('R'))<|tool_call_end|>",
         "Answer: 2",
     ]
-    monkeypatch.setattr(rollout, "generate", _scripted(tok, turns, seen))
+    monkeypatch.setattr(tool_turns, "generate", _scripted(tok, turns, seen))
     calls = []
 
     def run_tool(code: str, images: Any, files: Any, limits: Any) -> FakeResult:
@@ -90,7 +91,7 @@ def test_malformed_and_unknown_calls_become_error_observations(
     tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     turns = ["<|tool_call_begin|>shell\nls<|tool_call_end|><|tool_call_begin|>python\nprint(1)", "Answer: 0"]
-    monkeypatch.setattr(rollout, "generate", _scripted(tok, turns, []))
+    monkeypatch.setattr(tool_turns, "generate", _scripted(tok, turns, []))
     runner = rollout.RolloutRunner(
         tok, None, ToolConfig(), 64, 3, 4096, run_tool=lambda *a: FakeResult("never")
     )
@@ -102,7 +103,7 @@ def test_malformed_and_unknown_calls_become_error_observations(
 
 def test_turn_budget_ends_the_episode(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     turns = ["<|tool_call_begin|>python\nprint(1)<|tool_call_end|>"]  # calls the tool forever
-    monkeypatch.setattr(rollout, "generate", _scripted(tok, turns, []))
+    monkeypatch.setattr(tool_turns, "generate", _scripted(tok, turns, []))
     runner = rollout.RolloutRunner(tok, None, ToolConfig(), 64, 2, 4096, run_tool=lambda *a: FakeResult("1"))
     episodes = runner.run(None, [_task()], 3)  # type: ignore[arg-type]
     assert len(episodes) == 3 and all(ep.turns == 2 and ep.tool_calls == 2 for ep in episodes)
@@ -113,7 +114,7 @@ def test_tool_calls_of_a_batch_run_side_by_side_and_stay_with_their_episodes(
 ) -> None:
     import threading
 
-    def per_task_turns(model: Any, prompts: list[Any], budget: int, *a: Any, **kw: Any) -> list[Generation]:
+    def per_task_turns(model: Any, prompts: list[Any], *a: Any, **kw: Any) -> list[Generation]:
         out = []
         for p in prompts:
             text = tok.decode(p.tokens)
@@ -127,7 +128,7 @@ def test_tool_calls_of_a_batch_run_side_by_side_and_stay_with_their_episodes(
             out.append(Generation(ids, [-0.1] * len(ids), True))
         return out
 
-    monkeypatch.setattr(rollout, "generate", per_task_turns)
+    monkeypatch.setattr(tool_turns, "generate", per_task_turns)
     lock, running, most = threading.Lock(), [0], [0]
     gate = threading.Barrier(3, timeout=5)  # only passes when three calls run at the same time
 
@@ -149,3 +150,34 @@ def test_tool_calls_of_a_batch_run_side_by_side_and_stay_with_their_episodes(
     assert most[0] == 3  # the barrier would have timed out had the calls run one after another
     assert [ep.final_text for ep in episodes] == [f"Answer: {i}" for i in range(6)]
     assert all(ep.tool_calls == 1 and ep.tool_errors == 0 for ep in episodes)
+
+
+def _png(size: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (255, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_saved_images_come_back_and_results_keep_the_calls_order(
+    tok: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turns = [
+        "<|tool_call_begin|>shell\nls<|tool_call_end|><|tool_call_begin|>python\nplot()<|tool_call_end|>",
+        "Answer: 1",
+    ]
+    monkeypatch.setattr(tool_turns, "generate", _scripted(tok, turns, []))
+    saved = [("plot.png", _png(32)), ("speck.png", _png(2))]  # the speck is smaller than a vision patch
+    runner = rollout.RolloutRunner(
+        tok, None, ToolConfig(), 64, 3, 4096, run_tool=lambda *a: FakeResult("drawn", images=saved)
+    )
+    runner.turns.tool.min_image_side = 14  # as a -vl model's patch size would set it
+    (ep,) = runner.run(None, [_task()], 1)  # type: ignore[arg-type]
+    unknown, drawn = [m for m in ep.messages if m.role == "tool"]
+    assert "unknown tool 'shell'" in unknown.content and drawn.content == "drawn"
+    assert drawn.images == ["tool1_plot"] and ep.images["tool1_plot"].shape == (32, 32, 3)
+    # a text-only model reads where the image is
+    assert "<image:tool1_plot>" in tok.decode(ep.tokens)

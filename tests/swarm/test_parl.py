@@ -174,6 +174,7 @@ def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) 
     from kimi_lab.serve import make_server
     from kimi_lab.swarm.environment import SearchEnvironment
     from kimi_lab.swarm.openai_policy import OpenAIPolicy, PolicyServerError
+    from kimi_lab.swarm.prompts import SWARM_TOOLS, orchestrator_system
     from kimi_lab.swarm.runtime import run_episode
     from kimi_lab.swarm.scripted import ScriptedSubagent
     from kimi_lab.swarm.tasks import load_swarm_tasks
@@ -187,16 +188,26 @@ def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) 
         with urllib.request.urlopen(f"{base}/models", timeout=10) as r:
             assert json.loads(r.read())["data"][0]["id"].startswith("kimi_lab/")
         policy = OpenAIPolicy(base, temperature=0.0, max_tokens=24)
-        turn = asyncio.run(policy.act([Message("user", "hello")], [], "orchestrator"))
+        # The orchestrator's first turn, its tools listed in the system prompt and declared to the server
+        tasks, corpus = load_swarm_tasks(swarm_tasks, "val")
+        env_tools = SearchEnvironment(corpus).tools
+        tools = [*env_tools, *SWARM_TOOLS]
+        assert len(tools) >= 2  # the tool list a second rendering once duplicated
+        messages = [Message("system", orchestrator_system(env_tools)), Message("user", tasks[0].question)]
+        turn = asyncio.run(policy.act(messages, tools, "orchestrator"))
         assert isinstance(turn.message.content, str) and turn.message.role == "assistant"
-        # greedy decoding through HTTP equals greedy decoding in process
+        # the served model sees the prompt it was trained on, and greedy decoding through HTTP
+        # equals greedy decoding in process
+        from kimi_lab.serve import ChatService
         from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
 
         _, local = load_checkpoint_policy(str(tiny_ckpt), temperature=0.0, max_new_tokens=24)
-        same = asyncio.run(local.act([Message("user", "hello")], [], "orchestrator"))
+        service = ChatService(local.model, local.tok, "local", local.max_seq_len)
+        assert service.parse(policy.request_body(messages, tools)).prompt == local.encode(messages)
+        same = asyncio.run(local.act(messages, tools, "orchestrator"))
         assert same.message.content == turn.message.content
+        assert same.message.tool_calls == turn.message.tool_calls
         # a whole episode driven over HTTP ends with a complete result
-        tasks, corpus = load_swarm_tasks(swarm_tasks, "val")
         res = asyncio.run(
             run_episode(
                 tasks[0], SearchEnvironment(corpus), policy, ScriptedSubagent(tasks[0]),
@@ -302,7 +313,7 @@ def test_parl_phase_trains_the_orchestrator_and_writes_traces(
         assert events[-1]["kind"] == "finish" and "reward" in events[-1]["detail"]
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     dm = next(v for k, v in state.items() if k.endswith("SwarmTaskDataModule"))
-    assert dm == {"tasks_consumed": 4}
+    assert dm == {"prompts_consumed": 4}
 
 
 def test_parl_config_errors_are_one_line(swarm_tasks: Path, tiny_tokenizer: Path, tmp_path: Path) -> None:

@@ -785,6 +785,17 @@ def test_bench_swarm_reports_overhead_and_wall_ratio(capsys) -> None:
 def test_cli_runs_the_swarm_bench(capsys) -> None:
     from kimi_lab.cli import main
 
-    main(["bench", "swarm", "--json", "--agents", "5", "--steps", "1", "--latency-ms", "1"])
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["agents"] == 5 and out["steps_per_agent"] == 1 and out["subagent_steps"] == 5
+    def bench(*args: str) -> dict:
+        main(["bench", "swarm", "--json", "--steps", "2", "--latency-ms", "1", *args])
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    one, five = bench("--agents", "1"), bench("--agents", "5", "--trace")
+    # the sub-agents ran side by side: five take the critical steps one does (create, assign, the
+    # assignment's two steps, answer), and every one of their steps ran
+    assert one["critical_steps"] == five["critical_steps"] == 2 + 3
+    assert five["subagent_steps"] == 10
+    # the trace holds each sub-agent's spawn, assignment, tool call and result, and finish
+    assert five["trace_events"] >= 5 * 5 and one["trace_events"] == 0
+    main(["bench", "swarm", "--agents", "3", "--steps", "1", "--latency-ms", "1"])
+    text = capsys.readouterr().out
+    assert "3 concurrent simulated sub-agents" in text and "wall / ideal" in text

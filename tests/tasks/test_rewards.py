@@ -50,25 +50,40 @@ WRONG_SVG = (
 )
 
 
-@pytest.mark.parametrize("text", GARBAGE)
-def test_garbage_scores_zero_and_never_raises(text: object) -> None:
-    for reward in (
-        count_reward(text, 3),
-        path_reward(text, 7),
-        grounding_f1(text, TRUE_BOXES),
-        shares_reward(text, TRUE_SHARES),
-        ocr_reward(text, "orbit42"),
-        image_code_reward(text, np.zeros((8, 8, 3), np.uint8)),
-        toggle_length_reward(text, 100),  # type: ignore[arg-type]
-        score({"answer_type": "count", "answer": 3}, text),
-        score({"answer_type": "boxes", "answer": TRUE_BOXES}, text),
-        score({"answer_type": "shares", "answer": TRUE_SHARES}, text),
-        score({"answer_type": "text", "answer": "orbit42"}, text),
-        score(None, text),
-        score({"answer_type": "no such type", "answer": 1}, text),
-    ):
-        assert 0.0 <= reward <= 1.0
-        assert reward < 1.0
+def _rewards(text: object) -> dict[str, float]:
+    """Every correctness reward of ``text`` (not Toggle's length term, which scores length alone)."""
+    return {
+        "count": count_reward(text, 3),
+        "path": path_reward(text, 7),
+        "grounding": grounding_f1(text, TRUE_BOXES),
+        "shares": shares_reward(text, TRUE_SHARES),
+        "ocr": ocr_reward(text, "orbit42"),
+        "image_code": image_code_reward(text, np.zeros((8, 8, 3), np.uint8)),
+        "score count": score({"answer_type": "count", "answer": 3}, text),
+        "score boxes": score({"answer_type": "boxes", "answer": TRUE_BOXES}, text),
+        "score shares": score({"answer_type": "shares", "answer": TRUE_SHARES}, text),
+        "score text": score({"answer_type": "text", "answer": "orbit42"}, text),
+        "score no task": score(None, text),
+        "score unknown type": score({"answer_type": "no such type", "answer": 1}, text),
+    }
+
+
+# Garbage that holds a number or letters a graded reward may give partial credit for
+# ("1" is 2 away from 3; "nan" shares letters with "orbit42"); the rest holds no answer at all.
+PARTLY_READABLE = {5, 6, 7, 8, 14}
+
+
+@pytest.mark.parametrize("i", range(len(GARBAGE)))
+def test_garbage_never_raises_and_scores_zero_unless_it_holds_a_graded_piece(i: int) -> None:
+    text = GARBAGE[i]
+    rewards = _rewards(text)
+    assert all(0.0 <= r < 1.0 for r in rewards.values()), rewards
+    assert 0.0 <= toggle_length_reward(text, 100) <= 1.0  # type: ignore[arg-type]
+    if i not in PARTLY_READABLE:
+        assert rewards == dict.fromkeys(rewards, 0.0)
+    else:  # only the graded rewards give partial credit; exact-match and unknown tasks give none
+        assert rewards["score no task"] == rewards["score unknown type"] == rewards["image_code"] == 0.0
+        assert rewards["path"] == rewards["grounding"] == rewards["shares"] == 0.0
 
 
 def test_count_is_graded_by_absolute_difference() -> None:
