@@ -26,6 +26,8 @@ from typing import Any
 
 from kimi_lab.errors import DataError
 
+# A headless Chromium that makes no calls of its own on a closed network (the dashboard's browser
+# test uses these to reach its local page).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -33,10 +35,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    # Requests route() cannot see (WebSockets) go to a proxy that is not there, loopback included.
-    "--proxy-server=127.0.0.1:9",
-    "--proxy-bypass-list=<-loopback>",
 ]
+# Rendering pages that must reach nothing: requests route() cannot see (WebSockets) go to a proxy
+# that is not there, loopback included.
+OFFLINE_CHROMIUM_ARGS = [*CHROMIUM_ARGS, "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]
 # What a page shows at the end, for structure rewards: element counts by tag and the visible text.
 PAGE_STRUCTURE = """() => {
   const tags = {};
@@ -125,7 +127,7 @@ class HtmlRenderer:
     def __init__(self, js_heap_mb: int | None = None) -> None:
         self.executable = find_chromium()
         self.args = [
-            *CHROMIUM_ARGS,
+            *OFFLINE_CHROMIUM_ARGS,
             *([f"--js-flags=--max-old-space-size={js_heap_mb}"] if js_heap_mb else []),
         ]
         self._pw: Any = None
