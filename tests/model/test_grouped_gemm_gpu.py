@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kimi_lab.model.moe.experts import TorchExperts, _use_grouped, reference_experts
+from kimi_lab.model.moe.expert_matmuls import use_grouped
+from kimi_lab.model.moe.experts import TorchExperts, reference_experts
 
 
 @pytest.mark.gpu
@@ -22,7 +23,7 @@ def test_torch_backend_runs_grouped_gemm_on_cuda_in_bf16() -> None:
     idx = torch.stack([torch.randperm(E, device="cuda")[:K] for _ in range(T)])
     idx[:50] = torch.tensor([0, 1], device="cuda")  # uneven groups, and expert 7 may get none
     weights = torch.rand(T, K, device="cuda")
-    assert _use_grouped(x.to(torch.bfloat16), D, F)
+    assert use_grouped(x.to(torch.bfloat16), D, F)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y = experts(x, idx, weights)
     y.float().square().sum().backward()
