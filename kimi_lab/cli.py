@@ -97,6 +97,14 @@ def _comma_list(value: str) -> tuple[str, ...]:
     return tuple(value.split(","))
 
 
+def _width_range(value: str) -> tuple[int, int]:
+    lo, _, hi = value.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected MIN-MAX, e.g. 2-12") from None
+
+
 def _cmd_data_inspect(args: argparse.Namespace) -> None:
     from data_pipelines.inspect import format_report, inspect_dir
 
@@ -237,6 +245,8 @@ def _cmd_swarm_run(args: argparse.Namespace) -> None:
         max_critical_steps=args.max_critical_steps or None,
         temperature=args.temperature,
         single_agent=args.single_agent,
+        actions=args.actions,
+        max_new_tokens=args.max_new_tokens,
     )
     if args.json:
         print(json.dumps(s))
@@ -389,6 +399,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="swarm-tasks (default 0.2), swarm-sft (default 0.05): share of tasks held out in val",
     )
+    b.add_argument(
+        "--widths",
+        dest="width_range",
+        type=_width_range,
+        default=None,
+        help="swarm-tasks (default 3-6), swarm-sft (default 2-12): items per task, MIN-MAX",
+    )
+    b.add_argument(
+        "--slack",
+        type=int,
+        default=None,
+        help="swarm-tasks: critical steps beyond a swarm's fastest path (default 2; more lets one agent "
+        "finish narrow tasks)",
+    )
+    b.add_argument(
+        "--actions",
+        choices=("index", "text"),
+        default=None,
+        help="swarm-sft: the orchestrator's action language (default index: items by number)",
+    )
+    b.add_argument(
+        "--tokenizer",
+        default=None,
+        help="swarm-sft: the tokenizer its turns are measured with (default data/tokenizers/bpe-8192.json)",
+    )
+    b.add_argument(
+        "--max-turn-tokens",
+        type=int,
+        default=None,
+        help="swarm-sft: refuse demonstrations with a longer assistant turn (a generation budget)",
+    )
     b.set_defaults(func=_cmd_data_build)
     i = data_sub.add_parser("inspect", help="per-shard counts, modalities, sizes, decode failures, previews")
     i.add_argument("dir", help="a folder of .tar shards, or one .tar")
@@ -480,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-critical-steps", type=int, default=0, help="0: each task's own budget")
     r.add_argument("--temperature", type=float, default=0.0, help="for model orchestrators (0: greedy)")
     r.add_argument("--single-agent", action="store_true", help="no swarm tools: the orchestrator works alone")
+    r.add_argument(
+        "--actions",
+        choices=("index", "text"),
+        default="index",
+        help="the orchestrator's action language: items by number (index) or free text",
+    )
+    r.add_argument("--max-new-tokens", type=int, default=256, help="per turn, for model policies")
     r.add_argument("--out", help="run folder (default runs/swarm/<time>)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_swarm_run)

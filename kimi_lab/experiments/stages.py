@@ -1,7 +1,9 @@
 """Stages that every multi-run experiment chains: a training run that resumes or is kept.
 
 ``kimi-lab experiment NAME`` reruns are cheap: a stage whose run folder already
-finished is kept, an interrupted one resumes from its newest checkpoint.
+finished is kept, an interrupted one resumes from its newest checkpoint. ``run_jobs``
+runs independent stages side by side (one process each: on a 2-core machine two
+one-thread processes finish a chain in about half the time of one).
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kimi_lab.errors import KimiLabError
 from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, STATUS_FILE
@@ -50,3 +55,60 @@ def train_stage(run_dir: Path, overrides: list[str], tag: str | None = None) -> 
         raise KimiLabError(f"{tag} stage {run_dir.name} failed (exit {res.returncode}); see {run_dir}")
     print(f"[{tag}] {run_dir.name}: done in {time.time() - t0:.0f}s", flush=True)
     return last
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stage of an experiment: ``fn()`` once every job named in ``after`` has finished."""
+
+    fn: Callable[[], Any]
+    after: tuple[str, ...] = ()
+
+
+def run_jobs(jobs: dict[str, Job], workers: int = 1) -> dict[str, Any]:
+    """Every job, up to ``workers`` at a time (each a process of its own: a training stage, or an
+    evaluation in ``in_process_pool``), in an order the ``after`` edges allow; their results by name.
+    The first failure stops new jobs from starting and is raised once the running ones end."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    unknown = {d for j in jobs.values() for d in j.after} - set(jobs)
+    if unknown:
+        raise ValueError(f"jobs wait on unknown jobs: {sorted(unknown)}")
+    done: dict[str, Any] = {}
+    running: dict[Future, str] = {}
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        while len(done) < len(jobs):
+            if failure is None:
+                for name, job in jobs.items():
+                    busy = name in done or name in running.values()
+                    if not busy and len(running) < workers and all(d in done for d in job.after):
+                        running[pool.submit(job.fn)] = name
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                name = running.pop(fut)
+                try:
+                    done[name] = fut.result()
+                except BaseException as exn:  # kept, and raised once the running jobs end
+                    failure = failure or exn
+    if failure is not None:
+        raise failure
+    return done
+
+
+def in_process_pool(workers: int, threads: int | None) -> Any:
+    """A pool of ``workers`` fresh processes (spawned: no state copied from this one), each with
+    ``threads`` torch threads: for evaluations run beside training stages."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max(1, workers), mp.get_context("spawn"), _set_threads, (threads,))
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -51,6 +51,9 @@ class PretrainModule(PhaseModule):
                 pixel_values_videos=batch.get("pixel_values_videos"),
                 video_grid_thw=batch.get("video_grid_thw"),
                 token_mask=batch.get("input_mask"),  # padding is left out of the routers' counts
+                # packed conversations (SFT) are fenced: each attends to itself, from position 0
+                segment_ids=batch.get("segment_ids"),
+                positions=batch.get("positions"),
             )
         except VisionInputError as exn:
             dm = self.trainer.datamodule
