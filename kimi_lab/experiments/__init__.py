@@ -7,5 +7,5 @@ experiment is a module plus one entry here.
 
 EXPERIMENTS: dict[str, str] = {
     "zero_vision": "pre-train -> zero-vision SFT -> eval -> RL -> report",
-    "parl_ablation": "swarm SFT -> three PARL reward arms -> eval -> report",
+    "parl_ablation": "swarm SFT -> four PARL reward arms -> eval -> report",
 }

@@ -248,6 +248,7 @@ def _evaluate(out: Path, name: str, pool: Any, fn: Any, *args: Any, **kw: Any) -
 def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed: int = 0) -> Path:
     from kimi_lab.config.swarm import SwarmConfig
     from kimi_lab.experiments.parl_eval import evaluate, width_sweep
+    from kimi_lab.metrics import SWARM_DIR
 
     if scale_name not in SCALES:
         raise KimiLabError(f"--scale {scale_name}: choose one of {', '.join(SCALES)}")
@@ -334,11 +335,11 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
             )
         for name in scale.arms:
             jobs[f"train/{name}"] = Job(partial(arm, name), (f"train/{ARMS[name].start}",))
-        for name in runs:
+        for name in runs:  # held-out episodes, the first few traced into the run's swarm/ folder
             jobs[f"eval/{name}"] = Job(
                 partial(
                     _evaluate, out, name, pool, evaluate, runs[name], data["tasks"], scale.eval_tasks,
-                    eval_cfg, parl_tokens,
+                    eval_cfg, parl_tokens, trace_dir=out / name / SWARM_DIR,
                 ),
                 (f"train/{name}",),
             )  # fmt: skip

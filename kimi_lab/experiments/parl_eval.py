@@ -27,11 +27,13 @@ def play_greedy(
     max_new_tokens: int,
     subagent: str = "scripted",
     subagent_tokens: int = 256,
+    traces: list[Path | None] | None = None,
 ) -> list[dict[str, Any]]:
     """One greedy episode per task, all concurrently (a model's turns batched); one summary row each.
 
     ``orchestrator`` is a policy spec of ``kimi-lab swarm run`` (``ckpt:PATH``, ``fanout``,
-    ``single``); ``max_new_tokens`` per orchestrator turn, ``subagent_tokens`` per sub-agent turn."""
+    ``single``); ``max_new_tokens`` per orchestrator turn, ``subagent_tokens`` per sub-agent turn;
+    ``traces[i]``: task i's trace file, if any."""
     from kimi_lab.swarm.environment import SearchEnvironment
     from kimi_lab.swarm.play import play, policy_factory
     from kimi_lab.swarm.summary import EpisodeSummary
@@ -39,7 +41,7 @@ def play_greedy(
     batch = 4 * len(tasks)  # every episode's turns in one batch
     orch = policy_factory(orchestrator, "orchestrator", 0.0, max_new_tokens, batch)
     sub = policy_factory(subagent, "subagent", 0.0, subagent_tokens, batch)
-    results = play(tasks, SearchEnvironment(corpus), orch, sub, cfg)
+    results = play(tasks, SearchEnvironment(corpus), orch, sub, cfg, traces=traces)
     return [EpisodeSummary.of(t, r).to_dict() for t, r in zip(tasks, results, strict=True)]
 
 
@@ -51,9 +53,12 @@ def evaluate(
     max_new_tokens: int,
     subagent: str = "scripted",
     subagent_tokens: int = 256,
+    trace_dir: Path | None = None,
+    n_traces: int = 4,
 ) -> dict[str, Any]:
     """Greedy held-out score of a checkpoint orchestrator on the first ``n`` val tasks (an error when
-    the folder holds fewer: a smaller sample would pass for the asked one)."""
+    the folder holds fewer: a smaller sample would pass for the asked one). The first ``n_traces``
+    episodes leave their traces in ``trace_dir`` (a run's ``swarm/`` folder: the dashboard draws them)."""
     from kimi_lab.errors import DataError
     from kimi_lab.swarm.summary import EpisodeSummary, summarize
     from kimi_lab.swarm.tasks import load_swarm_tasks
@@ -61,7 +66,11 @@ def evaluate(
     tasks, corpus = load_swarm_tasks(tasks_dir, "val")
     if len(tasks) < n:
         raise DataError(f"{tasks_dir}: {len(tasks)} held-out tasks, {n} asked for")
-    rows = play_greedy(f"ckpt:{ckpt}", tasks[:n], corpus, cfg, max_new_tokens, subagent, subagent_tokens)
+    tasks = tasks[:n]
+    traces = None
+    if trace_dir is not None:
+        traces = [trace_dir / f"eval-{t.id}.jsonl" if i < n_traces else None for i, t in enumerate(tasks)]
+    rows = play_greedy(f"ckpt:{ckpt}", tasks, corpus, cfg, max_new_tokens, subagent, subagent_tokens, traces)
     means = summarize([EpisodeSummary(**r) for r in rows])
     return {**means, "subagent": subagent, "rows": rows}
 

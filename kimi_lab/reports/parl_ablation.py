@@ -191,21 +191,29 @@ def findings(
         key, direction, words = SHOWN_BY[mode]
         name = "delegation" if key == M.PARL_DELEGATED else "excess"
         t, tf = (verdicts.get(f"{x}_curves", {}).get(name) for x in (arm, full))
+        title = mode.replace("_", " ").capitalize()
         if t is None or tf is None:
-            out.append(f"{mode.replace('_', ' ').capitalize()}: not judged (too few logged steps).")
+            out.append(f"{title}: not judged (too few logged steps).")
             continue
-        moved = (t["diff"] < -2 * t["se"]) if direction == "fell" else (t["diff"] > 2 * t["se"])
-        moved_full = (tf["diff"] < -2 * tf["se"]) if direction == "fell" else (tf["diff"] > 2 * tf["se"])
-        gap = t["last"] - tf["last"]
-        gap_se = math.hypot(t["se"], tf["se"])
+        sign = -1 if direction == "fell" else 1  # the failure's direction
+        gap, gap_se = t["last"] - tf["last"], math.hypot(t["se"], tf["se"])
+        # shown: the arm moved the failure's way, or ends that way of the full reward, beyond 2 s.e.
+        moved = sign * t["diff"] > 2 * t["se"]
+        apart = sign * gap > 2 * gap_se
+        shows = moved or apart
         out.append(
-            f"{mode.replace('_', ' ').capitalize()}: {'shows' if moved else 'does not show'} under "
-            f"{LABELS.get(arm, arm)} ({words} {t['first']:.2f} -> {t['last']:.2f}, {t['diff']:+.2f} ± {t['se']:.2f}); "
-            f"under the full reward it {direction if moved_full else 'did not move beyond two standard errors'} "
-            f"({tf['first']:.2f} -> {tf['last']:.2f}); at the end the two differ by {gap:+.2f} ± {gap_se:.2f} "
-            f"({verdict(gap, gap_se)})."
+            f"{title}: {'shows' if shows else 'does not show'} under {LABELS.get(arm, arm)} ({words} "
+            f"{t['first']:.2f} -> {t['last']:.2f}, {verdict(t['diff'], t['se'], 'rose', 'fell')}); under the full "
+            f"reward {tf['first']:.2f} -> {tf['last']:.2f} ({verdict(tf['diff'], tf['se'], 'rose', 'fell')}); at the "
+            f"end the arm is {gap:+.2f} ± {gap_se:.2f} from the full reward ({verdict(gap, gap_se)})."
         )
-        verdicts[mode] = {"shows": moved, "full_moved": moved_full, "end_gap": gap, "end_gap_se": gap_se}
+        verdicts[mode] = {
+            "shows": shows,
+            "moved": moved,
+            "apart_from_full": apart,
+            "end_gap": gap,
+            "end_gap_se": gap_se,
+        }
     sw = pd.DataFrame(sweep)
     if not sw.empty:
         piv = sw.pivot_table(index="width", columns="policy", values="critical_steps")

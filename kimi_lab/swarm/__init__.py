@@ -1,9 +1,11 @@
 """Agent swarm (K2.5): an orchestrator that runs sub-agents concurrently, its traces and baselines.
 
-Modules: ``prompts`` (the swarm's tools and system prompts), ``calls`` (checking a
-policy's turn and tool arguments), ``result`` (``EpisodeResult``), ``runtime`` (the
-episode state machine), ``types`` (what policies, environments and tasks share);
-the limits are ``kimi_lab.config.swarm.SwarmConfig``.
+Modules: ``actions`` (the orchestrator's two action languages: items by number, or free
+text), ``prompts`` (the swarm's tools and system prompts), ``calls`` (checking a policy's
+turn and tool arguments), ``result`` (``EpisodeResult``), ``summary`` (``EpisodeSummary``,
+what every reader tabulates), ``runtime`` (the episode state machine) and ``lanes`` (where
+its work runs), ``play`` (the one play loop), ``types`` (what policies, environments and
+tasks share); the limits are ``kimi_lab.config.swarm.SwarmConfig``.
 """
 
 from kimi_lab.config.swarm import SwarmConfig

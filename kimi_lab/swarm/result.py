@@ -1,9 +1,11 @@
-"""``EpisodeResult``: what one swarm episode did, counted in steps (K2.5's critical steps)."""
+"""``EpisodeResult``: what one swarm episode did, counted in steps (K2.5's critical steps).
+
+The runtime fills it; readers tabulate it through ``kimi_lab.swarm.summary.EpisodeSummary``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from kimi_lab.chat import Message
 from kimi_lab.swarm.types import Turn
@@ -45,11 +47,6 @@ class EpisodeResult:
     orchestrator_turns: list[Turn] = field(default_factory=list)
     orchestrator_contexts: list[list[Message]] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # the orchestrator's whole conversation
-
-    def summary(self) -> dict[str, Any]:
-        """The scalar fields, for logs and JSON."""
-        skip = {"orchestrator_turns", "orchestrator_contexts", "messages"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __repr__(self) -> str:
         # short: asyncio formats a finished task's result into some messages, and a

@@ -22,7 +22,7 @@ from kimi_lab import metrics as M
 from kimi_lab.chat import Message, ToolCall
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.errors import ConfigError
-from kimi_lab.swarm import runtime
+from kimi_lab.swarm import lanes, runtime
 from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
 from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SimulatedPolicy, SingleAgentPolicy
@@ -466,7 +466,7 @@ def test_step_timeout_of_a_subagent() -> None:
 
 
 def test_a_subagent_that_resists_cancellation_is_left_behind(monkeypatch) -> None:
-    monkeypatch.setattr(runtime, "_CANCEL_GRACE_S", 0.02)
+    monkeypatch.setattr(lanes, "_CANCEL_GRACE_S", 0.02)
     orch = Scripted([turn(calls=[create("w")]), turn(calls=[assign("w", "go")])])
 
     async def main() -> tuple[EpisodeResult, float]:
@@ -651,6 +651,12 @@ def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> 
     assert set(subs.index) == {"w1", "w2", "w3"}
     assert subs["critical"].to_dict() == {"w1": False, "w2": True, "w3": False}
     assert (subs["end"] >= subs["start"]).all()
+    # on the critical-step axis each orchestrator turn is one step, each lane as long as its steps
+    steps = dash["spans"](frame, "step")
+    turns = steps[steps["agent"] == ORCH]
+    assert list(zip(turns["start"], turns["end"])) == [(0, 1), (1, 2), (6, 7)] and res.critical_steps == 7
+    lanes = steps[steps["agent"] != ORCH].set_index("agent")
+    assert (lanes["start"] == 2).all() and lanes["end"].to_dict() == {"w1": 4, "w2": 6, "w3": 5}
 
 
 def test_trace_writer_closes_an_unfinished_trace(tmp_path: Path) -> None:
