@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
@@ -158,10 +159,12 @@ class Lanes:
         steps = [0]  # counted as they are taken, so a timed-out lane still reports its steps
         lines: list[tuple[str, str]] = []
         ok = 0
+        deadline = time.perf_counter() + timeout  # the whole assignment's, all its jobs
         try:
             async with self.sem:
                 for job in work.jobs:
-                    fault, reply = await self.job(name, job, base, limit, steps, timeout)
+                    left_s = deadline - time.perf_counter()
+                    fault, reply = await self.job(name, job, base, limit, steps, left_s)
                     if fault is None:
                         ok += 1
                         shown = self.lang.shown(reply)
@@ -199,6 +202,8 @@ class Lanes:
         left = min(self.cfg.max_subagent_steps, limit - steps[0])
         if left < 1:
             return f"{who}: no critical steps left for this item", ""
+        if timeout <= 0:
+            return f"{who}: no time left for this item", ""
         try:
             reply = await _bounded(
                 self.subagent_loop(name, job.prompt, base + steps[0], left, steps), timeout

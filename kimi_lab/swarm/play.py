@@ -149,14 +149,12 @@ def run_swarm(
     write_status(out, "running", "swarm", 0, len(tasks), started, {})
     traces: list[Path | None] = [out / SWARM_DIR / f"{t.id}.jsonl" for t in tasks]
     results = play(tasks, SearchEnvironment(corpus), orch, sub, cfg, traces=traces)
-    rows = [
-        {**EpisodeSummary.of(task, res).to_dict(), "trace": str(trace)}
-        for task, res, trace in zip(tasks, results, traces, strict=True)
-    ]
+    episodes = [EpisodeSummary.of(t, r) for t, r in zip(tasks, results, strict=True)]
+    rows = [{**e.to_dict(), "trace": str(trace)} for e, trace in zip(episodes, traces, strict=True)]
     with open(out / SWARM_EPISODES_FILE, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    means = summarize([EpisodeSummary.of(t, r) for t, r in zip(tasks, results, strict=True)])
+    means = summarize(episodes)
     final = {key: means[key] for key in ("score", "critical_steps", "total_steps", "over_budget")}
     write_status(out, "finished", "swarm", len(tasks), len(tasks), started, final)
     return {

@@ -112,7 +112,8 @@ def _index_values(messages: list[Message]) -> dict[int, str]:
 
 class SingleAgentPolicy:
     """One agent, every item itself, one look-up per step; then the combined answer. In the index
-    language one ``solve`` of every item (the runtime charges each look-up on the critical path)."""
+    language one ``solve`` of every item, last first, and an answer that counts down the same way
+    (as ``FanOutPolicy(interleave=True)`` does; the runtime charges each look-up on the critical path)."""
 
     def __init__(self, task: SwarmTask, combine: Combine | None = None) -> None:
         self.name = "single-agent"
@@ -125,8 +126,8 @@ class SingleAgentPolicy:
         n = len(_subtasks(self.task))
         if _speaks_index(tools):
             if k == 0 and n:
-                return _turn(calls=[_index_call(SOLVE, items=list(range(1, n + 1)))])
-            refs = [(i, SELF) for i in range(n)]
+                return _turn(calls=[_index_call(SOLVE, items=list(range(n, 0, -1)))])
+            refs = [(i, SELF) for i in range(n - 1, -1, -1)]
             return _index_answer(self.task, refs, _index_values(messages), self.combine)
         if k < len(self.plan):
             return _turn(calls=[self.plan[k]])
@@ -192,11 +193,13 @@ class FanOutPolicy:
     more sub-agents are created and, in the first stage, given vague work (free text:
     ``VAGUE_PROMPT``; index language: no item, the whole task undecomposed): spawning
     without a decomposition, which costs critical steps and returns nothing (the spurious
-    parallelism r_finish is meant to discourage). ``interleave``: one turn creates and assigns,
-    item by item (create w1, assign w1 item 1, create w2, ...), so a model imitating it walks
-    the question's numbered list once and stops at its end, instead of counting creations
-    first. Asked to act as a sub-agent, it runs the scripted sub-agent, so one instance can
-    play both roles. It writes whichever action language the runtime offers.
+    parallelism r_finish is meant to discourage). ``interleave`` (how demonstrations are
+    written): one turn creates and assigns, item by item from the question's last item to its
+    first (create w7, assign w7 item 7, create w6, ...), and the answer counts down the same
+    way: a model imitating it reads the width once, from the question's last line, and stops
+    at item 1, a fixed point, instead of comparing its count with the width at every step.
+    Asked to act as a sub-agent, it runs the scripted sub-agent, so one instance can play both
+    roles. It writes whichever action language the runtime offers.
     """
 
     def __init__(
@@ -215,7 +218,7 @@ class FanOutPolicy:
         self.width = max(1, min(w, len(self.subtasks) or 1))
         # numbered from 1, like the items of a question: sub-agent w3 gets item 3
         self.agents = [f"w{i}" for i in range(1, self.width + 1)]
-        self.extra = [f"w{i}" for i in range(self.width + 1, self.width + 1 + max(0, extra))]
+        self.extra = [f"x{i}" for i in range(1, 1 + max(0, extra))]  # counted on their own
         self.sub = ScriptedSubagent(task)
         self.interleave = interleave
 
@@ -235,6 +238,8 @@ class FanOutPolicy:
         """The ``batch``-th stage's calls (creations first, or each before its assignment)."""
         first = batch * self.width
         pairs = [(a, first + j) for j, a in enumerate(self.agents) if first + j < len(self.subtasks)]
+        if self.interleave:
+            pairs.reverse()
         if batch == 0:
             pairs += [(a, None) for a in self.extra]
         if not create:
@@ -256,6 +261,8 @@ class FanOutPolicy:
             return _turn(calls=self._stage(k - 1, index, create=False))
         if index:
             refs = [(i, self.agents[i % self.width]) for i in range(len(self.subtasks))]
+            if self.interleave:
+                refs.reverse()
             return _index_answer(self.task, refs, _index_values(messages), self.combine)
         return self._answer(messages)
 
@@ -265,6 +272,10 @@ class FanOutPolicy:
         if self.extra:  # drop the vague assignments' replies (the last ones of the first stage)
             n = min(self.width, len(self.subtasks))
             answers = answers[:n] + answers[n + len(self.extra) :]
+        if self.interleave:  # each stage's items came back last first
+            answers = [
+                a for b in range(0, len(answers), self.width) for a in answers[b : b + self.width][::-1]
+            ]
         answers += [""] * (len(self.subtasks) - len(answers))
         return _turn(_combine(self.task, answers[: len(self.subtasks)], self.combine))
 

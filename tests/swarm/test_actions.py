@@ -97,10 +97,13 @@ def test_a_fan_out_in_the_index_language_solves_its_task_in_the_swarms_steps(wor
         # one turn creates and assigns (1 + the slowest item: 4 calls and a reply), then the answer
         assert res.critical_steps == 1 + 5 + 1 and res.budget == 17
         assert perf_score(task, res) == 1.0 and res.items_assigned == list(range(task.width))
-        assert res.answer_text.startswith("Answer: ") and res.final_text.startswith("Answer:\n1=w1")
-        assert res.assignments == res.completed_assignments == task.width == res.subagents_spawned
+        # last item first, down to item 1 (a model imitating it stops at a fixed point)
+        w = task.width
+        countdown = "Answer:\n" + "\n".join(f"{i}=w{i}" for i in range(w, 0, -1))
+        assert res.final_text == countdown and res.answer_text.startswith("Answer: ")
+        assert res.assignments == res.completed_assignments == w == res.subagents_spawned
         tools = [m.content for m in res.messages if m.role == "tool"]
-        assert tools[:2] == ["created", f"1: {task.data['subtasks'][0]['answer']}"]
+        assert tools[:2] == ["created", f"{w}: {task.data['subtasks'][w - 1]['answer']}"]
 
 
 def test_a_subagent_does_its_items_one_after_another(world) -> None:
@@ -174,9 +177,10 @@ def test_what_a_demonstration_copies_is_tokenized_alike_wherever_it_appears(
     calls = [pieces(c.input) for c in res.messages[2].tool_calls]
     answer = pieces(res.messages[-1].content)
     for i in range(1, task.width + 1):
+        j = task.width - i  # the calls walk the items last first
         n, w = str(i), f"w{i}"
-        assert n in question and n in answer and n in calls[2 * i - 1]  # "\n3." / "[3]" / "\n3="
-        assert pieces(w)[-1] in calls[2 * i - 2] and pieces(w)[-1] in calls[2 * i - 1]
+        assert n in question and n in answer and n in calls[2 * j + 1]  # "\n3." / "[3]" / "\n3="
+        assert pieces(w)[-1] in calls[2 * j] and pieces(w)[-1] in calls[2 * j + 1]
     text = run_episode_sync(
         task, env, FanOutPolicy(task), ScriptedSubagent(task), SwarmConfig(actions="text")
     )

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -252,6 +253,23 @@ def test_checkpoint_policy_batches_concurrent_turns(tiny_ckpt: Path) -> None:
     alone = asyncio.run(policy.act([Message("user", "question 3")], [], "subagent"))
     assert alone.tokens == turns[3].tokens  # batching (left padding) does not change greedy output
 
+    # a turn that arrives while a batch is being sampled, and no turn after it: still served
+    def slow(model, prompts, *a, **kw):
+        time.sleep(0.3)
+        return real(model, prompts, *a, **kw)
+
+    async def late_arrival() -> list:
+        first = asyncio.ensure_future(policy.act([Message("user", "first")], [], "subagent"))
+        await asyncio.sleep(0.1)  # the first batch is being sampled now
+        second = policy.act([Message("user", "second")], [], "subagent")
+        return list(await asyncio.wait_for(asyncio.gather(first, second), timeout=30))
+
+    cp.generate = slow
+    try:
+        assert all(t.tokens for t in asyncio.run(late_arrival()))
+    finally:
+        cp.generate = real
+
 
 # ----------------------------------------------------------------- phase parl
 def _parl(swarm_tasks: Path, tiny_tokenizer: Path, run: Path, *extra: str) -> list[str]:
@@ -348,9 +366,9 @@ def test_swarm_sft_builder_writes_right_demonstrations_of_every_style(
         msgs = conversation_from_list(rec["messages"])  # a valid chat for phase sft
         names = [c.name for m in msgs for c in m.tool_calls]
         width = rec["swarm"]["width"]
-        if rec["swarm"]["style"] == "serial":  # the orchestrator's own work, by item number
+        if rec["swarm"]["style"] == "serial":  # the orchestrator's own work, by item number, last first
             assert names == ["solve"] and json.loads(msgs[2].tool_calls[0].input) == {
-                "items": list(range(1, width + 1))
+                "items": list(range(width, 0, -1))
             }
         else:
             assert "solve" not in names and names.count("assign_task") >= width
@@ -358,7 +376,7 @@ def test_swarm_sft_builder_writes_right_demonstrations_of_every_style(
             assert spawned == width if rec["swarm"]["style"] == "fanout" else spawned > width
         agent = "self" if rec["swarm"]["style"] == "serial" else "w{}"
         assert msgs[-1].content == "Answer:\n" + "\n".join(
-            f"{i}={agent.format(i)}" for i in range(1, width + 1)
+            f"{i}={agent.format(i)}" for i in range(width, 0, -1)
         )
         turns = [len(enc.encode([m]).tokens) - 2 for m in msgs if m.role == "assistant"]
         longest[str(width)] = max(longest.get(str(width), 0), *turns)
