@@ -6,7 +6,7 @@ scripted policies through the real runtime (``kimi_lab.swarm.play``) and keeps t
 orchestrator's side of each episode as a chat sample for phase ``sft``, in three styles:
 
 - ``fanout``: a sub-agent per sub-task, all assigned in one stage, results combined;
-- ``overspawn``: the same, plus 1..width extra sub-agents given vague work (no item:
+- ``overspawn``: the same, plus as many extra sub-agents given vague work (no item:
   the whole task) that never returns a result (spurious parallelism);
 - ``serial``: every look-up by the orchestrator itself (``solve`` in the index language;
   no step budget, so it finishes).
@@ -101,14 +101,11 @@ def build_swarm_sft(
         raise DataError(f"swarm-sft: {exn}") from None
     rng = random.Random(seed)
     styles = {t.id: _style(rng.random(), fanout_fraction, overspawn_fraction) for t in tasks}
-    extra = {t.id: rng.randint(1, t.width) for t in tasks}
 
     def orchestrator(task: SwarmTask) -> Policy:
         if styles[task.id] == "serial":
             return SingleAgentPolicy(task)
-        return FanOutPolicy(
-            task, extra=extra[task.id] if styles[task.id] == "overspawn" else 0, interleave=True
-        )
+        return FanOutPolicy(task, extra=task.width if styles[task.id] == "overspawn" else 0, interleave=True)
 
     results = play(tasks, SearchEnvironment(corpus), orchestrator, ScriptedSubagent, cfg)
     sink = ShardSink(out, val_fraction, shard_bytes)

@@ -219,6 +219,8 @@ class FanOutPolicy:
         # numbered from 1, like the items of a question: sub-agent w3 gets item 3
         self.agents = [f"w{i}" for i in range(1, self.width + 1)]
         self.extra = [f"x{i}" for i in range(1, 1 + max(0, extra))]  # counted on their own
+        if interleave:  # last first, as the items
+            self.extra.reverse()
         self.sub = ScriptedSubagent(task)
         self.interleave = interleave
 
