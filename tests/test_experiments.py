@@ -71,6 +71,13 @@ def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None
         assert e["truncated_turns"] >= 0 and set(e["rows"][0]) >= {"task", "score", "critical_steps"}
     traces = sorted((out / "perf" / "swarm").glob("eval-*.jsonl"))
     assert len(traces) == 2 and json.loads(traces[0].read_text().splitlines()[-1])["kind"] == "finish"
+    from tests.swarm.test_runtime import _dashboard_functions
+
+    dash = _dashboard_functions()  # the swarm page draws a trained episode on the critical-step axis
+    frame, bad, problem = dash["load_trace"](traces[0])
+    bars = dash["spans"](frame, "step")
+    turns = bars[bars["agent"] == M.SWARM_ORCHESTRATOR]
+    assert bad == 0 and problem is None and (turns["end"] - turns["start"] == 1).all() and len(turns) >= 1
     text = (out / "report.md").read_text()
     assert (
         "## What this run shows" in text and "scripted oracles" in text and "`index` action language" in text
@@ -123,7 +130,10 @@ def test_parl_ablation_verdicts_claim_only_beyond_two_standard_errors() -> None:
     # excess holds under r_parallel and falls under the full reward: shown by the gap at the end
     sp = verdicts["spurious_parallelism"]
     assert not sp["moved"] and sp["apart_from_full"] and sp["shows"] and sp["end_gap"] == pytest.approx(2.0)
-    assert any(o.startswith("Serial collapse: shows") for o in out)
+    assert any(
+        o.startswith("Serial collapse (") and "shows: the share of episodes delegating fell" in o for o in out
+    )
+    assert any("shows against the full reward: the arm ends above it" in o for o in out)
     # the same curves for both arms: nothing to claim
     same = findings({}, [], {}, {**cur, "spawn_parallel": cur["spawn_full"]}, meta)[1]
     assert not same["spurious_parallelism"]["shows"]

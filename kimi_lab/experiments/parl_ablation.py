@@ -254,7 +254,7 @@ def _evaluate(out: Path, name: str, pool: Any, fn: Any, *args: Any, **kw: Any) -
 def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed: int = 0) -> Path:
     from kimi_lab.config.swarm import SwarmConfig
     from kimi_lab.experiments.parl_eval import evaluate, width_sweep
-    from kimi_lab.metrics import SWARM_DIR
+    from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, SWARM_DIR
 
     if scale_name not in SCALES:
         raise KimiLabError(f"--scale {scale_name}: choose one of {', '.join(SCALES)}")
@@ -281,7 +281,7 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
     ]
     if scale.threads:
         common.append(f"trainer.num_threads={scale.threads}")
-    runs = {name: out / name / "checkpoints" / "last.ckpt" for name in (*WARM_STARTS, *scale.arms)}
+    runs = {name: out / name / CHECKPOINT_DIR / LAST_CHECKPOINT for name in (*WARM_STARTS, *scale.arms)}
 
     def warm_start(name: str) -> Path:
         ws = WARM_STARTS[name]
@@ -336,36 +336,36 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
     with in_process_pool(scale.workers, scale.threads) as pool:
         jobs: dict[str, Job] = {}
         for name, ws in WARM_STARTS.items():
-            jobs[f"train/{name}"] = Job(
-                partial(warm_start, name), (f"train/{ws.parent}",) if ws.parent else ()
+            jobs[f"fit:{name}"] = Job(
+                partial(warm_start, name), (f"fit:{ws.parent}",) if ws.parent else ()
             )
         for name in scale.arms:
-            jobs[f"train/{name}"] = Job(partial(arm, name), (f"train/{ARMS[name].start}",))
+            jobs[f"fit:{name}"] = Job(partial(arm, name), (f"fit:{ARMS[name].start}",))
         for name in runs:  # held-out episodes, the first few traced into the run's swarm/ folder
-            jobs[f"eval/{name}"] = Job(
+            jobs[f"eval:{name}"] = Job(
                 partial(
                     _evaluate, out, name, pool, evaluate, runs[name], data["tasks"], scale.eval_tasks,
                     eval_cfg, parl_tokens, trace_dir=out / name / SWARM_DIR,
                 ),
-                (f"train/{name}",),
+                (f"fit:{name}",),
             )  # fmt: skip
-        jobs["eval/width_sweep"] = Job(
+        jobs["eval:width_sweep"] = Job(
             partial(
                 _evaluate, out, "width_sweep", pool, width_sweep, runs[trained], data["tasks"],
                 scale.sweep_widths, scale.sweep_tasks, seed, ACTIONS, sweep_tokens, scale.slack,
             ),
-            (f"train/{trained}",),
+            (f"fit:{trained}",),
         )  # fmt: skip
-        jobs["eval/model_subagents"] = Job(
+        jobs["eval:model_subagents"] = Job(
             partial(
                 _evaluate, out, "model_subagents", pool, evaluate, runs[trained], data["tasks"],
                 scale.model_subagent_tasks, eval_cfg, parl_tokens, subagent=f"ckpt:{runs['sft']}",
                 subagent_tokens=scale.subagent_tokens,
             ),
-            (f"train/{trained}", "train/sft"),
+            (f"fit:{trained}", "fit:sft"),
         )  # fmt: skip
         done = run_jobs(jobs, scale.workers)
-    evals = {name: done[f"eval/{name}"] for name in runs}
+    evals = {name: done[f"eval:{name}"] for name in runs}
     from kimi_lab.reports.parl_ablation import write
 
     meta = {
@@ -385,6 +385,6 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
         "trained": trained,
         "model_subagent": "sft",
     }
-    report = write(out, evals, done["eval/width_sweep"], done["eval/model_subagents"], meta)
+    report = write(out, evals, done["eval:width_sweep"], done["eval:model_subagents"], meta)
     print(f"[{TAG}] report: {report}", flush=True)
     return report

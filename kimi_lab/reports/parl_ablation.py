@@ -197,16 +197,23 @@ def findings(
             continue
         sign = -1 if direction == "fell" else 1  # the failure's direction
         gap, gap_se = t["last"] - tf["last"], math.hypot(t["se"], tf["se"])
-        # shown: the arm moved the failure's way, or ends that way of the full reward, beyond 2 s.e.
-        moved = sign * t["diff"] > 2 * t["se"]
-        apart = sign * gap > 2 * gap_se
-        shows = moved or apart
+        moved = sign * t["diff"] > 2 * t["se"]  # the failure itself: the curve moved its way
+        apart = sign * gap > 2 * gap_se  # or the arm ends on its side of the full reward
+        if moved:
+            headline = f"shows: the {words} {direction} beyond two standard errors"
+        elif apart:
+            side = "below" if sign < 0 else "above"
+            headline = f"shows against the full reward: the arm ends {side} it beyond two standard errors"
+        else:
+            headline = "does not show beyond two standard errors"
         out.append(
-            f"{title}: {'shows' if shows else 'does not show'} under {LABELS.get(arm, arm)} ({words} "
-            f"{t['first']:.2f} -> {t['last']:.2f}, {verdict(t['diff'], t['se'], 'rose', 'fell')}); under the full "
-            f"reward {tf['first']:.2f} -> {tf['last']:.2f} ({verdict(tf['diff'], tf['se'], 'rose', 'fell')}); at the "
-            f"end the arm is {gap:+.2f} ± {gap_se:.2f} from the full reward ({verdict(gap, gap_se)})."
+            f"{title} ({LABELS.get(arm, arm)} vs {LABELS.get(full, full)}; {words} over training): "
+            f"{headline}. Under the arm {t['first']:.2f} -> {t['last']:.2f} "
+            f"({verdict(t['diff'], t['se'], 'rose', 'fell')}), under the full reward {tf['first']:.2f} -> "
+            f"{tf['last']:.2f} ({verdict(tf['diff'], tf['se'], 'rose', 'fell')}); at the end the arm is "
+            f"{gap:+.2f} ± {gap_se:.2f} from the full reward."
         )
+        shows = moved or apart
         verdicts[mode] = {
             "shows": shows,
             "moved": moved,
