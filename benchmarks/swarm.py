@@ -57,7 +57,7 @@ def episode(agents: int, steps: int, latency_s: float, trace: Path | None) -> di
     res = run_episode_sync(task, NoopEnvironment(), orchestrator, subagent, cfg, trace)
     wall = time.perf_counter() - t0
     if res.completed_assignments != agents or res.subagent_steps != agents * steps:
-        raise RuntimeError(f"the simulated episode went wrong: {res.summary()}")
+        raise RuntimeError(f"the simulated episode went wrong: {res!r}")
     ideal = res.critical_steps * latency_s
     return {
         "wall_s": wall,

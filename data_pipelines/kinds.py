@@ -26,6 +26,11 @@ OPTIONS = (
     "val_fraction",
     "fanout_fraction",
     "overspawn_fraction",
+    "width_range",
+    "slack",
+    "actions",
+    "tokenizer",
+    "max_turn_tokens",
 )
 
 
@@ -78,11 +83,20 @@ KINDS: dict[str, DataKind] = {
     "swarm-tasks": DataKind(
         "data_pipelines.swarm_tasks:build_swarm_tasks",
         "wide / deep search tasks over a generated corpus",
-        ("kinds", "val_fraction"),
+        ("kinds", "val_fraction", "width_range", "slack"),
     ),
     "swarm-sft": DataKind(
         "data_pipelines.swarm_sft:build_swarm_sft",
         "orchestrator demonstrations (fan-out, over-spawn and serial)",
-        ("kinds", "val_fraction", "fanout_fraction", "overspawn_fraction"),
+        (
+            "kinds",
+            "val_fraction",
+            "fanout_fraction",
+            "overspawn_fraction",
+            "width_range",
+            "actions",
+            "tokenizer",
+            "max_turn_tokens",
+        ),
     ),
 }

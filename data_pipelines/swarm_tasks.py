@@ -22,10 +22,17 @@ from data_pipelines.common import ShardSink
 from kimi_lab.data.schema import make_record, sample_key
 from kimi_lab.errors import DataError
 from kimi_lab.swarm.corpus import build_corpus
-from kimi_lab.swarm.tasks import CORPUS_FILE, TASK_KINDS, generate_tasks, task_messages, task_to_dict
+from kimi_lab.swarm.tasks import (
+    CORPUS_FILE,
+    SLACK_STEPS,
+    TASK_KINDS,
+    generate_tasks,
+    task_messages,
+    task_to_dict,
+)
 from kimi_lab.swarm.types import SwarmTask
 
-BUILDER_VERSION = "swarm-tasks/2"  # /2: numbered items, "For NAME, find ..." sub-tasks
+BUILDER_VERSION = "swarm-tasks/3"  # /3: answer formats per action language, budgets with --slack
 
 
 def task_sample(task: SwarmTask, **provenance: Any) -> dict[str, Any]:
@@ -45,21 +52,27 @@ def build_swarm_tasks(
     width_range: tuple[int, int] = (3, 6),
     n_companies: int = 64,
     shard_bytes: int = 256_000,
+    slack: int = SLACK_STEPS,
 ) -> dict[str, Any]:
-    """``n`` tasks, ``round(n * val_fraction)`` of them in val; the corpus as ``out/corpus.jsonl``."""
+    """``n`` tasks, ``round(n * val_fraction)`` of them in val; the corpus as ``out/corpus.jsonl``.
+    ``slack``: critical steps a swarm has beyond its fastest path (``kimi_lab.swarm.tasks.step_budgets``:
+    a larger slack lets one agent working alone finish the narrower tasks)."""
     kinds = tuple(kinds)
     unknown = [k for k in kinds if k not in TASK_KINDS]
     if not kinds or unknown:
         raise DataError(f"--kinds {','.join(kinds)}: choose from {', '.join(TASK_KINDS)}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction}: expected a number in [0, 1)")
-    if n < 0 or not 2 <= width_range[0] <= width_range[1]:
-        raise DataError(f"swarm-tasks: need n >= 0 and 2 <= min width <= max width (got {n}, {width_range})")
+    if n < 0 or not 2 <= width_range[0] <= width_range[1] or slack < 0:
+        raise DataError(
+            f"swarm-tasks: need n >= 0, 2 <= min width <= max width and slack >= 0 "
+            f"(got {n}, {width_range}, {slack})"
+        )
     n_val = round(n * val_fraction)
     corpus = build_corpus(seed, n_companies=n_companies)
     try:
         plans = {
-            split: generate_tasks(count, seed, kinds, width_range, corpus, split)
+            split: generate_tasks(count, seed, kinds, width_range, corpus, split, slack)
             for split, count in (("train", n - n_val), ("val", n_val))
         }
     except ValueError as exn:
@@ -80,6 +93,7 @@ def build_swarm_tasks(
             BUILDER_VERSION,
             kinds=list(kinds),
             width_range=list(width_range),
+            slack=slack,
             corpus={"file": CORPUS_FILE, "seed": seed, "docs": len(corpus), "n_companies": n_companies},
         )
     return manifest

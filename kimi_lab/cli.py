@@ -74,6 +74,14 @@ def _comma_list(value: str) -> tuple[str, ...]:
     return tuple(value.split(","))
 
 
+def _width_range(value: str) -> tuple[int, int]:
+    lo, _, hi = value.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected MIN-MAX, e.g. 2-12") from None
+
+
 def _kinds() -> list[str]:
     from data_pipelines.kinds import KINDS
 
@@ -184,6 +192,37 @@ DATA_BUILD_ARGS = (
         type=float,
         default=None,
         help="swarm-tasks (default 0.2), swarm-sft, code-from-pixels (default 0.05): share held out in val",
+    ),
+    arg(
+        "--widths",
+        dest="width_range",
+        type=_width_range,
+        default=None,
+        help="swarm-tasks (default 3-6), swarm-sft (default 2-12): items per task, MIN-MAX",
+    ),
+    arg(
+        "--slack",
+        type=int,
+        default=None,
+        help="swarm-tasks: critical steps beyond a swarm's fastest path (default 2; more lets one agent "
+        "finish narrow tasks)",
+    ),
+    arg(
+        "--actions",
+        choices=("index", "text"),
+        default=None,
+        help="swarm-sft: the orchestrator's action language (default index: items by number)",
+    ),
+    arg(
+        "--tokenizer",
+        default=None,
+        help="swarm-sft: the tokenizer its turns are measured with (default data/tokenizers/bpe-8192.json)",
+    ),
+    arg(
+        "--max-turn-tokens",
+        type=int,
+        default=None,
+        help="swarm-sft: refuse demonstrations with a longer assistant turn (a generation budget)",
     ),
 )
 
@@ -354,6 +393,13 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                 arg(
                     "--single-agent", action="store_true", help="no swarm tools: the orchestrator works alone"
                 ),
+                arg(
+                    "--actions",
+                    choices=("index", "text"),
+                    default="index",
+                    help="the orchestrator's action language: items by number (index) or free text",
+                ),
+                arg("--max-new-tokens", type=int, default=256, help="per turn, for model policies"),
                 arg("--out", help="run folder (default runs/swarm/<time>)"),
                 JSON,
             ),

@@ -239,6 +239,8 @@ def swarm_run(args: argparse.Namespace) -> None:
         max_critical_steps=args.max_critical_steps or None,
         temperature=args.temperature,
         single_agent=args.single_agent,
+        actions=args.actions,
+        max_new_tokens=args.max_new_tokens,
     )
     if args.json:
         print(json.dumps(s))

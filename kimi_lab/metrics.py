@@ -15,6 +15,7 @@ METRICS_FILE = "metrics.parquet"  # long format: step, key, value
 MOE_LOAD_FILE = "moe_load.parquet"  # step, layer (the model's index: MoE layers only), expert, tokens, bias
 ATTN_LOGITS_FILE = "attn_logits.parquet"  # step, layer, head, max_logit, clipped, tower
 SWARM_DIR = "swarm"  # one JSONL trace per episode
+SWARM_EPISODES_FILE = "episodes.jsonl"  # kimi-lab swarm run: one EpisodeSummary per line
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 WANDB_DIR = "wandb"
@@ -104,6 +105,7 @@ PARL_PARALLELISM = "parl/parallelism"  # mean assignments per stage
 PARL_OVER_BUDGET = "parl/over_budget"  # share of episodes that ran out of a budget
 PARL_DELEGATED = "parl/delegated"  # share of episodes that assigned any work (0: serial collapse)
 PARL_EXCESS = "parl/excess_subagents"  # sub-agents beyond the task's width (spurious parallelism)
+PARL_TRUNCATED = "parl/truncated_turns"  # turns cut by the token budget per episode (any agent's)
 PARL_KEPT_FRACTION = "parl/kept_fraction"
 VAL_PARL = "val/parl/{key}"  # greedy episodes on held-out tasks: score, critical_steps, ...
 

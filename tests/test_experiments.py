@@ -89,11 +89,24 @@ def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None
 
     for arm in arms:  # each arm trained from its warm start and logged its reward parts
         m = pd.read_parquet(out / arm / "metrics.parquet")
-        assert {M.PARL_PERF, M.PARL_DELEGATED, M.PARL_EXCESS} <= set(m.key)
+        assert {M.PARL_PERF, M.PARL_DELEGATED, M.PARL_EXCESS, M.PARL_TRUNCATED} <= set(m.key)
     m = pd.read_parquet(out / "perf" / "metrics.parquet")
-    assert (m[m.key == M.PARL_LAMBDA1].value == 0).all()
+    assert (m[m.key == M.PARL_LAMBDA1].value == 0).all() and (m.key == M.PARL_TRUNCATED).any()
+    for e in report["evals"].values():  # a greedy held-out episode is traced into the run's swarm/ folder
+        assert e["truncated_turns"] >= 0 and set(e["rows"][0]) >= {"task", "score", "critical_steps"}
+    traces = sorted((out / "perf" / "swarm").glob("eval-*.jsonl"))
+    assert len(traces) == 2 and json.loads(traces[0].read_text().splitlines()[-1])["kind"] == "finish"
+    from tests.swarm.test_runtime import _dashboard_functions
+
+    dash = _dashboard_functions()  # the swarm page draws a trained episode on the critical-step axis
+    frame, bad, problem = dash["load_trace"](traces[0])
+    bars = dash["spans"](frame, "step")
+    turns = bars[bars["agent"] == M.SWARM_ORCHESTRATOR]
+    assert bad == 0 and problem is None and (turns["end"] - turns["start"] == 1).all() and len(turns) >= 1
     text = (out / "report.md").read_text()
-    assert "## What this run shows" in text and "Serial collapse" in text and "scripted oracles" in text
+    assert (
+        "## What this run shows" in text and "scripted oracles" in text and "`index` action language" in text
+    )
     assert (out / "parl_ablation.png").stat().st_size > 0
     again = run_cli(*args, cwd=REPO, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == len(stages)
@@ -101,6 +114,58 @@ def test_parl_ablation_chain_runs_end_to_end_and_resumes(tmp_path: Path) -> None
     (out / "report.md").unlink()
     res = run_cli("report", str(out), cwd=REPO)
     assert res.returncode == 0 and (out / "report.md").is_file()
+
+
+def test_parl_ablation_verdicts_claim_only_beyond_two_standard_errors() -> None:
+    """The report's failure-mode and warm-start sentences from synthetic curves and evaluations."""
+    import pandas as pd
+
+    from kimi_lab import metrics as M
+    from kimi_lab.reports.parl_ablation import CURVES, findings
+
+    def curve(delegated: list[float], excess: list[float]) -> pd.DataFrame:
+        n = len(delegated)
+        frame = pd.DataFrame({k: [0.5] * n for k in CURVES}, index=range(n))
+        frame[M.PARL_DELEGATED], frame[M.PARL_EXCESS] = delegated, excess
+        return frame
+
+    noisy = [0.5, 0.6] * 8
+    cur = {
+        "perf": curve([1.0, 0.9] * 4 + [0.1, 0.0] * 4, [0.0] * 16),  # delegation collapses
+        "full": curve(noisy, [0.0] * 16),  # only noise
+        "spawn_parallel": curve([1.0] * 16, [2.0, 2.2] * 8),  # excess holds
+        "spawn_full": curve([1.0] * 16, [2.0, 2.2] * 4 + [0.0, 0.2] * 4),  # excess falls
+    }
+    rows = [
+        {"task": f"t{i}", "score": float(i % 2), "delegated": 1.0, "excess_subagents": 0.0} for i in range(48)
+    ]
+    base = {"n": 48.0, "score": 0.5, "score_se": 0.07, "delegated": 1.0, "delegated_se": 0.0,
+            "excess_subagents": 0.0, "excess_subagents_se": 0.0, "subagents": 4.0, "items_assigned": 1.0,
+            "truncated_turns": 0.0, "rows": rows}  # fmt: skip
+    meta = {
+        "arms": {"perf": {"start": "sft"}},
+        "failure_modes": {"serial_collapse": ("perf", "full"), "spurious_parallelism": ("spawn_parallel", "spawn_full")},
+    }  # fmt: skip
+    better = {**base, "score": 0.9, "rows": [{**r, "score": 1.0} for r in rows]}
+    out, verdicts = findings({"sft": base, "perf": better}, [], {}, cur, meta)
+    assert "0.50 ± 0.07" in out[0] and "at or above the 0.5 target" in out[0]
+    assert verdicts["perf"]["score_diff"] == 0.5 and verdicts["perf"]["score_se"] > 0  # paired over 48 tasks
+    assert "higher beyond two standard errors" in next(o for o in out if o.startswith("PARL r_perf only"))
+    assert verdicts["serial_collapse"]["moved"] and verdicts["serial_collapse"]["apart_from_full"]
+    # excess holds under r_parallel and falls under the full reward: shown by the gap at the end
+    sp = verdicts["spurious_parallelism"]
+    assert not sp["moved"] and sp["apart_from_full"] and sp["shows"] and sp["end_gap"] == pytest.approx(2.0)
+    assert any(
+        o.startswith("Serial collapse (") and "shows: the share of episodes delegating fell" in o for o in out
+    )
+    assert any("shows against the full reward: the arm ends above it" in o for o in out)
+    # the same curves for both arms: nothing to claim
+    same = findings({}, [], {}, {**cur, "spawn_parallel": cur["spawn_full"]}, meta)[1]
+    assert not same["spurious_parallelism"]["shows"]
+    # noise alone is no verdict: every curve's step-to-step noise is reported with its mean
+    assert (
+        verdicts["full_curves"]["delegation"]["diff"] == 0 and verdicts["full_curves"]["r_perf"]["noise"] == 0
+    )
 
 
 def _eval(rewards: dict[str, list[float]]) -> dict:

@@ -1,4 +1,9 @@
-"""Swarm traces: one lane per agent, the critical path, the events, the reward components."""
+"""Swarm traces: one lane per agent on a critical-step time axis, the critical path, the events, the reward.
+
+Critical steps are the swarm's clock (K2.5): a scripted or cached episode takes milliseconds
+of wall time, so seconds would draw it as one thin bar; in steps, each orchestrator turn is
+one and each stage is as long as its slowest lane.
+"""
 
 from __future__ import annotations
 
@@ -46,34 +51,54 @@ def load_trace(path: Path) -> tuple[pd.DataFrame | None, int, str | None]:
     return pd.DataFrame(rows).sort_values("t"), bad, None
 
 
-def spans(events: pd.DataFrame) -> pd.DataFrame:
-    """A bar per agent assignment (assign -> finish) and per orchestrator episode."""
+def spans(events: pd.DataFrame, axis: str = "step") -> pd.DataFrame:
+    """A bar per lane's assignment (assign -> finish) and per orchestrator turn, on ``axis``: "step"
+    (critical steps: a turn is one step, a stage as many as its slowest lane) or "t" (seconds; the
+    orchestrator is then one bar for the whole episode: a scripted turn takes microseconds)."""
     out = []
-    for agent, ev in events.groupby("agent"):
+    for agent, ev in events.groupby("agent", sort=False):
         if agent == M.SWARM_ORCHESTRATOR:
-            out.append(
-                {"agent": agent, "start": ev["t"].min(), "end": ev["t"].max(), "stage": -1, "steps": None}
-            )
+            turns = ev[(ev["kind"] == "message") & ev["detail"].map(lambda d: d.get("role") == "assistant")]
+            if axis == "step" and not turns.empty:
+                out += [
+                    {"agent": agent, "start": s - 1, "end": s, "stage": -1, "steps": 1, "what": "turn"}
+                    for s in turns["step"]
+                ]
+            else:
+                start, end = ev[axis].min(), ev[axis].max()
+                out.append(
+                    {
+                        "agent": agent,
+                        "start": start,
+                        "end": end,
+                        "stage": -1,
+                        "steps": None,
+                        "what": "episode",
+                    }
+                )
             continue
         starts = ev[ev["kind"] == "assign"]
         finishes = ev[ev["kind"] == "finish"]
-        start_times = list(starts["t"]) or [ev["t"].min()]
+        start_at = list(starts[axis]) or [ev[axis].min()]
+        items = [d.get("items") for d in starts["detail"]] or [None]
         for i, (_, fin) in enumerate(finishes.iterrows()):
-            start = start_times[min(i, len(start_times) - 1)]
+            j = min(i, len(start_at) - 1)
             d = fin["detail"]
+            what = f"items {items[j]}" if items[j] else "work"
             out.append(
                 {
                     "agent": agent,
-                    "start": start,
-                    "end": fin["t"],
+                    "start": start_at[j],
+                    "end": fin[axis],
                     "stage": d.get("stage", i),
                     "steps": d.get("steps"),
+                    "what": what,
                 }
             )
     frame = pd.DataFrame(out)
     if frame.empty:
         return frame
-    # Critical path: per stage, the sub-agent that took the most steps (else the longest time).
+    # Critical path: per stage, the lane that took the most steps (else the longest time).
     frame["critical"] = False
     subs = frame[frame["agent"] != M.SWARM_ORCHESTRATOR]
     for _, stage in subs.groupby("stage"):
@@ -101,20 +126,22 @@ if problem:
 if bad:
     st.warning(f"{bad} line(s) of {trace.name} could not be read and are left out")
 
-bars = spans(events)
+axis_name = st.radio("time axis", ["critical steps", "seconds"], horizontal=True)
+axis = "step" if axis_name == "critical steps" else "t"
+bars = spans(events, axis)
 st.subheader("Timeline (critical path highlighted)")
 if not bars.empty:
     st.altair_chart(
         alt.Chart(bars)
         .mark_bar(height=14)
         .encode(
-            x=alt.X("start:Q", title="seconds"),
+            x=alt.X("start:Q", title=axis_name),
             x2="end:Q",
             y=alt.Y("agent:N", sort=None),
             color=alt.Color(
                 "critical:N", scale=alt.Scale(domain=[True, False], range=["#e45756", "#9ecae9"])
             ),
-            tooltip=["agent", "stage", "steps", "start", "end"],
+            tooltip=["agent", "what", "stage", "steps", "start", "end"],
         ),
         width="stretch",
     )

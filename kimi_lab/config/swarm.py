@@ -16,8 +16,14 @@ from kimi_lab.errors import ConfigError
 DEFAULT_CRITICAL_STEPS = 64  # a task that states no budget of its own
 
 
+ACTION_LANGUAGES = ("index", "text")  # kimi_lab.swarm.actions
+
+
 @dataclass
 class SwarmConfig:
+    # The orchestrator's action language: "index" (items by number: what a small model can
+    # learn in minutes) or "text" (free-text prompts and answers, K2.5's form).
+    actions: str = "index"
     max_orchestrator_steps: int = 32
     max_subagent_steps: int = 16  # per assignment
     # Critical-step budget of an episode; None: the task's own (task.data["budgets"]["critical_steps"]).
@@ -38,6 +44,8 @@ class SwarmConfig:
     env_in_thread: bool = False
 
     def __post_init__(self) -> None:
+        if self.actions not in ACTION_LANGUAGES:
+            raise ConfigError(f"swarm.actions={self.actions!r}: choose from {', '.join(ACTION_LANGUAGES)}")
         for name in (
             "max_orchestrator_steps",
             "max_subagent_steps",

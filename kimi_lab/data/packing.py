@@ -11,10 +11,16 @@ Loss is on text targets only (placeholders, media markers and padding masked).
 Tokens a document marks as members of a named subset (``Document.marks``) keep their
 marks in the window, so validation can also score that subset alone.
 
-Chat documents (SFT) differ in two ways: only the tokens their ``train_flags``
-mark are targets (the assistant's turns), and a conversation is never split: if
-it does not fit in what is left of the window, the window is closed with padding
-and the conversation opens the next one (longer than a window: skipped, too_long).
+Chat documents (SFT) differ in three ways: only the tokens their ``train_flags``
+mark are targets (the assistant's turns); a conversation is never split: if it
+does not fit in what is left of the window, the window is closed with padding and
+the conversation opens the next one (longer than a window: skipped, too_long); and
+a window holding one is *fenced*: every document (and every run of padding) is a
+segment of its own, which attends only to itself, with positions from 0 at its
+first token (``Window.segments`` / ``Window.positions``). So a conversation trains
+exactly as it is sampled, alone from position 0, and never sees its neighbours'
+names. Windows of text alone keep plain causal attention over the whole window
+(pre-training packs documents as before).
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ class Window:
     keys: list[str] = field(default_factory=list)  # documents that start in this window
     vision_source_tokens: int = 0  # input tokens that came from documents of vision sources
     marks: torch.Tensor | None = None  # (seq_len + 1,) int: subset bits per token (Document.marks)
+    # Fenced windows (those holding a conversation): a segment id per token (attention stays
+    # inside a segment) and each token's position in its segment; None: plain causal attention.
+    segments: torch.Tensor | None = None  # (seq_len + 1,) int64
+    positions: torch.Tensor | None = None  # (seq_len + 1,) int64
 
 
 class Packer:
@@ -79,6 +89,7 @@ class Packer:
         self.keys: list[tuple[int, str]] = []
         self.cursor: tuple[int, int] | None = None  # next token of the document being added
         self.vision_docs: set[int] = set()  # serials of documents from vision sources
+        self.chat_docs: set[int] = set()  # serials of conversations (their windows are fenced)
 
     @staticmethod
     def run_length(block: VisionBlock) -> int:
@@ -101,6 +112,8 @@ class Packer:
             self.vision_docs.add(serial)
         index = 0
         flags = doc.train_flags
+        if flags is not None:
+            self.chat_docs.add(serial)
         if flags is not None and skip == 0 and self.items and len(self.items) + len(flags) + 1 > self.L + 1:
             # A conversation is never split: close this window with padding, start it in the next.
             self._pad(self.L - len(self.items))
@@ -174,6 +187,8 @@ class Packer:
             inside = [b for off, b in self.blocks if off < self.L]
             keys = [k for off, k in self.keys if off < self.L]
             from_vision = sum(1 for o in self.owner[: self.L] if o is not None and o[0] in self.vision_docs)
+            fenced = any(o is not None and o[0] in self.chat_docs for o in self.owner[: self.L + 1])
+            segments, positions = segment_layout(self.owner[: self.L + 1]) if fenced else (None, None)
             # Normally the last token opens the next window; after padding, nothing is shared.
             step = self.L + 1 if padded else self.L
             del self.items[:step], self.owner[:step], self.targets[:step], self.marks[:step]
@@ -181,9 +196,25 @@ class Packer:
             self.keys = [(off - step, k) for off, k in self.keys if off >= self.L]
             padded = False
             first = self.resume_point()
-            if first is not None:  # forget documents no pending token belongs to
-                self.vision_docs = {d for d in self.vision_docs if d >= first[0]}
-            yield Window(tokens, targets, inside, keys, from_vision, marks)
+            # forget documents no pending token belongs to
+            self.vision_docs = {d for d in self.vision_docs if first is not None and d >= first[0]}
+            self.chat_docs = {d for d in self.chat_docs if first is not None and d >= first[0]}
+            yield Window(tokens, targets, inside, keys, from_vision, marks, segments, positions)
+
+
+def segment_layout(owner: list[tuple[int, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment ids and in-segment positions of a window's tokens from their owners: a new segment
+    wherever the owning document changes, and each run of padding (owner None) is one too."""
+    segments, positions = [], []
+    seg, pos, prev = -1, 0, object()
+    for o in owner:
+        doc = None if o is None else o[0]
+        if seg < 0 or doc != prev:
+            seg, pos, prev = seg + 1, 0, doc
+        segments.append(seg)
+        positions.append(pos)
+        pos += 1
+    return torch.tensor(segments, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
 
 
 def loss_mask(

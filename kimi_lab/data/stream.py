@@ -149,8 +149,9 @@ class ShuffleBuffer:
 
 
 class MixedStream(IterableDataset):
-    """Batches {"tokens", "loss_mask", "loss_subsets", "input_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
-    "video_grid_thw", "meta"}."""
+    """Batches {"tokens", "loss_mask", "loss_subsets", "input_mask", "pixel_values", "image_grid_thw",
+    "pixel_values_videos", "video_grid_thw", "meta"}, and "segment_ids", "positions" when a window holds
+    a conversation."""
 
     def __init__(
         self,
@@ -361,6 +362,7 @@ class _Worker:
         images = [b for b in blocks if b.kind == "image"]
         videos = [b for b in blocks if b.kind == "video"]
         return {
+            **_fences(windows),
             "tokens": tokens,
             "loss_mask": loss_mask(tokens, self.ids, torch.stack([w.targets for w in windows])),
             # (B, L) bits of the named subsets (metrics.LOSS_SUBSETS) each target token belongs to
@@ -380,6 +382,19 @@ class _Worker:
                 "skipped": dict(self.state.skipped),
             },
         }
+
+
+def _fences(windows: list[Window]) -> dict[str, torch.Tensor]:
+    """``segment_ids`` and ``positions`` (B, L) of the inputs when a window of the batch is fenced
+    (holds a conversation); the others get one segment with plain positions. Nothing otherwise,
+    so batches of text alone keep plain causal attention."""
+    if all(w.segments is None for w in windows):
+        return {}
+    L = windows[0].tokens.shape[0] - 1
+    plain = torch.arange(L + 1)
+    segments = [w.segments if w.segments is not None else torch.zeros_like(plain) for w in windows]
+    positions = [w.positions if w.positions is not None else plain for w in windows]
+    return {"segment_ids": torch.stack(segments)[:, :-1], "positions": torch.stack(positions)[:, :-1]}
 
 
 def _pixels(blocks: list[Any], patch: int) -> torch.Tensor:

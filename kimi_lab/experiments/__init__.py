@@ -7,6 +7,6 @@ experiment is a module plus one entry here.
 
 EXPERIMENTS: dict[str, str] = {
     "zero_vision": "pre-train -> zero-vision SFT -> eval -> RL -> report",
-    "parl_ablation": "swarm SFT -> three PARL reward arms -> eval -> report",
+    "parl_ablation": "swarm SFT -> four PARL reward arms -> eval -> report",
     "vision_coding": "pre-train with image/recording-code pairs vs captions -> SFT -> code-from-pixels eval -> report",
 }

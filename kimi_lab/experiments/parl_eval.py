@@ -8,132 +8,71 @@ for the look-ups); ``subagent="ckpt:PATH"`` puts a model in their place.
 
 from __future__ import annotations
 
-import asyncio
-import math
 from pathlib import Path
 from typing import Any
 
+from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.swarm.types import SwarmTask
 
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and its standard error (0 for fewer than two values)."""
-    n = len(values)
-    if n == 0:
-        return 0.0, 0.0
-    m = sum(values) / n
-    if n < 2:
-        return m, 0.0
-    var = sum((v - m) ** 2 for v in values) / (n - 1)
-    return m, math.sqrt(var / n)
-
-
-def items_assigned(task: SwarmTask, res: Any) -> float:
-    """Share of the task's items whose name some assignment of the orchestrator spelled out: how much
-    of the decomposition it wrote, whatever came back (0 when it never delegated)."""
-    import json
-
-    from kimi_lab.swarm.prompts import ASSIGN_TASK
-
-    prompts = []
-    for m in res.messages:
-        for c in m.tool_calls if m.role == "assistant" else ():
-            if c.name == ASSIGN_TASK:
-                try:
-                    prompts.append(str(json.loads(c.input).get("prompt", "")))
-                except (ValueError, AttributeError):
-                    continue
-    text = "\n".join(prompts).lower()
-    names = [str(s.get("entity", "")).lower() for s in task.data.get("subtasks", [])]
-    return sum(bool(n) and n in text for n in names) / max(1, len(names))
-
-
-def episode_row(task: SwarmTask, res: Any) -> dict[str, Any]:
-    """One greedy episode, as the report tabulates it."""
-    from kimi_lab.swarm.tasks import score_swarm
-
-    return {
-        "items_assigned": items_assigned(task, res),
-        "task": task.id,
-        "width": task.width,
-        "score": 0.0 if res.budget_exceeded else score_swarm(task, res.final_text),
-        "critical_steps": res.critical_steps,
-        "budget": res.budget,
-        "subagents": res.subagents_spawned,
-        "assignments": res.assignments,
-        "excess_subagents": max(0, res.subagents_spawned - task.width),
-        "finish": res.completed_assignments / res.assignments if res.assignments else 0.0,
-        "delegated": res.assignments > 0,
-        "over_budget": res.budget_exceeded is not None,
-        "failure": res.failure,
-        "answer": res.answer,
-    }
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means with standard errors over episodes (shares are means of 0/1)."""
-    out: dict[str, Any] = {"n": len(rows)}
-    for key in (
-        "score",
-        "items_assigned",
-        "critical_steps",
-        "subagents",
-        "excess_subagents",
-        "finish",
-        "delegated",
-        "over_budget",
-    ):
-        m, se = mean_se([float(r[key]) for r in rows])
-        out[key], out[f"{key}_se"] = m, se
-    return out
+# Enough for one agent doing 12 items serially (61 steps in the index language), short of a
+# model's endless loop; a batched turn on a loaded 2-core machine can take minutes.
+UNBUDGETED = SwarmConfig(max_critical_steps=10_000, max_orchestrator_steps=64, step_timeout_s=1800.0)
 
 
 def play_greedy(
     orchestrator: str,
     tasks: list[SwarmTask],
     corpus: Any,
+    cfg: SwarmConfig,
     max_new_tokens: int,
     subagent: str = "scripted",
-    budget: bool = True,
+    subagent_tokens: int = 256,
+    traces: list[Path | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One greedy episode per task, all concurrently (a model's turns batched); one row each.
+    """One greedy episode per task, all concurrently (a model's turns batched); one summary row each.
 
     ``orchestrator`` is a policy spec of ``kimi-lab swarm run`` (``ckpt:PATH``, ``fanout``,
-    ``single``); ``budget=False`` lifts the critical-step budget (to measure a path's length).
-    """
-    from kimi_lab.config.swarm import SwarmConfig
+    ``single``); ``max_new_tokens`` per orchestrator turn, ``subagent_tokens`` per sub-agent turn;
+    ``traces[i]``: task i's trace file, if any."""
     from kimi_lab.swarm.environment import SearchEnvironment
-    from kimi_lab.swarm.play import policy_factory
-    from kimi_lab.swarm.runtime import run_episode
+    from kimi_lab.swarm.play import play, policy_factory
+    from kimi_lab.swarm.summary import EpisodeSummary
 
-    env = SearchEnvironment(corpus)
-    orch = policy_factory(orchestrator, "orchestrator", 0.0)
-    sub = policy_factory(subagent, "subagent", 0.0)
-    for make in (orch, sub):
-        policy = make(tasks[0])
-        if hasattr(policy, "max_new_tokens"):  # a model: room for a wide turn, every episode in one batch
-            policy.max_new_tokens = max_new_tokens
-            policy.max_batch = max(policy.max_batch, 4 * len(tasks))
-    cfg = SwarmConfig(max_orchestrator_steps=8, max_subagent_steps=8, step_timeout_s=1800.0)
-    if not budget:
-        # long enough for one agent doing 12 items serially (49 steps), short of a model's endless loop
-        cfg = SwarmConfig(max_critical_steps=10_000, max_orchestrator_steps=64, step_timeout_s=1800.0)
-
-    async def main() -> list[Any]:
-        return list(await asyncio.gather(*(run_episode(t, env, orch(t), sub(t), cfg) for t in tasks)))
-
-    return [episode_row(t, r) for t, r in zip(tasks, asyncio.run(main()), strict=True)]
+    batch = 4 * len(tasks)  # every episode's turns in one batch
+    orch = policy_factory(orchestrator, "orchestrator", 0.0, max_new_tokens, batch)
+    sub = policy_factory(subagent, "subagent", 0.0, subagent_tokens, batch)
+    results = play(tasks, SearchEnvironment(corpus), orch, sub, cfg, traces=traces)
+    return [EpisodeSummary.of(t, r).to_dict() for t, r in zip(tasks, results, strict=True)]
 
 
 def evaluate(
-    ckpt: Path, tasks_dir: Path, n: int, max_new_tokens: int, subagent: str = "scripted"
+    ckpt: Path,
+    tasks_dir: Path,
+    n: int,
+    cfg: SwarmConfig,
+    max_new_tokens: int,
+    subagent: str = "scripted",
+    subagent_tokens: int = 256,
+    trace_dir: Path | None = None,
+    n_traces: int = 4,
 ) -> dict[str, Any]:
-    """Greedy held-out score of a checkpoint orchestrator on the first ``n`` val tasks."""
+    """Greedy held-out score of a checkpoint orchestrator on the first ``n`` val tasks (an error when
+    the folder holds fewer: a smaller sample would pass for the asked one). The first ``n_traces``
+    episodes leave their traces in ``trace_dir`` (a run's ``swarm/`` folder: the dashboard draws them)."""
+    from kimi_lab.errors import DataError
+    from kimi_lab.swarm.summary import EpisodeSummary, summarize
     from kimi_lab.swarm.tasks import load_swarm_tasks
 
     tasks, corpus = load_swarm_tasks(tasks_dir, "val")
-    rows = play_greedy(f"ckpt:{ckpt}", tasks[:n], corpus, max_new_tokens, subagent)
-    return {**summarize(rows), "subagent": subagent, "rows": rows}
+    if len(tasks) < n:
+        raise DataError(f"{tasks_dir}: {len(tasks)} held-out tasks, {n} asked for")
+    tasks = tasks[:n]
+    traces = None
+    if trace_dir is not None:
+        traces = [trace_dir / f"eval-{t.id}.jsonl" if i < n_traces else None for i, t in enumerate(tasks)]
+    rows = play_greedy(f"ckpt:{ckpt}", tasks, corpus, cfg, max_new_tokens, subagent, subagent_tokens, traces)
+    means = summarize([EpisodeSummary(**r) for r in rows])
+    return {**means, "subagent": subagent, "rows": rows}
 
 
 def width_sweep(
@@ -142,11 +81,17 @@ def width_sweep(
     widths: tuple[int, ...],
     per_width: int,
     seed: int,
+    actions: str,
     max_new_tokens: int,
+    slack: int,
 ) -> list[dict[str, Any]]:
     """Critical steps against task width on held-out (val-world) tasks, without a budget: the
-    scripted single agent, the scripted fan-out, and (``ckpt``) the trained orchestrator."""
+    scripted single agent, the scripted fan-out, and (``ckpt``) the trained orchestrator (``budget``:
+    the budget such tasks get with ``slack``, for the plot)."""
+    from dataclasses import replace
+
     from kimi_lab.swarm.corpus import Corpus
+    from kimi_lab.swarm.summary import EpisodeSummary, summarize
     from kimi_lab.swarm.tasks import CORPUS_FILE, generate_tasks
 
     corpus = Corpus.load(tasks_dir / CORPUS_FILE)
@@ -155,16 +100,18 @@ def width_sweep(
         policies["trained"] = f"ckpt:{ckpt}"
     out = []
     for w in widths:
-        tasks = generate_tasks(per_width, seed + 1_000 + w, ("wide",), (w, w), corpus, "val")
+        tasks = generate_tasks(per_width, seed + 1_000 + w, ("wide",), (w, w), corpus, "val", slack)
         for name, spec in policies.items():
-            rows = play_greedy(spec, tasks, corpus, max_new_tokens, budget=False)
-            s = summarize(rows)
+            cfg = replace(UNBUDGETED, actions=actions, single_agent=name == "single")
+            rows = play_greedy(spec, tasks, corpus, cfg, max_new_tokens)
+            s = summarize([EpisodeSummary(**r) for r in rows])
             out.append(
                 {
                     "width": w,
                     "policy": name,
                     **{k: s[k] for k in ("n", "score", "score_se", "critical_steps", "critical_steps_se")},
                     "subagents": s["subagents"],
+                    "truncated_turns": s["truncated_turns"],
                     "budget": sum(t.data["budgets"]["critical_steps"] for t in tasks) / len(tasks),
                 }
             )

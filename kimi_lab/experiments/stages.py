@@ -110,3 +110,19 @@ def run_jobs(jobs: list[Job], slots: int) -> dict[str, Any]:
     if error is not None:
         raise error
     return results
+
+
+def in_process_pool(workers: int, threads: int | None) -> Any:
+    """A pool of ``workers`` fresh processes (spawned: no state copied from this one), each with
+    ``threads`` torch threads: for evaluations run beside training stages."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max(1, workers), mp.get_context("spawn"), _set_threads, (threads,))
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

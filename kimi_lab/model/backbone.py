@@ -104,6 +104,7 @@ class K2Model(nn.Module):
         cache: LatentCache | None = None,
         logits_to_keep: int = 0,
         token_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D) (e.g. with vision embeddings merged in).
 
@@ -114,7 +115,9 @@ class K2Model(nn.Module):
         ``logits_to_keep`` > 0 computes logits for the last that many positions only.
         ``token_mask`` (B, T) marks the real tokens for the routers' load counts only (packed
         pre-training pads without masking attention); by default it is the new tokens' part of
-        ``attention_mask``.
+        ``attention_mask``. ``segment_ids`` (B, T) fences packed documents (SFT's conversations):
+        a token attends only to earlier tokens of its own segment (pass ``positions`` restarting
+        at each segment too); not with ``cache``.
         """
         if inputs_embeds is None:
             if input_ids is None:
@@ -134,6 +137,9 @@ class K2Model(nn.Module):
                 mask = causal_padding_mask(keep, T)
         else:
             mask = causal_padding_mask(attention_mask, T)
+            if segment_ids is not None:
+                fence = segment_mask(segment_ids)
+                mask = fence if mask is None else mask & fence
         if token_mask is None and attention_mask is not None:
             token_mask = attention_mask[:, -T:].bool()
         aux_loss = x.new_zeros((), dtype=torch.float32)
@@ -155,6 +161,13 @@ class K2Model(nn.Module):
                 "router_z_loss": torch.stack(z_terms).mean(),
             }
         return LMOutput(logits, hidden, aux_loss, metrics)
+
+
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) bool "may attend" mask: causal, and only within a token's own segment."""
+    T = segment_ids.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    return causal[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
 
 
 def causal_padding_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:

@@ -145,6 +145,7 @@ class KimiK25(nn.Module):
         cache: LatentCache | None = None,
         logits_to_keep: int = 0,
         token_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> LMOutput:
         embeds = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
         return self.language_model(
@@ -155,4 +156,5 @@ class KimiK25(nn.Module):
             cache=cache,
             logits_to_keep=logits_to_keep,
             token_mask=token_mask,
+            segment_ids=segment_ids,
         )

@@ -14,7 +14,6 @@ turns share one row where the later context extends the earlier: ``turn_rows``).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from kimi_lab.metrics import (
     PARL_REWARD,
     PARL_SUBAGENTS,
     PARL_TOTAL_STEPS,
+    PARL_TRUNCATED,
     SWARM_DIR,
     TRAIN_LOSS,
     VAL_PARL,
@@ -46,33 +46,11 @@ from kimi_lab.rl.loss import group_advantages, k25_policy_loss
 from kimi_lab.rl.rescore import ScoredRow, rescore, turn_rows
 from kimi_lab.swarm.checkpoint_policy import CheckpointPolicy
 from kimi_lab.swarm.environment import SearchEnvironment
+from kimi_lab.swarm.play import play
 from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.reward import ParlWeights, lambdas, parl_reward
-from kimi_lab.swarm.runtime import run_episode
+from kimi_lab.swarm.summary import EpisodeSummary, summarize
 from kimi_lab.swarm.types import Policy, SwarmTask
-
-
-def episode_stats(results: list[EpisodeResult], widths: list[int]) -> dict[str, float]:
-    """Means over episodes of what PARL logs (reward components come from ``result.reward``);
-    ``widths[i]`` is episode i's task width."""
-    n = max(1, len(results))
-
-    def mean(f: Any) -> float:
-        return sum(f(r) for r in results) / n
-
-    return {
-        "reward": mean(lambda r: (r.reward or {}).get("total", 0.0)),
-        "perf": mean(lambda r: (r.reward or {}).get("perf", 0.0)),
-        "parallel": mean(lambda r: (r.reward or {}).get("parallel", 0.0)),
-        "finish": mean(lambda r: (r.reward or {}).get("finish", 0.0)),
-        "critical_steps": mean(lambda r: r.critical_steps),
-        "total_steps": mean(lambda r: r.total_steps),
-        "subagents": mean(lambda r: r.subagents_spawned),
-        "parallelism": mean(lambda r: r.parallelism),
-        "over_budget": mean(lambda r: r.budget_exceeded is not None),
-        "delegated": mean(lambda r: r.assignments > 0),
-        "excess_subagents": sum(max(0, r.subagents_spawned - w) for r, w in zip(results, widths)) / n,
-    }
 
 
 class PARLModule(SamplingPhase):
@@ -85,8 +63,7 @@ class PARLModule(SamplingPhase):
         super().__init__(cfg)
         self.sampler = torch.Generator().manual_seed(cfg.seed)
         self.frozen: torch.nn.Module | None = None  # the frozen sub-agent model, when not scripted
-        self._val: list[EpisodeResult] = []  # this validation's episodes
-        self._val_widths: list[int] = []  # and their tasks' widths
+        self._val: list[EpisodeSummary] = []  # this validation's episodes
 
     def setup(self, stage: str) -> None:
         from kimi_lab.chat import ChatEncoder
@@ -125,36 +102,30 @@ class PARLModule(SamplingPhase):
         """``k`` episodes per task (grouped: task 0's first), all played concurrently."""
         pc = self.cfg.phase.parl
         weights = self.weights()
+        orchestrator = CheckpointPolicy(
+            self.model,
+            self.tok,
+            pc.max_new_tokens,
+            max_seq_len=self.cfg.model.max_seq_len,
+            temperature=temperature,
+            generator=self.sampler,
+            max_batch=max(1, len(tasks) * k),
+            name="orchestrator",
+        )
 
         def reward(task: SwarmTask, res: EpisodeResult) -> dict[str, float]:
             return parl_reward(task, res, weights, pc.parallel_form, pc.finish_form)
 
-        async def main() -> list[EpisodeResult]:
-            orchestrator = CheckpointPolicy(
-                self.model,
-                self.tok,
-                pc.max_new_tokens,
-                max_seq_len=self.cfg.model.max_seq_len,
-                temperature=temperature,
-                generator=self.sampler,
-                max_batch=max(1, len(tasks) * k),
-                name="orchestrator",
-            )
-            plays = [
-                run_episode(
-                    task,
-                    self.env,
-                    orchestrator,
-                    self._subagent(task),
-                    pc.swarm,
-                    trace=traces[i] if traces else None,
-                    reward=reward,
-                )
-                for i, task in enumerate(t for t in tasks for _ in range(k))
-            ]
-            return list(await asyncio.gather(*plays))
-
-        return asyncio.run(main())
+        return play(
+            tasks,
+            self.env,
+            lambda task: orchestrator,
+            self._subagent,
+            pc.swarm,
+            repeats=k,
+            traces=traces,
+            reward=reward,
+        )
 
     # ------------------------------------------------------------------ train
     def training_step(self, batch: list[SwarmTask], batch_idx: int) -> torch.Tensor | None:
@@ -168,7 +139,9 @@ class PARLModule(SamplingPhase):
         sc = rescore(self.model, self._orchestrator_rows(results, adv), self.tok.pad_id, self.banned_ids)
         pl = k25_policy_loss(sc.logp_new, sc.logp_old, sc.advantages, pc.alpha, pc.beta)
         self.count_step_tokens(sc.n_tokens)
-        self._log_episodes(results, [t.width for t in batch for _ in range(K)], pl.kept_fraction)
+        self._log_episodes(
+            [EpisodeSummary.of(t, r) for t, r in zip(self._episodes(batch, K), results)], pl.kept_fraction
+        )
         self.log(TRAIN_LOSS, pl.loss, on_step=True, on_epoch=False)
         if not pl.loss.requires_grad:
             return None  # the orchestrator sampled nothing this step
@@ -184,29 +157,37 @@ class PARLModule(SamplingPhase):
             )
         ]
 
-    def _log_episodes(self, results: list[EpisodeResult], widths: list[int], kept: float) -> None:
-        s = episode_stats(results, widths)
+    @staticmethod
+    def _episodes(tasks: list[SwarmTask], k: int) -> list[SwarmTask]:
+        """Each episode's task, in the order ``play`` returns them."""
+        return [t for t in tasks for _ in range(k)]
+
+    def _log_episodes(self, episodes: list[EpisodeSummary], kept: float) -> None:
+        s = summarize(episodes)
         w = self.weights()
         kw: dict[str, Any] = {"on_step": True, "on_epoch": False}
-        self.log(PARL_REWARD, s["reward"], prog_bar=True, **kw)
-        self.log(PARL_PERF, s["perf"], prog_bar=True, **kw)
-        self.log(PARL_PARALLEL, s["parallel"], **kw)
-        self.log(PARL_FINISH, s["finish"], **kw)
+        self.log(PARL_REWARD, s.get("reward_total", 0.0), prog_bar=True, **kw)
+        self.log(PARL_PERF, s["score"], prog_bar=True, **kw)
+        self.log(PARL_PARALLEL, s.get("reward_parallel", 0.0), **kw)
+        self.log(PARL_FINISH, s.get("reward_finish", 0.0), **kw)
         self.log(PARL_LAMBDA1, w.lambda1, **kw)
         self.log(PARL_LAMBDA2, w.lambda2, **kw)
-        self.log(PARL_CRITICAL_STEPS, s["critical_steps"], **kw)
-        self.log(PARL_TOTAL_STEPS, s["total_steps"], **kw)
-        self.log(PARL_SUBAGENTS, s["subagents"], **kw)
-        self.log(PARL_PARALLELISM, s["parallelism"], **kw)
-        self.log(PARL_OVER_BUDGET, s["over_budget"], **kw)
-        self.log(PARL_DELEGATED, s["delegated"], **kw)
-        self.log(PARL_EXCESS, s["excess_subagents"], **kw)
+        for key, name in (
+            (PARL_CRITICAL_STEPS, "critical_steps"),
+            (PARL_TOTAL_STEPS, "total_steps"),
+            (PARL_SUBAGENTS, "subagents"),
+            (PARL_PARALLELISM, "parallelism"),
+            (PARL_OVER_BUDGET, "over_budget"),
+            (PARL_DELEGATED, "delegated"),
+            (PARL_EXCESS, "excess_subagents"),
+            (PARL_TRUNCATED, "truncated_turns"),
+        ):
+            self.log(key, s[name], **kw)
         self.log(PARL_KEPT_FRACTION, kept, **kw)
 
     # -------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
-        self._val_widths = []
 
     def validation_step(self, batch: list[SwarmTask], batch_idx: int, dataloader_idx: int = 0) -> None:
         n_traces = self.cfg.phase.parl.traces_per_eval
@@ -219,25 +200,25 @@ class PARLModule(SamplingPhase):
                 traces.append(None)
         if any(traces):
             folder.mkdir(parents=True, exist_ok=True)
-        self._val.extend(self.play(batch, 1, 0.0, traces))
-        self._val_widths.extend(t.width for t in batch)
+        results = self.play(batch, 1, 0.0, traces)
+        self._val.extend(EpisodeSummary.of(t, r) for t, r in zip(batch, results, strict=True))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        s = episode_stats(self._val, self._val_widths)
+        s = summarize(self._val)
         keys = (
-            "perf",
+            "score",
             "critical_steps",
             "total_steps",
             "subagents",
             "parallelism",
             "over_budget",
             "delegated",
+            "truncated_turns",
         )
         for key in keys:
-            name = "score" if key == "perf" else key
-            self.log(VAL_PARL.format(key=name), s[key], on_step=False, on_epoch=True)
+            self.log(VAL_PARL.format(key=key), s[key], on_step=False, on_epoch=True)
 
 
-__all__ = ["PARLModule", "episode_stats"]
+__all__ = ["PARLModule"]

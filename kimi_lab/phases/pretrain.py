@@ -47,6 +47,7 @@ class PretrainModule(PhaseModule):
     def _lm_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         tokens = batch["tokens"]
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
+        mask = batch.get("loss_mask")
         try:
             out = self.model(
                 inputs,
@@ -55,16 +56,21 @@ class PretrainModule(PhaseModule):
                 pixel_values_videos=batch.get("pixel_values_videos"),
                 video_grid_thw=batch.get("video_grid_thw"),
                 token_mask=batch.get("input_mask"),  # padding is left out of the routers' counts
+                # packed conversations (SFT) are fenced: each attends to itself, from position 0
+                segment_ids=batch.get("segment_ids"),
+                positions=batch.get("positions"),
+                compute_logits=mask is None,
             )
         except VisionInputError as exn:
             dm = self.trainer.datamodule
             keys = dm.latest.keys if isinstance(dm, KimiDataModule) and dm.latest is not None else []
             raise VisionInputError(f"{exn} (batch with samples {', '.join(keys[:4]) or 'unknown'})") from None
-        # Loss on text targets only: never on placeholders, media markers or padding.
-        mask = batch.get("loss_mask")
-        logits = out.logits.float()
-        if mask is not None:
-            logits, labels = logits[mask], labels[mask]
+        # Loss on text targets only: never on placeholders, media markers or padding. Logits are
+        # computed at the targets alone (SFT: the assistant's tokens, often under half the window).
+        if mask is None:
+            logits = out.logits.float()
+        else:
+            logits, labels = self.model.language_model.lm_head(out.hidden[mask]).float(), labels[mask]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return ce, out
 

@@ -24,13 +24,26 @@ LABELS = {
     "ws_serial": "warm start under-using parallelism (sft + serial demonstrations)",
     "ws_spawn": "warm start over-spawning (sft + idle-sub-agent demonstrations)",
     "perf": "PARL r_perf only, from ws_serial",
-    "perf_parallel": "PARL r_perf + r_parallel (held), from ws_serial",
     "full": "PARL full reward, annealed, from ws_serial",
-    "spawn_perf": "PARL r_perf only, from ws_spawn",
+    "spawn_parallel": "PARL r_perf + r_parallel (held), from ws_spawn",
     "spawn_full": "PARL full reward, annealed, from ws_spawn",
 }
-CURVES = (M.PARL_PERF, M.PARL_DELEGATED, M.PARL_EXCESS, M.PARL_FINISH, M.PARL_CRITICAL_STEPS, M.PARL_LAMBDA1)
+CURVES = (
+    M.PARL_PERF,
+    M.PARL_DELEGATED,
+    M.PARL_EXCESS,
+    M.PARL_FINISH,
+    M.PARL_CRITICAL_STEPS,
+    M.PARL_LAMBDA1,
+    M.PARL_TRUNCATED,
+)
 K25_SPEEDUP = (3.0, 4.5)  # wall time to a target score, single agent / swarm (K2.5)
+TARGET = 0.5  # the warm start's held-out score PARL needs to see rewards
+# failure mode -> (the curve that shows it, the direction it moves, its name in sentences)
+SHOWN_BY = {
+    "serial_collapse": (M.PARL_DELEGATED, "fell", "share of episodes delegating"),
+    "spurious_parallelism": (M.PARL_EXCESS, "rose", "idle sub-agents beyond the width"),
+}
 
 
 def curves(out: Path, arms: list[str]) -> dict[str, pd.DataFrame]:
@@ -92,6 +105,29 @@ def _pm(e: dict[str, Any], key: str, digits: int = 2) -> str:
     return f"{e[key]:.{digits}f} ± {e[f'{key}_se']:.{digits}f}"
 
 
+def paired(a: dict[str, Any], b: dict[str, Any], key: str = "score") -> tuple[float, float, int]:
+    """Mean of ``a - b`` over the tasks both evaluated (per-task rows), its standard error, and n;
+    without shared rows, the difference of means with the unpaired error."""
+    ra = {r["task"]: float(r[key]) for r in a.get("rows", [])}
+    rb = {r["task"]: float(r[key]) for r in b.get("rows", [])}
+    shared = sorted(set(ra) & set(rb))
+    if len(shared) >= 2:
+        diffs = [ra[t] - rb[t] for t in shared]
+        m = sum(diffs) / len(diffs)
+        sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1))
+        return m, sd / math.sqrt(len(diffs)), len(diffs)
+    return a[key] - b[key], math.hypot(a.get(f"{key}_se", 0.0), b.get(f"{key}_se", 0.0)), int(a["n"])
+
+
+def step_noise(series: pd.Series) -> dict[str, float]:
+    """A training curve's mean and its step-to-step noise (standard deviation of step differences
+    / sqrt 2: the spread of one step's value around a slowly moving mean)."""
+    s = series.dropna()
+    diffs = s.diff().dropna()
+    noise = float(diffs.std(ddof=1) / math.sqrt(2)) if len(diffs) > 1 else 0.0
+    return {"steps": len(s), "mean": float(s.mean()) if len(s) else float("nan"), "noise": noise}
+
+
 def findings(
     evals: dict[str, Any],
     sweep: list[dict[str, Any]],
@@ -104,80 +140,87 @@ def findings(
     verdicts: dict[str, Any] = {}
     sft = evals.get("sft")
     if sft:
-        ok = sft["score"] >= 0.5
-        named = sft.get("items_assigned")
+        ok = sft["score"] >= TARGET
         out.append(
             f"Warm start: greedy held-out score {_pm(sft, 'score')} (item-F1 within the critical-step "
-            f"budget, n={sft['n']} wide tasks), {'at or above' if ok else 'below'} the 0.5 target; it delegated "
-            f"in {sft['delegated']:.0%} of episodes with {sft['subagents']:.1f} sub-agents on average"
-            + (
-                f"; its assignments spelled out {named:.0%} of the items' names."
-                if named is not None
-                else "."
-            )
+            f"budget, n={int(sft['n'])} wide tasks), {'at or above' if ok else 'below'} the {TARGET} target; "
+            f"it delegated in {sft['delegated']:.0%} of episodes with {sft['subagents']:.1f} sub-agents on "
+            f"average, gave {sft['items_assigned']:.0%} of the items to some lane, and "
+            f"{sft.get('truncated_turns', 0.0):.2f} turns per episode were cut by the token budget."
         )
-        verdicts["warm_start_score"] = sft["score"]
+        verdicts["warm_start_score"] = {"score": sft["score"], "se": sft["score_se"], "n": sft["n"]}
+    for name in ("ws_serial", "ws_spawn"):
+        if e := evals.get(name):
+            out.append(
+                f"{LABELS[name]}: held-out score {_pm(e, 'score')}; delegated in {e['delegated']:.0%} of "
+                f"episodes; {e['excess_subagents']:.2f} sub-agents beyond the width."
+            )
     arms = meta.get("arms", {})
     for arm, a in arms.items():
         e, base = evals.get(arm), evals.get(a["start"])
         if not e or not base:
             continue
-        diff = e["score"] - base["score"]
-        se = math.hypot(e["score_se"], base["score_se"])
-        d_del = e["delegated"] - base["delegated"]
-        d_exc = e["excess_subagents"] - base["excess_subagents"]
+        diff, se, n = paired(e, base)
+        d_del, se_del, _ = paired(e, base, "delegated")
+        d_exc, se_exc, _ = paired(e, base, "excess_subagents")
         out.append(
             f"{LABELS.get(arm, arm)}: held-out score {_pm(e, 'score')} vs {_pm(base, 'score')} at its warm start "
-            f"({diff:+.2f}, {verdict(diff, se)}); delegated {base['delegated']:.0%} -> {e['delegated']:.0%} "
-            f"({verdict(d_del, math.hypot(e['delegated_se'], base['delegated_se']))}); idle sub-agents beyond the "
-            f"task's width {base['excess_subagents']:.2f} -> {e['excess_subagents']:.2f} "
-            f"({verdict(d_exc, math.hypot(e['excess_subagents_se'], base['excess_subagents_se']))})."
+            f"({diff:+.2f} ± {se:.2f} paired over {n} tasks, {verdict(diff, se)}); delegated "
+            f"{base['delegated']:.0%} -> {e['delegated']:.0%} ({verdict(d_del, se_del)}); sub-agents beyond the "
+            f"task's width {base['excess_subagents']:.2f} -> {e['excess_subagents']:.2f} ({verdict(d_exc, se_exc)})."
         )
         verdicts[arm] = {"score_diff": diff, "score_se": se, "delegated_diff": d_del, "excess_diff": d_exc}
     for arm, c in cur.items():
-        parts, window = [], 0
-        for key, name in (
-            (M.PARL_PERF, "r_perf"),
-            (M.PARL_DELEGATED, "delegation"),
-            (M.PARL_EXCESS, "excess"),
-        ):
+        perf = step_noise(c[M.PARL_PERF])
+        parts = [f"r_perf {perf['mean']:.2f} on average, step-to-step noise ± {perf['noise']:.2f}"]
+        verdicts.setdefault(f"{arm}_curves", {})["r_perf"] = perf
+        for key, name in ((M.PARL_DELEGATED, "delegation"), (M.PARL_EXCESS, "excess")):
             if c[key].notna().sum() >= 4:
                 t = trend(c[key])
                 word = verdict(t["diff"], t["se"], "rose", "fell")
-                parts.append(f"{name} {t['first']:.2f} -> {t['last']:.2f} ({word})")
-                verdicts.setdefault(f"{arm}_curves", {})[name] = t
-                window = t["window"]
+                parts.append(
+                    f"{name} {t['first']:.2f} -> {t['last']:.2f} in the first vs last {t['window']} steps ({word})"
+                )
+                verdicts[f"{arm}_curves"][name] = t
         if missing := [key for key in CURVES if c[key].isna().all()]:
             out.append(f"{LABELS.get(arm, arm)}: its run logged no {', '.join(missing)}.")
-        if parts:
-            out.append(
-                f"{LABELS.get(arm, arm)}, training (means of the first vs last {window} of {len(c)} steps, "
-                "sampled episodes, judged against their step-to-step spread): " + "; ".join(parts) + "."
-            )
-    collapse = [
-        arm
-        for arm in arms
-        if verdicts.get(f"{arm}_curves", {}).get("delegation", {}).get("diff", 0) < 0
-        and abs(verdicts[f"{arm}_curves"]["delegation"]["diff"])
-        > 2 * verdicts[f"{arm}_curves"]["delegation"]["se"]
-    ]
-    spurious = [
-        arm for arm in arms if (e := evals.get(arm)) and e["excess_subagents"] > 2 * e["excess_subagents_se"]
-    ]
-    out.append(
-        "Serial collapse (delegation falling during training beyond two standard errors) appears in: "
-        + (", ".join(collapse) or "no arm")
-        + ". Spurious parallelism (held-out episodes still spawning idle sub-agents beyond their width, more "
-        "than two standard errors above zero) appears in: "
-        + (", ".join(spurious) or "no arm")
-        + ". "
-        + (
-            "The full reward avoids both in this run."
-            if not {"full", "spawn_full"} & (set(collapse) | set(spurious))
-            else "The full reward does not avoid both in this run."
+        out.append(
+            f"{LABELS.get(arm, arm)}, training ({len(c)} steps, sampled episodes): " + "; ".join(parts) + "."
         )
-    )
-    verdicts["serial_collapse"], verdicts["spurious_parallelism"] = collapse, spurious
+    for mode, (arm, full) in meta.get("failure_modes", {}).items():
+        key, direction, words = SHOWN_BY[mode]
+        name = "delegation" if key == M.PARL_DELEGATED else "excess"
+        t, tf = (verdicts.get(f"{x}_curves", {}).get(name) for x in (arm, full))
+        title = mode.replace("_", " ").capitalize()
+        if t is None or tf is None:
+            out.append(f"{title}: not judged (too few logged steps).")
+            continue
+        sign = -1 if direction == "fell" else 1  # the failure's direction
+        gap, gap_se = t["last"] - tf["last"], math.hypot(t["se"], tf["se"])
+        moved = sign * t["diff"] > 2 * t["se"]  # the failure itself: the curve moved its way
+        apart = sign * gap > 2 * gap_se  # or the arm ends on its side of the full reward
+        if moved:
+            headline = f"shows: the {words} {direction} beyond two standard errors"
+        elif apart:
+            side = "below" if sign < 0 else "above"
+            headline = f"shows against the full reward: the arm ends {side} it beyond two standard errors"
+        else:
+            headline = "does not show beyond two standard errors"
+        out.append(
+            f"{title} ({LABELS.get(arm, arm)} vs {LABELS.get(full, full)}; {words} over training): "
+            f"{headline}. Under the arm {t['first']:.2f} -> {t['last']:.2f} "
+            f"({verdict(t['diff'], t['se'], 'rose', 'fell')}), under the full reward {tf['first']:.2f} -> "
+            f"{tf['last']:.2f} ({verdict(tf['diff'], tf['se'], 'rose', 'fell')}); at the end the arm is "
+            f"{gap:+.2f} ± {gap_se:.2f} from the full reward."
+        )
+        shows = moved or apart
+        verdicts[mode] = {
+            "shows": shows,
+            "moved": moved,
+            "apart_from_full": apart,
+            "end_gap": gap,
+            "end_gap_se": gap_se,
+        }
     sw = pd.DataFrame(sweep)
     if not sw.empty:
         piv = sw.pivot_table(index="width", columns="policy", values="critical_steps")
@@ -186,8 +229,12 @@ def findings(
         for w in piv.index:
             row = f"width {w}: single {piv.loc[w, 'single']:.0f}, scripted fan-out {piv.loc[w, 'fanout']:.0f}"
             if "trained" in piv:
-                r = piv.loc[w, "single"] / max(piv.loc[w, "trained"], 1e-9)
-                row += f", trained {piv.loc[w, 'trained']:.1f} (score {score.loc[w, 'trained']:.2f}; {r:.1f}x fewer)"
+                row += f", trained {piv.loc[w, 'trained']:.1f} (score {score.loc[w, 'trained']:.2f}"
+                if score.loc[w, "trained"] > 0:  # a path that solves nothing is no speed-up
+                    r = piv.loc[w, "single"] / max(piv.loc[w, "trained"], 1e-9)
+                    row += f"; {r:.1f}x fewer than the single agent"
+                    verdicts.setdefault("speedup", {})[int(w)] = r
+                row += ")"
             lines.append(row)
         out.append(
             "Critical steps on held-out tasks without a budget (" + "; ".join(lines) + f"). K2.5 reports "
@@ -199,7 +246,7 @@ def findings(
         vs = f" (with scripted sub-agents: {_pm(scripted, 'score')})" if scripted else ""
         out.append(
             f"With a model (the `sft` checkpoint, `subagent=ckpt:...`) as every sub-agent, the trained "
-            f"orchestrator scores {_pm(model_sub, 'score')}{vs}, n={model_sub['n']}; "
+            f"orchestrator scores {_pm(model_sub, 'score')}{vs}, n={int(model_sub['n'])}; "
             f"{model_sub['finish']:.0%} of its assignments returned a result. The SFT demonstrations hold the "
             "orchestrator's side only, so this model was never taught a sub-agent's job."
         )
@@ -258,12 +305,12 @@ def write(
         "subagents",
         "excess_subagents",
         "finish",
+        "critical_steps",
+        "over_budget",
+        "truncated_turns",
     )
     table = pd.DataFrame(
-        [
-            {"model": name, **{k: e.get(k, float("nan")) for k in (*keys, "critical_steps", "over_budget")}}
-            for name, e in evals.items()
-        ]
+        [{"model": name, **{k: e.get(k, float("nan")) for k in keys}} for name, e in evals.items()]
     )
     scale = meta["scale"]
     load = meta.get("load_average")
@@ -276,10 +323,16 @@ def write(
         "demonstration contains); evaluation is greedy, one episode per task, score = item-F1 within the "
         "critical-step budget (0 past it). Means are given ± one standard error over episodes.",
         "",
-        "**The sub-agents are scripted oracles**: a sub-agent whose assignment names one item's entity replays "
-        "that item's verified search/open calls and returns its answer; one given anything else searches until "
-        "its steps run out and returns no result. So the scores measure the orchestrator's decomposition (how "
-        "many sub-agents, what each is asked, combining their results), not a model's search. The last "
+        f"The orchestrator acts in the `{meta.get('actions', 'index')}` action language: in `index` it refers to "
+        'a task\'s items by number (`assign_task {"agent":"w3","items":[3]}`, `solve` for its own '
+        "serial work, `Answer:` + `ITEM=AGENT` lines, rendered to `NAME: VALUE` before scoring), so what is "
+        "trained is the decomposition, not copying names. Turn budgets "
+        f"{meta.get('turn_tokens', {})} tokens come from the longest demonstrated turns with a 25% margin.",
+        "",
+        "**The sub-agents are scripted oracles**: a sub-agent given one item's sub-task replays that item's "
+        "verified search/open calls and returns its answer; one given anything else (no item: the whole task) "
+        "searches until its steps run out and returns no result. So the scores measure the orchestrator's "
+        "decomposition (how many sub-agents, which items each, when to answer), not a model's search. The last "
         "evaluation puts a model in the sub-agents' place (`subagent=ckpt:...`).",
         "",
         "## What this run shows",

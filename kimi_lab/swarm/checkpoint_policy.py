@@ -82,6 +82,16 @@ class CheckpointPolicy:
         self._flusher = loop.create_task(self._flush(delay))
 
     async def _flush(self, delay: float) -> None:
+        try:
+            await self._generate_batch(delay)
+        finally:
+            # Turns that arrived while this batch was sampled found a flush under way and queued
+            # without scheduling one: serve them now, or they would wait for a turn that may never
+            # come (the last episodes of a batch end and send none).
+            if self._queue and self._flusher is asyncio.current_task():
+                self._schedule(asyncio.get_running_loop(), 0.0)
+
+    async def _generate_batch(self, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
         async with self._lock:

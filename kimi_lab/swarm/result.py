@@ -1,9 +1,11 @@
-"""``EpisodeResult``: what one swarm episode did, counted in steps (K2.5's critical steps)."""
+"""``EpisodeResult``: what one swarm episode did, counted in steps (K2.5's critical steps).
+
+The runtime fills it; readers tabulate it through ``kimi_lab.swarm.summary.EpisodeSummary``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from kimi_lab.chat import Message
 from kimi_lab.swarm.types import Turn
@@ -13,12 +15,15 @@ from kimi_lab.swarm.types import Turn
 class EpisodeResult:
     task_id: str
     final_text: str = ""  # the orchestrator's final turn ("" when it never gave one)
-    answer: str | None = None  # its Answer: line
+    # what is scored: the final turn, its index answer rendered to the task's NAME: VALUE form
+    answer_text: str = ""
+    answer: str | None = None  # answer_text's Answer: line
     finished: bool = False  # the orchestrator ended the episode itself
     critical_steps: int = 0
     budget: int = 0  # the critical-step budget the episode ran under
     total_steps: int = 0  # every agent's steps
-    orchestrator_steps: int = 0
+    orchestrator_steps: int = 0  # its turns
+    own_steps: int = 0  # look-ups it did itself (``solve``, the index language)
     subagent_steps: int = 0
     subagents_spawned: int = 0
     assignments: int = 0  # sub-agent runs launched
@@ -26,6 +31,7 @@ class EpisodeResult:
     stages: int = 0
     stage_widths: list[int] = field(default_factory=list)  # assignments per stage
     stage_steps: list[int] = field(default_factory=list)  # the most sub-agent steps per stage
+    items_assigned: list[int] = field(default_factory=list)  # items (0-based) given to a lane (index)
     parallelism: float = 0.0  # mean assignments per stage
     max_parallelism: int = 0
     tool_calls: int = 0  # environment tool calls, all agents
@@ -33,6 +39,7 @@ class EpisodeResult:
     budget_exceeded: str | None = None  # "orchestrator_steps" | "critical_steps" | "time"
     failure: str | None = None  # the orchestrator's policy failed (raised, timed out, garbage)
     truncated: bool = False  # the orchestrator's last turn was cut by its token budget
+    truncated_turns: int = 0  # turns cut by a token budget, every agent's
     wall_s: float = 0.0
     reward: dict[str, float] | None = None
     # For training the orchestrator: its turns (tokens, logprobs for trainable policies) and
@@ -40,11 +47,6 @@ class EpisodeResult:
     orchestrator_turns: list[Turn] = field(default_factory=list)
     orchestrator_contexts: list[list[Message]] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # the orchestrator's whole conversation
-
-    def summary(self) -> dict[str, Any]:
-        """The scalar fields, for logs and JSON."""
-        skip = {"orchestrator_turns", "orchestrator_contexts", "messages"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __repr__(self) -> str:
         # short: asyncio formats a finished task's result into some messages, and a

@@ -69,6 +69,13 @@ def r_finish(res: EpisodeResult, form: str = "completed") -> float:
     raise ValueError(f"finish_form {form!r}: choose from {', '.join(FINISH_FORMS)}")
 
 
+def perf_score(task: SwarmTask, res: EpisodeResult) -> float:
+    """r_perf: the task's score of the episode's answer, 0 when it ran over a budget (too late to count)."""
+    from kimi_lab.swarm.tasks import score_swarm
+
+    return 0.0 if res.budget_exceeded else score_swarm(task, res.answer_text)
+
+
 def parl_reward(
     task: SwarmTask,
     res: EpisodeResult,
@@ -77,9 +84,7 @@ def parl_reward(
     finish_form: str = "completed",
 ) -> dict[str, float]:
     """Every component and the total; the runtime stores it in the trace's final event."""
-    from kimi_lab.swarm.tasks import score_swarm
-
-    perf = 0.0 if res.budget_exceeded else score_swarm(task, res.final_text)
+    perf = perf_score(task, res)
     par = r_parallel(task, res, parallel_form)
     fin = r_finish(res, finish_form)
     total = perf + weights.lambda1 * par + weights.lambda2 * fin

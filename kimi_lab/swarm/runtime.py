@@ -1,86 +1,58 @@
 """The agent-swarm runtime: one episode's state machine, an orchestrator running sub-agents concurrently.
 
 One episode is one asyncio coroutine. The orchestrator sees the task's question and
-its tools (``kimi_lab.swarm.prompts``): ``create_subagent``, ``assign_task`` and the
-environment's own tools. Every ``assign_task`` of one orchestrator turn runs
-concurrently as one *stage*; each returns one tool message holding only that
-sub-agent's final text ("context sharding"). The orchestrator ends the episode with
-a turn without tool calls (its ``Answer: ...`` line is the answer).
+its tools, in one of two action languages (``kimi_lab.swarm.actions``: items by
+number, the default, or free text): ``create_subagent``, ``assign_task`` and
+``solve`` (its own work), or the free form's ``create_subagent``, ``assign_task`` and
+the environment's tools. Every assignment of one orchestrator turn (and its own
+``solve`` work) runs concurrently as one *stage*, each lane doing its jobs one after
+another; each returns one tool message holding only the results ("context
+sharding"). The orchestrator ends the episode with a turn without tool calls (its
+``Answer: ...`` line, rendered to the task's form in the index language, is scored).
 
-Sub-agents are stateless workers: each assignment starts from the sub-agent's system
-prompt and the assigned prompt, runs its own loop over the environment's tools with a
-bounded context (old tool results are cut first) and a bounded number of steps.
+Sub-agents are stateless workers (``kimi_lab.swarm.lanes``): each job starts from the
+sub-agent's system prompt and the job's prompt, runs its own loop over the environment's
+tools with a bounded context (old tool results are cut first) and a bounded number of steps.
 
 Step accounting (K2.5's critical steps): each orchestrator turn costs 1; a turn that
-launched a stage costs 1 + the most steps any of its sub-agents took. Budgets
+launched a stage costs 1 + the most steps any of its lanes took. Budgets
 (``kimi_lab.config.swarm.SwarmConfig``) are counted in critical steps; the runtime
-reserves one step after each stage for the orchestrator to answer. Every fault of a
-sub-agent (its policy raised, hung past a timeout, returned something that is not a
-Turn, used up its steps) and every malformed orchestrator call becomes an ``error:
-...`` tool message and an ``error`` trace event; a fault of the orchestrator's own
-policy ends the episode (``EpisodeResult.failure``). Nothing waits forever: every
-policy call is bounded.
+reserves one step after each stage for the orchestrator to answer, except for its own
+work, which may spend them all (and then ends the episode over budget, as a single
+agent's work does). Every fault of a sub-agent (its policy raised, hung past a
+timeout, returned something that is not a Turn, used up its steps) and every
+malformed orchestrator call becomes an ``error: ...`` tool message and an ``error``
+trace event; a fault of the orchestrator's own policy ends the episode
+(``EpisodeResult.failure``). Nothing waits forever: every policy call is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kimi_lab.chat import Message, ToolCall, extract_answer
 from kimi_lab.config.swarm import SwarmConfig
-from kimi_lab.swarm.calls import AGENT_NAME, Fault, bound_context, check_turn, json_args
+from kimi_lab.swarm.actions import SELF, Work, actions_for, is_agent_name, question
+from kimi_lab.swarm.calls import Fault, check_turn
+from kimi_lab.swarm.lanes import Lanes, _bounded
 from kimi_lab.swarm.prompts import (
     ASSIGN_TASK,
     CREATE_SUBAGENT,
     ORCHESTRATOR,
-    SWARM_TOOLS,
+    SOLVE,
     orchestrator_system,
-    subagent_system,
+    orchestrator_tools,
 )
 from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.trace import TraceWriter, preview
 from kimi_lab.swarm.types import Environment, Policy, SwarmTask, Turn
 
-_CANCEL_GRACE_S = 1.0  # how long a cancelled policy call may take to unwind before it is left behind
 
-T = TypeVar("T")
-
-
-async def _bounded(aw: Awaitable[T], timeout: float) -> T:
-    """``aw`` within ``timeout`` seconds, else cancelled and TimeoutError.
-
-    Unlike ``asyncio.wait_for`` this never waits on a callee that ignores its
-    cancellation for longer than a short grace: it is left behind instead.
-    """
-    task = asyncio.ensure_future(aw)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.0))
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    if done:
-        return task.result()
-    task.cancel()
-    await asyncio.wait({task}, timeout=_CANCEL_GRACE_S)
-    # retrieve a late exception so asyncio does not log it as never retrieved
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    raise asyncio.TimeoutError
-
-
-async def _within(aw: Awaitable[T], timeout: float) -> T:
-    """``aw`` within ``timeout`` seconds (TimeoutError), on the current task: no task per call."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(timeout):
-            return await aw
-    return await asyncio.wait_for(aw, timeout)
-
-
-class _Episode:
+class _Episode(Lanes):
     def __init__(
         self,
         task: SwarmTask,
@@ -99,88 +71,31 @@ class _Episode:
             trace,
         )
         self.r = EpisodeResult(task.id, budget=cfg.critical_budget(task))
+        self.lang = actions_for(task, cfg.actions)
         self.env_tools = list(env.tools)
         self.env_names = {t.name for t in self.env_tools}
+        self.tools = orchestrator_tools(self.env_tools, cfg.actions, cfg.single_agent)
         self.agents: dict[str, str] = {}  # name -> system prompt
+        # what each lane's work returned, per item (the index language's answer refers to it)
+        self.values: dict[str, dict[int, str]] = {}
         self.sem = asyncio.Semaphore(cfg.max_concurrency)
         self.t0 = time.perf_counter()
-
-    # ---------------------------------------------------------------- helpers
-    def emit(
-        self,
-        agent: str,
-        kind: str,
-        detail: dict[str, Any] | None = None,
-        parent: str | None = None,
-        step: int | None = None,
-    ) -> None:
-        if self.trace is not None:
-            self.trace.emit(agent, kind, detail, parent, self.r.critical_steps if step is None else step)
-
-    def error(self, agent: str, text: str, parent: str | None = None, step: int | None = None) -> Message:
-        """Count and trace an error observation; the tool message that carries it."""
-        self.r.errors += 1
-        self.emit(agent, "error", {"error": preview(text)}, parent, step)
-        return Message("tool", f"error: {text}")
 
     def remaining_s(self) -> float:
         if self.cfg.max_episode_s is None:
             return float("inf")
         return self.cfg.max_episode_s - (time.perf_counter() - self.t0)
 
-    def tool_names(self, agent: str) -> set[str]:
-        """The tools ``agent`` may call: the environment's, and the swarm's for the orchestrator."""
-        if agent == ORCHESTRATOR and not self.cfg.single_agent:
-            return self.env_names | {CREATE_SUBAGENT, ASSIGN_TASK}
-        return self.env_names
-
-    def numbered(self, calls: list[ToolCall]) -> Iterator[tuple[int, ToolCall]]:
-        """A turn's calls, each with its index among the turn's environment calls (from 1; 0: not one)."""
-        n = 0
-        for c in calls:
-            n += c.name in self.env_names
-            yield (n if c.name in self.env_names else 0), c
-
-    async def env_tool(
-        self, agent: str, parent: str | None, call: ToolCall, nth: int, step: int | None
-    ) -> Message:
-        """Any agent's call of an environment tool (the ``nth`` of its turn), or of a tool it lacks."""
-        if nth == 0:
-            known = ", ".join(sorted(self.tool_names(agent)))
-            return self.error(
-                agent, f"unknown tool {preview(call.name, 40)!r} (tools: {known})", parent, step
-            )
-        most = self.cfg.max_env_calls_per_turn
-        if most is not None and nth > most:
-            text = f"at most {most} environment tool call(s) per turn; this one was not run"
-            return self.error(agent, text, parent, step)
-        return await self.env_call(agent, parent, call, step)
-
-    async def env_call(self, agent: str, parent: str | None, call: ToolCall, step: int | None) -> Message:
-        self.emit(agent, "tool_call", {"tool": call.name, "input": preview(call.input)}, parent, step)
-        try:
-            if self.cfg.env_in_thread:
-                out = await asyncio.to_thread(self.env.call, call.name, call.input)
-            else:
-                out = self.env.call(call.name, call.input)
-        except Exception as exn:  # the protocol says never raises; a bug there must not end the episode
-            out = f"error: {call.name} failed: {type(exn).__name__}: {exn}"
-        if not isinstance(out, str):
-            out = str(out)
-        self.r.tool_calls += 1
-        self.emit(agent, "tool_result", {"tool": call.name, "chars": len(out)}, parent, step)
-        return Message("tool", out)
-
     # ---------------------------------------------------------------- orchestrator
     async def run(self) -> None:
         cfg, r = self.cfg, self.r
-        tools = self.env_tools + ([] if cfg.single_agent else list(SWARM_TOOLS))
+        ask = question(self.task, self.lang.name)
         messages = [
-            Message("system", orchestrator_system(self.env_tools, cfg.single_agent)),
-            Message("user", self.task.question),
+            Message("system", orchestrator_system(self.env_tools, cfg.single_agent, cfg.actions)),
+            Message("user", ask),
         ]
         r.messages = messages
-        self.emit(ORCHESTRATOR, "message", {"role": "user", "text": preview(self.task.question)})
+        self.emit(ORCHESTRATOR, "message", {"role": "user", "text": preview(ask)})
         while True:
             if r.orchestrator_steps >= cfg.max_orchestrator_steps:
                 r.budget_exceeded = "orchestrator_steps"
@@ -197,7 +112,7 @@ class _Episode:
             r.critical_steps += 1
             try:
                 raw = await _bounded(
-                    self.orch.act(context, tools, ORCHESTRATOR), min(cfg.step_timeout_s, left)
+                    self.orch.act(context, self.tools, ORCHESTRATOR), min(cfg.step_timeout_s, left)
                 )
                 turn = check_turn(raw)
             except asyncio.TimeoutError:
@@ -218,26 +133,27 @@ class _Episode:
             r.orchestrator_turns.append(turn)
             r.orchestrator_contexts.append(context)
             messages.append(turn.message)
-            if turn.message.content:
-                self.emit(
-                    ORCHESTRATOR, "message", {"role": "assistant", "text": preview(turn.message.content)}
-                )
+            # one event per turn, at the step it took: the dashboard's critical-step time axis
+            detail = {"role": "assistant", "text": preview(turn.message.content)}
+            self.emit(ORCHESTRATOR, "message", {**detail, "calls": len(turn.message.tool_calls)})
             if not turn.finished:
                 r.truncated = True
+                r.truncated_turns += 1
                 return
             if not turn.message.tool_calls and not turn.errors:
                 r.final_text = turn.message.content
-                r.answer = extract_answer(r.final_text)
+                r.answer_text = self.lang.render_answer(r.final_text, self.values)
+                r.answer = extract_answer(r.answer_text)
                 r.finished = True
                 return
             messages.extend(await self.orchestrator_tools(turn))
 
     def create(self, text: str) -> Message:
-        d = json_args(text, ("name", "system_prompt"), CREATE_SUBAGENT)
-        if isinstance(d, str):
-            return self.error(ORCHESTRATOR, d)
-        name = d["name"]
-        if not AGENT_NAME.fullmatch(name) or name == ORCHESTRATOR:
+        spawn = self.lang.create(text)
+        if isinstance(spawn, str):
+            return self.error(ORCHESTRATOR, spawn)
+        name = spawn.name
+        if not is_agent_name(name):
             return self.error(
                 ORCHESTRATOR, f"bad sub-agent name {preview(name, 40)!r} (letters, digits, _ . -)"
             )
@@ -245,126 +161,70 @@ class _Episode:
             return self.error(ORCHESTRATOR, f"a sub-agent named {name!r} exists already")
         if len(self.agents) >= self.cfg.max_subagents:
             return self.error(ORCHESTRATOR, f"the swarm has its {self.cfg.max_subagents} sub-agents already")
-        self.agents[name] = d["system_prompt"]
+        self.agents[name] = spawn.system_prompt
         self.r.subagents_spawned += 1
-        self.emit(ORCHESTRATOR, "spawn", {"name": name, "system_prompt": preview(d["system_prompt"])})
-        return Message("tool", f"created sub-agent {name}")
+        self.emit(ORCHESTRATOR, "spawn", {"name": name, "system_prompt": preview(spawn.system_prompt)})
+        return Message("tool", f"created sub-agent {name}" if self.lang.name == "text" else "created")
+
+    def check_work(self, call: ToolCall, launched: set[str], limit: int) -> Work | Message:
+        """An assignment (or the orchestrator's own work) ready to run, or the error message."""
+        work = self.lang.work(call.name, call.input)
+        if isinstance(work, str):
+            return self.error(ORCHESTRATOR, work)
+        if work.agent != SELF and work.agent not in self.agents:
+            known = ", ".join(sorted(self.agents)[:20]) or "none yet: create_subagent first"
+            return self.error(ORCHESTRATOR, f"no sub-agent {preview(work.agent, 40)!r} ({known})")
+        if work.agent in launched:
+            who = "solve" if work.agent == SELF else repr(work.agent)
+            return self.error(ORCHESTRATOR, f"{who} is given work twice in one turn")
+        if limit < 1:
+            return self.error(ORCHESTRATOR, "no critical steps left for this work")
+        return work
 
     async def orchestrator_tools(self, turn: Turn) -> list[Message]:
-        """One tool message per malformed call, then one per call, in order."""
+        """One tool message per malformed call, then one per call, in order. The turn's assignments
+        (and its own ``solve`` work) run concurrently as one stage."""
         cfg, r = self.cfg, self.r
         out = [self.error(ORCHESTRATOR, f"{e}") for e in turn.errors]
         calls = turn.message.tool_calls
         slots: list[Message | None] = [None] * len(calls)
-        launches: list[tuple[int, str, str]] = []  # (slot, agent, prompt)
+        launches: list[tuple[int, Work]] = []
         launched: set[str] = set()
         base = r.critical_steps  # the orchestrator's turn included
         # one step is kept for the orchestrator's answer after the stage
         limit = min(cfg.max_subagent_steps, r.budget - base - 1)
-        swarm = not cfg.single_agent
-        for i, (nth, c) in enumerate(self.numbered(calls)):
-            if c.name == CREATE_SUBAGENT and swarm:
+        allowed = self.tool_names(ORCHESTRATOR)
+        for i, (nth, c) in enumerate(self.numbered(calls, ORCHESTRATOR)):
+            if c.name == CREATE_SUBAGENT and c.name in allowed:
                 slots[i] = self.create(c.input)
-            elif c.name == ASSIGN_TASK and swarm:
-                d = json_args(c.input, ("agent", "prompt"), ASSIGN_TASK)
-                if isinstance(d, str):
-                    slots[i] = self.error(ORCHESTRATOR, d)
-                elif d["agent"] not in self.agents:
-                    known = ", ".join(sorted(self.agents)[:20]) or "none yet: create_subagent first"
-                    slots[i] = self.error(ORCHESTRATOR, f"no sub-agent {preview(d['agent'], 40)!r} ({known})")
-                elif d["agent"] in launched:
-                    slots[i] = self.error(ORCHESTRATOR, f"{d['agent']!r} is assigned twice in one turn")
-                elif limit < 1:
-                    slots[i] = self.error(ORCHESTRATOR, "no critical steps left for a sub-agent")
+            elif c.name in (ASSIGN_TASK, SOLVE) and c.name in allowed:
+                work = self.check_work(c, launched, limit if c.name == ASSIGN_TASK else r.budget - base)
+                if isinstance(work, Message):
+                    slots[i] = work
                 else:
-                    launches.append((i, d["agent"], d["prompt"]))
-                    launched.add(d["agent"])
+                    launches.append((i, work))
+                    launched.add(work.agent)
             else:
                 slots[i] = await self.env_tool(ORCHESTRATOR, None, c, nth, None)
         if launches:
             stage = r.stages
             r.stages += 1
             timeout = min(cfg.subagent_timeout_s, self.remaining_s())
-            results = await asyncio.gather(
-                *(self.subagent(name, prompt, stage, base, limit, timeout) for _, name, prompt in launches)
-            )
-            for (slot, _, _), (msg, _) in zip(launches, results):
+            results = await asyncio.gather(*(self.lane(w, stage, base, limit, timeout) for _, w in launches))
+            for (slot, _), (msg, _) in zip(launches, results):
                 slots[slot] = msg
             most = max(steps for _, steps in results)
             r.critical_steps += most
-            r.stage_widths.append(len(launches))
-            r.stage_steps.append(most)
+            delegated = [w for _, w in launches if w.agent != SELF]
+            if delegated:
+                r.stage_widths.append(len(delegated))
+                r.stage_steps.append(max(s for (_, w), (_, s) in zip(launches, results) if w.agent != SELF))
         return out + [m for m in slots if m is not None]
-
-    # ---------------------------------------------------------------- sub-agents
-    async def subagent(
-        self, name: str, prompt: str, stage: int, base: int, limit: int, timeout: float
-    ) -> tuple[Message, int]:
-        """Run one assignment: (the tool message for the orchestrator, steps taken)."""
-        r = self.r
-        r.assignments += 1
-        self.emit(name, "assign", {"stage": stage, "prompt": preview(prompt)}, ORCHESTRATOR, base)
-        steps = [0]  # the loop counts here, so a timed-out run still reports its steps
-        fault: str | None = None
-        try:
-            async with self.sem:
-                text = await _bounded(self.subagent_loop(name, prompt, base, limit, steps), timeout)
-        except asyncio.CancelledError:
-            self.emit(name, "error", {"error": "cancelled"}, ORCHESTRATOR, base + steps[0])
-            self.emit(
-                name, "finish", {"stage": stage, "steps": steps[0], "status": "cancelled"}, ORCHESTRATOR
-            )
-            raise
-        except asyncio.TimeoutError:
-            fault = f"sub-agent {name} timed out after {timeout:g}s"
-        except Fault as exn:
-            fault = f"sub-agent {name}: {exn}"
-        except Exception as exn:
-            fault = f"sub-agent {name} failed: {type(exn).__name__}: {exn}"
-        n = steps[0]
-        r.subagent_steps += n
-        if fault is not None:
-            msg = self.error(name, fault, ORCHESTRATOR, base + n)
-        else:
-            r.completed_assignments += 1
-            if len(text) > self.cfg.result_chars:
-                text = text[: self.cfg.result_chars] + f"\n[result cut at {self.cfg.result_chars} chars]"
-            msg = Message("tool", text)
-        detail = {"stage": stage, "steps": n, "status": "ok" if fault is None else "error"}
-        if fault is None:
-            detail["result"] = preview(msg.content)
-        self.emit(name, "finish", detail, ORCHESTRATOR, base + n)
-        return msg, n
-
-    async def subagent_loop(self, name: str, prompt: str, base: int, limit: int, steps: list[int]) -> str:
-        cfg, tools = self.cfg, self.env_tools
-        system = subagent_system(self.agents[name], tools)
-        messages = [Message("system", system), Message("user", prompt)]
-        while True:
-            if steps[0] >= limit:
-                raise Fault(f"used its {limit} steps without a final result")
-            steps[0] += 1
-            step = base + steps[0]
-            try:
-                raw = await _within(self.sub.act(list(messages), tools, "subagent"), cfg.step_timeout_s)
-            except asyncio.TimeoutError:
-                raise Fault(f"step {steps[0]} timed out after {cfg.step_timeout_s:g}s") from None
-            turn = check_turn(raw)
-            messages.append(turn.message)
-            if not turn.finished:
-                raise Fault("its turn was cut off by the token budget")
-            if not turn.message.tool_calls and not turn.errors:
-                return turn.message.content
-            results = [self.error(name, e, ORCHESTRATOR, step) for e in turn.errors]
-            for nth, c in self.numbered(turn.message.tool_calls):
-                results.append(await self.env_tool(name, ORCHESTRATOR, c, nth, step))
-            messages.extend(results)
-            bound_context(messages, cfg.subagent_context_chars)
 
     # ---------------------------------------------------------------- end
     def finish(self, reward: Callable[[SwarmTask, EpisodeResult], dict[str, float]] | None) -> None:
         r = self.r
-        r.total_steps = r.orchestrator_steps + r.subagent_steps
+        r.total_steps = r.orchestrator_steps + r.own_steps + r.subagent_steps
         r.parallelism = sum(r.stage_widths) / len(r.stage_widths) if r.stage_widths else 0.0
         r.max_parallelism = max(r.stage_widths, default=0)
         r.wall_s = time.perf_counter() - self.t0

@@ -3,9 +3,12 @@
 They read a task's plan from ``task.data["subtasks"]`` (``[{"prompt", "calls":
 [[tool, input], ...], "answer"}]``) and keep no state between calls: each derives
 where it is from the messages it is given, so one instance can play many episodes.
+Orchestrators write the action language the runtime offers (``kimi_lab.swarm.actions``:
+items by number, or free text), which they tell from the tools they are given.
 
 - ``SingleAgentPolicy``: one agent does every sub-task's calls itself, one tool call
-  per step (critical steps grow with the task's width).
+  per step (critical steps grow with the task's width); in the index language, one
+  ``solve`` of every item.
 - ``FanOutPolicy``: the orchestrator creates sub-agents in one turn, assigns the
   sub-tasks ``width`` at a time, then combines the results (critical steps stay flat);
   with ``extra`` it also spawns sub-agents it gives vague work (spurious parallelism).
@@ -24,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kimi_lab.chat import Message, ToolCall, extract_answer
-from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
+from kimi_lab.swarm.actions import SELF, item_names, result_values
+from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT, SOLVE
 from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
 
 Combine = Callable[[SwarmTask, list[str]], str]
@@ -69,15 +73,47 @@ def _results_of(messages: list[Message], tool: str) -> list[str]:
     return out
 
 
-def _answer_of(result: str) -> str:
-    """A sub-agent's result as an answer: "" for an error, its Answer: line if it has one."""
-    if result.startswith("error:"):
-        return ""
-    return extract_answer(result) or result.strip()
+def _speaks_index(tools: list[ToolSpec]) -> bool:
+    """Whether the runtime offered the index language (its tools are the language: ``solve`` is its own)."""
+    return any(t.name == SOLVE for t in tools)
+
+
+def _index_call(tool: str, **args: Any) -> ToolCall:
+    # compact JSON, as the index language's tool descriptions write it
+    return ToolCall(tool, json.dumps(args, separators=(",", ":")))
+
+
+def _index_answer(
+    task: SwarmTask, refs: list[tuple[int, str]], values: dict[int, str], combine: Combine | None
+) -> Turn:
+    """The index language's answer: ``ITEM=AGENT`` per item (0-based ``refs``), or for a task that asks
+    which item (argmax / argmin), that item's number."""
+    op = task.data.get("combine", {}).get("op", "list")
+    if op == "list":
+        return _turn("Answer:\n" + "\n".join(f"{i + 1}={agent}" for i, agent in refs))
+    names = item_names(task)
+    text = _combine(task, [values.get(i, "") for i in range(len(names))], combine)
+    winner = extract_answer(text) or ""
+    return _turn(f"Answer: {names.index(winner) + 1}" if winner in names else "Answer: unknown")
+
+
+def _index_values(messages: list[Message]) -> dict[int, str]:
+    """Item (0-based) -> value, from the index language's assignment results (``N: VALUE`` lines)."""
+    out: dict[int, str] = {}
+    for m in messages:
+        if m.role != "tool":
+            continue
+        for line in m.content.splitlines():
+            label, sep, value = line.partition(": ")
+            if sep and label.isdigit() and not value.startswith("error:"):
+                out[int(label) - 1] = value.strip()
+    return out
 
 
 class SingleAgentPolicy:
-    """One agent, every sub-task's calls in turn, one per step; then the combined answer."""
+    """One agent, every item itself, one look-up per step; then the combined answer. In the index
+    language one ``solve`` of every item, last first, and an answer that counts down the same way
+    (as ``FanOutPolicy(interleave=True)`` does; the runtime charges each look-up on the critical path)."""
 
     def __init__(self, task: SwarmTask, combine: Combine | None = None) -> None:
         self.name = "single-agent"
@@ -87,6 +123,12 @@ class SingleAgentPolicy:
 
     async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
         k = _steps_taken(messages)
+        n = len(_subtasks(self.task))
+        if _speaks_index(tools):
+            if k == 0 and n:
+                return _turn(calls=[_index_call(SOLVE, items=list(range(n, 0, -1)))])
+            refs = [(i, SELF) for i in range(n - 1, -1, -1)]
+            return _index_answer(self.task, refs, _index_values(messages), self.combine)
         if k < len(self.plan):
             return _turn(calls=[self.plan[k]])
         answers = [str(s.get("answer", "")) for s in _subtasks(self.task)]
@@ -148,13 +190,16 @@ class FanOutPolicy:
     """Orchestrator: create ``width`` sub-agents, assign the sub-tasks ``width`` per turn, combine.
 
     ``width`` defaults to ``task.width`` (every sub-task at once when that is 0). ``extra``
-    more sub-agents are created and, in the first stage, given ``VAGUE_PROMPT``: spawning
+    more sub-agents are created and, in the first stage, given vague work (free text:
+    ``VAGUE_PROMPT``; index language: no item, the whole task undecomposed): spawning
     without a decomposition, which costs critical steps and returns nothing (the spurious
-    parallelism r_finish is meant to discourage). ``interleave``: one turn creates and assigns,
-    item by item (create w1, assign w1 item 1, create w2, ...), so a model imitating it walks
-    the question's numbered list once and stops at its end, instead of counting creations
-    first. Asked to act as a sub-agent, it runs the scripted sub-agent, so one instance can
-    play both roles.
+    parallelism r_finish is meant to discourage). ``interleave`` (how demonstrations are
+    written): one turn creates and assigns, item by item from the question's last item to its
+    first (create w7, assign w7 item 7, create w6, ...), and the answer counts down the same
+    way: a model imitating it reads the width once, from the question's last line, and stops
+    at item 1, a fixed point, instead of comparing its count with the width at every step.
+    Asked to act as a sub-agent, it runs the scripted sub-agent, so one instance can play both
+    roles. It writes whichever action language the runtime offers.
     """
 
     def __init__(
@@ -173,63 +218,66 @@ class FanOutPolicy:
         self.width = max(1, min(w, len(self.subtasks) or 1))
         # numbered from 1, like the items of a question: sub-agent w3 gets item 3
         self.agents = [f"w{i}" for i in range(1, self.width + 1)]
-        self.extra = [f"w{i}" for i in range(self.width + 1, self.width + 1 + max(0, extra))]
+        self.extra = [f"x{i}" for i in range(1, 1 + max(0, extra))]  # counted on their own
+        if interleave:  # last first, as the items
+            self.extra.reverse()
         self.sub = ScriptedSubagent(task)
         self.interleave = interleave
 
-    def _create(self, agent: str) -> ToolCall:
+    def _create(self, agent: str, index: bool) -> ToolCall:
+        if index:
+            return _index_call(CREATE_SUBAGENT, name=agent)
         return ToolCall(CREATE_SUBAGENT, json.dumps({"name": agent, "system_prompt": ""}))
 
-    def _assign(self, agent: str, prompt: str) -> ToolCall:
+    def _assign(self, agent: str, item: int | None, index: bool) -> ToolCall:
+        """``item`` (0-based) to ``agent``; None: vague work."""
+        if index:
+            return _index_call(ASSIGN_TASK, agent=agent, items=[] if item is None else [item + 1])
+        prompt = VAGUE_PROMPT if item is None else str(self.subtasks[item].get("prompt", ""))
         return ToolCall(ASSIGN_TASK, json.dumps({"agent": agent, "prompt": prompt}))
+
+    def _stage(self, batch: int, index: bool, create: bool) -> list[ToolCall]:
+        """The ``batch``-th stage's calls (creations first, or each before its assignment)."""
+        first = batch * self.width
+        pairs = [(a, first + j) for j, a in enumerate(self.agents) if first + j < len(self.subtasks)]
+        if self.interleave:
+            pairs.reverse()
+        if batch == 0:
+            pairs += [(a, None) for a in self.extra]
+        if not create:
+            return [self._assign(a, i, index) for a, i in pairs]
+        return [c for a, i in pairs for c in (self._create(a, index), self._assign(a, i, index))]
 
     async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
         if role != "orchestrator":
             return await self.sub.act(messages, tools, role)
+        index = _speaks_index(tools)
         k = _steps_taken(messages)
-        if self.interleave:
-            return self._act_interleaved(k, messages)
-        if k == 0 and self.subtasks:
-            return _turn(
-                calls=[
-                    ToolCall(CREATE_SUBAGENT, json.dumps({"name": a, "system_prompt": ""}))
-                    for a in self.agents + self.extra
-                ]
-            )
-        batch = k - 1
-        first = batch * self.width
-        if 0 <= first < len(self.subtasks):
-            chunk = self.subtasks[first : first + self.width]
-            vague = self.extra if batch == 0 else []
-            return _turn(
-                calls=[
-                    ToolCall(ASSIGN_TASK, json.dumps({"agent": a, "prompt": str(s.get("prompt", ""))}))
-                    for a, s in zip(self.agents, chunk)
-                ]
-                + [ToolCall(ASSIGN_TASK, json.dumps({"agent": a, "prompt": VAGUE_PROMPT})) for a in vague]
-            )
-        return self._answer(messages)
-
-    def _act_interleaved(self, k: int, messages: list[Message]) -> Turn:
-        first = k * self.width
-        if 0 <= first < len(self.subtasks):
-            chunk = self.subtasks[first : first + self.width]
-            calls = [
-                c
-                for a, s in zip(self.agents, chunk)
-                for c in ((self._create(a),) if k == 0 else ()) + (self._assign(a, str(s.get("prompt", ""))),)
-            ]
-            if k == 0:
-                calls += [c for a in self.extra for c in (self._create(a), self._assign(a, VAGUE_PROMPT))]
-            return _turn(calls=calls)
+        batches = -(-len(self.subtasks) // self.width)
+        if self.interleave:  # turn k is stage k, the first one creating as it goes
+            if k < batches:
+                return _turn(calls=self._stage(k, index, create=k == 0))
+        elif k == 0 and self.subtasks:
+            return _turn(calls=[self._create(a, index) for a in self.agents + self.extra])
+        elif 0 <= k - 1 < batches:
+            return _turn(calls=self._stage(k - 1, index, create=False))
+        if index:
+            refs = [(i, self.agents[i % self.width]) for i in range(len(self.subtasks))]
+            if self.interleave:
+                refs.reverse()
+            return _index_answer(self.task, refs, _index_values(messages), self.combine)
         return self._answer(messages)
 
     def _answer(self, messages: list[Message]) -> Turn:
-        answers = _results_of(messages, ASSIGN_TASK)
+        """The free-text answer, combined from the assignments' results (``NAME: VALUE`` lines)."""
+        answers = [v for m in _results_of(messages, ASSIGN_TASK) for v in result_values(m)]
         if self.extra:  # drop the vague assignments' replies (the last ones of the first stage)
             n = min(self.width, len(self.subtasks))
             answers = answers[:n] + answers[n + len(self.extra) :]
-        answers = [_answer_of(r) for r in answers]
+        if self.interleave:  # each stage's items came back last first
+            answers = [
+                a for b in range(0, len(answers), self.width) for a in answers[b : b + self.width][::-1]
+            ]
         answers += [""] * (len(self.subtasks) - len(answers))
         return _turn(_combine(self.task, answers[: len(self.subtasks)], self.combine))
 
@@ -259,19 +307,25 @@ class SimulatedPolicy:
         k = _steps_taken(messages)
         if role == "orchestrator" and self.agents > 0:
             names = [f"sim{i}" for i in range(self.agents)]
+            index = _speaks_index(tools)
             if k == 0:
+                if index:
+                    return _turn(calls=[_index_call(CREATE_SUBAGENT, name=n) for n in names])
                 return _turn(
                     calls=[
                         ToolCall(CREATE_SUBAGENT, json.dumps({"name": n, "system_prompt": ""})) for n in names
                     ]
                 )
             if k == 1:
+                if index:  # no item: each gets the whole task (a simulated worker ignores it)
+                    return _turn(calls=[_index_call(ASSIGN_TASK, agent=n, items=[]) for n in names])
                 return _turn(
                     calls=[
                         ToolCall(ASSIGN_TASK, json.dumps({"agent": n, "prompt": f"part {n}"})) for n in names
                     ]
                 )
-            done = sum(not r.startswith("error:") for r in _results_of(messages, ASSIGN_TASK))
+            results = _results_of(messages, ASSIGN_TASK)
+            done = sum(bool(v) for r in results for v in result_values(r))
             return _turn(f"Answer: {done} of {self.agents} parts done")
         tool = self.tool or (tools[0].name if tools else None)
         if k < self.steps - 1 and tool is not None:

@@ -13,28 +13,33 @@ Every task carries what a scripted baseline needs: ``data["subtasks"]`` (prompt,
 the exact tool calls that solve it, and its answer -- all replayed against the
 environment when the task is generated), ``data["combine"]`` (``{"op": "list" |
 "argmax" | "argmin", "keys": [entity per subtask]}``, applied by
-``combine_answers``) and ``data["budgets"]``.
+``combine_answers``), ``data["budgets"]`` and ``data["answer_format"]`` (the
+question's last line in each action language, ``kimi_lab.swarm.actions``).
 
 Step budgets (``step_budgets``), in critical steps (PAPER_NOTES section 7: a
-stage costs one orchestrator step plus its longest sub-agent), counting one
-environment tool call per step and one step to write the answer, with c_i the
-calls of sub-task i and W the width:
+stage costs one orchestrator step plus its longest lane), counting one environment
+tool call per step and one step to write the answer, with c_i the calls of
+sub-task i, W the width and ``slack`` the builder's:
 
-    serial_steps   = sum_i c_i + 1          one agent doing every call itself
+    serial_steps   = sum_i c_i + 1          one agent doing every call itself (free text)
+    solve_steps    = 1 + sum_i (c_i + 1) + 1
+                     one agent in the index language: one ``solve`` turn, each item's
+                     calls and reply, then the answer
     subagent_need  = max_i c_i + 1          a sub-agent's calls, then its reply
     parallel_steps = 1 + (1 + subagent_need) + 1
                      (create the sub-agents; assign all at once, wait for the
                      slowest; write the answer)
-    critical_steps = min(serial_steps - 1, parallel_steps + SLACK_STEPS)
-    subagent_steps = subagent_need + (critical_steps - parallel_steps)
+    critical_steps = parallel_steps + slack
+    subagent_steps = subagent_need + slack
 
-so parallel_steps <= critical_steps < serial_steps: a single agent cannot finish
-within the budget, a swarm of W sub-agents can (with up to SLACK_STEPS to spare
-for a retry). With 4 calls per item this holds for every W >= 2 (serial 4W + 1,
-parallel 8). It assumes one environment call per step: an agent that batches
-the W independent searches (then the W opens) of a wide task into single turns
-would need only 5 turns, so a runtime that charges per turn must also allow one
-environment call per turn for the bound to bind.
+so a swarm of W sub-agents always fits (with ``slack`` to spare for a retry, or for
+sub-agents given two items each), and one agent fits only while W is small: with 4
+calls per item and slack s, serial work fits for W <= (s + 7) / 4 (free text) or
+W <= (s + 6) / 5 (index). That is the curriculum PARL needs: widths where working
+alone scores and widths where only delegating does. It assumes one environment call
+per step: an agent that batches the W independent searches (then the W opens) of a
+wide task into single turns would need only 5 turns, so a runtime that charges per
+turn must also allow one environment call per turn for the bound to bind.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_lab.chat import Message, extract_answer
+from kimi_lab.swarm.actions import question, reply_value
 from kimi_lab.swarm.corpus import RELATIONS, Corpus, Doc, Relation, build_corpus
 from kimi_lab.swarm.environment import TOOLS, SearchEnvironment, is_error
 from kimi_lab.swarm.types import SwarmTask
@@ -75,17 +81,16 @@ SYSTEM_PROMPT = (
 # ------------------------------------------------------------------ budgets
 def step_budgets(calls: list[int], slack: int = SLACK_STEPS) -> dict[str, int]:
     """Critical-step budgets for sub-tasks of ``calls[i]`` tool calls (formulas in the module docstring)."""
-    serial = sum(calls) + 1
+    if len(calls) < 2 or slack < 0:
+        raise ValueError(f"budgets need two or more sub-tasks and slack >= 0 (got {calls}, slack {slack})")
     subagent_need = max(calls) + 1
     parallel = ORCHESTRATOR_SETUP_STEPS + subagent_need + 1
-    critical = min(serial - 1, parallel + slack)
-    if critical < parallel:
-        raise ValueError(f"sub-tasks of {calls} calls leave no budget a swarm meets and one agent cannot")
     return {
-        "critical_steps": critical,
-        "serial_steps": serial,
+        "critical_steps": parallel + slack,
+        "serial_steps": sum(calls) + 1,
+        "solve_steps": 1 + sum(c + 1 for c in calls) + 1,
         "parallel_steps": parallel,
-        "subagent_steps": subagent_need + critical - parallel,
+        "subagent_steps": subagent_need + slack,
         "width": len(calls),
     }
 
@@ -120,10 +125,7 @@ def _wide(rng: random.Random, corpus: Corpus, world: str, width: int) -> tuple[A
     chosen = rng.sample(roots, width)
     subs = [_subtask(corpus, rel, e) for e in chosen]
     keys = [e.title for e in chosen]
-    question = (
-        f"For each of these {width} {_PLURAL[rel.root]}, find {rel.each}:\n{_numbered(keys)}\n"
-        "End with one final line `Answer: NAME: VALUE; NAME: VALUE; ...`, one item per name."
-    )
+    question = f"For each of these {width} {_PLURAL[rel.root]}, find {rel.each}:\n{_numbered(keys)}"
     answer = [f"{k}: {s['answer']}" for k, s in zip(keys, subs)]
     return rel, question, answer, subs, {"op": "list", "keys": keys}
 
@@ -146,12 +148,21 @@ def _deep(rng: random.Random, corpus: Corpus, world: str, width: int) -> tuple[A
     pick = max if op == "argmax" else min
     winner = pick(chosen, key=lambda ve: ve[0])[1]
     keys = [e.title for _, e in chosen]
-    question = (
-        f"Which of these {width} {_PLURAL[rel.root]} {rel.most[op == 'argmin']}?\n{_numbered(keys)}\n"
-        "End with one final line `Answer: NAME`."
-    )
+    question = f"Which of these {width} {_PLURAL[rel.root]} {rel.most[op == 'argmin']}?\n{_numbered(keys)}"
     subs = [_subtask(corpus, rel, e) for _, e in chosen]
     return rel, question, [winner.title], subs, {"op": op, "keys": keys}
+
+
+ANSWER_FORMATS = {  # the question's last line, per kind and action language
+    "wide": {
+        "text": "End with one final line `Answer: NAME: VALUE; NAME: VALUE; ...`, one item per name.",
+        "index": "End with `Answer:` and one line ITEM=AGENT per item.",
+    },
+    "deep": {
+        "text": "End with one final line `Answer: NAME`.",
+        "index": "End with one final line `Answer: ITEM` (the item's number).",
+    },
+}
 
 
 def generate_tasks(
@@ -161,9 +172,11 @@ def generate_tasks(
     width_range: tuple[int, int] = (3, 6),
     corpus: Corpus | None = None,
     split: str = "train",
+    slack: int = SLACK_STEPS,
 ) -> list[SwarmTask]:
     """``n`` distinct tasks over the ``split`` world of ``corpus`` (default: ``build_corpus(seed)``),
-    kinds in turn; the same arguments give the same tasks. Every sub-task is replayed and checked."""
+    kinds in turn; the same arguments give the same tasks. Every sub-task is replayed and checked.
+    ``slack``: critical steps a swarm has beyond its fastest path (``step_budgets``)."""
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in TASK_KINDS]
     if not kinds or bad:
@@ -199,7 +212,8 @@ def generate_tasks(
                 "corpus": {"seed": corpus.seed, "docs": len(corpus)},
                 "subtasks": subs,
                 "combine": combine,
-                "budgets": step_budgets([len(s["calls"]) for s in subs]),
+                "budgets": step_budgets([len(s["calls"]) for s in subs], slack),
+                "answer_format": ANSWER_FORMATS[kind],
             },
         )
         problem = verify_task(task, env)
@@ -231,21 +245,12 @@ def verify_task(task: SwarmTask, env: SearchEnvironment) -> str | None:
     if score_swarm(task, expected) != 1.0:
         return f"combining the sub-answers gives {expected!r}, not {task.answer}"
     b = task.data["budgets"]
-    if not b["parallel_steps"] <= b["critical_steps"] < b["serial_steps"]:
-        return f"budgets {b} let one agent finish or stop a swarm"
+    if not b["parallel_steps"] <= b["critical_steps"]:
+        return f"budgets {b} stop a swarm"
     return None
 
 
 # ------------------------------------------------------------------ combining and scoring
-def _sub_value(text: Any) -> str:
-    """A sub-agent's reply reduced to its answer: the ``Answer:`` line when there is one."""
-    if not isinstance(text, str):
-        return ""
-    text = text[-MAX_CHARS:]
-    value = extract_answer(text) or (text.strip().splitlines() or [""])[-1]
-    return value.strip().rstrip(".").strip()
-
-
 def _number(text: str) -> float | None:
     m = _NUMBER.search(text)
     return float(m.group().replace(",", "")) if m else None
@@ -254,7 +259,7 @@ def _number(text: str) -> float | None:
 def combine_answers(task: SwarmTask, sub_answers: list[str]) -> str:
     """The final text (``Answer: ...``) from the sub-tasks' answers, in ``data["subtasks"]`` order."""
     combine = task.data["combine"]
-    keys, values = combine["keys"], [_sub_value(a) for a in sub_answers]
+    keys, values = combine["keys"], [reply_value(a) for a in sub_answers]
     if combine["op"] == "list":
         return "Answer: " + "; ".join(f"{k}: {v}" for k, v in zip(keys, values) if v)
     numbers = [(x, k) for k, v in zip(keys, values) if (x := _number(v)) is not None]
@@ -341,8 +346,9 @@ def task_from_dict(d: dict[str, Any]) -> SwarmTask:
 
 
 def task_messages(task: SwarmTask) -> list[Message]:
-    """The prompt: the system prompt naming the tools, then the question."""
-    return [Message("system", SYSTEM_PROMPT), Message("user", task.question)]
+    """The prompt of one agent working alone in free text: the system prompt naming the tools, then
+    the question."""
+    return [Message("system", SYSTEM_PROMPT), Message("user", question(task, "text"))]
 
 
 def load_swarm_tasks(folder: str | Path, split: str = "train") -> tuple[list[SwarmTask], Corpus]:

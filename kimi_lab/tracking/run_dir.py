@@ -13,9 +13,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -36,20 +33,14 @@ from kimi_lab.metrics import (
     MOE_IMBALANCE_MAX,
     MOE_LOAD_FILE,
     STATUS_FAILED,
-    STATUS_FILE,
     STATUS_FINISHED,
     STATUS_INTERRUPTED,
     STATUS_RUNNING,
 )
 from kimi_lab.tracking.contract import PhaseReport
 from kimi_lab.tracking.parquet_logger import ParquetMetricsLogger
+from kimi_lab.tracking.status import write_status
 from kimi_lab.tracking.table import ATTN_LOGITS_SCHEMA, MOE_LOAD_SCHEMA, ParquetTable
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def report(pl_module: L.LightningModule) -> PhaseReport:
@@ -89,20 +80,8 @@ class RunDirCallback(L.Callback):
         final = {
             k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
         }
-        write_json_atomic(
-            self.run_dir / STATUS_FILE,
-            {
-                "status": status,
-                "experiment": self.experiment,
-                "step": trainer.global_step,
-                "max_steps": trainer.max_steps,
-                "started": self.started,
-                "updated": time.time(),
-                # who writes it: ckpt_path=auto leaves a run alone while its process lives
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "final": final,
-            },
+        write_status(
+            self.run_dir, status, self.experiment, trainer.global_step, trainer.max_steps, self.started, final
         )
 
     @rank_zero_only

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -52,26 +54,26 @@ def tiny_ckpt(tiny_tokenizer: Path, tiny_shards: Path, tmp_path_factory: pytest.
 
 # ------------------------------------------------------------------ the reward
 def _result(**kw: object) -> EpisodeResult:
-    return EpisodeResult("t", **kw)  # type: ignore[arg-type]
+    return EpisodeResult("t", **kw)  # type: ignore[arg-type]  # answer_text: what is scored
 
 
 def test_parl_reward_components_and_annealing() -> None:
     task = SwarmTask("t", "wide", "q", ["a: 1", "b: 2"], width=2, data={})
     w = ParlWeights(0.5, 0.25)
-    fan = _result(final_text="Answer: a: 1; b: 2", assignments=2, completed_assignments=2, max_parallelism=2)
+    fan = _result(answer_text="Answer: a: 1; b: 2", assignments=2, completed_assignments=2, max_parallelism=2)
     r = parl_reward(task, fan, w)
     assert r["perf"] == 1.0 and r["parallel"] == 1.0 and r["finish"] == 1.0
     assert r["total"] == pytest.approx(1.0 + 0.5 + 0.25)
     # serial collapse: right answer, no sub-agents -> no r_parallel, no r_finish
-    alone = parl_reward(task, _result(final_text="Answer: a: 1; b: 2"), w)
+    alone = parl_reward(task, _result(answer_text="Answer: a: 1; b: 2"), w)
     assert alone["parallel"] == 0.0 and alone["finish"] == 0.0 and alone["total"] == 1.0
     # spurious parallelism: many assignments, none came back
-    spur = parl_reward(task, _result(final_text="no idea", assignments=6, completed_assignments=0), w)
+    spur = parl_reward(task, _result(answer_text="no idea", assignments=6, completed_assignments=0), w)
     assert spur["parallel"] == 1.0 and spur["finish"] == 0.0 and spur["perf"] == 0.0
     # over budget: the answer does not count
-    late = parl_reward(task, _result(final_text="Answer: a: 1; b: 2", budget_exceeded="critical_steps"), w)
+    late = parl_reward(task, _result(answer_text="Answer: a: 1; b: 2", budget_exceeded="critical_steps"), w)
     assert late["perf"] == 0.0
-    half = parl_reward(task, _result(final_text="Answer: a: 1", assignments=1, completed_assignments=1), w)
+    half = parl_reward(task, _result(answer_text="Answer: a: 1", assignments=1, completed_assignments=1), w)
     assert half["perf"] == pytest.approx(2 / 3) and half["parallel"] == 0.5
     # held until start x max_steps, then linearly to 0 at end x max_steps
     assert annealed(0.5, 0, 10, 0.0, 1.0) == 0.5 and annealed(0.5, 5, 10, 0.0, 1.0) == 0.25
@@ -262,6 +264,23 @@ def test_checkpoint_policy_batches_concurrent_turns(tiny_ckpt: Path) -> None:
     alone = asyncio.run(policy.act([Message("user", "question 3")], [], "subagent"))
     assert alone.tokens == turns[3].tokens  # batching (left padding) does not change greedy output
 
+    # a turn that arrives while a batch is being sampled, and no turn after it: still served
+    def slow(model, prompts, *a, **kw):
+        time.sleep(0.3)
+        return real(model, prompts, *a, **kw)
+
+    async def late_arrival() -> list:
+        first = asyncio.ensure_future(policy.act([Message("user", "first")], [], "subagent"))
+        await asyncio.sleep(0.1)  # the first batch is being sampled now
+        second = policy.act([Message("user", "second")], [], "subagent")
+        return list(await asyncio.wait_for(asyncio.gather(first, second), timeout=30))
+
+    cp.generate = slow
+    try:
+        assert all(t.tokens for t in asyncio.run(late_arrival()))
+    finally:
+        cp.generate = real
+
 
 # ----------------------------------------------------------------- phase parl
 def _parl(swarm_tasks: Path, tiny_tokenizer: Path, run: Path, *extra: str) -> list[str]:
@@ -299,7 +318,8 @@ def test_parl_phase_trains_the_orchestrator_and_writes_traces(
     res = run_cli(*_parl(swarm_tasks, tiny_tokenizer, run), cwd=REPO, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     m = pd.read_parquet(run / "metrics.parquet")
-    for key in ("parl/reward", "parl/r_perf", "parl/critical_steps", "parl/subagents", "parl/lambda1"):
+    keys = ("parl/reward", "parl/r_perf", "parl/critical_steps", "parl/subagents", "parl/lambda1")
+    for key in (*keys, "parl/truncated_turns"):
         assert (m.key == key).any(), key
     assert (m[m.key == "rl/rollout_tokens_per_s"].value > 0).all()
     assert m[m.key == "rl/sampling_fraction"].value.between(0, 1, inclusive="right").all()
@@ -326,38 +346,63 @@ def test_parl_config_errors_are_one_line(swarm_tasks: Path, tiny_tokenizer: Path
 
 
 def test_swarm_sft_builder_writes_right_demonstrations_of_every_style(
-    swarm_tasks: Path, tmp_path: Path
+    swarm_tasks: Path, tiny_tokenizer: Path, tmp_path: Path
 ) -> None:
-    from kimi_lab.chat import conversation_from_list
-    from kimi_lab.data.shards import iter_shard_samples, resolve_shards
+    from kimi_lab.chat import ChatEncoder, conversation_from_list
+    from kimi_lab.data.shards import iter_shard_samples
+    from kimi_lab.data.tokenizer import Tokenizer
     from kimi_lab.swarm.corpus import Corpus
 
+    def build(out: Path, n: int, *extra: str) -> subprocess.CompletedProcess:
+        return run_cli(
+            "data", "build", "swarm-sft", "--out", str(out), "--n", str(n), "--fanout-fraction", "0.4",
+            "--overspawn-fraction", "0.3", "--seed", "3", "--widths", "2-5", "--kinds", "wide",
+            "--tokenizer", str(tiny_tokenizer), *extra, cwd=REPO,
+        )  # fmt: skip
+
+    def samples(out: Path) -> list[dict]:
+        urls = sorted(str(p) for p in out.glob("*.tar"))  # train and val
+        return [json.loads(s["json"]) for s in iter_shard_samples(iter(urls), lambda e: False)]
+
     out = tmp_path / "sft"
-    res = run_cli(
-        "data", "build", "swarm-sft", "--out", str(out), "--n", "30", "--fanout-fraction", "0.4",
-        "--overspawn-fraction", "0.3", "--seed", "3", cwd=REPO,
-    )  # fmt: skip
+    res = build(out, 30)
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
     assert c["fanout"] > 0 and c["serial"] > 0 and c["overspawn"] > 0
-    assert c["fanout"] + c["serial"] + c["overspawn"] == 30
-    urls = resolve_shards(str(out), "train", "swarm sft")
-    samples = [json.loads(s["json"]) for s in iter_shard_samples(iter(urls), lambda e: False)]
-    task_names = {d.title for d in Corpus.load(swarm_tasks / "corpus.jsonl").docs}  # same --seed
-    for rec in samples:
+    assert c["fanout"] + c["serial"] + c["overspawn"] == 30 and manifest["actions"] == "index"
+    enc = ChatEncoder(Tokenizer(tiny_tokenizer))
+    longest: dict[str, int] = {}
+    for rec in samples(out):
         msgs = conversation_from_list(rec["messages"])  # a valid chat for phase sft
-        calls = [c for m in msgs for c in m.tool_calls]
-        names = [c.name for c in calls]
-        width = len(msgs[1].content.splitlines()) - 2  # the numbered items of the question
-        if rec["swarm"]["style"] == "serial":
-            assert "assign_task" not in names and "search" in names
+        names = [c.name for m in msgs for c in m.tool_calls]
+        width = rec["swarm"]["width"]
+        if rec["swarm"]["style"] == "serial":  # the orchestrator's own work, by item number, last first
+            assert names == ["solve"] and json.loads(msgs[2].tool_calls[0].input) == {
+                "items": list(range(width, 0, -1))
+            }
         else:
-            assert "search" not in names and names.count("assign_task") >= width
+            assert "solve" not in names and names.count("assign_task") >= width
             spawned = names.count("create_subagent")
             assert spawned == width if rec["swarm"]["style"] == "fanout" else spawned > width
-        assert msgs[-1].role == "assistant" and msgs[-1].content.startswith("Answer:")
-        # demonstrations come from a corpus of their own: no name a task uses, so only copying imitates them
+        agent = "self" if rec["swarm"]["style"] == "serial" else "w{}"
+        assert msgs[-1].content == "Answer:\n" + "\n".join(
+            f"{i}={agent.format(i)}" for i in range(width, 0, -1)
+        )
+        turns = [len(enc.encode([m]).tokens) - 2 for m in msgs if m.role == "assistant"]
+        longest[str(width)] = max(longest.get(str(width), 0), *turns)
+    # the manifest measured every turn: the generation budget a phase needs, per width
+    assert {w: manifest["turn_tokens"][w] for w in longest} == longest
+    assert manifest["conversation_tokens"] > max(longest.values())
+    # a budget shorter than a demonstrated turn is refused when the data is built
+    short = build(tmp_path / "short", 8, "--max-turn-tokens", str(min(longest.values())))
+    assert short.returncode == 2 and "over --max-turn-tokens" in short.stderr
+    # the free-text language: prompts naming entities of a corpus of the demonstrations' own
+    text = tmp_path / "text"
+    assert build(text, 8, "--actions", "text").returncode == 0
+    task_names = {d.title for d in Corpus.load(swarm_tasks / "corpus.jsonl").docs}  # same --seed
+    for rec in samples(text):
+        calls = [c for m in conversation_from_list(rec["messages"]) for c in m.tool_calls]
         prompts = [json.loads(c.input)["prompt"] for c in calls if c.name == "assign_task"]
         searched = {p[len("For ") :].split(",")[0] for p in prompts if p.startswith("For ")}
         assert not searched & task_names and (bool(searched) or rec["swarm"]["style"] == "serial")

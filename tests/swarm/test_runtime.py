@@ -22,16 +22,28 @@ from kimi_lab import metrics as M
 from kimi_lab.chat import Message, ToolCall
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.errors import ConfigError
-from kimi_lab.swarm import runtime
+from kimi_lab.swarm import lanes, runtime
 from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
 from kimi_lab.swarm.result import EpisodeResult
-from kimi_lab.swarm.runtime import run_episode, run_episode_sync
 from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SimulatedPolicy, SingleAgentPolicy
 from kimi_lab.swarm.trace import TraceWriter
 from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
 from tests.conftest import REPO
 
 ORCH = M.SWARM_ORCHESTRATOR
+
+
+# The runtime's mechanics, in the free-text action language (the index language: test_actions.py).
+def text_cfg(**kw: Any) -> SwarmConfig:
+    return SwarmConfig(actions="text", **kw)
+
+
+def run_episode_sync(task, env, orch, sub, cfg=None, trace=None, reward=None) -> EpisodeResult:
+    return runtime.run_episode_sync(task, env, orch, sub, cfg or text_cfg(), trace, reward)
+
+
+async def run_episode(task, env, orch, sub, cfg=None, trace=None, reward=None) -> EpisodeResult:
+    return await runtime.run_episode(task, env, orch, sub, cfg or text_cfg(), trace, reward)
 
 
 # ----------------------------------------------------------------------- fakes
@@ -167,7 +179,7 @@ def test_critical_steps_grow_with_width_serially_and_stay_flat_fanned_out(width:
     task = make_task([2] * width)
     env = FakeEnv()
     single = run_episode_sync(
-        task, env, SingleAgentPolicy(task, combine), ScriptedSubagent(task), SwarmConfig(single_agent=True)
+        task, env, SingleAgentPolicy(task, combine), ScriptedSubagent(task), text_cfg(single_agent=True)
     )
     # one tool call per step, then the answer
     assert single.critical_steps == single.orchestrator_steps == single.total_steps == 2 * width + 1
@@ -212,8 +224,9 @@ def test_orchestrator_turns_and_their_contexts_are_kept_for_training() -> None:
         and "assign_task" in res.orchestrator_contexts[0][0].content
     )
     assert res.orchestrator_contexts[0][1] == Message("user", task.question)
-    # each assignment came back as one tool message holding only the sub-agent's result
-    assert [m.content for m in res.messages if m.role == "tool"][-2:] == ["a0", "a1"]
+    # each assignment came back as one tool message holding only the sub-agent's result, after its
+    # name (so a value reads as it will in a NAME: VALUE answer)
+    assert [m.content for m in res.messages if m.role == "tool"][-2:] == ["w1: a0", "w2: a1"]
 
 
 def test_env_calls_per_turn_can_be_limited() -> None:
@@ -221,7 +234,7 @@ def test_env_calls_per_turn_can_be_limited() -> None:
     orch = Scripted(
         [turn(calls=[create("w"), ("search", "x"), ("search", "y")]), turn(calls=[assign("w", "go")])]
     )
-    res = run_episode_sync(make_task([1]), FakeEnv(), orch, sub, SwarmConfig(max_env_calls_per_turn=1))
+    res = run_episode_sync(make_task([1]), FakeEnv(), orch, sub, text_cfg(max_env_calls_per_turn=1))
     tools = [m.content for m in res.messages if m.role == "tool"]
     assert tools[1] == "search(x)" and tools[2].startswith(
         "error: at most 1 environment tool call(s) per turn"
@@ -231,7 +244,7 @@ def test_env_calls_per_turn_can_be_limited() -> None:
 
 def test_single_agent_mode_has_no_swarm_tools() -> None:
     orch = Scripted([turn(calls=[create("w"), ("search", "x")])])
-    res = run_episode_sync(make_task([1]), FakeEnv(), orch, SimulatedPolicy(), SwarmConfig(single_agent=True))
+    res = run_episode_sync(make_task([1]), FakeEnv(), orch, SimulatedPolicy(), text_cfg(single_agent=True))
     tools = [m.content for m in res.messages if m.role == "tool"]
     assert tools[0].startswith("error: unknown tool 'create_subagent'") and tools[1] == "search(x)"
     assert res.subagents_spawned == 0 and "create_subagent" not in res.messages[0].content
@@ -242,7 +255,7 @@ def test_orchestrator_and_subagents_see_the_same_environment_dispatch() -> None:
     calls = [("search", "x"), ("open", "crash"), ("fly", "away")]
     sub = Scripted([turn(calls=calls)])
     orch = Scripted([turn(calls=[*calls, create("w")]), turn(calls=[assign("w", "go")])])
-    run_episode_sync(make_task([1]), FakeEnv(), orch, sub, SwarmConfig(max_env_calls_per_turn=None))
+    run_episode_sync(make_task([1]), FakeEnv(), orch, sub, text_cfg(max_env_calls_per_turn=None))
     by_orch = [m.content for m in orch.seen[1][-4:-1]]
     by_sub = [m.content for m in sub.seen[1][-3:]]
     assert by_orch[0] == by_sub[0] == "search(x)"
@@ -265,8 +278,8 @@ def test_one_swarm_schema_from_yaml_to_runtime() -> None:
     assert sw.max_critical_steps is None  # each task's own budget
     task = make_task([1, 1])
     task.data["budgets"] = {"critical_steps": 9}
-    assert sw.critical_budget(task) == 9 and SwarmConfig(max_critical_steps=5).critical_budget(task) == 5
-    assert SwarmConfig().critical_budget(make_task([1])) == 64  # a task without a budget
+    assert sw.critical_budget(task) == 9 and text_cfg(max_critical_steps=5).critical_budget(task) == 5
+    assert text_cfg().critical_budget(make_task([1])) == 64  # a task without a budget
     with pytest.raises(ConfigError, match=r"phase\.parl\.swarm\.nonsense"):
         compose(["phase=parl", "phase.parl.swarm.nonsense=1"])
     with pytest.raises(ConfigError, match=r"swarm\.max_subagent_steps=0"):
@@ -296,7 +309,7 @@ class Probe:
 
 def test_subagents_of_a_stage_run_concurrently(tmp_path: Path) -> None:
     n, latency = 20, 0.05
-    cfg = SwarmConfig(max_subagents=n, max_concurrency=n)
+    cfg = text_cfg(max_subagents=n, max_concurrency=n)
     t0 = time.perf_counter()
     res = run_episode_sync(
         make_task([1]),
@@ -317,7 +330,7 @@ def test_subagents_of_a_stage_run_concurrently(tmp_path: Path) -> None:
 
 def test_max_concurrency_bounds_running_subagents() -> None:
     probe = Probe(0.01)
-    cfg = SwarmConfig(max_subagents=12, max_concurrency=3)
+    cfg = text_cfg(max_subagents=12, max_concurrency=3)
     res = run_episode_sync(make_task([1]), FakeEnv(), SimulatedPolicy(agents=12), probe, cfg)
     assert res.completed_assignments == 12 and probe.most == 3
 
@@ -325,7 +338,7 @@ def test_max_concurrency_bounds_running_subagents() -> None:
 # ----------------------------------------------------------------------- budgets
 def test_critical_step_budget_ends_a_serial_episode() -> None:
     task = make_task([3, 3])
-    cfg = SwarmConfig(single_agent=True, max_critical_steps=4)
+    cfg = text_cfg(single_agent=True, max_critical_steps=4)
     res = run_episode_sync(task, FakeEnv(), SingleAgentPolicy(task, combine), SimulatedPolicy(), cfg)
     assert res.budget_exceeded == "critical_steps" and res.critical_steps == 4 and res.tool_calls == 4
     assert res.answer is None and not res.finished
@@ -333,14 +346,14 @@ def test_critical_step_budget_ends_a_serial_episode() -> None:
 
 def test_orchestrator_step_budget() -> None:
     task = make_task([3, 3])
-    cfg = SwarmConfig(single_agent=True, max_orchestrator_steps=3)
+    cfg = text_cfg(single_agent=True, max_orchestrator_steps=3)
     res = run_episode_sync(task, FakeEnv(), SingleAgentPolicy(task, combine), SimulatedPolicy(), cfg)
     assert res.budget_exceeded == "orchestrator_steps" and res.orchestrator_steps == 3
 
 
 def test_subagents_share_the_critical_budget_and_leave_the_orchestrator_a_step(tmp_path: Path) -> None:
     task = make_task([5, 5])
-    cfg = SwarmConfig(max_critical_steps=5)
+    cfg = text_cfg(max_critical_steps=5)
     res = run_episode_sync(
         task,
         FakeEnv(),
@@ -357,7 +370,7 @@ def test_subagents_share_the_critical_budget_and_leave_the_orchestrator_a_step(t
 
 def test_subagent_step_and_count_budgets() -> None:
     task = make_task([3, 3, 3, 3])
-    cfg = SwarmConfig(max_subagent_steps=2, max_subagents=2)
+    cfg = text_cfg(max_subagent_steps=2, max_subagents=2)
     res = run_episode_sync(task, FakeEnv(), FanOutPolicy(task, combine=combine), ScriptedSubagent(task), cfg)
     tools = [m.content for m in res.messages if m.role == "tool"]
     assert res.subagents_spawned == 2 and res.stage_steps == [2]
@@ -368,9 +381,7 @@ def test_subagent_step_and_count_budgets() -> None:
 
 
 def test_episode_wall_clock_budget() -> None:
-    cfg = SwarmConfig(
-        single_agent=True, max_episode_s=0.1, max_orchestrator_steps=1000, max_critical_steps=1000
-    )
+    cfg = text_cfg(single_agent=True, max_episode_s=0.1, max_orchestrator_steps=1000, max_critical_steps=1000)
     t0 = time.perf_counter()
     res = run_episode_sync(
         make_task([1]), FakeEnv(), SimulatedPolicy(0.03, steps=1000), SimulatedPolicy(), cfg
@@ -430,12 +441,12 @@ FAULTS = {
 @pytest.mark.parametrize("kind", sorted(FAULTS))
 def test_subagent_faults_become_error_observations(kind: str, tmp_path: Path) -> None:
     orch = Scripted([turn(calls=[create("w")]), turn(calls=[assign("w", "go"), ("search", "q")])])
-    cfg = SwarmConfig(subagent_timeout_s=0.05)
+    cfg = text_cfg(subagent_timeout_s=0.05)
     t0 = time.perf_counter()
     res = run_episode_sync(make_task([1]), FakeEnv(), orch, Faulty(kind), cfg, tmp_path / "e.jsonl")
     assert time.perf_counter() - t0 < 1.0
     result = res.messages[-3].content  # the assignment's tool message, then search's, then the answer
-    assert result.startswith("error: sub-agent w") and FAULTS[kind] in result, result
+    assert result.startswith("w: error: sub-agent w") and FAULTS[kind] in result, result
     assert res.messages[-2].content == "search(q)"
     assert res.finished and res.errors == 1 and res.completed_assignments == 0 and res.failure is None
     events = check_trace(tmp_path / "e.jsonl", res, cfg)
@@ -447,19 +458,19 @@ def test_subagent_faults_become_error_observations(kind: str, tmp_path: Path) ->
 
 def test_step_timeout_of_a_subagent() -> None:
     orch = Scripted([turn(calls=[create("w")]), turn(calls=[assign("w", "go")])])
-    cfg = SwarmConfig(step_timeout_s=0.02)
+    cfg = text_cfg(step_timeout_s=0.02)
     res = run_episode_sync(make_task([1]), FakeEnv(), orch, Faulty("hang"), cfg)
     assert "step 1 timed out after 0.02s" in res.messages[-2].content
 
 
 def test_a_subagent_that_resists_cancellation_is_left_behind(monkeypatch) -> None:
-    monkeypatch.setattr(runtime, "_CANCEL_GRACE_S", 0.02)
+    monkeypatch.setattr(lanes, "_CANCEL_GRACE_S", 0.02)
     orch = Scripted([turn(calls=[create("w")]), turn(calls=[assign("w", "go")])])
 
     async def main() -> tuple[EpisodeResult, float]:
         t0 = time.perf_counter()
         res = await run_episode(
-            make_task([1]), FakeEnv(), orch, Faulty("stubborn"), SwarmConfig(subagent_timeout_s=0.03)
+            make_task([1]), FakeEnv(), orch, Faulty("stubborn"), text_cfg(subagent_timeout_s=0.03)
         )
         return res, time.perf_counter() - t0
 
@@ -478,7 +489,7 @@ def test_a_subagent_recovers_from_its_own_malformed_calls() -> None:
 
     faulty.act = act  # type: ignore[method-assign]
     res = run_episode_sync(make_task([1]), FakeEnv(), orch, faulty)
-    assert res.messages[-2].content == "recovered" and res.completed_assignments == 1 and res.errors == 2
+    assert res.messages[-2].content == "w: recovered" and res.completed_assignments == 1 and res.errors == 2
     tools = [m.content for m in seen[1] if m.role == "tool"]
     assert tools[0] == "error: malformed tool call: no <|tool_call_end|>"
     assert tools[1].startswith("error: unknown tool 'browse' (tools: open, search)")
@@ -516,8 +527,8 @@ def test_malformed_orchestrator_calls_become_error_observations(tmp_path: Path) 
         "error: create_subagent takes a JSON object",
         "error: assign_task takes a JSON object",
         "error: no sub-agent 'nobody' (w)",
-        "Answer: done in 1 steps",  # the sub-agent's result
-        "error: 'w' is assigned twice in one turn",
+        "w: Answer: done in 1 steps",  # the sub-agent's result
+        "error: 'w' is given work twice in one turn",
         "error: unknown tool 'browse'",
         "error: open failed: OSError: disk gone",
     ]
@@ -525,12 +536,12 @@ def test_malformed_orchestrator_calls_become_error_observations(tmp_path: Path) 
     for got, want in zip(tools, expect):
         assert got.startswith(want), (got, want)
     assert res.errors == 10 and res.subagents_spawned == 1 and res.stage_widths == [1] and res.finished
-    check_trace(tmp_path / "e.jsonl", res, SwarmConfig())
+    check_trace(tmp_path / "e.jsonl", res, text_cfg())
 
 
 @pytest.mark.parametrize("kind", ["raise", "hang", "not-a-turn"])
 def test_orchestrator_faults_end_the_episode_with_a_complete_trace(kind: str, tmp_path: Path) -> None:
-    cfg = SwarmConfig(step_timeout_s=0.02)
+    cfg = text_cfg(step_timeout_s=0.02)
     res = run_episode_sync(
         make_task([1]), FakeEnv(), Faulty(kind), SimulatedPolicy(), cfg, tmp_path / "e.jsonl"
     )
@@ -577,7 +588,7 @@ def test_subagent_context_is_bounded_by_cutting_old_tool_results() -> None:
             return turn(calls=[("open", f"p{k}")]) if k < 5 else turn("read them all")
 
     orch = Scripted([turn(calls=[create("w")]), turn(calls=[assign("w", "read")])])
-    cfg = SwarmConfig(subagent_context_chars=2_500)
+    cfg = text_cfg(subagent_context_chars=2_500)
     res = run_episode_sync(make_task([1]), FakeEnv(result_chars=1000), orch, Reader(), cfg)
     assert res.completed_assignments == 1
     last = seen[-1]
@@ -597,8 +608,8 @@ def test_long_subagent_results_are_cut_for_the_orchestrator() -> None:
         async def act(self, messages: list[Message], tools: list[ToolSpec], role: str) -> Turn:
             return turn("y" * 500)
 
-    res = run_episode_sync(make_task([1]), FakeEnv(), orch, Verbose(), SwarmConfig(result_chars=100))
-    assert res.messages[-2].content.startswith("y" * 100 + "\n[result cut at 100 chars]")
+    res = run_episode_sync(make_task([1]), FakeEnv(), orch, Verbose(), text_cfg(result_chars=100))
+    assert res.messages[-2].content.startswith("w: " + "y" * 100 + "\n[result cut at 100 chars]")
 
 
 def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> None:
@@ -617,7 +628,7 @@ def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> 
         reward=reward,
     )
     assert res.reward == {"perf": 1.0, "parallel": 0.3, "finish": 0.1}
-    events = check_trace(path, res, SwarmConfig())
+    events = check_trace(path, res, text_cfg())
     assert events[0] == {**events[0], "agent": ORCH, "kind": "message", "step": 0}
     assert events[-1]["detail"]["reward"] == res.reward and events[-1]["step"] == res.critical_steps
     kinds = {e["kind"] for e in events}
@@ -638,6 +649,12 @@ def test_trace_draws_in_the_dashboard_and_carries_the_reward(tmp_path: Path) -> 
     assert set(subs.index) == {"w1", "w2", "w3"}
     assert subs["critical"].to_dict() == {"w1": False, "w2": True, "w3": False}
     assert (subs["end"] >= subs["start"]).all()
+    # on the critical-step axis each orchestrator turn is one step, each lane as long as its steps
+    steps = dash["spans"](frame, "step")
+    turns = steps[steps["agent"] == ORCH]
+    assert list(zip(turns["start"], turns["end"])) == [(0, 1), (1, 2), (6, 7)] and res.critical_steps == 7
+    lanes = steps[steps["agent"] != ORCH].set_index("agent")
+    assert (lanes["start"] == 2).all() and lanes["end"].to_dict() == {"w1": 4, "w2": 6, "w3": 5}
 
 
 def test_trace_writer_closes_an_unfinished_trace(tmp_path: Path) -> None:
@@ -653,9 +670,9 @@ def test_trace_writer_closes_an_unfinished_trace(tmp_path: Path) -> None:
 
 def test_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="max_critical_steps"):
-        SwarmConfig(max_critical_steps=0)
+        text_cfg(max_critical_steps=0)
     with pytest.raises(ConfigError, match="subagent_timeout_s"):
-        SwarmConfig(subagent_timeout_s=0)
+        text_cfg(subagent_timeout_s=0)
 
 
 # ----------------------------------------------------------------------- fault injection
@@ -706,7 +723,7 @@ def test_fault_injection_1000_episodes_never_hang_and_leave_complete_traces(tmp_
     runs = []
     for i in range(1000):
         task = make_task([rng.randint(0, 3) for _ in range(rng.randint(1, 5))], tid=f"e{i}")
-        cfg = SwarmConfig(
+        cfg = text_cfg(
             max_orchestrator_steps=rng.randint(2, 6),
             max_subagent_steps=rng.randint(1, 5),
             max_critical_steps=rng.randint(3, 14),

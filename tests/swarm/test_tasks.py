@@ -15,6 +15,7 @@ from kimi_lab.swarm.corpus import Corpus, build_corpus
 from kimi_lab.swarm.environment import MAX_INPUT_CHARS, SearchEnvironment, is_error
 from kimi_lab.swarm.tasks import (
     CORPUS_FILE,
+    SLACK_STEPS,
     answer_items,
     combine_answers,
     generate_tasks,
@@ -204,13 +205,12 @@ def test_scripted_subagent_is_an_oracle_only_for_a_prompt_naming_one_entity(
                 else Turn(Message("assistant", "Answer: x"))
             )
 
-    res = run_episode_sync(
-        task, env, Orchestrator(), oracle, SwarmConfig(max_critical_steps=30, max_subagent_steps=6)
-    )
+    cfg = SwarmConfig(actions="text", max_critical_steps=30, max_subagent_steps=6)
+    res = run_episode_sync(task, env, Orchestrator(), oracle, cfg)
     results = [m.content for m in res.messages if m.role == "tool"][-3:]
-    assert results[0] == subs[0]["answer"]
+    assert results[0] == f"w0: {subs[0]['answer']}"
     # a lost sub-agent searches until its steps run out, and that is an error, not a result
-    assert all(r.startswith("error:") and "steps" in r for r in results[1:])
+    assert all(r.startswith(f"w{i}: error:") and "steps" in r for i, r in enumerate(results[1:], 1))
     assert res.assignments == 3 and res.completed_assignments == 1 and max(res.stage_steps) == 6
 
 
@@ -232,30 +232,40 @@ def test_bad_generation_arguments(corpus: Corpus) -> None:
 
 
 # ------------------------------------------------------------------ budgets
-def test_one_agent_cannot_finish_within_the_budget_a_swarm_meets(tasks: list) -> None:
+def test_a_swarm_always_fits_its_budget(tasks: list) -> None:
     for task in tasks:
         b = task.data["budgets"]
         calls = [len(s["calls"]) for s in task.data["subtasks"]]
-        serial = sum(calls) + 1  # one call per step, then the answer
         # stage 1: create (1 + 0); stage 2: assign (1 + slowest sub-agent's calls + its reply); answer
         swarm = 1 + (1 + max(calls) + 1) + 1
-        assert b["serial_steps"] == serial and b["parallel_steps"] == swarm
-        assert swarm <= b["critical_steps"] < serial
+        assert b["serial_steps"] == sum(calls) + 1  # one call per step, then the answer
+        assert b["solve_steps"] == 1 + sum(c + 1 for c in calls) + 1  # one solve turn, each item, answer
+        assert b["parallel_steps"] == swarm and b["critical_steps"] == swarm + SLACK_STEPS
         # a swarm whose sub-agents use every step they are allowed still fits
         assert 1 + (1 + b["subagent_steps"]) + 1 <= b["critical_steps"]
 
 
 def test_step_budget_formulas() -> None:
     assert step_budgets([4, 4]) == {
-        "critical_steps": 8,
+        "critical_steps": 10,
         "serial_steps": 9,
+        "solve_steps": 12,
         "parallel_steps": 8,
-        "subagent_steps": 5,
+        "subagent_steps": 7,
         "width": 2,
     }
-    assert step_budgets([4] * 6)["critical_steps"] == 10  # slack of 2 on the swarm's 8
+    # the slack sets the widths one agent can finish alone: a swarm finishes every width
+    fits = {}
+    for w in range(2, 9):
+        b = step_budgets([4] * w, slack=9)
+        fits[w] = (b["solve_steps"] <= b["critical_steps"], b["serial_steps"] <= b["critical_steps"])
+        assert b["parallel_steps"] <= b["critical_steps"] == 17
+    assert [w for w, (index, _) in fits.items() if index] == [2, 3]  # (s + 6) / 5
+    assert [w for w, (_, text) in fits.items() if text] == [2, 3, 4]  # (s + 7) / 4
     with pytest.raises(ValueError):
-        step_budgets([4])  # one item: no budget separates one agent from a swarm
+        step_budgets([4])  # one item: nothing to split
+    with pytest.raises(ValueError):
+        step_budgets([4, 4], slack=-1)
 
 
 # ------------------------------------------------------------------ scoring
