@@ -13,6 +13,13 @@ cache is re-stacked when a request joins, and its leading all-padding slots drop
 
 Tokens reach each request's own queue; the HTTP thread that waits on a ``Ticket`` turns
 them into text and writes them, so a slow client never holds up the others.
+
+Errors stay with the requests they touch and the engine goes on: a newcomer whose prefill
+fails (prefilled alone after the joint prefill failed) gets the error; a failing join (e.g.
+out of memory) fails the newcomers and leaves the running rows as they were; a failing
+decode step fails the rows of that step and the batch starts empty. Should the engine
+thread itself stop, every request it holds or that waits gets the error and the next
+``submit`` starts a new one: no client waits forever.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -91,6 +99,34 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
 
 
+class _Prefilled(NamedTuple):
+    """Requests prefilled together: their cache, next logits (B, V) and next positions (B, 1)."""
+
+    tickets: list[Ticket]
+    cache: LatentCache
+    logits: torch.Tensor
+    pos: torch.Tensor
+
+
+@dataclass
+class _Batch:
+    """What the engine thread is decoding: the running rows, the requests being admitted, and
+    the rows' shared decode state (cache, next logits, next positions)."""
+
+    rows: list[_Row] = field(default_factory=list)
+    joining: list[Ticket] = field(default_factory=list)
+    cache: LatentCache | None = None
+    logits: torch.Tensor | None = None
+    pos: torch.Tensor | None = None
+
+    def fail(self, exn: BaseException) -> None:
+        """Every request in the batch gets ``exn``; the batch starts empty."""
+        for t in [r.ticket for r in self.rows] + self.joining:
+            t._queue.put(exn)
+        self.rows, self.joining = [], []
+        self.cache = self.logits = self.pos = None
+
+
 class Batcher:
     """The engine: ``submit`` from any thread; one thread runs the model for all of them."""
 
@@ -108,67 +144,87 @@ class Batcher:
         self.device = next(model.parameters()).device
         self.banned = banned_mask(model.language_model.cfg.vocab_size, banned_ids, self.device)
         self._waiting: queue.Queue[Ticket | None] = queue.Queue()
+        # Guards _thread and _closed: a request is queued and the engine's liveness checked in
+        # one step, so no request lands in the queue of an engine that has just stopped.
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._batch = _Batch()
         self.steps = 0  # decode steps run
         self.max_rows_seen = 0  # the widest batch a step ran
         self.running = 0  # rows in the batch now
 
     def start(self) -> Batcher:
+        with self._lock:
+            self._start()
+        return self
+
+    def _start(self) -> None:
+        """Start the engine thread unless it runs (again, after one that stopped); under the lock."""
         if self._thread is None:
             self.model.eval()
             self._thread = threading.Thread(target=self._loop, name="kimi-lab-batcher", daemon=True)
             self._thread.start()
-        return self
 
     def close(self) -> None:
-        self._closed = True
-        self._waiting.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=60)
+        with self._lock:
+            self._closed = True
+            self._waiting.put(None)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=60)
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Ticket:
         if not prompt.tokens:
             raise ValueError("a request needs at least one prompt token")
         if params.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        if self._closed:
-            raise RuntimeError("the batcher is closed")
         ticket = Ticket(prompt, params)
-        self._waiting.put(ticket)
-        self.start()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._waiting.put(ticket)
+            self._start()
         return ticket
 
     # ------------------------------------------------------------------ engine
     def _loop(self) -> None:
-        with torch.inference_mode():  # the engine's tensors (cache, logits) never see autograd
-            self._run()
+        try:
+            with torch.inference_mode():  # the engine's tensors (cache, logits) never see autograd
+                self._run()
+        except BaseException as exn:  # not an Exception (those end one step): the engine stops
+            log.exception("the batching engine stopped")
+            stopped = RuntimeError(f"the batching engine stopped: {exn!r}")
+            with self._lock:
+                self._thread = None  # the next submit starts a fresh engine
+                self._batch.fail(stopped)
+                while True:  # nobody would take what is queued
+                    try:
+                        t = self._waiting.get_nowait()
+                    except queue.Empty:
+                        break
+                    if t is not None:
+                        t._queue.put(stopped)
+            self.running = 0
 
     def _run(self) -> None:
-        rows: list[_Row] = []
-        cache: LatentCache | None = None
-        logits = pos = None
+        b = self._batch
         while True:
-            newcomers = self._take(self.max_batch - len(rows), block=not rows)
+            newcomers = self._take(self.max_batch - len(b.rows), block=not b.rows)
             if newcomers is None:  # closed
-                for r in rows:
-                    r.ticket._queue.put(RuntimeError("the server is shutting down"))
+                b.fail(RuntimeError("the server is shutting down"))
                 return
-            if newcomers:
-                rows, cache, logits, pos = self._admit(newcomers, rows, cache, logits, pos)
-            self.running = len(rows)
-            if not rows:
-                cache = logits = pos = None
-                continue
-            assert cache is not None and logits is not None and pos is not None
+            b.joining = newcomers
             try:
-                rows, cache, logits, pos = self._step(rows, cache, logits, pos)
-            except Exception as exn:  # the server goes on; these requests get the error
-                log.exception("decode step failed")
-                for r in rows:
-                    r.ticket._queue.put(exn)
-                rows, cache, logits, pos = [], None, None, None
-            self.running = len(rows)
+                if newcomers:
+                    self._admit(b)
+                self.running = len(b.rows)
+                if b.rows:
+                    self._step(b)
+            except Exception as exn:  # the engine goes on; the requests of this batch get the error
+                log.exception("batching step failed")
+                b.fail(exn)
+            self.running = len(b.rows)
 
     def _take(self, room: int, block: bool) -> list[Ticket] | None:
         """Up to ``room`` requests waiting now, in order of arrival (block for the first when
@@ -184,52 +240,72 @@ class Batcher:
             out.append(t)
         return out
 
-    def _admit(
-        self,
-        newcomers: list[Ticket],
-        rows: list[_Row],
-        cache: LatentCache | None,
-        logits: torch.Tensor | None,
-        pos: torch.Tensor | None,
-    ) -> tuple[list[_Row], LatentCache | None, torch.Tensor | None, torch.Tensor | None]:
-        """Prefill the newcomers and stack them onto the running batch; a newcomer that cannot
-        be prefilled (e.g. an image the vision tower refuses) gets the error, the batch goes on."""
-        for t in newcomers:
+    def _admit(self, b: _Batch) -> None:
+        """Prefill the joining requests and stack them onto the running batch; a request that
+        cannot join gets the error, the batch goes on."""
+        for t in b.joining:
             if t.cancelled.is_set():  # gone before it started
                 t._queue.put(Generation([], [], False))
-        newcomers = [t for t in newcomers if not t.cancelled.is_set()]
-        if not newcomers:
-            return rows, cache, logits, pos
-        budget = max(t.params.max_new_tokens for t in newcomers)
-        try:
-            new_logits, new_pos, new_cache = prefill(
-                self.model, [t.prompt for t in newcomers], budget, self.pad_id, self.autocast
-            )
-        except Exception as exn:
-            log.exception("prefill failed")
-            for t in newcomers:
-                t._queue.put(exn)
-            return rows, cache, logits, pos
-        new_rows = [_Row(t, self._generator(t.params.seed)) for t in newcomers]
-        if cache is None or not rows:
-            return new_rows, new_cache, new_logits, new_pos
-        assert logits is not None and pos is not None
+        parts = self._prefill([t for t in b.joining if not t.cancelled.is_set()])
+        b.joining = []
+        new_rows = [_Row(t, self._generator(t.params.seed)) for p in parts for t in p.tickets]
+        if not new_rows:
+            return
+        if len(parts) == 1 and not b.rows:
+            b.rows, b.cache, b.logits, b.pos = new_rows, parts[0].cache, parts[0].logits, parts[0].pos
+            return
+        running = [_Prefilled([], b.cache, b.logits, b.pos)] if b.rows else []  # type: ignore[arg-type]
+        everything = running + parts
         # Enough free slots for what every row may still sample.
-        room = max(r.ticket.params.max_new_tokens - len(r.tokens) for r in rows + new_rows)
-        stacked = LatentCache.stack([cache, new_cache], room)
-        return rows + new_rows, stacked, torch.cat([logits, new_logits]), torch.cat([pos, new_pos])
+        room = max(r.ticket.params.max_new_tokens - len(r.tokens) for r in b.rows + new_rows)
+        try:
+            cache = LatentCache.stack([p.cache for p in everything], room)
+            logits = torch.cat([p.logits for p in everything])
+            pos = torch.cat([p.pos for p in everything])
+        except Exception as exn:  # e.g. out of memory; stacking copies, the running rows are intact
+            log.exception("joining the batch failed")
+            for r in new_rows:
+                r.ticket._queue.put(exn)
+            return
+        b.rows, b.cache, b.logits, b.pos = b.rows + new_rows, cache, logits, pos
+
+    def _prefill(self, newcomers: list[Ticket]) -> list[_Prefilled]:
+        """The newcomers prefilled together; when that fails, each alone, so that only a request
+        that fails alone (e.g. an image the vision tower refuses) gets the error."""
+        if len(newcomers) > 1:
+            try:
+                return [self._prefill_group(newcomers)]
+            except Exception:
+                log.warning(
+                    "prefill of %d requests together failed: each alone", len(newcomers), exc_info=True
+                )
+        parts = []
+        for t in newcomers:
+            try:
+                parts.append(self._prefill_group([t]))
+            except Exception as exn:
+                log.exception("prefill failed")
+                t._queue.put(exn)
+        return parts
+
+    def _prefill_group(self, tickets: list[Ticket]) -> _Prefilled:
+        budget = max(t.params.max_new_tokens for t in tickets)
+        logits, pos, cache = prefill(
+            self.model, [t.prompt for t in tickets], budget, self.pad_id, self.autocast
+        )
+        return _Prefilled(tickets, cache, logits, pos)
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:
             return None
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    def _step(
-        self, rows: list[_Row], cache: LatentCache, logits: torch.Tensor, pos: torch.Tensor
-    ) -> tuple[list[_Row], LatentCache | None, torch.Tensor | None, torch.Tensor | None]:
-        """Sample every row's next token from ``logits``, hand them out, drop finished rows,
-        and run the decode step of the rest."""
-        logp = step_logprobs(logits, self.banned)
+    def _step(self, b: _Batch) -> None:
+        """Sample every row's next token from the batch's logits, hand them out, drop finished
+        rows, and run the decode step of the rest."""
+        assert b.cache is not None and b.logits is not None and b.pos is not None
+        rows, cache, pos = b.rows, b.cache, b.pos
+        logp = step_logprobs(b.logits, self.banned)
         toks = self._sample(rows, logp)
         chosen = logp.gather(1, toks[:, None]).squeeze(1)
         keep: list[int] = []
@@ -247,16 +323,18 @@ class Batcher:
             else:
                 keep.append(i)
         self.max_rows_seen = max(self.max_rows_seen, len(rows))
+        # Finished rows leave now, so that an error of the decode step reaches only the others.
+        b.rows = [rows[i] for i in keep]
         if not keep:
-            return [], None, None, None
+            b.cache = b.logits = b.pos = None
+            return
         if len(keep) < len(rows):
             idx = torch.tensor(keep, device=self.device)
             cache.select(idx)
             toks, pos = toks[idx], pos[idx]
-            rows = [rows[i] for i in keep]
-        logits = decode_step(self.model.language_model, toks, pos, cache, self.autocast)
+        b.logits = decode_step(self.model.language_model, toks, pos, cache, self.autocast)
+        b.pos = pos + 1
         self.steps += 1
-        return rows, cache, logits, pos + 1
 
     def _sample(self, rows: list[_Row], logp: torch.Tensor) -> torch.Tensor:
         """One token per row under that row's own parameters (greedy rows in one argmax)."""

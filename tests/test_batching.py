@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
+from kimi_lab import batching
 from kimi_lab.batching import Batcher, SamplingParams, Ticket
 from kimi_lab.config import compose, to_run_config
 from kimi_lab.generation import DecodeOptions, Prompt, generate
@@ -121,6 +122,100 @@ def test_a_failing_request_gets_the_error_and_the_engine_goes_on(model: KimiK25)
         with pytest.raises(IndexError):
             bad[0].wait()
         assert len(batcher.submit(prompt, SamplingParams(3, ())).wait().tokens) == 3
+    finally:
+        batcher.close()
+
+
+@pytest.mark.timeout(120)  # the old engine left these requests waiting forever
+def test_a_bad_and_a_good_newcomer_at_one_step_only_the_bad_one_fails(model: KimiK25) -> None:
+    running, good = _prompts(2, seed=7)
+    greedy = SamplingParams(6, (), temperature=0)
+    alone = [_alone(model, p, greedy) for p in (running, good)]
+    batcher = Batcher(model, PAD)
+    joined: list[Ticket] = []
+
+    def join() -> None:  # both arrive while the first decodes: one prefill for the two
+        joined.extend(batcher.submit(p, greedy) for p in (Prompt([10_000]), good))
+
+    try:
+        with _at_decode_step(model, 2, join):
+            first = batcher.submit(running, greedy)
+            assert first.wait().tokens == alone[0]
+        with pytest.raises(IndexError):
+            joined[0].wait()
+        assert joined[1].wait().tokens == alone[1]
+    finally:
+        batcher.close()
+
+
+def _fail_on_call(owner: object, name: str, at: int, error: BaseException, mp: pytest.MonkeyPatch) -> None:
+    """``owner.name`` raises ``error`` on its ``at``-th call and works on the others."""
+    real, calls = getattr(owner, name), [0]
+
+    def failing(*args: object, **kw: object) -> object:
+        calls[0] += 1
+        if calls[0] == at:
+            raise error
+        return real(*args, **kw)
+
+    mp.setattr(owner, name, failing)
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_join_fails_the_newcomer_and_the_running_row_goes_on(
+    model: KimiK25, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, late = _prompts(2, seed=8)
+    greedy = SamplingParams(6, (), temperature=0)
+    alone = _alone(model, running, greedy)
+    _fail_on_call(LatentCache, "stack", 1, torch.OutOfMemoryError("out of memory (injected)"), monkeypatch)
+    batcher = Batcher(model, PAD)
+    joined: list[Ticket] = []
+    try:
+        with _at_decode_step(model, 2, lambda: joined.append(batcher.submit(late, greedy))):
+            assert batcher.submit(running, greedy).wait().tokens == alone
+        with pytest.raises(torch.OutOfMemoryError):
+            joined[0].wait()
+    finally:
+        batcher.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_decode_step_fails_its_rows_and_the_engine_goes_on(
+    model: KimiK25, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = _prompts(1, seed=9)[0]
+    greedy = SamplingParams(5, (), temperature=0)
+    alone = _alone(model, prompt, greedy)
+    _fail_on_call(batching, "decode_step", 2, torch.OutOfMemoryError("out of memory (injected)"), monkeypatch)
+    batcher = Batcher(model, PAD)
+    try:
+        doomed = [batcher.submit(p, greedy) for p in _prompts(2, seed=10)]
+        for t in doomed:  # both rows were in the failing step
+            with pytest.raises(torch.OutOfMemoryError):
+                t.wait()
+        assert batcher.submit(prompt, greedy).wait().tokens == alone
+    finally:
+        batcher.close()
+
+
+class _EngineKilled(BaseException):
+    """Not an ``Exception``: nothing in a step catches it, the engine thread ends."""
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_engine_fails_its_requests_and_the_next_submit_starts_a_new_one(
+    model: KimiK25, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = _prompts(1, seed=11)[0]
+    greedy = SamplingParams(4, (), temperature=0)
+    alone = _alone(model, prompt, greedy)
+    _fail_on_call(batching, "decode_step", 1, _EngineKilled(), monkeypatch)
+    batcher = Batcher(model, PAD)
+    try:
+        with pytest.raises(RuntimeError, match="engine stopped"):
+            batcher.submit(prompt, greedy).wait()
+        assert batcher.submit(prompt, greedy).wait().tokens == alone
     finally:
         batcher.close()
 

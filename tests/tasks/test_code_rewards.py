@@ -62,7 +62,7 @@ def test_the_reference_scores_one_a_blank_page_about_zero(
         none = code_score("I would write a page with a header.", targets, answer, renderer)
         assert not none.rendered and none.reward == 0.0
         # RL and evaluation score an episode the same way (with the shared renderer, this one)
-        episode = Episode(task, [*task.messages, Message("assistant", answer["code"])], [], [], [])
+        episode = Episode(task=task, messages=[*task.messages, Message("assistant", answer["code"])])
         assert score_episode(episode) == pytest.approx(1.0, abs=1e-6)
     # A recording is compared frame by frame at its times: the page without its motion loses reward.
     recording = tasks[0]
