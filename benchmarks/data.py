@@ -25,10 +25,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kimi_lab.config import compose, to_run_config, validate_run
+from kimi_lab.cpu import tune_cpu_allocator
 from kimi_lab.data.datamodule import KimiDataModule
 from kimi_lab.data.shards import resolve_shards
 from kimi_lab.metrics import DATA_WAIT_FRACTION, METRICS_FILE, TRAIN_TOKENS_PER_SEC
-from kimi_lab.runtime import tune_cpu_allocator
 
 
 def raw_tar_rate(urls: list[str]) -> dict[str, float]:

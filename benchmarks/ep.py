@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from benchmarks.moe import Shape, _kimi_layer
+from kimi_lab.cpu import cpu_description
 from kimi_lab.model.moe.dispatch import ALL_TO_ALL
-from kimi_lab.runtime import cpu_description
 
 
 def _step(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:

@@ -67,7 +67,7 @@ def make_prompts(cfg: Any, batch: int, prompt: int, seed: int = 0) -> list[Any]:
 
     from kimi_lab.config.schema import VisionDataConfig
     from kimi_lab.data.vision import image_block
-    from kimi_lab.generation import Prompt
+    from kimi_lab.decode.generation import Prompt
 
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -89,7 +89,7 @@ def make_prompts(cfg: Any, batch: int, prompt: int, seed: int = 0) -> list[Any]:
 
 
 def _hf_batch(prompts: list[Any], pad_id: int) -> dict[str, torch.Tensor]:
-    from kimi_lab.generation import vision_inputs
+    from kimi_lab.decode.generation import vision_inputs
 
     B, L = len(prompts), max(len(p.tokens) for p in prompts)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -109,7 +109,7 @@ def contenders(model: Any, prompts: list[Any], pad_id: int) -> dict[str, Any]:
             f"bench generate compares with transformers>=5: pip install -e '.[hf]' ({exn})"
         ) from None
 
-    from kimi_lab.generation import DecodeOptions, generate
+    from kimi_lab.decode.generation import DecodeOptions, generate
     from kimi_lab.hf.in_memory import to_transformers
 
     # A -vl model must not sample its vision placeholders (a placeholder in the continuation
@@ -151,9 +151,9 @@ def run(
     model_name: str = "small", batch: int = 16, prompt: int = 128, new: int = 64, rounds: int = 3
 ) -> dict[str, Any]:
     from kimi_lab.config import compose, to_run_config
+    from kimi_lab.cpu import cpu_description
     from kimi_lab.model.moe.layer import MoELayer
     from kimi_lab.model.multimodal import KimiK25
-    from kimi_lab.runtime import cpu_description
 
     if batch < 1 or prompt < 8 or new < 2:
         raise KimiLabError("bench generate: needs --batch >= 1, --prompt >= 8 and --new >= 2")

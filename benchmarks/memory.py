@@ -90,8 +90,8 @@ def write_checkpoint(cfg: RunConfig, folder: Path, file_mb: int) -> int:
     """A sharded checkpoint of a freshly initialised model, as import-hf writes one; its bytes."""
     from omegaconf import OmegaConf
 
+    from kimi_lab.decode.loading import PREFIX
     from kimi_lab.hf.dcp_stream import Chunk, write_chunks
-    from kimi_lab.loading import PREFIX
     from kimi_lab.model.init import initialise_
     from kimi_lab.model.multimodal import KimiK25
 
@@ -111,7 +111,7 @@ def write_checkpoint(cfg: RunConfig, folder: Path, file_mb: int) -> int:
 
 def _start(cfg: RunConfig, world: int, ckpt: str | None) -> torch.nn.Module:
     """What ``kimi-lab train`` does before the first step under trainer=fsdp2."""
-    from kimi_lab.loading import load_weights
+    from kimi_lab.decode.loading import load_weights
     from kimi_lab.model.init import materialise_
     from kimi_lab.model.multimodal import KimiK25
     from kimi_lab.parallel.fsdp import parallelize
@@ -149,7 +149,7 @@ def _rank(rank: int, world: int, cfg: RunConfig, ckpt: str, steps: int) -> dict[
     import gc
     from dataclasses import replace
 
-    from kimi_lab.runtime import tune_cpu_allocator
+    from kimi_lab.cpu import tune_cpu_allocator
 
     tune_cpu_allocator()  # as kimi-lab train does
     # One pass with a tiny model first: imports, kernels and communication buffers are the

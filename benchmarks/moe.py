@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from kimi_lab.config.schema import MoEBackend, MoEConfig
+from kimi_lab.cpu import available_memory_bytes, cpu_description, cpu_has_native_bf16, tune_cpu_allocator
 from kimi_lab.model.mlp import SwiGLU
 from kimi_lab.model.moe.expert_path import measured_calibrations
 from kimi_lab.model.moe.layer import MoELayer
-from kimi_lab.runtime import available_memory_bytes, cpu_description, cpu_has_native_bf16, tune_cpu_allocator
 
 OURS = "kimi_lab_torch"
 

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from kimi_lab.config import compose, to_run_config
+from kimi_lab.cpu import cpu_has_native_bf16, tune_cpu_allocator
 from kimi_lab.model.multimodal import KimiK25
 from kimi_lab.optim.groups import build_param_groups
 from kimi_lab.optim.muon import MuonAdamW
 from kimi_lab.optim.qk_clip import qk_clip_step, set_measuring
-from kimi_lab.runtime import cpu_has_native_bf16, tune_cpu_allocator
 
 
 def run(

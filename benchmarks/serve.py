@@ -33,16 +33,16 @@ from typing import Any
 
 import torch
 
-from kimi_lab.runtime import cpu_description
+from kimi_lab.cpu import cpu_description
 
 TARGET = 2.5
 
 
 def _service(checkpoint: str | None, model: str, max_batch: int) -> Any:
-    from kimi_lab.serve import ChatService
+    from kimi_lab.serving.serve import ChatService
 
     if checkpoint:
-        from kimi_lab.loading import load_model
+        from kimi_lab.decode.loading import load_model
 
         loaded = load_model(checkpoint)
         cfg, net, tok = loaded.config, loaded.model, loaded.tokenizer
@@ -116,8 +116,8 @@ def run(
     target_clients: int = 8,
     rounds: int = 2,
 ) -> dict[str, Any]:
-    from kimi_lab.batching import Batcher
-    from kimi_lab.serve import make_handler
+    from kimi_lab.serving.batching import Batcher
+    from kimi_lab.serving.serve import make_handler
 
     service, net = _service(checkpoint, model, max_batch)
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(service))

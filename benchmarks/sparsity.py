@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks.moe import Shape, _fwd_bwd, _kimi_layer, gains_report, recast_ms
-from kimi_lab.runtime import cpu_description, cpu_has_native_bf16, tune_cpu_allocator
+from kimi_lab.cpu import cpu_description, cpu_has_native_bf16, tune_cpu_allocator
 
 
 def run(

@@ -55,8 +55,8 @@ def _child(
 ) -> dict[str, Any]:
     """Runs in a fresh process: build one contender, train ``steps`` steps, report speed and peak RSS."""
     from kimi_lab.config import compose, to_run_config
+    from kimi_lab.cpu import tune_cpu_allocator
     from kimi_lab.model.multimodal import KimiK25
-    from kimi_lab.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
     torch.manual_seed(0)
@@ -133,7 +133,7 @@ def run(
     rounds: int = 2,
 ) -> dict[str, Any]:
     from kimi_lab.config import compose, to_run_config
-    from kimi_lab.runtime import cpu_description, cpu_has_native_bf16
+    from kimi_lab.cpu import cpu_description, cpu_has_native_bf16
 
     bf16 = cpu_has_native_bf16()
     ours_variant = "bf16-mixed" if bf16 else "fp32"

@@ -18,7 +18,7 @@ VIDEO_TYPES = ("mp4",)
 
 @st.cache_resource(show_spinner="loading the checkpoint")
 def load_model(ckpt: str, mtime: float):  # type: ignore[no-untyped-def]
-    from kimi_lab.loading import load_model as load
+    from kimi_lab.decode.loading import load_model as load
 
     loaded = load(ckpt, tokenizer=False)
     return loaded.config, loaded.model
@@ -33,8 +33,8 @@ def route(
     from kimi_lab.data.decode import SampleSkip, decode_image, decode_video
     from kimi_lab.data.tokenizer import Tokenizer
     from kimi_lab.data.vision import media_blocks
-    from kimi_lab.generation import vision_inputs
-    from kimi_lab.loading import find_tokenizer
+    from kimi_lab.decode.generation import vision_inputs
+    from kimi_lab.decode.loading import find_tokenizer
 
     run, model = load_model(str(ckpt), ckpt.stat().st_mtime)
     tok_path = find_tokenizer(run, ckpt)

@@ -207,7 +207,7 @@ def eval_tasks(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from kimi_lab.harness import evaluate_command
+    from kimi_lab.serving.harness import evaluate_command
 
     evaluate_command(args)
 
@@ -279,7 +279,7 @@ def serve(args: argparse.Namespace) -> None:
     from kimi_lab.ports import check_port_free
 
     check_port_free(args.host, args.port)  # before the model loads
-    from kimi_lab.serve import serve as serve_checkpoint  # the loader says what is wrong, in one line
+    from kimi_lab.serving.serve import serve as serve_checkpoint  # the loader says what is wrong, in one line
 
     serve_checkpoint(args.checkpoint, args.host, args.port, args.max_batch)
 
@@ -291,14 +291,14 @@ def _quiet_unless_verbose(args: argparse.Namespace) -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
-    from kimi_lab.talk import generate_command
+    from kimi_lab.serving.talk import generate_command
 
     _quiet_unless_verbose(args)
     generate_command(args)
 
 
 def chat(args: argparse.Namespace) -> None:
-    from kimi_lab.talk import chat_command
+    from kimi_lab.serving.talk import chat_command
 
     _quiet_unless_verbose(args)
     chat_command(args)

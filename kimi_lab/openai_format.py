@@ -1,6 +1,6 @@
 """kimi_lab chat messages <-> the OpenAI chat-completions wire format.
 
-Shared by the served checkpoint (``kimi_lab.serve``) and the client policy
+Shared by the served checkpoint (``kimi_lab.serving.serve``) and the client policy
 (``kimi_lab.swarm.openai_policy``). A kimi_lab tool takes one text input; on the
 wire it is a function with one string parameter ``input``. Tool results are
 matched to calls by ``tool_call_id``; kimi_lab keeps them in call order.

@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from kimi_lab.config import register_schemas, to_run_config, validate_run
 from kimi_lab.config.schema import RunConfig, TrainerConfig
+from kimi_lab.cpu import cpu_has_native_bf16
 from kimi_lab.errors import ConfigError, KimiLabError, one_line
 from kimi_lab.metrics import CHECKPOINT_DIR, TRAIN_LOSS, VAL_LOSS
-from kimi_lab.runtime import cpu_has_native_bf16
 
 if TYPE_CHECKING:
     from kimi_lab.tracking.checkpoint_io import StepCheckpoint
@@ -109,8 +109,8 @@ def _fit(
     import lightning as L
     import torch
 
+    from kimi_lab.cpu import tune_cpu_allocator
     from kimi_lab.phases import build_datamodule, build_phase
-    from kimi_lab.runtime import tune_cpu_allocator
     from kimi_lab.tracking.checkpoint_io import AtomicCheckpointIO
     from kimi_lab.tracking.loggers import build_loggers, finish_wandb
     from kimi_lab.tracking.preflight import check_writable
@@ -237,7 +237,7 @@ def _route_lightning_logs_through_hydra() -> None:
 def load_init_weights(model: Any, path: str) -> None:
     """Start a phase from an earlier phase's (or an imported) checkpoint: weights only, read into
     the model as it is laid out (a sharded folder: each rank reads only its own part)."""
-    from kimi_lab.loading import load_weights
+    from kimi_lab.decode.loading import load_weights
 
     try:
         load_weights(model, path)
@@ -269,7 +269,7 @@ def adopt_init_model(cfg: RunConfig) -> RunConfig:
         return cfg
     from dataclasses import replace
 
-    from kimi_lab.loading import read_config
+    from kimi_lab.decode.loading import read_config
 
     saved = read_config(cfg.phase.init_from)
     # The backend and the expert-parallel split are how this run executes, not the architecture.

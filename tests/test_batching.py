@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from kimi_lab import batching
-from kimi_lab.batching import Batcher, SamplingParams, Ticket
 from kimi_lab.config import compose, to_run_config
-from kimi_lab.generation import DecodeOptions, Prompt, generate
+from kimi_lab.decode.generation import DecodeOptions, Prompt, generate
 from kimi_lab.model.kv_cache import LatentCache
 from kimi_lab.model.multimodal import KimiK25
+from kimi_lab.serving import batching
+from kimi_lab.serving.batching import Batcher, SamplingParams, Ticket
 
 PAD = 1
 
@@ -221,7 +221,7 @@ def test_a_stopped_engine_fails_its_requests_and_the_next_submit_starts_a_new_on
 
 
 def test_stacked_caches_give_each_row_its_own_next_logits(model: KimiK25) -> None:
-    from kimi_lab.generation import decode_step, prefill
+    from kimi_lab.decode.generation import decode_step, prefill
 
     lm = model.language_model
     a, b = _prompts(2, seed=5)

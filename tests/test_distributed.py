@@ -92,7 +92,7 @@ def test_fsdp2_on_cpu_matches_ddp_and_its_sharded_checkpoint_loads_in_one_proces
 ) -> None:
     import torch
 
-    from kimi_lab.loading import load_model, read_checkpoint
+    from kimi_lab.decode.loading import load_model, read_checkpoint
     from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT
     from kimi_lab.model.multimodal import KimiK25
 

@@ -102,7 +102,7 @@ def test_evaluate_agrees_with_lm_evals_hf_model_on_the_export(
 
 def test_bad_arguments_are_one_line_errors_before_lm_eval_runs(chat_ckpt: Path, tmp_path: Path) -> None:
     from kimi_lab.errors import ConfigError
-    from kimi_lab.harness import evaluate
+    from kimi_lab.serving.harness import evaluate
 
     with pytest.raises(ConfigError, match="--include-path nowhere: no such folder"):
         evaluate(chat_ckpt, [TASKS[0]], include_path="nowhere")
@@ -111,7 +111,7 @@ def test_bad_arguments_are_one_line_errors_before_lm_eval_runs(chat_ckpt: Path, 
 
 
 def test_default_output_is_the_runs_lm_eval_folder(tmp_path: Path) -> None:
-    from kimi_lab.harness import default_output
+    from kimi_lab.serving.harness import default_output
 
     run = tmp_path / "runs" / "x" / "2026-01-01"
     assert default_output(run / "checkpoints" / "last.ckpt") == (run / "lm_eval").resolve()

@@ -31,7 +31,7 @@ PLACES = {
     "kimi_lab.chat_template": "base",
     "kimi_lab.openai_format": "base",  # spoken by the server and by the swarm's HTTP policy alike
     "kimi_lab.ports": "base",
-    "kimi_lab.runtime": "base",  # CPU allocator and thread set-up
+    "kimi_lab.cpu": "base",  # CPU allocator and thread set-up
     # core: the model, data, optimizers, tools, tasks and the run directory's files
     "kimi_lab.model": "core",
     "kimi_lab.data": "core",
@@ -41,9 +41,7 @@ PLACES = {
     "kimi_lab.tracking": "core",
     # decode: the one loader, the one decode path and the one tool turn, below every consumer
     # (RL and PARL rollouts sample through them as serve and chat do)
-    "kimi_lab.loading": "decode",
-    "kimi_lab.generation": "decode",
-    "kimi_lab.tool_turns": "decode",
+    "kimi_lab.decode": "decode",
     # phases: training phases and what they drive
     "kimi_lab.phases": "phases",
     "kimi_lab.rl": "phases",
@@ -52,11 +50,7 @@ PLACES = {
     "kimi_lab.parallel": "phases",
     "data_pipelines": "phases",  # swarm demonstrations are played through the swarm runtime
     # serving: a checkpoint answering requests
-    "kimi_lab.batching": "serving",
-    "kimi_lab.streaming": "serving",
-    "kimi_lab.serve": "serving",
-    "kimi_lab.talk": "serving",
-    "kimi_lab.harness": "serving",
+    "kimi_lab.serving": "serving",
     # top: commands, the training entry point, experiments, reports, the dashboard, benchmarks
     "kimi_lab.cli": "top",
     "kimi_lab.commands": "top",
@@ -202,9 +196,9 @@ def test_the_check_sees_upward_imports_circles_and_unplaced_modules(tmp_path: Pa
     files = {
         "kimi_lab/__init__.py": "",
         "kimi_lab/metrics.py": "",
-        "kimi_lab/model/__init__.py": "import kimi_lab.serve\n",  # core -> serving, at module level
-        "kimi_lab/serve.py": "def f():\n    from kimi_lab.cli import main\n",  # serving -> top, lazy
-        "kimi_lab/talk.py": "def f():\n    from kimi_lab.cli import main  # layering: optional\n",
+        "kimi_lab/model/__init__.py": "import kimi_lab.serving.serve\n",  # core -> serving, at module level
+        "kimi_lab/serving/serve.py": "def f():\n    from kimi_lab.cli import main\n",  # serving -> top, lazy
+        "kimi_lab/serving/talk.py": "def f():\n    from kimi_lab.cli import main  # layering: optional\n",
         "kimi_lab/cli.py": "from kimi_lab.metrics import X\ndef main(): ...\n",
         "kimi_lab/data/a.py": "from kimi_lab.data.b import g\n",
         "kimi_lab/data/b.py": "def g():\n    from kimi_lab.data import a\n",
@@ -215,7 +209,7 @@ def test_the_check_sees_upward_imports_circles_and_unplaced_modules(tmp_path: Pa
         (tmp_path / name).write_text(text)
     assert sorted(layering_violations(tmp_path)) == [
         "circle: kimi_lab.data.a, kimi_lab.data.b",
-        "kimi_lab.model:1 imports kimi_lab.serve upward (core -> serving) at module level",
+        "kimi_lab.model:1 imports kimi_lab.serving.serve upward (core -> serving) at module level",
         "kimi_lab.newthing: not in the layer table (tests/test_layering.py PLACES)",
-        "kimi_lab.serve:2 imports kimi_lab.cli upward (serving -> top)",
+        "kimi_lab.serving.serve:2 imports kimi_lab.cli upward (serving -> top)",
     ]

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from kimi_lab.config import compose, to_run_config
+from kimi_lab.decode.loading import build_model, load_model, load_weights, read_checkpoint, read_config
 from kimi_lab.errors import ConfigError
-from kimi_lab.loading import build_model, load_model, load_weights, read_checkpoint, read_config
 
 
 def _save(tmp_path: Path, tokenizer: str, seed: int = 0, **extra: object) -> tuple[Path, dict]:

@@ -302,8 +302,8 @@ def test_a_busy_port_is_refused_before_the_model_loads(tmp_path: Path) -> None:
 
 
 def test_a_gone_client_stops_its_generation_and_frees_the_model(chat_ckpt: Path) -> None:
-    from kimi_lab.loading import load_model
-    from kimi_lab.serve import ChatService, ClientGone
+    from kimi_lab.decode.loading import load_model
+    from kimi_lab.serving.serve import ChatService, ClientGone
 
     loaded = load_model(chat_ckpt)
     service = ChatService(loaded.model, loaded.tokenizer, "m", 2048)
@@ -358,7 +358,7 @@ def test_stop_strings_end_the_answer_in_both_modes(server: str) -> None:
 
 
 def test_a_closed_connection_is_noticed_between_tokens() -> None:
-    from kimi_lab.serve import _client_left
+    from kimi_lab.serving.serve import _client_left
 
     a, b = socket.socketpair()
     with a:

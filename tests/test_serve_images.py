@@ -41,7 +41,7 @@ def vl_ckpt(tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def vl_loaded(vl_ckpt: Path) -> Any:
-    from kimi_lab.loading import load_model
+    from kimi_lab.decode.loading import load_model
 
     return load_model(vl_ckpt)
 
@@ -49,7 +49,7 @@ def vl_loaded(vl_ckpt: Path) -> Any:
 @pytest.fixture(scope="module")
 def vl_server(vl_loaded: Any) -> Iterator[str]:
     """The real handler and service on 127.0.0.1, in this process (the model is loaded once)."""
-    from kimi_lab.serve import ChatService, make_handler
+    from kimi_lab.serving.serve import ChatService, make_handler
 
     cfg = vl_loaded.config
     service = ChatService(vl_loaded.model, vl_loaded.tokenizer, "kimi_lab/vl", 2048, cfg.data.vision)
@@ -82,7 +82,7 @@ def test_png_jpeg_and_webp_data_urls_decode_and_nothing_else_does() -> None:
 
 
 def test_an_image_goes_to_the_vision_tower_where_it_appears(vl_loaded: Any) -> None:
-    from kimi_lab.serve import ChatService
+    from kimi_lab.serving.serve import ChatService
 
     seen: list[int] = []
     hook = vl_loaded.model.vision_tower.register_forward_hook(

@@ -253,8 +253,8 @@ def _evaluate(out: Path, name: str, pool: Any, fn: Any, *args: Any, **kw: Any) -
 
 def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed: int = 0) -> Path:
     from kimi_lab.config.swarm import SwarmConfig
-    from kimi_lab.experiments.parl_eval import evaluate, width_sweep
     from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, SWARM_DIR
+    from kimi_lab.swarm.evaluate import evaluate, width_sweep
 
     if scale_name not in SCALES:
         raise KimiLabError(f"--scale {scale_name}: choose one of {', '.join(SCALES)}")

@@ -40,13 +40,13 @@ class CheckpointReader:
     @classmethod
     def open(cls, path: Path, slab_bytes: int = 256 << 20) -> CheckpointReader:
         """A checkpoint folder (sharded) or file (memory-mapped: pages are read when used)."""
-        from kimi_lab.loading import PREFIX
+        from kimi_lab.decode.loading import PREFIX
 
         if path.is_dir():
             from kimi_lab.hf.dcp_stream import SliceReader
 
             return cls(sharded=SliceReader(path), prefix="state_dict." + PREFIX, slab_bytes=slab_bytes)
-        from kimi_lab.loading import read_checkpoint
+        from kimi_lab.decode.loading import read_checkpoint
 
         _, state, _ = read_checkpoint(path)
         return cls(state=state, slab_bytes=slab_bytes)

@@ -70,8 +70,8 @@ def export_hf(
     slab_bytes: int = 256 << 20,
 ) -> Path:
     """Write checkpoint ``ckpt`` (a file or a sharded folder) as an HF folder ``out_dir``."""
+    from kimi_lab.decode.loading import read_config
     from kimi_lab.hf.progress import byte_progress
-    from kimi_lab.loading import read_config
 
     ckpt, out = Path(ckpt), Path(out_dir)
     if dtype not in DTYPES:

@@ -27,12 +27,12 @@ from omegaconf import OmegaConf
 
 from kimi_lab.config import validate_model
 from kimi_lab.config.schema import ModelConfig, MoEBackend, RunConfig
+from kimi_lab.decode.loading import PREFIX
 from kimi_lab.errors import ConfigError
 from kimi_lab.hf.config import HFConfig, read_hf_config, with_video_token
 from kimi_lab.hf.progress import byte_progress
 from kimi_lab.hf.source import Source
 from kimi_lab.hf.tokenizer_files import TOKENIZER_FILES, read_tokenizer_files
-from kimi_lab.loading import PREFIX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STATE = "state_dict." + PREFIX  # a sharded checkpoint's names: state_dict.model.<KimiK25 name>

@@ -81,7 +81,7 @@ def write_tokenizer_files(run: RunConfig, ckpt: Path, out: Path) -> list[str]:
     """The checkpoint's tokenizer and both configs into ``out``; the names written (none when
     the checkpoint's tokenizer cannot be found, which the caller reports)."""
     from kimi_lab.data.tokenizer import open_tokenizer
-    from kimi_lab.loading import find_tokenizer
+    from kimi_lab.decode.loading import find_tokenizer
 
     found = find_tokenizer(run, ckpt)
     if found is None:

@@ -118,7 +118,7 @@ def load_policy(
 ) -> tuple[Any, torch.nn.Module, RolloutRunner]:
     """(run config, model in eval mode, a rollout runner) from a kimi_lab checkpoint; the
     episode budgets default to the checkpoint's ``phase.rl`` settings."""
-    from kimi_lab.loading import load_model
+    from kimi_lab.decode.loading import load_model
 
     loaded = load_model(ckpt_path)
     cfg, model, tok = loaded.config, loaded.model, loaded.tokenizer

@@ -6,7 +6,7 @@ Both reduce to rows of tokens with a per-token "sampled" flag, the sampler's log
 and one advantage per row (``turn_rows`` folds an agent's turns into as few rows as
 its contexts allow): one forward pass over the padded rows, then log pi of the
 sampled tokens only (the LM head runs on those positions alone). ``kimi-lab evaluate``
-scores lm-eval's continuations the same way (``kimi_lab.harness``).
+scores lm-eval's continuations the same way (``kimi_lab.serving.harness``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from kimi_lab.generation import policy_logprobs
+from kimi_lab.decode.generation import policy_logprobs
 
 
 @dataclass

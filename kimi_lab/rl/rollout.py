@@ -1,7 +1,7 @@
 """Tool-using episodes: the policy writes, the sandbox runs its code, the policy reads and goes on.
 
 An episode starts from a task's prompt conversation (system, user with any images) and is
-played turn by turn by ``kimi_lab.tool_turns`` (the turn ``kimi-lab chat`` takes too): each
+played turn by turn by ``kimi_lab.decode.tool_turns`` (the turn ``kimi-lab chat`` takes too): each
 assistant turn is sampled with the KV cache, its tool calls run in the sandbox with the
 task's images and files, and the results (text, and images the code saved) are appended as
 tool messages; a turn without a tool call ends the episode, as does the turn budget. The
@@ -20,8 +20,8 @@ import torch
 
 from kimi_lab.config.schema import ToolConfig, VisionDataConfig
 from kimi_lab.data.tasks import TaskInput
-from kimi_lab.generation import DecodeOptions
-from kimi_lab.tool_turns import CodeTool, Dialogue, ToolTurns
+from kimi_lab.decode.generation import DecodeOptions
+from kimi_lab.decode.tool_turns import CodeTool, Dialogue, ToolTurns
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Agents of a swarm act concurrently; sampling them one by one would serialise the
 swarm on the model. ``CheckpointPolicy`` therefore queues the turns that arrive
 together and samples them as one left-padded, KV-cached batch
-(``kimi_lab.generation.generate``) in a worker thread, so the event loop keeps
+(``kimi_lab.decode.generation.generate``) in a worker thread, so the event loop keeps
 running tools and timers while the model works.
 
 The returned ``Turn`` carries the exact prompt tokens and sampled tokens with their
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from kimi_lab.chat import ChatEncoder, Message, parse_assistant
-from kimi_lab.generation import DecodeOptions, Prompt, generate
+from kimi_lab.decode.generation import DecodeOptions, Prompt, generate
 from kimi_lab.swarm.types import ToolSpec, Turn
 
 
@@ -125,7 +125,7 @@ class CheckpointPolicy:
 
 def load_checkpoint_policy(ckpt_path: str, **kw: Any) -> tuple[Any, CheckpointPolicy]:
     """(run config, policy) for a kimi_lab checkpoint, model on CPU in eval mode."""
-    from kimi_lab.loading import load_model
+    from kimi_lab.decode.loading import load_model
 
     loaded = load_model(ckpt_path)
     cfg, tok = loaded.config, loaded.tokenizer

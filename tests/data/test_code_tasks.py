@@ -14,7 +14,7 @@ from kimi_lab.data.shards import iter_shard_samples
 from kimi_lab.data.tasks import task_from_sample
 from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.data.vision import VisionBlock
-from kimi_lab.generation import vision_inputs
+from kimi_lab.decode.generation import vision_inputs
 from kimi_lab.rl.rollout import RolloutRunner
 
 VISION = VisionDataConfig(max_patches=256, max_frames=8)

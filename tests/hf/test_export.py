@@ -62,8 +62,8 @@ def test_export_writes_capped_shards_and_an_index_transformers_loads(tmp_path: P
 def test_int4_export_is_k25s_format_and_import_reproduces_the_quantized_weights(tmp_path: Path) -> None:
     from safetensors import safe_open
 
+    from kimi_lab.decode.loading import read_checkpoint
     from kimi_lab.hf.importer import import_hf
-    from kimi_lab.loading import read_checkpoint
 
     tiny_checkpoint(tmp_path / "ours.ckpt")
     res = run_cli("export-hf", "ours.ckpt", "int4", "--quantize", "int4", cwd=tmp_path)
@@ -113,9 +113,9 @@ def test_transformers_reads_the_int4_export_through_compressed_tensors(tmp_path:
     same model as kimi_lab's import, up to its bf16 decompression."""
     from transformers import DeepseekV3ForCausalLM
 
+    from kimi_lab.decode.loading import load_model
     from kimi_lab.hf.exporter import export_hf
     from kimi_lab.hf.importer import import_hf
-    from kimi_lab.loading import load_model
 
     model = tiny_checkpoint(tmp_path / "ours.ckpt")
     export_hf(tmp_path / "ours.ckpt", tmp_path / "int4", quantize="int4")
@@ -134,9 +134,9 @@ def test_transformers_reads_the_int4_export_through_compressed_tensors(tmp_path:
 
 def test_export_streams_from_a_sharded_checkpoint(tmp_path: Path) -> None:
     """An imported (sharded) checkpoint exports slab by slab and imports back unchanged."""
+    from kimi_lab.decode.loading import read_checkpoint
     from kimi_lab.hf.exporter import export_hf
     from kimi_lab.hf.importer import import_hf
-    from kimi_lab.loading import read_checkpoint
 
     tiny_checkpoint(tmp_path / "ours.ckpt", model="tiny-vl")
     export_hf(tmp_path / "ours.ckpt", tmp_path / "hf1")

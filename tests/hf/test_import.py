@@ -53,7 +53,7 @@ def k25_folder(tmp_path: Path) -> tuple[Path, torch.nn.Module, dict]:
 
 
 def test_fp8_k2_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Path) -> None:
-    from kimi_lab.loading import load_model
+    from kimi_lab.decode.loading import load_model
     from kimi_lab.tracking.checkpoint_io import is_sharded_checkpoint
 
     folder, oracle, original = k2_folder(tmp_path)
@@ -75,8 +75,8 @@ def test_fp8_k2_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Pat
     assert (unquantized - theirs).abs().max() > 1e-3
 
     # big matrices go in slabs of rows (FP8 ones in whole blocks of rows): the same checkpoint
+    from kimi_lab.decode.loading import read_checkpoint
     from kimi_lab.hf.importer import import_hf
-    from kimi_lab.loading import read_checkpoint
 
     import_hf(folder, tmp_path / "slabs", slab_bytes=2000)
     (_, a, _), (_, b, _) = read_checkpoint(out), read_checkpoint(tmp_path / "slabs")
@@ -84,7 +84,7 @@ def test_fp8_k2_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Pat
 
 
 def test_int4_k25_imports_with_the_logits_of_its_dequantized_weights(tmp_path: Path) -> None:
-    from kimi_lab.loading import load_model
+    from kimi_lab.decode.loading import load_model
     from kimi_lab.train import check_tokenizer_matches
     from tests.model.test_multimodal import cases, inputs
 
@@ -226,9 +226,9 @@ def test_an_imported_k2_tokenizes_samples_serves_and_trains_with_its_own_tokeniz
     tmp_path: Path, tiny_overrides: list[str]
 ) -> None:
     from kimi_lab.data.tiktoken_tokenizer import TiktokenTokenizer
-    from kimi_lab.generation import DecodeOptions, Prompt, generate
-    from kimi_lab.loading import load_model
-    from kimi_lab.serve import ChatService
+    from kimi_lab.decode.generation import DecodeOptions, Prompt, generate
+    from kimi_lab.decode.loading import load_model
+    from kimi_lab.serving.serve import ChatService
     from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
 
     folder = tmp_path / "k2"

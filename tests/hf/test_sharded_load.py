@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 RANK = """
 import sys, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from kimi_lab.loading import build_model, load_weights, read_checkpoint, read_config
+from kimi_lab.decode.loading import build_model, load_weights, read_checkpoint, read_config
 from kimi_lab.parallel.fsdp import shard_model
 
 ckpt, port, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])

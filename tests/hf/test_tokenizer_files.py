@@ -160,8 +160,8 @@ def test_int4_export_carries_the_same_tokenizer_files(
 
 
 def test_import_reads_them_back_and_reexports_them_unchanged(exported: Path, tmp_path: Path) -> None:
+    from kimi_lab.decode.loading import _meta
     from kimi_lab.hf.importer import import_hf
-    from kimi_lab.loading import _meta
 
     back, _ = import_hf(exported, tmp_path / "back")
     record = _meta(back)["kimi_lab"]["tokenizer"]

@@ -123,7 +123,7 @@ def test_export_and_import_through_the_cli(tmp_path: Path) -> None:
     res = run_cli("import-hf", "hf_out", "back.ckpt", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "phase.init_from=" in res.stdout
-    from kimi_lab.loading import read_checkpoint
+    from kimi_lab.decode.loading import read_checkpoint
 
     cfg, state, _ = read_checkpoint(tmp_path / "back.ckpt")
     back = KimiK25(cfg.model)
@@ -135,9 +135,9 @@ def test_import_of_a_random_transformers_checkpoint_with_interleaved_rope(tmp_pa
     """A checkpoint made by transformers itself, with DeepSeek's interleaved RoPE layout."""
     from transformers import Kimi_K25Config, Kimi_K25ForConditionalGeneration
 
+    from kimi_lab.decode.loading import read_checkpoint
     from kimi_lab.hf.config import kimi_k25_config_kwargs
     from kimi_lab.hf.importer import import_hf
-    from kimi_lab.loading import read_checkpoint
 
     cfg = to_run_config(compose(["model=tiny-vl"])).model
     kwargs = kimi_k25_config_kwargs(cfg)

@@ -88,7 +88,7 @@ def test_ep2_training_matches_ddp_and_one_process_with_global_expert_loads(
 def test_ep_checkpoints_are_canonical_and_move_between_layouts_and_a_killed_run_resumes(
     ep_run: Path, tiny_tokenizer: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    from kimi_lab.loading import load_model, read_checkpoint
+    from kimi_lab.decode.loading import load_model, read_checkpoint
     from kimi_lab.model.multimodal import KimiK25
 
     # 1. The EP=2 checkpoint holds every expert whole: one process loads it, strictly.

@@ -227,7 +227,7 @@ def test_kimi_lab_train_fsdp2_by_ep_resumes_under_hsdp_and_starts_from_its_folde
     ``consolidate`` joins it; a new phase starts from the folder (``phase.init_from``) under EP=1."""
     import pandas as pd
 
-    from kimi_lab.loading import read_checkpoint
+    from kimi_lab.decode.loading import read_checkpoint
     from kimi_lab.metrics import CHECKPOINT_DIR, LAST_CHECKPOINT, METRICS_FILE, TRAIN_LOSS
     from tests.conftest import REPO, run_cli
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kimi_lab.config import compose, to_run_config
-from kimi_lab.generation import DecodeOptions, Prompt, generate
+from kimi_lab.decode.generation import DecodeOptions, Prompt, generate
 from kimi_lab.model.multimodal import KimiK25
 
 
@@ -49,7 +49,7 @@ def test_sampling_is_reproducible_with_a_generator() -> None:
 
 
 def test_top_p_samples_only_from_the_nucleus() -> None:
-    from kimi_lab.generation import sample_tokens
+    from kimi_lab.decode.generation import sample_tokens
 
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logp = probs.log().expand(4000, 4)
@@ -80,7 +80,7 @@ def test_on_token_can_stop_generation() -> None:
 
 
 def _hf_greedy(hf: torch.nn.Module, prompts: list[Prompt], new: int, pad: int) -> list[list[int]]:
-    from kimi_lab.generation import vision_inputs
+    from kimi_lab.decode.generation import vision_inputs
 
     L = max(len(p.tokens) for p in prompts)
     ids = torch.tensor([[pad] * (L - len(p.tokens)) + p.tokens for p in prompts])
@@ -131,7 +131,7 @@ def test_greedy_tokens_equal_transformers_generate_with_images() -> None:
 
 
 def test_stream_and_on_token_see_every_step_as_generate_returns_it() -> None:
-    from kimi_lab.generation import Step, generate_stream
+    from kimi_lab.decode.generation import Step, generate_stream
 
     m = _model()
     prompts = [Prompt([50, 60, 70]), Prompt([80])]
@@ -152,7 +152,7 @@ def test_stream_and_on_token_see_every_step_as_generate_returns_it() -> None:
 
 
 def test_stopping_a_stream_early_restores_training_mode() -> None:
-    from kimi_lab.generation import generate_stream
+    from kimi_lab.decode.generation import generate_stream
 
     m = _model().train()
     stream = generate_stream(m, [Prompt([50, 60])], DecodeOptions(10, (), 1, temperature=0))

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+import kimi_lab.decode.tool_turns as tool_turns
 import kimi_lab.rl.rollout as rollout
-import kimi_lab.tool_turns as tool_turns
 from kimi_lab.chat import Message
 from kimi_lab.config.schema import ToolConfig
 from kimi_lab.data.tasks import TaskInput
 from kimi_lab.data.tokenizer import Tokenizer
-from kimi_lab.generation import Generation
+from kimi_lab.decode.generation import Generation
 
 
 @dataclass

@@ -173,7 +173,7 @@ def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) 
     import urllib.request
 
     from kimi_lab.config.swarm import SwarmConfig
-    from kimi_lab.serve import make_server
+    from kimi_lab.serving.serve import make_server
     from kimi_lab.swarm.environment import SearchEnvironment
     from kimi_lab.swarm.openai_policy import OpenAIPolicy, PolicyServerError
     from kimi_lab.swarm.prompts import SWARM_TOOLS, orchestrator_system
@@ -200,7 +200,7 @@ def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) 
         assert isinstance(turn.message.content, str) and turn.message.role == "assistant"
         # the served model sees the prompt it was trained on, and greedy decoding through HTTP
         # equals greedy decoding in process
-        from kimi_lab.serve import ChatService
+        from kimi_lab.serving.serve import ChatService
         from kimi_lab.swarm.checkpoint_policy import load_checkpoint_policy
 
         _, local = load_checkpoint_policy(str(tiny_ckpt), temperature=0.0, max_new_tokens=24)

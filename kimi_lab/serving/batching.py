@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import torch
 
-from kimi_lab.generation import (
+from kimi_lab.decode.generation import (
     Generation,
     Prompt,
     banned_mask,

@@ -2,7 +2,7 @@
 
 lm-eval's own evaluator, task registry and output format; kimi_lab supplies a model class,
 registered with lm-eval as ``kimi_lab``, that loads any checkpoint through
-``kimi_lab.loading`` and answers lm-eval's three requests with the project's own pieces:
+``kimi_lab.decode.loading`` and answers lm-eval's three requests with the project's own pieces:
 
 - ``loglikelihood``: (context, continuation) tokenised as lm-eval's ``hf`` model does
   (``TemplateLM``: trailing spaces of the context go to the continuation, the continuation
@@ -52,7 +52,7 @@ class Scorer:
     def __init__(
         self, checkpoint: str | Path, device: str = "cpu", batch_size: int = 16, progress: bool = True
     ) -> None:
-        from kimi_lab.loading import load_model
+        from kimi_lab.decode.loading import load_model
 
         if batch_size < 1:
             raise ConfigError(f"--batch-size={batch_size} must be >= 1")
@@ -114,7 +114,7 @@ class Scorer:
         tokens (what an export's generation_config says) or a stop string; the text without
         special tokens (as transformers decodes it for lm-eval), cut at the first stop string."""
         from kimi_lab.chat import ChatEncoder
-        from kimi_lab.generation import DecodeOptions, Prompt, Step, generate
+        from kimi_lab.decode.generation import DecodeOptions, Prompt, Step, generate
 
         room = self.max_length - max_new_tokens
         if room < 1:
@@ -279,7 +279,7 @@ def evaluate(
     device: str = "cpu",
 ) -> tuple[dict[str, Any], Path]:
     """Run lm-eval's evaluator on ``checkpoint``; (its results, the results file it wrote)."""
-    from kimi_lab.loading import read_config
+    from kimi_lab.decode.loading import read_config
 
     checkpoint = Path(checkpoint)
     read_config(checkpoint)  # a bad checkpoint is a one-line error before lm-eval starts

@@ -4,7 +4,7 @@ A ``Dialogue`` is a conversation kept as the token stream the model reads: messa
 encoded when they are added, each sampled turn is appended exactly as sampled (never
 re-tokenised) with each token's log-probability under the sampling policy, which RL's loss
 re-scores. ``ToolTurns.step`` takes one turn of many dialogues at once: it samples the next
-assistant turn of each in one batch (``kimi_lab.generation``, the one decode path), parses it
+assistant turn of each in one batch (``kimi_lab.decode.generation``, the one decode path), parses it
 (``chat.parse_assistant``), runs its tool calls in the sandbox (``CodeTool``), and appends the
 tool messages, with the images the code saved, and the next turn's header. A malformed or
 unknown call becomes an error the model reads, never an exception. ``kimi-lab serve`` samples
@@ -25,7 +25,7 @@ import torch
 from kimi_lab.chat import IM_END, ChatEncoder, Message, ParsedAssistant, parse_assistant
 from kimi_lab.config.schema import ToolConfig, VisionDataConfig
 from kimi_lab.data.vision import VisionBlock, blocks_in_order, media_blocks, run_sizes
-from kimi_lab.generation import DecodeOptions, Prompt, Step, generate
+from kimi_lab.decode.generation import DecodeOptions, Prompt, Step, generate
 
 if TYPE_CHECKING:
     from kimi_lab.tools import SandboxLimits

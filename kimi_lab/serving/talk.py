@@ -4,8 +4,8 @@
 tokens as they are sampled. ``chat`` is an interactive loop in the chat format: the
 assistant's words appear as they are sampled; with ``--tools python`` its tool calls run
 in the sandboxed code tool, their output is shown and handed back with the images the code
-saved, and the assistant goes on: the turn RL rollouts take (``kimi_lab.tool_turns``).
-Both load through ``kimi_lab.loading`` (any kimi_lab checkpoint: a training run's, a
+saved, and the assistant goes on: the turn RL rollouts take (``kimi_lab.decode.tool_turns``).
+Both load through ``kimi_lab.decode.loading`` (any kimi_lab checkpoint: a training run's, a
 sharded folder, one written by ``import-hf``).
 """
 
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 from kimi_lab.chat import ChatEncoder, Message
+from kimi_lab.decode.generation import DecodeOptions, Prompt, Step, generate
+from kimi_lab.decode.tool_turns import CodeTool, Dialogue, ToolTurns
 from kimi_lab.errors import ConfigError
-from kimi_lab.generation import DecodeOptions, Prompt, Step, generate
-from kimi_lab.streaming import AssistantStream, IncrementalDecoder
-from kimi_lab.tool_turns import CodeTool, Dialogue, ToolTurns
+from kimi_lab.serving.streaming import AssistantStream, IncrementalDecoder
 
 if TYPE_CHECKING:
     from kimi_lab.data.vision import VisionBlock
-    from kimi_lab.loading import LoadedModel
+    from kimi_lab.decode.loading import LoadedModel
 
 TOOL_NAME = "python"
 CHAT_HELP = "/image PATH attaches an image to your next message, /reset starts over, /exit (or Ctrl-D) quits"
@@ -150,7 +150,7 @@ def generate_text(
 class ChatSession:
     """One conversation with a loaded model; ``turn`` answers a user message (tools included).
 
-    Turns are played by ``kimi_lab.tool_turns``, as RL rollouts play them: the model reads its
+    Turns are played by ``kimi_lab.decode.tool_turns``, as RL rollouts play them: the model reads its
     own turns as it sampled them, and the tool's results with the images the code saved."""
 
     loaded: LoadedModel
@@ -281,7 +281,7 @@ def chat_loop(session: ChatSession, read: Callable[[str], str] = input) -> None:
 
 # ------------------------------------------------------------------ the commands
 def load(path: str) -> LoadedModel:
-    from kimi_lab.loading import load_model
+    from kimi_lab.decode.loading import load_model
 
     loaded = load_model(path)
     if loaded.tokenizer is None:  # pragma: no cover - load_model builds one unless asked not to

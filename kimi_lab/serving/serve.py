@@ -4,7 +4,7 @@
 stream, stream_options.include_usage, and vLLM's ``ignore_eos``) and ``GET /v1/models``,
 from the standard library's threaded HTTP server. With ``stream=true`` the answer comes
 as server-sent events in the chat-completion chunk format, tokens as they are sampled
-(``kimi_lab.streaming``); streamed and non-streamed greedy answers are the same text.
+(``kimi_lab.serving.streaming``); streamed and non-streamed greedy answers are the same text.
 Tool calls come back as OpenAI ``tool_calls`` in both modes. A request naming another
 model than the served one (its id is in ``/v1/models``) is a 404 ``model_not_found``.
 
@@ -12,7 +12,7 @@ A ``-vl`` model takes ``image_url`` parts given as ``data:`` URLs (PNG, JPEG, We
 goes to the vision tower at the place it has in the message. A remote URL, an image that
 does not decode, or an image sent to a text-only model is a 400 that says why.
 
-Concurrent requests decode together (``kimi_lab.batching``): a request joins the running
+Concurrent requests decode together (``kimi_lab.serving.batching``): a request joins the running
 batch at the next step and leaves when it is done, each with its own sampling parameters,
 seed, stop strings and token budget; its greedy answer is the one it gets alone. A client that goes
 away (mid-stream, or before a whole answer is ready) frees its row; the server carries
@@ -32,12 +32,11 @@ from typing import Any
 
 import torch
 
-from kimi_lab.batching import Batcher, SamplingParams
 from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate, with_tools
 from kimi_lab.config.schema import VisionDataConfig
 from kimi_lab.data.vision import VisionBlock, image_block
+from kimi_lab.decode.generation import Prompt
 from kimi_lab.errors import KimiLabError
-from kimi_lab.generation import Prompt
 from kimi_lab.openai_format import (
     ChunkStream,
     completion,
@@ -46,7 +45,8 @@ from kimi_lab.openai_format import (
     image_from_url,
     wire_tool_call,
 )
-from kimi_lab.streaming import AssistantStream, StreamEvents
+from kimi_lab.serving.batching import Batcher, SamplingParams
+from kimi_lab.serving.streaming import AssistantStream, StreamEvents
 
 MAX_BODY_BYTES = 32 << 20  # room for a few inline (base64) images
 CLIENT_TIMEOUT_S = 60  # a client that stops reading for this long loses its stream (and the queue moves on)
@@ -388,7 +388,7 @@ def make_server(
 ) -> ThreadingHTTPServer:
     from pathlib import Path
 
-    from kimi_lab.loading import load_model
+    from kimi_lab.decode.loading import load_model
 
     loaded = load_model(ckpt_path)
     cfg = loaded.config

@@ -2,7 +2,7 @@
 
 The one decode path of kimi_lab: RL and PARL rollouts, evaluation (``kimi-lab eval``,
 lm-eval's generation tasks), swarm checkpoint policies and ``kimi-lab serve`` all sample
-here; the server's continuous batching (``kimi_lab.batching``) runs the same ``prefill``
+here; the server's continuous batching (``kimi_lab.serving.batching``) runs the same ``prefill``
 and ``decode_step`` with requests joining and leaving between steps. Prompts of different lengths are
 left-padded into one batch (positions count real tokens only, the attention mask hides
 padding); identical prompts are encoded once. The prompt fills MLA's latent cache
