@@ -116,12 +116,14 @@ def _input_of_string() -> str:
     decoded = "p" + "".join(f".replace({q(chr(92) + e)}, {q(c)})" for e, c in _ESCAPES.items())
     return (
         "{%- set ns.input = none -%}{%- set s = args.strip() -%}"
+        # the value starts after the prefix: 11 characters with the space, 10 without
         '{%- set head = 11 if s.startswith(\'{"input": "\') else 10 if s.startswith(\'{"input":"\') else 0 -%}'
         "{%- if head and s | length >= head + 2 and s.endswith('\"}') -%}"
         "{%- set ns.input = '' -%}{%- set ns.ok = true -%}"
         f"{{%- for p in s[head:-2].split({q(chr(92) * 2)}) -%}}"
         f"{{%- set b = {bare} -%}}"
-        f"{{%- if {q(chr(92) + 'u')} in b -%}}{{{{ raise_exception('tool-call arguments: a \\\\u escape in a string; pass the arguments as an object') }}}}"
+        f"{{%- if {q(chr(92) + 'u')} in b -%}}"
+        "{{ raise_exception('tool-call arguments: a \\\\u escape in a string; pass the arguments as an object') }}"
         f"{{%- elif {q(chr(92))} in b or '\"' in b -%}}{{%- set ns.ok = false -%}}{{%- endif -%}}"
         f"{{%- set ns.input = ns.input ~ ({q(chr(92))} if not loop.first else '') ~ {decoded} -%}}"
         "{%- endfor -%}"
