@@ -4,15 +4,16 @@ transformers' ``apply_chat_template``, vLLM, SGLang and llama.cpp render a conve
 the ``chat_template`` of ``tokenizer_config.json``. An export carries this one, generated
 from ``kimi_lab.chat``'s own markers and tools description (``render_tools`` as ``with_tools``
 places it, each declared function's input as ``openai_format.input_format`` words it,
-``call_from_openai``'s reading of tool-call arguments), so it renders the
+``openai_format.arguments_text``'s reading of tool-call arguments), so it renders the
 tokens ``ChatEncoder`` encodes: roles, content, tool calls, tool results, the declared tools
 in the system message, and the generation prompt (a test holds them equal, tools included).
 
 Where a renderer sees what kimi_lab never does, the template picks:
-- a tool call's ``arguments`` as an object (how transformers and vLLM hand them over):
-  ``{"input": text}`` renders the text, any other object its JSON, as ``call_from_openai``
-  reads them; as a string (the OpenAI wire form, which ``call_from_openai`` parses first),
-  verbatim;
+- a tool call's ``arguments``, an object (how transformers and vLLM hand them over) or a string
+  (the OpenAI wire form), render by ``openai_format.arguments_text``'s rule, which serve reads
+  them with: ``{"input": text}`` renders the text, as an object or as a JSON string (decoded
+  here in Jinja, which has no JSON parser: a ``\\uXXXX`` escape is refused with an error);
+  any other object its JSON, any other string verbatim;
 - an image part renders ``<|media_start|><|image_pad|><|media_end|>``: one placeholder a
   multimodal processor expands to the image's tokens.
 """
@@ -48,7 +49,7 @@ _TEMPLATE = """\
 {%- endif -%}
 {%- endmacro -%}
 {%- set role_token = @ROLE_TOKENS@ -%}
-{%- set ns = namespace(block='', described=false, fmt='') -%}
+{%- set ns = namespace(block='', described=false, fmt='', input=none, ok=true) -%}
 {%- if tools -%}
 {%- for t in tools -%}
 {%- set fn = t.function if t.function is defined else t -%}
@@ -87,7 +88,7 @@ _TEMPLATE = """\
 {%- set fn = call.function if call.function is defined else call -%}
 {%- set args = fn.arguments -%}
 {%- if args is not defined or (args is string and not args.strip()) -%}{%- set args_text = '{}' -%}
-{%- elif args is string -%}{%- set args_text = args -%}
+{%- elif args is string -%}@INPUT_OF@{%- set args_text = ns.input if ns.input is not none else args -%}
 {%- elif args is mapping and args | length == 1 and args.input is defined and args.input is string -%}{%- set args_text = args.input -%}
 {%- else -%}{%- set args_text = args | tojson -%}
 {%- endif -%}
@@ -99,6 +100,36 @@ _TEMPLATE = """\
 {%- endfor -%}
 {%- if add_generation_prompt -%}@IM_START@{{ role_token['assistant'] }}{%- endif -%}
 """
+
+
+# JSON's short escapes (``\\uXXXX`` aside: Jinja cannot make a character from its code).
+_ESCAPES = {'"': '"', "/": "/", "n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+
+
+def _input_of_string() -> str:
+    """Jinja setting ``ns.input`` to the decoded value of a string ``args`` shaped
+    ``{"input": "..."}`` (else none): ``openai_format.arguments_text``'s rule for strings. The
+    value splits at escaped backslashes; in each piece every backslash must start a short
+    escape and no quote may stand bare (else the string is not that shape: none)."""
+    q = json.dumps
+    bare = "p" + "".join(f".replace({q(chr(92) + e)}, '')" for e in _ESCAPES)
+    decoded = "p" + "".join(f".replace({q(chr(92) + e)}, {q(c)})" for e, c in _ESCAPES.items())
+    return (
+        "{%- set ns.input = none -%}{%- set s = args.strip() -%}"
+        # the value starts after the prefix: 11 characters with the space, 10 without
+        '{%- set head = 11 if s.startswith(\'{"input": "\') else 10 if s.startswith(\'{"input":"\') else 0 -%}'
+        "{%- if head and s | length >= head + 2 and s.endswith('\"}') -%}"
+        "{%- set ns.input = '' -%}{%- set ns.ok = true -%}"
+        f"{{%- for p in s[head:-2].split({q(chr(92) * 2)}) -%}}"
+        f"{{%- set b = {bare} -%}}"
+        f"{{%- if {q(chr(92) + 'u')} in b -%}}"
+        "{{ raise_exception('tool-call arguments: a \\\\u escape in a string; pass the arguments as an object') }}"
+        f"{{%- elif {q(chr(92))} in b or '\"' in b -%}}{{%- set ns.ok = false -%}}{{%- endif -%}}"
+        f"{{%- set ns.input = ns.input ~ ({q(chr(92))} if not loop.first else '') ~ {decoded} -%}}"
+        "{%- endfor -%}"
+        "{%- if not ns.ok -%}{%- set ns.input = none -%}{%- endif -%}"
+        "{%- endif -%}"
+    )
 
 
 def chat_template(spell: Callable[[str], str] = str) -> str:
@@ -120,6 +151,7 @@ def chat_template(spell: Callable[[str], str] = str) -> str:
         out = out.replace(f"@{name}@", _literal_text(spell(token)))
     roles = "{" + ", ".join(f"{json.dumps(r)}: {json.dumps(spell(f'<|{r}|>'))}" for r in ROLES) + "}"
     intro = render_tools([]).replace(CALL_BEGIN, spell(CALL_BEGIN)).replace(CALL_END, spell(CALL_END))
+    out = out.replace("@INPUT_OF@", _input_of_string())
     return out.replace("@ROLE_TOKENS@", roles).replace("@TOOLS_INTRO@", json.dumps(intro))
 
 

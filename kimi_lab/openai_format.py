@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -88,7 +89,9 @@ def tool_call_arguments(call: ToolCall, tools: Any = ()) -> str:
 
     A tool with one string parameter gets the input as that parameter; a declared tool
     whose input is a JSON object (how a kimi_lab model writes several arguments) gets the
-    object itself; anything else travels as ``{"input": ...}`` (``tool_schema``'s shape).
+    object itself, as the model spelled it; anything else travels as ``{"input": ...}``
+    (``tool_schema``'s shape). Characters are not \\u-escaped: an echoed call renders the
+    same through ``arguments_text`` and the chat template (which cannot decode such escapes).
     """
     fn = _declared(tools, call.name)
     params = (fn or {}).get("parameters")
@@ -96,15 +99,15 @@ def tool_call_arguments(call: ToolCall, tools: Any = ()) -> str:
     if isinstance(props, dict) and len(props) == 1:
         ((key, spec),) = props.items()
         if isinstance(spec, dict) and spec.get("type") == "string":
-            return json.dumps({key: call.input})
+            return json.dumps({key: call.input}, ensure_ascii=False)
     if fn is not None:
         try:
             parsed = json.loads(call.input)
         except json.JSONDecodeError:
             parsed = None
         if isinstance(parsed, dict):
-            return json.dumps(parsed)
-    return json.dumps({"input": call.input})
+            return call.input
+    return json.dumps({"input": call.input}, ensure_ascii=False)
 
 
 def to_openai(messages: list[Message]) -> list[dict[str, Any]]:
@@ -119,7 +122,10 @@ def to_openai(messages: list[Message]) -> list[dict[str, Any]]:
                     {
                         "id": cid,
                         "type": "function",
-                        "function": {"name": c.name, "arguments": json.dumps({"input": c.input})},
+                        "function": {
+                            "name": c.name,
+                            "arguments": json.dumps({"input": c.input}, ensure_ascii=False),
+                        },
                     }
                     for cid, c in zip(pending, m.tool_calls, strict=True)
                 ]
@@ -206,25 +212,46 @@ def _content(content: Any, on_image: Callable[[Any], str] | None, role: str) -> 
     return text, names
 
 
+# A string ``arguments`` of exactly this shape carries the input itself (``{"input": ...}``, as
+# JSON spells it with or without the space); the chat template tests the same two prefixes.
+_INPUT_ARGUMENTS = re.compile(r'\{"input": ?"(.*)"\}', re.DOTALL)
+
+
+def arguments_text(args: Any) -> str:
+    """A wire tool call's ``arguments`` as the text the model sees after the call's name; the
+    exported chat template (``chat_template``) renders every case by the same rule:
+
+    - an object (how transformers and vLLM hand arguments to a template): a one-key
+      ``{"input": text}`` is the text, any other object its JSON (``tojson``'s spelling);
+    - a string (the OpenAI wire form): blank is ``{}``; ``{"input": "..."}`` whose value is a
+      valid JSON string is that string decoded; anything else is the string verbatim (Jinja
+      has no JSON parser, so other JSON text is not re-spelled: what the client sent is what
+      the model sees). The template cannot decode a ``\\uXXXX`` escape and refuses it.
+    """
+    if isinstance(args, str):
+        if not args.strip():
+            return "{}"
+        shape = _INPUT_ARGUMENTS.fullmatch(args.strip())
+        if shape is None:
+            return args
+        try:
+            return json.loads(f'"{shape.group(1)}"', strict=False)
+        except json.JSONDecodeError:
+            return args
+    if isinstance(args, dict) and set(args) == {"input"} and isinstance(args["input"], str):
+        return args["input"]
+    return json.dumps(args, ensure_ascii=False)
+
+
 def call_from_openai(call: Any) -> ToolCall:
-    """A wire tool call -> ToolCall; a one-key ``{"input": ...}`` argument object becomes the input."""
+    """A wire tool call -> ToolCall, its input as ``arguments_text`` reads the arguments."""
     if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
         raise ChatFormatError(f"bad tool call {call!r:.80}")
     fn = call["function"]
-    name, args = fn.get("name"), fn.get("arguments", "")
+    name = fn.get("name")
     if not isinstance(name, str) or not name:
         raise ChatFormatError(f"tool call without a function name: {call!r:.80}")
-    if isinstance(args, str):
-        try:
-            parsed = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            return ToolCall(name, args)  # free text: hand it on as the input
-    else:
-        parsed = args
-    if isinstance(parsed, dict) and set(parsed) == {"input"} and isinstance(parsed["input"], str):
-        return ToolCall(name, parsed["input"])
-    # As the chat template's ``tojson`` writes it: the model sees the characters themselves.
-    return ToolCall(name, json.dumps(parsed, ensure_ascii=False))
+    return ToolCall(name, arguments_text(fn.get("arguments", "")))
 
 
 def from_openai(items: Any, on_image: Callable[[Any], str] | None = None) -> list[Message]:

@@ -123,13 +123,6 @@ def parallelize(
     fully_shard(model, mesh=meshes.fsdp)
 
 
-def shard_model(model: nn.Module, mesh: Any) -> None:
-    """Plain FSDP2 over all of ``mesh``'s ranks, no expert parallelism."""
-    from kimi_lab.parallel.mesh import ParallelDims
-
-    parallelize(model, ParallelDims(mesh.size()).build(mesh.device_type))
-
-
 # ------------------------------------------------------------------ gradient clipping
 @torch.no_grad()
 def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:

@@ -11,8 +11,9 @@ registered with lm-eval as ``kimi_lab``, that loads any checkpoint through
   ``rl.rescore`` (the log-probs RL trains with, here over the whole vocabulary);
 - ``loglikelihood_rolling``: lm-eval's rolling windows, scored the same way;
 - ``generate_until``: ``generation.generate``, the KV-cached decode path, greedy unless the
-  task samples, stopped at the chat format's stop tokens (the ids an export's
-  ``generation_config.json`` names) or once every row has written one of its stop strings.
+  task samples, never sampling what the chat format bans (vision placeholders, padding), a row
+  ending at the chat format's stop tokens (the ids an export's ``generation_config.json`` names)
+  or at one of its stop strings, the batch once every row has ended.
 
 Results are lm-eval's JSON under ``--output-path`` (``<path>/<checkpoint>/results_<time>.json``,
 and ``samples_<task>_<time>.jsonl`` with ``--log-samples``); by default that is the run's
@@ -120,6 +121,7 @@ class Scorer:
         if room < 1:
             raise ConfigError(f"max_gen_toks={max_new_tokens} leaves no context in {self.max_length} tokens")
         stops = [s for s in until if s]
+        enc = ChatEncoder(self.tok)
         texts: list[str] = []
         bar = self._bar(len(contexts), "generations")
         for start in range(0, len(contexts), self.batch_size):
@@ -131,16 +133,17 @@ class Scorer:
                 for i, t in enumerate(step.tokens):
                     if t is not None and not done[i]:
                         sampled[i].append(t)
-                        done[i] = any(s in self.text(sampled[i]) for s in stops)
-                return all(done)  # every row has written a stop string: no need to go on
+                        done[i] = t in enc.stop_ids or any(s in self.text(sampled[i]) for s in stops)
+                return all(done)  # every row has ended (stop token or string): no need to go on
 
             options = DecodeOptions(
                 max_new_tokens,
-                ChatEncoder(self.tok).stop_ids,
+                enc.stop_ids,
                 self.tok.pad_id,
                 temperature=temperature,
                 top_p=top_p,
                 top_k=top_k,
+                banned_ids=enc.banned_ids,
             )
             gens = generate(self.model, [Prompt(c) for c in batch], options, on_token=on_step)
             for g in gens:

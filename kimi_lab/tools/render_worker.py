@@ -2,13 +2,15 @@
 
 A policy's code may loop forever, allocate without end, or try to reach the network or the
 host's files, so it never renders in the training process. ``PageRenderer`` starts this module
-as a child process inside bubblewrap, as the code tool runs (fresh network, pid, ipc and uts
-namespaces, so no network at all; read-only binds of the interpreter, the package and the fonts;
-a private ``/tmp``), keeps it and its Chromium open for many pages, and gives every page a
-wall-clock budget and a memory budget (the resident memory of the child and everything it
-started). A page over either budget, or one that crashes the renderer, comes back as ``None``
-and the process is killed, to be restarted for the next page: nothing a page does raises in the
-caller. A sandbox that cannot start is ``RenderUnavailable``, said once, never bypassed.
+as a child process inside the code tool's bubblewrap sandbox (``tools.bwrap``: fresh namespaces
+of every kind, so no network at all, user namespaces disabled inside, a fresh uid on a root host;
+read-only binds of the interpreter, the package and the fonts; private ``/tmp`` and ``/dev/shm``),
+keeps it and its Chromium open for many pages, and gives every page a wall-clock budget and a
+memory budget (the resident memory of the child and everything it started, polled; each process
+also has RLIMIT_DATA at that budget). A page over either budget, or one that crashes the
+renderer, comes back as ``None`` and the process is killed, to be restarted for the next page:
+nothing a page does raises in the caller. A sandbox that cannot start is ``RenderUnavailable``,
+said once, never bypassed.
 
 Protocol on the child's stdin / stdout: the child writes ``READY`` once Chromium runs; then per
 page a JSON line ``{"kind", "code", "width", "height", "times", "timeout_ms"}`` in, and a JSON line
@@ -32,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kimi_lab.errors import KimiLabError
+from kimi_lab.tools.bwrap import BWRAP, bwrap_command
 from kimi_lab.tools.renderers import HtmlRenderer, PageCapture, render_svg, svg_structure
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ READY = b"kimi-render-ready\n"
 PACKAGE = (
     Path(__file__).resolve().parents[1]
 )  # kimi_lab/ itself: the sandbox sees no other file of a checkout
-BWRAP = "bwrap"
+PACKAGE_DEST = "/kimi_lab_src"  # where the sandbox sees it (as PACKAGE_DEST/kimi_lab), first on sys.path
 INSTALL_HINT = "apt-get install -y bubblewrap chromium"
 READ_ONLY = (
     "/etc/fonts",  # the fonts the data builders render with
@@ -58,7 +61,8 @@ class RenderUnavailable(KimiLabError):
 class RenderLimits:
     wall_s: float = 20.0  # one page, all its frames
     start_s: float = 90.0  # starting the process and its Chromium
-    memory_mb: int = 2048  # resident memory of the process tree (Chromium idles at a few hundred)
+    # resident memory of the process tree, and each process's RLIMIT_DATA (Chromium idles at a few hundred)
+    memory_mb: int = 2048
     js_heap_mb: int = 256  # each page's JavaScript heap
     max_code_chars: int = 50_000
     max_side: int = 1024  # CSS pixels of the viewport (SVG: of the output)
@@ -158,7 +162,7 @@ class PageRenderer:
         return True
 
     def _launch(self) -> None:
-        argv = [*sandbox_argv(), "-I", "-m", "kimi_lab.tools.render_worker", str(self.limits.js_heap_mb)]
+        argv = sandbox_argv(self.limits)
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -245,6 +249,16 @@ def render_unavailable_reason() -> str | None:
 
 def tree_rss_mb(root: int) -> float:
     """Resident memory (MB) of a process and all its descendants, from /proc."""
+    return sum(rss for _, rss in _tree(root)) / 1024
+
+
+def tree_pids(root: int) -> list[int]:
+    """A process and all its descendants (those alive now)."""
+    return [pid for pid, _ in _tree(root)]
+
+
+def _tree(root: int) -> list[tuple[int, int]]:
+    """(pid, resident KB) of a process and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -259,39 +273,52 @@ def tree_rss_mb(root: int) -> float:
         pid = int(entry)
         children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: the parent's pid
         rss[pid] = int(fields[21]) * page_kb  # fields[21]: resident pages
-    total, stack = 0, [root]
+    out, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        if pid in rss:
+            out.append((pid, rss[pid]))
         stack.extend(children.get(pid, []))
-    return total / 1024
+    return out
 
 
-def sandbox_argv() -> list[str]:
-    """bubblewrap, then the interpreter: no network, read-only code, a private /tmp."""
+def sandbox_argv(limits: RenderLimits) -> list[str]:
+    """This module's worker in the code tool's sandbox: read-only interpreter, package and fonts;
+    ``/tmp`` (HOME, Chromium's profile) and ``/dev/shm`` (its shared memory) tmpfs of the memory
+    budget. The worker imports the package that started it, whatever an install points to."""
     bwrap = shutil.which(BWRAP)
     if bwrap is None:
         raise RenderUnavailable(f"bubblewrap ({BWRAP!r}) is not installed; install it: {INSTALL_HINT}")
-    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
-    for key, value in {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}.items():
-        args += ["--setenv", key, value]
-    args += ["--ro-bind", "/usr", "/usr"]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(top):  # usrmerge: /lib -> usr/lib
-            args += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-    trees = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), str(PACKAGE)]
+    trees = [os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)]
     trees += [p for p in READ_ONLY if os.path.isdir(p)]
-    for tree in dict.fromkeys(trees):
-        if not (tree == "/usr" or tree.startswith("/usr/")):
-            args += ["--ro-bind", tree, tree]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp", "--chdir", "/tmp"]
-    return [*args, "--", sys.executable]  # the venv's own path: it finds its site-packages
+    binds = [(t, t) for t in dict.fromkeys(trees) if not (t == "/usr" or t.startswith("/usr/"))]
+    binds.append((str(PACKAGE), f"{PACKAGE_DEST}/kimi_lab"))
+    size = limits.memory_mb << 20
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+    start = (
+        f"import runpy, sys; sys.path.insert(0, {PACKAGE_DEST!r}); "
+        "runpy.run_module('kimi_lab.tools.render_worker', run_name='__main__', alter_sys=True)"
+    )
+    # sys.executable, the venv's own path, bound where it is: it finds its site-packages
+    inner = [sys.executable, "-I", "-c", start, str(limits.js_heap_mb), str(limits.memory_mb)]
+    return bwrap_command(bwrap, inner, binds, env, [("/tmp", size), ("/dev/shm", size)], "/tmp")
 
 
 # ------------------------------------------------------------------------ the child
-def _serve(js_heap_mb: int) -> None:
+def _limit_memory(memory_mb: int) -> None:
+    """RLIMIT_DATA (private writable memory) at the budget, for this process and Chromium's.
+    Not RLIMIT_AS: V8 reserves a terabyte of address space (its sandbox) and fails to start
+    under any address-space limit near the budget, whereas its reservations are not data; Chromium
+    limits its own renderers' data the same way. It is per process, so the tree is polled too."""
+    import resource
+
+    cap = memory_mb << 20
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _serve(js_heap_mb: int, memory_mb: int) -> None:
+    _limit_memory(memory_mb)
     out = sys.stdout.buffer
     with HtmlRenderer(js_heap_mb=js_heap_mb) as renderer:
         out.write(READY)
@@ -323,4 +350,4 @@ def _serve(js_heap_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), int(sys.argv[2]))

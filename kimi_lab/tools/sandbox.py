@@ -19,11 +19,8 @@ as PNG bytes, the newest ``max_images``, downscaled to ``image_pixels`` (over 4x
 Isolation, layered: bwrap namespaces (user, mount, pid, net, ipc, uts, cgroup) with read-only binds;
 rlimits set by the runner before the code runs (CPU, address space, file size, open files, and
 ``RLIMIT_NPROC=0``); an audit hook that turns process creation, sockets and ctypes into a clear
-``forbidden`` status; the host's wall clock and byte caps on everything it reads. RLIMIT_NPROC is
-ignored for uid 0 and counted per real uid, so a root host starts bwrap under a random high uid;
-since that uid cannot reach paths such as ``/root/.pyenv`` (mode 0700), root first bind-mounts the
-needed trees under ``/mnt`` in a private mount namespace (``sandbox_launcher.stage_and_exec``), then
-drops to that uid and execs bwrap, which creates its user namespace unprivileged.
+``forbidden`` status; the host's wall clock and byte caps on everything it reads. The bwrap command
+line, and a root host's drop to a fresh uid, are ``tools.bwrap``'s (the page renderer's too).
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 import selectors
 import shutil
 import signal
@@ -47,15 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kimi_lab.tools.bwrap import BWRAP, bwrap_command
 from kimi_lab.tools.sandbox_runner import MAGIC, READY, TRAILER  # the protocol (stdlib-only module)
 
-BWRAP = "bwrap"  # name or path of the bubblewrap binary
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
-LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")  # root hosts only: stages binds, drops the uid
 WORKDIR = "/work"
 VENV_DEST = "/venv"
 RUNNER_DEST = "/sandbox_runner.py"
-STAGING = "/mnt"  # only in the private mount namespace of a root host's launcher
 INSTALL_HINT = "apt-get install -y bubblewrap"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STATUSES = (
@@ -78,7 +72,6 @@ SANDBOX_ENV = {
     "OMP_NUM_THREADS": "1",
     "MPLBACKEND": "Agg",
 }
-_UID_BASE, _UID_RANGE = 2_000_000_000, 100_000_000  # uids for sandboxes started by root
 
 
 class SandboxUnavailable(RuntimeError):
@@ -292,50 +285,15 @@ def _sandbox_sys_path() -> list[str]:
 
 
 def _command(bwrap: str, result_fd: int, limits: SandboxLimits) -> list[str]:
-    """The launch: bwrap directly, or as root the staging helper, which drops to a fresh uid for bwrap."""
+    """The runner in a fresh sandbox, its working folder a tmpfs of ``workdir_mb``."""
     python = _inside(sys.executable)
     if python is None:
         raise SandboxUnavailable(
             f"the interpreter {os.path.realpath(sys.executable)} is outside the trees bound into the sandbox"
         )
     runner_argv = [python, "-I", "-S", "-B", "-u", RUNNER_DEST, str(result_fd)]
-    binds = list(_binds())
-    if os.geteuid() != 0:
-        return [bwrap, *_bwrap_args(binds, limits), "--", *runner_argv]
-    stage = [(src, f"{STAGING}/{i}") for i, (src, _) in enumerate(binds)]
-    staged = [(staged_src, dest) for (_, staged_src), (_, dest) in zip(stage, binds)]
-    uid = _UID_BASE + secrets.randbelow(_UID_RANGE)  # fresh uid: no shared RLIMIT_NPROC count
-    job = {
-        "staging": STAGING,
-        "stage": stage,
-        "uid": uid,
-        "argv": [bwrap, *_bwrap_args(staged, limits), "--", *runner_argv],
-    }
-    return [os.path.realpath(sys.executable), "-I", "-S", str(LAUNCHER.resolve()), json.dumps(job)]
-
-
-def _bwrap_args(binds: list[tuple[str, str]], limits: SandboxLimits) -> list[str]:
-    args = [
-        "--unshare-all",
-        "--unshare-user",
-        "--disable-userns",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-    ]
-    for key, value in SANDBOX_ENV.items():
-        args += ["--setenv", key, value]
-    args += ["--ro-bind", "/usr", "/usr"]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(top):  # usrmerge: /lib -> usr/lib
-            args += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-    for src, dest in binds:
-        args += ["--ro-bind", src, dest]
-    args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
-    args += ["--size", str(limits.workdir_mb << 20), "--tmpfs", WORKDIR, "--chdir", WORKDIR]
-    return [*args, "--remount-ro", "/"]
+    workdir = [(WORKDIR, limits.workdir_mb << 20)]
+    return bwrap_command(bwrap, runner_argv, list(_binds()), SANDBOX_ENV, workdir, WORKDIR)
 
 
 def _result_cap(limits: SandboxLimits) -> int:

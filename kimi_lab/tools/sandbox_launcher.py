@@ -1,6 +1,6 @@
 """The sandbox's launcher when the host runs as root: stage the bind sources, drop to a fresh uid, exec bwrap.
 
-Started by ``kimi_lab.tools.sandbox`` as ``python -I -S sandbox_launcher.py JOB`` (root only), so it
+Started by ``kimi_lab.tools.bwrap`` as ``python -I -S sandbox_launcher.py JOB`` (root only), so it
 imports nothing but the stdlib. ``JOB`` is JSON: ``{"staging": a directory, "stage": [[src, dst]],
 "uid": int, "argv": bwrap's argv}``. Why: bwrap, started by an unprivileged uid, must reach every
 tree it binds, and root's trees (a venv under /root, say) are not reachable by that uid. So, in a

@@ -6,8 +6,8 @@ Lightning's SLURM convention and ``sbatch --signal=USR1@90`` use; submitit's, SI
 flag: the step being computed finishes, then ``StepCheckpoint`` saves that step the way
 its periodic saves do (a ``step-*.ckpt`` in its rotation, ``last.ckpt`` linked to it; under
 FSDP2 a sharded folder, every rank writing its shard), and training ends with status
-``interrupted``. All ranks agree on the step (one all-reduce of a flag per step when there
-are several). A second Ctrl-C quits at once, without saving.
+``interrupted``. All ranks agree on the step and the signal (one all-reduce of the signal
+number per step when there are several). A second Ctrl-C quits at once, without saving.
 
 Lightning's own SIGTERM and SLURM requeue handlers are replaced for the run (they raise
 mid-loop or save inside the signal handler); a handler installed before the run (submitit's
@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from kimi_lab.tracking.checkpoint_io import StepCheckpoint
@@ -123,12 +124,18 @@ class StopOnSignal(L.Callback):
 
     # ---------------------------------------------------------------- stopping
     def _requested(self, trainer: L.Trainer) -> bool:
-        requested = self.signum is not None
-        if trainer.world_size > 1:  # ranks may see the signal at different steps: any rank stops all
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-            if requested and self.signum is None:
-                self.signum = signal.SIGTERM  # another rank's signal
-        return requested
+        if trainer.world_size > 1:
+            # Ranks may see a signal at different steps: any rank stops all. The flag is the signal
+            # itself (0: none), so a rank that got none records, and exits with, the one received
+            # (the largest number where ranks got different ones; a rank keeps its own).
+            from torch.distributed import ReduceOp
+
+            mine = torch.tensor(self.signum or 0, device=trainer.strategy.root_device)
+            received = int(trainer.strategy.reduce(mine, reduce_op=ReduceOp.MAX))
+            if received and self.signum is None:
+                self.signum = received
+            return received != 0  # what all ranks agreed (a signal arriving meanwhile waits a step)
+        return self.signum is not None
 
     def _save_and_stop(self, trainer: L.Trainer) -> None:
         if trainer.should_stop or trainer.sanity_checking or not self._requested(trainer):

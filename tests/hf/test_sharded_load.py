@@ -15,15 +15,14 @@ pytest.importorskip("transformers")
 
 RANK = """
 import sys, torch, torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
 from kimi_lab.decode.loading import build_model, load_weights, read_checkpoint, read_config
-from kimi_lab.parallel.fsdp import shard_model
+from kimi_lab.parallel.fsdp import parallelize
+from kimi_lab.parallel.mesh import ParallelDims
 
 ckpt, port, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-mesh = init_device_mesh("cpu", (2,))
 model = build_model(read_config(ckpt))
-shard_model(model, mesh)
+parallelize(model, ParallelDims(2).build("cpu"))  # plain FSDP2 over both ranks, as trainer=fsdp2 lays it out
 with torch.no_grad():
     for p in model.parameters():
         p.zero_()

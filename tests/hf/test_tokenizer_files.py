@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from kimi_lab.chat import ChatEncoder, ToolSpec, render_tools, with_tools
+from kimi_lab.chat import CALL_END, IM_END, ChatEncoder, ToolSpec, render_tools, with_tools
 from kimi_lab.openai_format import declared_tools, from_openai, tool_schema
 from tests.conftest import PARROT_SCRIPT
 from tests.hf import synthetic as S
@@ -131,6 +131,47 @@ def test_autotokenizer_gets_eos_pad_and_a_chat_template_equal_to_the_encoder(
     gen = json.loads((exported / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [ours.token_id("<|im_end|>"), ours.eos_id]
     assert gen["pad_token_id"] == ours.pad_id
+
+
+# Tool-call ``arguments`` as strings (the OpenAI wire form): the input shape decoded (escapes,
+# with or without the space), anything else verbatim, blank as {}.
+STRING_ARGUMENTS = [
+    '{"input": "x=1"}',
+    '{"input":"print(\\"hi\\")\\nx = \'\\\\n\'\\t/\\/"}',
+    '{"input": "ends in a backslash \\\\"}',
+    '{"q": "ünïcode", "k": 3}',
+    '{"q":"compact"}',
+    '{"input": "a", "b": "c"}',
+    '{"input": "not a JSON \\x escape"}',
+    "free text",
+    "  ",
+]
+
+
+def test_string_tool_call_arguments_render_as_serve_reads_them(exported: Path, tiny_tokenizer: Path) -> None:
+    from jinja2.exceptions import TemplateError
+    from transformers import AutoTokenizer
+
+    from kimi_lab.data.tokenizer import Tokenizer
+    from kimi_lab.openai_format import arguments_text
+
+    ours = Tokenizer(tiny_tokenizer)
+    hf = AutoTokenizer.from_pretrained(exported)
+
+    def convo(args: str) -> list[dict[str, Any]]:
+        call = {"type": "function", "function": {"name": "python", "arguments": args}}
+        return [{"role": "user", "content": "go"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+
+    seen = set()
+    for args in STRING_ARGUMENTS:
+        rendered = hf.apply_chat_template(convo(args), tokenize=True, return_dict=False)
+        assert rendered == ChatEncoder(ours).encode(from_openai(convo(args))).tokens, args
+        seen.add(arguments_text(args) == args)
+    assert seen == {True, False}  # some strings are decoded, some pass verbatim
+    assert arguments_text(STRING_ARGUMENTS[1]) == "print(\"hi\")\nx = '\\n'\t//"
+    assert ours.decode(rendered).endswith(f"python\n{{}}{CALL_END}{IM_END}")  # blank: {}
+    with pytest.raises(TemplateError, match="escape"):  # Jinja cannot make ü from \u00fc: it says so
+        hf.apply_chat_template(convo('{"input": "\\u00fc"}'), tokenize=False)
 
 
 def test_transformers_generate_stops_at_the_chat_formats_end(exported: Path) -> None:

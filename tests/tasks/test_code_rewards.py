@@ -51,19 +51,22 @@ def test_the_reference_scores_one_a_blank_page_about_zero(
     assert [t.task["family"] for t in tasks] == ["html_recording", "html_screenshot", "svg_screenshot"]
     for task in tasks:
         answer = task.task["answer"]
+        # A still page renders identically; a recording's frames may differ by a few pixels under load
+        # (compositor-driven CSS motion can lag the virtual clock: 0.99879 measured at load 4-6).
+        exact = 1e-6 if task.task["family"] != "html_recording" else 5e-3
         targets = task.targets or list(task.images.values())
         assert len(targets) == len(answer["times_ms"])
         ref = code_score(
             f"Here it is:\n```{answer['kind']}\n{answer['code']}\n```", targets, answer, renderer
         )
-        assert ref.rendered and ref.reward == pytest.approx(1.0, abs=1e-6), task.task["family"]
+        assert ref.rendered and ref.reward == pytest.approx(1.0, abs=exact), task.task["family"]
         blank = code_score(BLANK[answer["kind"]], targets, answer, renderer)
         assert blank.rendered and blank.reward < 0.05, (task.task["family"], blank)
         none = code_score("I would write a page with a header.", targets, answer, renderer)
         assert not none.rendered and none.reward == 0.0
         # RL and evaluation score an episode the same way (with the shared renderer, this one)
         episode = Episode(task=task, messages=[*task.messages, Message("assistant", answer["code"])])
-        assert score_episode(episode) == pytest.approx(1.0, abs=1e-6)
+        assert score_episode(episode) == pytest.approx(1.0, abs=exact)
     # A recording is compared frame by frame at its times: the page without its motion loses reward.
     recording = tasks[0]
     answer = recording.task["answer"]

@@ -228,3 +228,37 @@ def test_stop_signals_raise_a_flag_and_a_second_ctrl_c_quits(tmp_path: Path) -> 
         stopper.restore()
         signal.signal(signal.SIGUSR2, previous)
     assert signal.getsignal(signal.SIGTERM) is not stopper._on_signal
+
+
+class _Ranks:
+    """A strategy of several ranks where the others hold ``others`` (0: no signal): ``reduce``
+    all-reduces this rank's value with theirs by maximum, as torch.distributed would."""
+
+    def __init__(self, others: list[int]) -> None:
+        self.others, self.root_device = others, torch.device("cpu")
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: object = None) -> torch.Tensor:
+        from torch.distributed import ReduceOp
+
+        assert reduce_op == ReduceOp.MAX
+        return torch.tensor([int(tensor), *self.others]).max()
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision or any(self.others)
+
+
+def test_every_rank_reports_the_signal_another_rank_received() -> None:
+    from types import SimpleNamespace
+
+    quiet = StopOnSignal(checkpoint=None)  # type: ignore[arg-type]
+    trainer = SimpleNamespace(world_size=2, strategy=_Ranks([int(signal.SIGUSR1)]))
+    assert quiet._requested(trainer)  # type: ignore[arg-type]
+    stopped = quiet.stopped()
+    assert stopped is not None and stopped.exit_code == 128 + signal.SIGUSR1  # not SIGTERM's 143
+    signalled = StopOnSignal(checkpoint=None)  # type: ignore[arg-type]
+    signalled.signum = signal.SIGINT
+    assert signalled._requested(SimpleNamespace(world_size=2, strategy=_Ranks([0])))  # type: ignore[arg-type]
+    assert signalled.signum == signal.SIGINT
+    nobody = StopOnSignal(checkpoint=None)  # type: ignore[arg-type]
+    assert not nobody._requested(SimpleNamespace(world_size=2, strategy=_Ranks([0])))  # type: ignore[arg-type]
+    assert nobody.stopped() is None

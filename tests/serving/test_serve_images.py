@@ -16,7 +16,7 @@ from openai import BadRequestError
 from kimi_lab.chat import ChatFormatError
 from kimi_lab.openai_format import image_from_url
 from tests.conftest import save_tiny_checkpoint
-from tests.test_serve import PYTHON_TOOL, _client, _streamed
+from tests.serving.test_serve import PYTHON_TOOL, _client, _streamed
 
 
 def _data_url(fmt: str = "PNG", color: tuple[int, int, int] = (200, 30, 30), size: tuple = (40, 28)) -> str:

@@ -117,3 +117,34 @@ def test_default_output_is_the_runs_lm_eval_folder(tmp_path: Path) -> None:
     assert default_output(run / "checkpoints" / "last.ckpt") == (run / "lm_eval").resolve()
     assert default_output(run / "checkpoints" / "sharded" / "step-10") == (run / "lm_eval").resolve()
     assert default_output(tmp_path / "model.ckpt") == (tmp_path / "lm_eval").resolve()
+
+
+def test_generate_until_stops_once_every_row_ended_on_a_stop_token_or_string(
+    chat_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row 0 ends on its stop token (``<|im_end|>``), row 1 writes the stop string and goes on:
+    decoding stops at row 1's stop string, not at the token budget; nothing banned is sampled."""
+    from kimi_lab import generation
+    from kimi_lab.chat import ChatEncoder
+    from kimi_lab.serving.harness import Scorer
+
+    scorer = Scorer(chat_ckpt, batch_size=2, progress=False)
+    enc = ChatEncoder(scorer.tok)
+    word, stop = scorer.tok.encode("ab"), scorer.tok.encode("##")
+    rows = [[*word, enc.stop_ids[0]], word + stop + word * 20]
+    seen: dict[str, Any] = {"steps": 0}
+
+    def scripted(model: Any, prompts: list, options: Any, on_token: Any) -> list:
+        seen["options"] = options
+        for n in range(options.max_new_tokens):
+            seen["steps"] = n + 1
+            step = [r[n] if n < len(r) else None for r in rows]
+            if on_token(generation.Step(step, [0.0 if t is not None else None for t in step])):
+                break
+        return [generation.Generation(r[: seen["steps"]], [], False) for r in rows]
+
+    monkeypatch.setattr(generation, "generate", scripted)
+    texts = scorer.generate_until([[1, 2], [3]], ["##"], max_new_tokens=40)
+    assert seen["steps"] == len(word) + len(stop)  # the old code ran all 40 steps
+    assert texts == ["ab", "ab"]
+    assert seen["options"].banned_ids == enc.banned_ids
