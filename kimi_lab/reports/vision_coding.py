@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from kimi_lab.metrics import EVAL_SOURCE
 from kimi_lab.reports.zero_vision import Diff, difference
 
 ARMS = ("code", "caption")
@@ -50,7 +51,7 @@ def _pooled(results: dict[str, Any]) -> dict[str, Any]:
     """Every prompt as one source, ``all``, for the paired difference over both kinds of prompt."""
     return {
         arm: {
-            "summary": {"source/all": r["summary"].get("all", {})},
+            "summary": {EVAL_SOURCE.format(source="all"): r["summary"].get("all", {})},
             "episodes": [{**e, "source": "all"} for e in r.get("episodes", [])],
         }
         for arm, r in results.items()
