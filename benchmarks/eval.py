@@ -70,7 +70,7 @@ def run(
     model: str = "small-vl",
     tokenizer: str | None = None,
 ) -> dict[str, Any]:
-    from kimi_lab.data.tasks import EvalTasks, task_urls
+    from kimi_lab.data.task_prompts import EvalTasks, task_urls
     from kimi_lab.rl.evaluate import evaluate, score_episode
 
     tasks = list(EvalTasks("vision", task_urls("vision", tasks_dir, "val"), n))

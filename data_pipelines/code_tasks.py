@@ -32,7 +32,7 @@ from data_pipelines.common import ShardSink
 from data_pipelines.image_code import html_page, svg_scene
 from data_pipelines.page_recordings import FPS, TIMES_MS, decode_pngs, page_recording
 from data_pipelines.video import encode_mp4
-from kimi_lab.chat import Message
+from kimi_lab.chat_format import Message
 from kimi_lab.data.schema import make_record, sample_key
 from kimi_lab.errors import DataError
 from kimi_lab.tasks.base import task_seed

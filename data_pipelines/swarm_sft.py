@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.common import ShardSink
-from kimi_lab.chat import ChatEncoder
+from kimi_lab.chat_format import ChatEncoder
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.data.schema import make_record, sample_key
 from kimi_lab.errors import DataError
@@ -43,7 +43,7 @@ from kimi_lab.swarm.corpus import build_corpus
 from kimi_lab.swarm.environment import SearchEnvironment
 from kimi_lab.swarm.play import play
 from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SingleAgentPolicy
-from kimi_lab.swarm.tasks import TASK_KINDS, generate_tasks, score_swarm
+from kimi_lab.swarm.search_tasks import TASK_KINDS, generate_tasks, score_swarm
 from kimi_lab.swarm.types import Policy, SwarmTask
 
 DEMO_CORPUS_OFFSET = 1_000_003  # the demonstrations' corpus seed, away from any task corpus's

@@ -4,7 +4,7 @@ Each sample is one task as a chat record (``modality: "chat"``): ``messages`` is
 the prompt (system naming the search/open tools, then the question) and ``task``
 the whole ``SwarmTask`` (answer, width, sub-task decomposition with verified tool
 calls, combine rule, step budgets). The corpus the tools search is written beside
-the shards as ``corpus.jsonl``; ``kimi_lab.swarm.tasks.load_swarm_tasks`` reads both.
+the shards as ``corpus.jsonl``; ``kimi_lab.swarm.search_tasks.load_swarm_tasks`` reads both.
 
 Held out for real: val tasks come from the corpus's val world, whose companies,
 people, cities and rivers no train task mentions or reaches (links never cross
@@ -22,7 +22,7 @@ from data_pipelines.common import ShardSink
 from kimi_lab.data.schema import make_record, sample_key
 from kimi_lab.errors import DataError
 from kimi_lab.swarm.corpus import build_corpus
-from kimi_lab.swarm.tasks import (
+from kimi_lab.swarm.search_tasks import (
     CORPUS_FILE,
     SLACK_STEPS,
     TASK_KINDS,
@@ -55,7 +55,7 @@ def build_swarm_tasks(
     slack: int = SLACK_STEPS,
 ) -> dict[str, Any]:
     """``n`` tasks, ``round(n * val_fraction)`` of them in val; the corpus as ``out/corpus.jsonl``.
-    ``slack``: critical steps a swarm has beyond its fastest path (``kimi_lab.swarm.tasks.step_budgets``:
+    ``slack``: critical steps a swarm has beyond its fastest path (``kimi_lab.swarm.search_tasks.step_budgets``:
     a larger slack lets one agent working alone finish the narrower tasks)."""
     kinds = tuple(kinds)
     unknown = [k for k in kinds if k not in TASK_KINDS]

@@ -23,10 +23,10 @@ from kimi_lab.data.schema import sample_key
 from kimi_lab.errors import DataError
 from kimi_lab.tasks.base import Task, task_seed
 from kimi_lab.tasks.solve import check_sandbox, failure, run_reference, verified_answer
+from kimi_lab.tasks.text_twins import FAMILIES as TEXT_FAMILIES
+from kimi_lab.tasks.text_twins import text_task
 from kimi_lab.tasks.visual import FAMILIES as IMAGE_FAMILIES
 from kimi_lab.tasks.visual import image_task
-from kimi_lab.tasks.zero_vision import FAMILIES as TEXT_FAMILIES
-from kimi_lab.tasks.zero_vision import text_task
 
 BUILDER_VERSION = "visual-tasks/1"
 MODALITIES = ("image", "text", "both")

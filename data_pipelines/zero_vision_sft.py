@@ -19,7 +19,7 @@ from data_pipelines.common import ShardSink
 from data_pipelines.visual_tasks import task_sample
 from kimi_lab.errors import DataError
 from kimi_lab.tasks.solve import check_sandbox
-from kimi_lab.tasks.zero_vision import sft_traces
+from kimi_lab.tasks.text_twins import sft_traces
 
 BUILDER_VERSION = "zero-vision-sft/1"
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 transformers' ``apply_chat_template``, vLLM, SGLang and llama.cpp render a conversation from
 the ``chat_template`` of ``tokenizer_config.json``. An export carries this one, generated
-from ``kimi_lab.chat``'s own markers and tools description (``render_tools`` as ``with_tools``
+from ``kimi_lab.chat_format``'s own markers and tools description (``render_tools`` as ``with_tools``
 places it, each declared function's input as ``openai_format.input_format`` words it,
 ``openai_format.arguments_text``'s reading of tool-call arguments), so it renders the
 tokens ``ChatEncoder`` encodes: roles, content, tool calls, tool results, the declared tools
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from kimi_lab.chat import (
+from kimi_lab.chat_format import (
     CALL_BEGIN,
     CALL_END,
     IM_END,

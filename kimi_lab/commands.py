@@ -291,14 +291,14 @@ def _quiet_unless_verbose(args: argparse.Namespace) -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
-    from kimi_lab.serving.talk import generate_command
+    from kimi_lab.serving.chat_session import generate_command
 
     _quiet_unless_verbose(args)
     generate_command(args)
 
 
 def chat(args: argparse.Namespace) -> None:
-    from kimi_lab.serving.talk import chat_command
+    from kimi_lab.serving.chat_session import chat_command
 
     _quiet_unless_verbose(args)
     chat_command(args)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kimi_lab.chat import ChatFormatError, Message, ToolCall, ToolSpec, image_marker
+from kimi_lab.chat_format import ChatFormatError, Message, ToolCall, ToolSpec, image_marker
 
 
 def tool_schema(tool: ToolSpec) -> dict[str, Any]:

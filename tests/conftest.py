@@ -206,7 +206,7 @@ def parrot_ckpt(tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) 
     """
     import torch
 
-    from kimi_lab.chat import CALL_BEGIN, CALL_END, IM_END
+    from kimi_lab.chat_format import CALL_BEGIN, CALL_END, IM_END
     from kimi_lab.data.tokenizer import Tokenizer
 
     tok = Tokenizer(tiny_tokenizer)

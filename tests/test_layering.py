@@ -27,7 +27,7 @@ PLACES = {
     "kimi_lab.config": "base",
     "kimi_lab.metrics": "base",
     "kimi_lab.errors": "base",
-    "kimi_lab.chat": "base",
+    "kimi_lab.chat_format": "base",
     "kimi_lab.chat_template": "base",
     "kimi_lab.openai_format": "base",  # spoken by the server and by the swarm's HTTP policy alike
     "kimi_lab.ports": "base",
@@ -198,7 +198,7 @@ def test_the_check_sees_upward_imports_circles_and_unplaced_modules(tmp_path: Pa
         "kimi_lab/metrics.py": "",
         "kimi_lab/model/__init__.py": "import kimi_lab.serving.serve\n",  # core -> serving, at module level
         "kimi_lab/serving/serve.py": "def f():\n    from kimi_lab.cli import main\n",  # serving -> top, lazy
-        "kimi_lab/serving/talk.py": "def f():\n    from kimi_lab.cli import main  # layering: optional\n",
+        "kimi_lab/serving/chat_session.py": "def f():\n    from kimi_lab.cli import main  # layering: optional\n",
         "kimi_lab/cli.py": "from kimi_lab.metrics import X\ndef main(): ...\n",
         "kimi_lab/data/a.py": "from kimi_lab.data.b import g\n",
         "kimi_lab/data/b.py": "def g():\n    from kimi_lab.data import a\n",

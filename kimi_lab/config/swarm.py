@@ -37,7 +37,7 @@ class SwarmConfig:
     max_episode_s: float | None = None  # wall clock for the whole episode
     single_agent: bool = False  # no create_subagent / assign_task: the orchestrator works alone
     # Environment calls one turn may make (None: any); the rest are refused with an error.
-    # Critical steps count one look-up per step (swarm/tasks.py's budgets assume it), so 1.
+    # Critical steps count one look-up per step (swarm/search_tasks.py's budgets assume it), so 1.
     max_env_calls_per_turn: int | None = 1
     # env.call in a worker thread: for environments that block (disk, network). In-memory
     # environments are faster called inline, and then a slow call delays the event loop.

@@ -163,7 +163,7 @@ def decode_media(sample: dict[str, Any], name: str) -> np.ndarray:
 
 def _chat(record: dict[str, Any], sample: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
     """A chat record's messages, and every image or clip they name (``NAME.png``, ``NAME.mp4``...)."""
-    from kimi_lab.chat import ChatFormatError, conversation_from_list
+    from kimi_lab.chat_format import ChatFormatError, conversation_from_list
 
     try:
         # Prompts (RL and evaluation tasks) have no reply yet; the SFT decoder requires one.
@@ -286,7 +286,7 @@ class Decoder:
         return Document(parsed.key, parsed.url, parsed.modality, segments, marks=marks)
 
     def _chat(self, parsed: Parsed) -> Document:
-        from kimi_lab.chat import ChatEncoder
+        from kimi_lab.chat_format import ChatEncoder
 
         messages, images = parsed.parts[0][1]
         if not any(m.role == "assistant" for m in messages):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from kimi_lab.chat import IM_END, ChatEncoder, Message, ParsedAssistant, parse_assistant
+from kimi_lab.chat_format import IM_END, ChatEncoder, Message, ParsedAssistant, parse_assistant
 from kimi_lab.config.schema import ToolConfig, VisionDataConfig
 from kimi_lab.data.vision import VisionBlock, blocks_in_order, media_blocks, run_sizes
 from kimi_lab.decode.generation import DecodeOptions, Prompt, Step, generate

@@ -131,7 +131,7 @@ def ensure_data(data_dir: Path, scale: Scale, seed: int = 0) -> dict[str, Path]:
 def eval_stage(out: Path, arm: str, ckpt: Path, tasks: dict[str, str], scale: Scale) -> dict[str, Any]:
     """Greedy answers of one model to the first ``eval_prompts`` held-out prompts of each source, each
     rendered and scored (kept in ``eval/<arm>.json``, rendered examples in ``eval/<arm>/``)."""
-    from kimi_lab.data.tasks import EvalTasks, TaskInput, task_urls
+    from kimi_lab.data.task_prompts import EvalTasks, TaskInput, task_urls
     from kimi_lab.rl.evaluate import episode_record, evaluate, load_policy
     from kimi_lab.rl.rollout import Episode
     from kimi_lab.tasks.code_rewards import code_score, shared_renderer
@@ -195,7 +195,7 @@ def save_targets(out: Path, tasks: dict[str, str], scale: Scale) -> None:
     """The example prompts' target frames, for the report's picture (``eval/targets/``)."""
     from PIL import Image
 
-    from kimi_lab.data.tasks import EvalTasks, task_urls
+    from kimi_lab.data.task_prompts import EvalTasks, task_urls
 
     folder = out / "eval" / "targets"
     folder.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def tokenizer_config(tok: Any, max_seq_len: int, base: dict[str, Any] | None = N
 
 def generation_config(tok: Any) -> dict[str, Any]:
     """``generation_config.json``: stop where the chat format stops, pad with kimi_lab's pad."""
-    from kimi_lab.chat import ChatEncoder
+    from kimi_lab.chat_format import ChatEncoder
 
     bos = next((b for b in BOS_NAMES if _has(tok, b)), None)
     return {
@@ -133,7 +133,7 @@ def read_tokenizer_files(hf_dir: Path, tokenizer_path: Path | None) -> dict[str,
     }
     if tokenizer_path is None or not (config or gen):
         return record
-    from kimi_lab.chat import ChatEncoder
+    from kimi_lab.chat_format import ChatEncoder
     from kimi_lab.data.tokenizer import open_tokenizer
 
     tok = open_tokenizer(tokenizer_path)

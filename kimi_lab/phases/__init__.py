@@ -34,7 +34,7 @@ def token_streams(cfg: RunConfig) -> L.LightningDataModule:
 
 def task_prompts(cfg: RunConfig) -> L.LightningDataModule:
     """Task prompts the policy answers with the code tool (``phase.rl.tasks``)."""
-    from kimi_lab.data.tasks import TaskDataModule
+    from kimi_lab.data.task_prompts import TaskDataModule
 
     rl = cfg.phase.rl
     return TaskDataModule(rl.tasks, rl.prompts_per_step, rl.eval_prompts, seed=cfg.seed)

@@ -66,7 +66,7 @@ class PARLModule(SamplingPhase):
         self._val: list[EpisodeSummary] = []  # this validation's episodes
 
     def setup(self, stage: str) -> None:
-        from kimi_lab.chat import ChatEncoder
+        from kimi_lab.chat_format import ChatEncoder
         from kimi_lab.data.tokenizer import load_or_train
 
         pc = self.cfg.phase.parl

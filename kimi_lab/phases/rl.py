@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from kimi_lab.config.schema import RunConfig
-from kimi_lab.data.tasks import TaskDataModule, TaskInput
+from kimi_lab.data.task_prompts import TaskDataModule, TaskInput
 from kimi_lab.data.tokenizer import load_or_train
 from kimi_lab.decode.generation import vision_inputs
 from kimi_lab.metrics import (

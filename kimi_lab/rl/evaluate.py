@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from kimi_lab.data.tasks import TaskInput
+from kimi_lab.data.task_prompts import TaskInput
 from kimi_lab.errors import KimiLabError
 from kimi_lab.metrics import EVAL_FAMILY, EVAL_SOURCE
 from kimi_lab.rl.rollout import Episode, RolloutRunner
@@ -152,7 +152,7 @@ def evaluate_checkpoint(
     statistics were sized for ``n``), not a smaller sample. ``blank_images``: every image
     replaced by its background colour (see ``blanked``).
     """
-    from kimi_lab.data.tasks import EvalTasks, task_urls
+    from kimi_lab.data.task_prompts import EvalTasks, task_urls
 
     tasks: list[TaskInput] = []
     for name, path in task_dirs.items():

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from kimi_lab.config.schema import ToolConfig, VisionDataConfig
-from kimi_lab.data.tasks import TaskInput
+from kimi_lab.data.task_prompts import TaskInput
 from kimi_lab.decode.generation import DecodeOptions
 from kimi_lab.decode.tool_turns import CodeTool, Dialogue, ToolTurns
 

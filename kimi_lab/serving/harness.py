@@ -114,7 +114,7 @@ class Scorer:
         """Continue each context (left-truncated to leave room) until the chat format's stop
         tokens (what an export's generation_config says) or a stop string; the text without
         special tokens (as transformers decodes it for lm-eval), cut at the first stop string."""
-        from kimi_lab.chat import ChatEncoder
+        from kimi_lab.chat_format import ChatEncoder
         from kimi_lab.decode.generation import DecodeOptions, Prompt, Step, generate
 
         room = self.max_length - max_new_tokens

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from kimi_lab.chat import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate, with_tools
+from kimi_lab.chat_format import ChatEncoder, ChatFormatError, Message, ParsedAssistant, validate, with_tools
 from kimi_lab.config.schema import VisionDataConfig
 from kimi_lab.data.vision import VisionBlock, image_block
 from kimi_lab.decode.generation import Prompt

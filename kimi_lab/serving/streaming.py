@@ -2,7 +2,7 @@
 
 Shared by ``kimi-lab serve`` (server-sent events), ``kimi-lab generate`` and ``kimi-lab
 chat`` (tokens printed as they come). The pieces add up to exactly what
-``kimi_lab.chat.parse_assistant`` makes of the whole turn, so a streamed answer equals
+``kimi_lab.chat_format.parse_assistant`` makes of the whole turn, so a streamed answer equals
 the one returned at once:
 
 - text is decoded incrementally; bytes of a character split across tokens wait for the
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kimi_lab.chat import CALL_BEGIN, IM_END, ParsedAssistant, ToolCall, parse_assistant
+from kimi_lab.chat_format import CALL_BEGIN, IM_END, ParsedAssistant, ToolCall, parse_assistant
 
 _MARKERS = (CALL_BEGIN, IM_END)
 

@@ -8,7 +8,7 @@ its work runs), ``play`` (the one play loop), ``types`` (what policies, environm
 tasks share); the limits are ``kimi_lab.config.swarm.SwarmConfig``.
 """
 
-from kimi_lab.chat import render_tools
+from kimi_lab.chat_format import render_tools
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT
 from kimi_lab.swarm.result import EpisodeResult

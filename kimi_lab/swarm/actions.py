@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kimi_lab.chat import extract_answer
+from kimi_lab.chat_format import extract_answer
 from kimi_lab.config.swarm import ACTION_LANGUAGES
 from kimi_lab.swarm.calls import AGENT_NAME, json_args
 from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT, ORCHESTRATOR

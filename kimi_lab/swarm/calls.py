@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from kimi_lab.chat import Message, ToolCall
+from kimi_lab.chat_format import Message, ToolCall
 from kimi_lab.swarm.trace import preview
 from kimi_lab.swarm.types import Turn
 

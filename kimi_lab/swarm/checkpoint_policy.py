@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from kimi_lab.chat import ChatEncoder, Message, parse_assistant
+from kimi_lab.chat_format import ChatEncoder, Message, parse_assistant
 from kimi_lab.decode.generation import DecodeOptions, Prompt, generate
 from kimi_lab.swarm.types import ToolSpec, Turn
 

@@ -28,7 +28,7 @@ class SwarmTaskDataModule(PromptDataModule):
         self.corpus: Corpus | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        from kimi_lab.swarm.tasks import load_swarm_tasks
+        from kimi_lab.swarm.search_tasks import load_swarm_tasks
 
         self.train_tasks, self.corpus = load_swarm_tasks(self.folder, "train")
         self.val_tasks = load_swarm_tasks(self.folder, "val")[0] if self.eval_tasks > 0 else []

@@ -60,8 +60,8 @@ def evaluate(
     the folder holds fewer: a smaller sample would pass for the asked one). The first ``n_traces``
     episodes leave their traces in ``trace_dir`` (a run's ``swarm/`` folder: the dashboard draws them)."""
     from kimi_lab.errors import DataError
+    from kimi_lab.swarm.search_tasks import load_swarm_tasks
     from kimi_lab.swarm.summary import EpisodeSummary, summarize
-    from kimi_lab.swarm.tasks import load_swarm_tasks
 
     tasks, corpus = load_swarm_tasks(tasks_dir, "val")
     if len(tasks) < n:
@@ -91,8 +91,8 @@ def width_sweep(
     from dataclasses import replace
 
     from kimi_lab.swarm.corpus import Corpus
+    from kimi_lab.swarm.search_tasks import CORPUS_FILE, generate_tasks
     from kimi_lab.swarm.summary import EpisodeSummary, summarize
-    from kimi_lab.swarm.tasks import CORPUS_FILE, generate_tasks
 
     corpus = Corpus.load(tasks_dir / CORPUS_FILE)
     policies = {"single": "single", "fanout": "fanout"}

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
-from kimi_lab.chat import Message, ToolCall
+from kimi_lab.chat_format import Message, ToolCall
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.swarm.actions import SELF, Actions, Job, Work, reply_value, result_text
 from kimi_lab.swarm.calls import Fault, bound_context, check_turn

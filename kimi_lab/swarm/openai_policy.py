@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from kimi_lab.chat import ChatFormatError, Message
+from kimi_lab.chat_format import ChatFormatError, Message
 from kimi_lab.openai_format import call_from_openai, to_openai, tool_schema
 from kimi_lab.swarm.types import ToolSpec, Turn
 

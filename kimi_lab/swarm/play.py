@@ -135,7 +135,7 @@ def run_swarm(
 ) -> dict[str, Any]:
     """Play the first ``n`` tasks of ``split``; returns the summary it also prints."""
     from kimi_lab.swarm.environment import SearchEnvironment
-    from kimi_lab.swarm.tasks import load_swarm_tasks
+    from kimi_lab.swarm.search_tasks import load_swarm_tasks
 
     tasks, corpus = load_swarm_tasks(tasks_dir, split)
     if not tasks:

@@ -4,14 +4,14 @@ In the index language (``kimi_lab.swarm.actions``) the orchestrator's tools are
 ``create_subagent`` (``{"name"}``), ``assign_task`` (``{"agent", "items"}``) and ``solve``
 (``{"items"}``); in the free-text one ``create_subagent`` (``{"name", "system_prompt"}``)
 and ``assign_task`` (``{"agent", "prompt"}``) beside the environment's tools. A sub-agent
-sees the environment's tools only. ``kimi_lab.chat.render_tools`` writes a tool list into a
+sees the environment's tools only. ``kimi_lab.chat_format.render_tools`` writes a tool list into a
 system prompt: the rendering ``kimi-lab serve`` gives the tools a request declares.
 """
 
 from __future__ import annotations
 
 from kimi_lab import metrics as M
-from kimi_lab.chat import render_tools
+from kimi_lab.chat_format import render_tools
 from kimi_lab.swarm.types import ToolSpec
 
 ORCHESTRATOR = M.SWARM_ORCHESTRATOR  # the orchestrator's lane in traces, and its role name

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kimi_lab.chat import Message
+from kimi_lab.chat_format import Message
 from kimi_lab.swarm.types import Turn
 
 

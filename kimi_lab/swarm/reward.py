@@ -71,7 +71,7 @@ def r_finish(res: EpisodeResult, form: str = "completed") -> float:
 
 def perf_score(task: SwarmTask, res: EpisodeResult) -> float:
     """r_perf: the task's score of the episode's answer, 0 when it ran over a budget (too late to count)."""
-    from kimi_lab.swarm.tasks import score_swarm
+    from kimi_lab.swarm.search_tasks import score_swarm
 
     return 0.0 if res.budget_exceeded else score_swarm(task, res.answer_text)
 

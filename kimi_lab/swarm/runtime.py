@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kimi_lab.chat import Message, ToolCall, extract_answer
+from kimi_lab.chat_format import Message, ToolCall, extract_answer
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.swarm.actions import SELF, Work, actions_for, is_agent_name, question
 from kimi_lab.swarm.calls import Fault, check_turn

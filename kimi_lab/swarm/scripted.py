@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from kimi_lab.chat import Message, ToolCall, extract_answer
+from kimi_lab.chat_format import Message, ToolCall, extract_answer
 from kimi_lab.swarm.actions import SELF, item_names, result_values
 from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT, SOLVE
 from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
@@ -37,7 +37,7 @@ Combine = Callable[[SwarmTask, list[str]], str]
 def _combine(task: SwarmTask, answers: list[str], combine: Combine | None) -> str:
     if combine is None:
         # tasks.py is the task suite's own module; imported late so the runtime does not need it
-        from kimi_lab.swarm.tasks import combine_answers as combine
+        from kimi_lab.swarm.search_tasks import combine_answers as combine
     text = combine(task, answers)
     return text if extract_answer(text) is not None else f"Answer: {text}"
 

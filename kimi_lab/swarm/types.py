@@ -1,7 +1,7 @@
 """What the swarm runtime, its tasks and its policies share.
 
 A *step* is one assistant turn of one agent (one policy call). An agent acts by
-writing tool calls in the chat format of ``kimi_lab.chat``; multi-argument tools
+writing tool calls in the chat format of ``kimi_lab.chat_format``; multi-argument tools
 take a JSON object as their input (``assign_task`` ``{"agent": "a1", "prompt":
 "..."}``), single-argument tools the argument itself.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kimi_lab.chat import Message, ToolSpec  # ToolSpec: as the chat format renders it (render_tools)
+from kimi_lab.chat_format import Message, ToolSpec  # ToolSpec: as the chat format renders it (render_tools)
 
 
 class Environment(Protocol):

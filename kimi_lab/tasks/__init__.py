@@ -7,7 +7,7 @@ reference programs whose solving part is shared by both modalities.
 
 from kimi_lab.tasks.base import ANSWER_TYPES, SYSTEM_PROMPT, Task
 from kimi_lab.tasks.rewards import score
+from kimi_lab.tasks.text_twins import text_task
 from kimi_lab.tasks.visual import image_task
-from kimi_lab.tasks.zero_vision import text_task
 
 __all__ = ["ANSWER_TYPES", "SYSTEM_PROMPT", "Task", "image_task", "score", "text_task"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kimi_lab.chat import Message
+from kimi_lab.chat_format import Message
 from kimi_lab.data.schema import make_record
 
 ANSWER_TYPES = ("count", "boxes", "path_length", "shares", "text", "image_code")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kimi_lab.chat import extract_answer
+from kimi_lab.chat_format import extract_answer
 from kimi_lab.tools.render_worker import RenderUnavailable
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kimi_lab.chat import Message, ToolCall
+from kimi_lab.chat_format import Message, ToolCall
 from kimi_lab.errors import DataError, one_line
 from kimi_lab.tasks.base import SYSTEM_PROMPT, Task
 from kimi_lab.tasks.rewards import score

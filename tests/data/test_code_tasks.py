@@ -11,7 +11,7 @@ from kimi_lab.config.schema import ToolConfig, VisionDataConfig
 from kimi_lab.data.decode import Decoder
 from kimi_lab.data.packing import SpecialIds
 from kimi_lab.data.shards import iter_shard_samples
-from kimi_lab.data.tasks import task_from_sample
+from kimi_lab.data.task_prompts import task_from_sample
 from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.data.vision import VisionBlock
 from kimi_lab.decode.generation import vision_inputs

@@ -53,7 +53,7 @@ def test_the_position_travels_with_the_checkpoint() -> None:
 
 def test_every_phase_names_its_module_and_its_data() -> None:
     from kimi_lab.data.datamodule import KimiDataModule
-    from kimi_lab.data.tasks import TaskDataModule
+    from kimi_lab.data.task_prompts import TaskDataModule
     from kimi_lab.phases import PHASES, swarm_tasks, task_prompts, token_streams
     from kimi_lab.swarm.datamodule import SwarmTaskDataModule
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from kimi_lab.chat import CALL_END, IM_END, ChatEncoder, ToolSpec, render_tools, with_tools
+from kimi_lab.chat_format import CALL_END, IM_END, ChatEncoder, ToolSpec, render_tools, with_tools
 from kimi_lab.openai_format import declared_tools, from_openai, tool_schema
 from tests.conftest import PARROT_SCRIPT
 from tests.hf import synthetic as S

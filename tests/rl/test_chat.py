@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kimi_lab.chat import (
+from kimi_lab.chat_format import (
     ChatEncoder,
     ChatFormatError,
     Message,

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kimi_lab.chat import Message
-from kimi_lab.data.tasks import TaskInput
+from kimi_lab.chat_format import Message
+from kimi_lab.data.task_prompts import TaskInput
 from kimi_lab.errors import KimiLabError
 from kimi_lab.rl.evaluate import blanked, episode_record, evaluate, evaluate_checkpoint, prompt_size
 from kimi_lab.rl.rollout import Episode

@@ -11,9 +11,9 @@ import pytest
 
 import kimi_lab.decode.tool_turns as tool_turns
 import kimi_lab.rl.rollout as rollout
-from kimi_lab.chat import Message
+from kimi_lab.chat_format import Message
 from kimi_lab.config.schema import ToolConfig
-from kimi_lab.data.tasks import TaskInput
+from kimi_lab.data.task_prompts import TaskInput
 from kimi_lab.data.tokenizer import Tokenizer
 from kimi_lab.decode.generation import Generation
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kimi_lab.chat import ChatEncoder, Message, ToolCall
+from kimi_lab.chat_format import ChatEncoder, Message, ToolCall
 from kimi_lab.config.schema import VisionDataConfig
 from kimi_lab.data.decode import Decoder, SampleSkip
 from kimi_lab.data.packing import Packer, SpecialIds, loss_mask

@@ -124,7 +124,7 @@ def test_generate_until_stops_once_every_row_ended_on_a_stop_token_or_string(
 ) -> None:
     """Row 0 ends on its stop token (``<|im_end|>``), row 1 writes the stop string and goes on:
     decoding stops at row 1's stop string, not at the token budget; nothing banned is sampled."""
-    from kimi_lab.chat import ChatEncoder
+    from kimi_lab.chat_format import ChatEncoder
     from kimi_lab.decode import generation
     from kimi_lab.serving.harness import Scorer
 

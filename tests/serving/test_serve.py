@@ -182,7 +182,7 @@ def test_tool_calls_come_back_as_openai_tool_calls_in_both_modes(parrot_server: 
 
 
 def test_tool_call_arguments_follow_the_declared_schema() -> None:
-    from kimi_lab.chat import ToolCall
+    from kimi_lab.chat_format import ToolCall
 
     several = {
         "type": "function",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from openai import BadRequestError
 
-from kimi_lab.chat import ChatFormatError
+from kimi_lab.chat_format import ChatFormatError
 from kimi_lab.openai_format import image_from_url
 from tests.conftest import save_tiny_checkpoint
 from tests.serving.test_serve import PYTHON_TOOL, _client, _streamed

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kimi_lab.chat import Message, ToolCall
+from kimi_lab.chat_format import Message, ToolCall
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.swarm.actions import SELF, IndexActions, Job, Spawn, TextActions, Work
@@ -17,7 +17,7 @@ from kimi_lab.swarm.prompts import ASSIGN_TASK, CREATE_SUBAGENT, SOLVE
 from kimi_lab.swarm.reward import perf_score
 from kimi_lab.swarm.runtime import run_episode_sync
 from kimi_lab.swarm.scripted import FanOutPolicy, ScriptedSubagent, SingleAgentPolicy
-from kimi_lab.swarm.tasks import generate_tasks
+from kimi_lab.swarm.search_tasks import generate_tasks
 from kimi_lab.swarm.types import SwarmTask, ToolSpec, Turn
 
 

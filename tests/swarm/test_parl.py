@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kimi_lab.chat import Message, ToolCall
+from kimi_lab.chat_format import Message, ToolCall
 from kimi_lab.openai_format import call_from_openai, from_openai, to_openai
 from kimi_lab.swarm.result import EpisodeResult
 from kimi_lab.swarm.reward import ParlWeights, annealed, parl_reward
@@ -179,7 +179,7 @@ def test_served_checkpoint_drives_the_swarm(swarm_tasks: Path, tiny_ckpt: Path) 
     from kimi_lab.swarm.prompts import SWARM_TOOLS, orchestrator_system
     from kimi_lab.swarm.runtime import run_episode
     from kimi_lab.swarm.scripted import ScriptedSubagent
-    from kimi_lab.swarm.tasks import load_swarm_tasks
+    from kimi_lab.swarm.search_tasks import load_swarm_tasks
 
     server = make_server(str(tiny_ckpt), "127.0.0.1", _free_port())
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -348,7 +348,7 @@ def test_parl_config_errors_are_one_line(swarm_tasks: Path, tiny_tokenizer: Path
 def test_swarm_sft_builder_writes_right_demonstrations_of_every_style(
     swarm_tasks: Path, tiny_tokenizer: Path, tmp_path: Path
 ) -> None:
-    from kimi_lab.chat import ChatEncoder, conversation_from_list
+    from kimi_lab.chat_format import ChatEncoder, conversation_from_list
     from kimi_lab.data.shards import iter_shard_samples
     from kimi_lab.data.tokenizer import Tokenizer
     from kimi_lab.swarm.corpus import Corpus

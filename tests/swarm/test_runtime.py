@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kimi_lab import metrics as M
-from kimi_lab.chat import Message, ToolCall
+from kimi_lab.chat_format import Message, ToolCall
 from kimi_lab.config.swarm import SwarmConfig
 from kimi_lab.errors import ConfigError
 from kimi_lab.swarm import lanes, runtime

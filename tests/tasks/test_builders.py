@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kimi_lab.chat import Message, conversation_from_list
+from kimi_lab.chat_format import Message, conversation_from_list
 from kimi_lab.data.shards import iter_shard_samples
 from kimi_lab.tasks.base import Task
 from kimi_lab.tasks.rewards import score
@@ -43,7 +43,7 @@ def test_visual_tasks_are_verified_prompts(task_shards: Path) -> None:
 
 
 def test_rl_reads_the_task_prompts(task_shards: Path) -> None:
-    from kimi_lab.data.tasks import task_from_sample
+    from kimi_lab.data.task_prompts import task_from_sample
 
     for sample in samples(task_shards):
         prompt = task_from_sample(sample, "tasks")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import kimi_lab.tasks.code_rewards as code_rewards
-from kimi_lab.chat import Message
+from kimi_lab.chat_format import Message
 from kimi_lab.data.shards import iter_shard_samples
-from kimi_lab.data.tasks import TaskInput, task_from_sample
+from kimi_lab.data.task_prompts import TaskInput, task_from_sample
 from kimi_lab.rl.evaluate import score_episode
 from kimi_lab.rl.rollout import Episode
 from kimi_lab.tasks.code_rewards import code_score, structure_similarity

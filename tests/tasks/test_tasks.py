@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from kimi_lab.chat import conversation_from_list, extract_answer
+from kimi_lab.chat_format import conversation_from_list, extract_answer
 from kimi_lab.tasks.base import Task
 from kimi_lab.tasks.programs import split_program
 from kimi_lab.tasks.rewards import score
+from kimi_lab.tasks.text_twins import FAMILIES as TEXT_FAMILIES
+from kimi_lab.tasks.text_twins import sft_traces, text_task
 from kimi_lab.tasks.visual import CELL, FAMILIES, image_task
-from kimi_lab.tasks.zero_vision import FAMILIES as TEXT_FAMILIES
-from kimi_lab.tasks.zero_vision import sft_traces, text_task
 
 SEEDS = (0, 1, 2)
 ANSWER_TYPES = {

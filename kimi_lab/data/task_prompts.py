@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset
 
-from kimi_lab.chat import ChatFormatError, Message
+from kimi_lab.chat_format import ChatFormatError, Message
 from kimi_lab.config.schema import source_config
 from kimi_lab.data.decode import SampleSkip, decode_image, decode_media, parse_record
 from kimi_lab.data.prompt_stream import PromptDataModule, PromptSource

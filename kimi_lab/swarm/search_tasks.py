@@ -52,7 +52,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kimi_lab.chat import Message, extract_answer
+from kimi_lab.chat_format import Message, extract_answer
 from kimi_lab.swarm.actions import question, reply_value
 from kimi_lab.swarm.corpus import RELATIONS, Corpus, Doc, Relation, build_corpus
 from kimi_lab.swarm.environment import TOOLS, SearchEnvironment, is_error

@@ -13,7 +13,7 @@ from kimi_lab.data.shards import iter_shard_samples
 from kimi_lab.errors import DataError
 from kimi_lab.swarm.corpus import Corpus, build_corpus
 from kimi_lab.swarm.environment import MAX_INPUT_CHARS, SearchEnvironment, is_error
-from kimi_lab.swarm.tasks import (
+from kimi_lab.swarm.search_tasks import (
     CORPUS_FILE,
     SLACK_STEPS,
     answer_items,
@@ -188,7 +188,7 @@ def test_scripted_subagent_is_an_oracle_only_for_a_prompt_naming_one_entity(
         name = "fixed"
 
         async def act(self, messages, tools, role):
-            from kimi_lab.chat import Message, ToolCall
+            from kimi_lab.chat_format import Message, ToolCall
 
             k = sum(m.role == "assistant" for m in messages)
             make = [

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kimi_lab.chat import Message
+from kimi_lab.chat_format import Message
 from kimi_lab.tasks.base import Task, task_seed
 from kimi_lab.tasks.programs import grid_program, plan
 from kimi_lab.tasks.scenes import FAMILY_ANSWER_TYPE, GRID_FAMILIES, Scene, ask, colour_name, make_scene

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import torch
 
-from kimi_lab.chat import ChatEncoder, Message
+from kimi_lab.chat_format import ChatEncoder, Message
 from kimi_lab.decode.generation import DecodeOptions, Prompt, Step, generate
 from kimi_lab.decode.tool_turns import CodeTool, Dialogue, ToolTurns
 from kimi_lab.errors import ConfigError

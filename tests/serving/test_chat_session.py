@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kimi_lab.chat import ChatEncoder
+from kimi_lab.chat_format import ChatEncoder
 from kimi_lab.decode.generation import DecodeOptions, Prompt, generate
 from kimi_lab.decode.loading import load_model
 from kimi_lab.errors import ConfigError
-from kimi_lab.serving.talk import ChatSession, Sampler, chat_loop, generate_text, read_image
+from kimi_lab.serving.chat_session import ChatSession, Sampler, chat_loop, generate_text, read_image
 from tests.conftest import REPO, run_cli, save_tiny_checkpoint
 
 
