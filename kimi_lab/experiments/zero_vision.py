@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kimi_lab.errors import KimiLabError
-from kimi_lab.experiments.stages import TINY_VL_OVERRIDES, Job, run_jobs, train_stage
+from kimi_lab.experiments.stages import TINY_VL_OVERRIDES, Job, in_process_pool, run_jobs, train_stage
 from kimi_lab.reports.zero_vision import BLANK, VARIANTS
 
 log = logging.getLogger(__name__)
@@ -203,12 +202,6 @@ def eval_stage(
     return result
 
 
-def _eval_worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed: int = 0) -> Path:
     if scale_name not in SCALES:
         raise KimiLabError(f"--scale {scale_name}: choose one of {', '.join(SCALES)}")
@@ -285,12 +278,7 @@ def run(out: Path, scale_name: str = "small", data_dir: Path | None = None, seed
 
     tasks = {"vision": str(data["vision_tasks"]), "text": str(data["text_tasks"])}
     threads = 1 if scale.slots > 1 else 0
-    with ProcessPoolExecutor(
-        max_workers=scale.slots,
-        mp_context=multiprocessing.get_context("spawn"),  # no forked torch state in the workers
-        initializer=_eval_worker_init if threads else None,
-        initargs=(threads,) if threads else (),
-    ) as evaluator:
+    with in_process_pool(scale.slots, threads) as evaluator:  # spawned: no forked torch state
 
         def evaluate(variant: str, model: str, blank: bool = False) -> dict[str, Any]:
             only = {"vision": tasks["vision"]} if blank else tasks

@@ -718,6 +718,16 @@ class FaultyOrchestrator:
         return await self.inner.act(messages, tools, role)
 
 
+# the error texts of the faults the soak test injects (each must show up in the traces)
+INJECTED_FAULTS = (
+    "failed: RuntimeError: injected",
+    "timed out",
+    "not a Turn",
+    "no assistant message",
+    "teleport",
+)
+
+
 def test_fault_injection_1000_episodes_never_hang_and_leave_complete_traces(tmp_path: Path) -> None:
     rng = random.Random(0)
     runs = []
@@ -750,13 +760,7 @@ def test_fault_injection_1000_episodes_never_hang_and_leave_complete_traces(tmp_
         check_budgets(res, cfg)
         events = check_trace(path, res, cfg)
         for e in events:
-            for fault in (
-                "failed: RuntimeError: injected",
-                "timed out",
-                "not a Turn",
-                "no assistant message",
-                "teleport",
-            ):
+            for fault in INJECTED_FAULTS:
                 faults[fault] += e["kind"] == "error" and e["agent"] != ORCH and fault in e["detail"]["error"]
         assert res.finished or res.budget_exceeded or res.failure, res
         if i % 50 == 0:  # the dashboard reads them (a sample: pandas is slow)
@@ -766,13 +770,7 @@ def test_fault_injection_1000_episodes_never_hang_and_leave_complete_traces(tmp_
     assert sum(r.completed_assignments for r in results) > 300 and sum(r.finished for r in results) > 300
     assert sum(r.failure is not None for r in results) > 30
     assert {r.budget_exceeded for r in results} == {None, "orchestrator_steps", "critical_steps"}
-    for fault in (
-        "failed: RuntimeError: injected",
-        "timed out",
-        "not a Turn",
-        "no assistant message",
-        "teleport",
-    ):
+    for fault in INJECTED_FAULTS:
         assert faults[fault] > 50, (fault, faults)
     assert sum(r.failure is not None for r in results) > 10 and sum(r.finished for r in results) > 300
 
