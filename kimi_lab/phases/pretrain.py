@@ -44,6 +44,9 @@ class PretrainModule(PhaseModule):
                 "has no vision tower: train it on text sources only, or use a -vl model"
             )
 
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.language_model.lm_head(hidden)
+
     def _lm_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         tokens = batch["tokens"]
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
@@ -70,7 +73,7 @@ class PretrainModule(PhaseModule):
         if mask is None:
             logits = out.logits.float()
         else:
-            logits, labels = self.model.language_model.lm_head(out.hidden[mask]).float(), labels[mask]
+            logits, labels = self._head(out.hidden[mask]).float(), labels[mask]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return ce, out
 
@@ -115,7 +118,9 @@ class PretrainModule(PhaseModule):
         for bit, subset in enumerate(LOSS_SUBSETS):
             mask = ((subsets >> bit) & 1).bool() & batch["loss_mask"]
             if bool(mask.any()):
-                loss = F.cross_entropy(out.logits[mask].float(), labels[mask], reduction="sum")
+                # logits at the subset's tokens (training computes them at the targets alone)
+                logits = out.logits[mask] if out.logits is not None else self._head(out.hidden[mask])
+                loss = F.cross_entropy(logits.float(), labels[mask], reduction="sum")
                 sub = self._val_subset_sums.setdefault((name, subset), [0.0, 0.0])
                 sub[0] += float(loss)
                 sub[1] += float(mask.sum())

@@ -116,4 +116,6 @@ def test_plan_command_refuses_an_unknown_config_in_one_line(capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_:
         main(["plan", "model=nope"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith("error: plan model=nope:") and err.count("\n") == 1
+    # the config error names the bad override and the options (kimi_lab.config.overrides)
+    assert exit_.value.code == 2 and err.startswith("error: model=nope: ") and err.count("\n") == 1
+    assert "k2" in err and "small" in err
