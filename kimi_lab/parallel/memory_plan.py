@@ -183,7 +183,11 @@ def plan_memory(cfg: RunConfig) -> Plan:
     N = cfg.data.batch_size * cfg.data.seq_len
     vals = _activation_values(m, ep)
     n_moe, n_dense = m.n_layers - m.first_k_dense, m.first_k_dense
-    layers = m.n_layers * vals["attention"] + n_moe * vals["moe"] + n_dense * vals["dense"]
+    # CPU attention runs SDPA's math path, which keeps the attention probabilities (heads x
+    # sequence per token); GPU kernels (flash, memory-efficient) keep only a log-sum-exp.
+    on_gpu = t.accelerator in ("gpu", "cuda")
+    probs = 0 if on_gpu else m.attention.n_heads * cfg.data.seq_len
+    layers = m.n_layers * (vals["attention"] + probs) + n_moe * vals["moe"] + n_dense * vals["dense"]
     fp32 = n_moe * vals["router_fp32"]
     # logits (compute dtype), their fp32 copy, and the loss's log-softmax (fp32)
     head = vals["head"] * abytes + m.vocab_size * (abytes + 8)
@@ -195,7 +199,7 @@ def plan_memory(cfg: RunConfig) -> Plan:
     # At the start of backward: the loss's gradient (fp32 logits and log-softmax) besides the saved.
     transient = N * m.vocab_size * 8
     plain = N * (layers * abytes + fp32 * 4 + head) + n_moe * copies + transient
-    biggest_layer = max(vals["attention"] + vals["moe"], vals["attention"] + vals["dense"])
+    biggest_layer = probs + max(vals["attention"] + vals["moe"], vals["attention"] + vals["dense"])
     full = (
         N * (m.n_layers * m.hidden_size * abytes + biggest_layer * abytes + vals["router_fp32"] * 4 + head)
         + copies
@@ -227,7 +231,7 @@ def plan_memory(cfg: RunConfig) -> Plan:
         activations=activations,
         checkpointing=checkpointing,
         buffers=float(buffers),
-        runtime=float(RUNTIME_GPU if t.accelerator in ("gpu", "cuda") else 0),
+        runtime=float(RUNTIME_GPU if on_gpu else 0),
         tokens_per_rank=N,
     )
 

@@ -57,12 +57,6 @@ def test_sharding_and_optimizer_choices_move_the_plan_as_they_should() -> None:
     assert chosen.total == pytest.approx(one.total - acts["none"] + acts["full"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 30's 15% target is not met since the batched expert path (issue 31): the plan counts "
-    "2.28 MB where autograd saves 2.73 MB (16% low): routed rows padded to capacity and MLA's attention "
-    "internals are under-counted. Strict: the day the plan is fixed this test must pass again.",
-)
 def test_activations_are_what_autograd_saves_within_15_percent() -> None:
     from kimi_lab.model.multimodal import KimiK25
 
