@@ -74,10 +74,15 @@ def _args(
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
+    # A tmpfs goes in before the binds, so a bind inside it (a checkout or venv under /tmp) stays
+    # visible instead of being covered; those under /dev go in after /dev, before it turns read-only.
+    in_dev = [(p, n) for p, n in tmpfs if p == "/dev" or p.startswith("/dev/")]
+    for path, size in [t for t in tmpfs if t not in in_dev]:
+        args += ["--size", str(size), "--tmpfs", path]
     for src, dest in binds:
         args += ["--ro-bind", src, dest]
     args += ["--proc", "/proc", "--dev", "/dev"]
-    for path, size in tmpfs:  # before /dev turns read-only: /dev/shm may be one
+    for path, size in in_dev:
         args += ["--size", str(size), "--tmpfs", path]
     # Neither remount is recursive: the tmpfs folders stay writable.
     args += ["--remount-ro", "/dev", "--chdir", chdir]
